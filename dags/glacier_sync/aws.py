@@ -1,0 +1,252 @@
+"""AWS access: sessions per named profile, SQS polling, S3 downloads and restore requests."""
+
+from __future__ import annotations
+
+import configparser
+import json
+import logging
+import os
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+from glacier_sync.errors import ConfigError, DownloadError
+
+if TYPE_CHECKING:
+    import boto3
+
+    from glacier_sync.settings import QueueSource, Settings
+
+log = logging.getLogger(__name__)
+
+
+class ClientFactory(Protocol):
+    """Gives boto3 clients for one queue entry (a profile session, or an Airflow hook's)."""
+
+    def client(self, service: str, queue: QueueSource) -> Any: ...
+
+
+def profile_session(settings: Settings, profile: str | None, region: str) -> boto3.Session:
+    """A boto3 session for ``profile``: from the credentials secret file when present.
+
+    The file is INI with one section per profile (``aws_access_key_id``,
+    ``aws_secret_access_key``, optional ``aws_session_token`` and ``region_name``). Without the
+    file, boto3's normal chain (environment, ``~/.aws``, instance role) is used.
+    """
+    import boto3
+
+    path = settings.aws_credentials_file
+    if not path.is_file():
+        return boto3.Session(profile_name=profile, region_name=region)
+    parser = configparser.ConfigParser()
+    try:
+        parser.read(path, encoding="utf-8")
+    except configparser.Error as exc:
+        raise ConfigError(f"AWS credentials file {path} is not valid INI: {exc}") from exc
+    section = profile or "default"
+    if not parser.has_section(section):
+        raise ConfigError(
+            f"AWS credentials file {path} has no [{section}] section; add it, or set the queue's "
+            f"`profile` to one of: {', '.join(parser.sections()) or '(none)'}"
+        )
+    values = parser[section]
+    missing = [k for k in ("aws_access_key_id", "aws_secret_access_key") if not values.get(k)]
+    if missing:
+        raise ConfigError(f"AWS credentials file {path} [{section}] lacks {', '.join(missing)}")
+    return boto3.Session(
+        aws_access_key_id=values["aws_access_key_id"],
+        aws_secret_access_key=values["aws_secret_access_key"],
+        aws_session_token=values.get("aws_session_token") or None,
+        region_name=values.get("region_name") or region,
+    )
+
+
+class ProfileClients:
+    """Clients from named profiles (the way to work outside Airflow)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._cache: dict[tuple[str, str | None, str], Any] = {}
+
+    def client(self, service: str, queue: QueueSource) -> Any:
+        """A cached boto3 client for ``service`` in the queue's region and profile."""
+        key = (service, queue.profile, queue.region)
+        if key not in self._cache:
+            session = profile_session(self.settings, queue.profile, queue.region)
+            self._cache[key] = session.client(
+                service, region_name=queue.region, endpoint_url=self.settings.aws_endpoint_url
+            )
+        return self._cache[key]
+
+
+@dataclass(frozen=True)
+class SqsMessage:
+    """One received message with the queue it came from."""
+
+    queue: QueueSource
+    message_id: str
+    receipt_handle: str
+    body: str
+    receive_count: int
+
+
+def receive_messages(sqs: Any, queue: QueueSource, limit: int, wait: int, visibility: int):
+    """Long-poll ``queue`` until ``limit`` messages are received or the queue is empty."""
+    received: list[SqsMessage] = []
+    while len(received) < limit:
+        response = sqs.receive_message(
+            QueueUrl=queue.queue_url,
+            MaxNumberOfMessages=min(10, limit - len(received)),
+            WaitTimeSeconds=wait if not received else 0,
+            VisibilityTimeout=visibility,
+            AttributeNames=["ApproximateReceiveCount"],
+        )
+        batch = response.get("Messages", [])
+        if not batch:
+            break
+        for msg in batch:
+            count = int(msg.get("Attributes", {}).get("ApproximateReceiveCount", "1"))
+            received.append(
+                SqsMessage(queue, msg["MessageId"], msg["ReceiptHandle"], msg["Body"], count)
+            )
+    return received
+
+
+def delete_message(sqs: Any, message: SqsMessage) -> None:
+    """Delete a message whose records are safely recorded."""
+    sqs.delete_message(QueueUrl=message.queue.queue_url, ReceiptHandle=message.receipt_handle)
+
+
+def _error_code(exc: Exception) -> str:
+    return str(getattr(exc, "response", {}).get("Error", {}).get("Code", ""))
+
+
+def _sidecar(target: Path) -> Path:
+    return target.with_name(target.name + ".download.json")
+
+
+def is_complete_download(target: Path, etag: str, size: int | None) -> bool:
+    """True when ``target`` was fully downloaded earlier from the same object version."""
+    meta_path = _sidecar(target)
+    if not target.is_file() or not meta_path.is_file():
+        return False
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return False
+    on_disk = target.stat().st_size
+    return meta.get("etag") == etag and meta.get("size") == on_disk and size in (None, on_disk)
+
+
+def remove_download(target: Path) -> None:
+    """Delete a downloaded zip and its completion record."""
+    for path in (target, _sidecar(target)):
+        path.unlink(missing_ok=True)
+
+
+def download_object(
+    s3: Any,
+    bucket: str,
+    key: str,
+    etag: str,
+    target: Path,
+    work_id: str,
+    concurrency: int,
+    chunk_mb: int,
+    version_id: str | None = None,
+) -> bool:
+    """Download ``s3://bucket/key`` to ``target``; return False when already complete there.
+
+    The file is written under a temporary name and renamed once complete; a completion record
+    beside it (``<name>.download.json``) lets a re-run skip an identical download.
+    """
+    from boto3.s3.transfer import TransferConfig
+    from botocore.exceptions import ClientError
+
+    extra = {"VersionId": version_id} if version_id else {}
+    try:
+        head = s3.head_object(Bucket=bucket, Key=key, **extra)
+    except ClientError as exc:
+        if _error_code(exc) in ("404", "NoSuchKey", "NotFound"):
+            raise DownloadError(
+                f"work {work_id}: s3://{bucket}/{key} does not exist (deleted or renamed since the "
+                "restore event); check the key, then `glacier-sync retry` or drop the event"
+            ) from exc
+        raise DownloadError(f"work {work_id}: cannot read s3://{bucket}/{key}: {exc}") from exc
+    real_etag = str(head.get("ETag", "")).strip('"')
+    size = int(head.get("ContentLength", 0))
+    if etag and real_etag and real_etag != etag:
+        raise DownloadError(
+            f"work {work_id}: s3://{bucket}/{key} changed since the restore event (eTag "
+            f"{real_etag}, event says {etag}); request a new restore for the current version"
+        )
+    if is_complete_download(target, real_etag, size):
+        return False
+    storage = head.get("StorageClass")
+    restore = head.get("Restore")
+    if storage in ("GLACIER", "DEEP_ARCHIVE") and not (
+        restore and 'ongoing-request="false"' in restore
+    ):
+        raise _not_restored(work_id, bucket, key, restore)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(f".{target.name}.part-{uuid.uuid4().hex[:8]}")
+    config = TransferConfig(
+        multipart_threshold=chunk_mb * 1024 * 1024,
+        multipart_chunksize=chunk_mb * 1024 * 1024,
+        max_concurrency=concurrency,
+        use_threads=concurrency > 1,
+    )
+    try:
+        s3.download_file(bucket, key, str(partial), ExtraArgs=extra or None, Config=config)
+        if partial.stat().st_size != size:
+            raise DownloadError(
+                f"work {work_id}: downloaded {partial.stat().st_size} bytes of s3://{bucket}/{key}"
+                f", expected {size}; retry the download"
+            )
+        os.replace(partial, target)
+        _sidecar(target).write_text(
+            json.dumps({"bucket": bucket, "key": key, "etag": real_etag, "size": size}),
+            encoding="utf-8",
+        )
+    except ClientError as exc:
+        if _error_code(exc) in ("InvalidObjectState", "403"):
+            raise _not_restored(work_id, bucket, key, restore) from exc
+        raise DownloadError(
+            f"work {work_id}: download of s3://{bucket}/{key} failed: {exc}"
+        ) from exc
+    finally:
+        partial.unlink(missing_ok=True)
+    return True
+
+
+def _not_restored(work_id: str, bucket: str, key: str, restore: str | None) -> DownloadError:
+    state = (
+        "its restore is still in progress" if restore else "it is not restored or the copy expired"
+    )
+    return DownloadError(
+        f"work {work_id}: s3://{bucket}/{key} cannot be read: {state} (InvalidObjectState). "
+        f"Run `glacier-sync request-restore {work_id}` (or --key '{key}') and wait for the "
+        "ObjectRestore:Completed event"
+    )
+
+
+def request_restore(s3: Any, bucket: str, key: str, days: int, tier: str) -> str:
+    """Ask S3 to restore an archived object; return 'requested', 'in-progress' or 'available'."""
+    from botocore.exceptions import ClientError
+
+    try:
+        response = s3.restore_object(
+            Bucket=bucket,
+            Key=key,
+            RestoreRequest={"Days": days, "GlacierJobParameters": {"Tier": tier}},
+        )
+    except ClientError as exc:
+        code = _error_code(exc)
+        if code == "RestoreAlreadyInProgress":
+            return "in-progress"
+        if code in ("NoSuchKey", "404"):
+            raise DownloadError(f"s3://{bucket}/{key} does not exist; check the key") from exc
+        raise DownloadError(f"restore request for s3://{bucket}/{key} failed: {exc}") from exc
+    status = response["ResponseMetadata"]["HTTPStatusCode"]
+    return "available" if status == 200 else "requested"

@@ -1,0 +1,320 @@
+"""Debag: check a BagIt zip, extract its payload while hashing it (one read), validate it.
+
+Nothing is written before the zip's member names, types and declared sizes are checked; the
+bag is built in a staging folder and moved into ``<work root>/<WorkRID>`` only when every check
+passed. The zip itself is never modified or deleted here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import queue
+import re
+import shutil
+import stat
+import threading
+import unicodedata
+import uuid
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+from glacier_sync.errors import BagError
+
+log = logging.getLogger(__name__)
+
+SUPPORTED_ALGORITHMS = ("sha512", "sha256", "sha1", "md5")
+CHUNK_SIZE = 1024 * 1024
+THREADED_HASH_MIN_SIZE = 8 * CHUNK_SIZE
+MAX_TAG_FILE_SIZE = 256 * 1024 * 1024
+_OXUM = re.compile(r"^Payload-Oxum:\s*(\d+)\.(\d+)\s*$", re.IGNORECASE | re.MULTILINE)
+
+
+@dataclass(frozen=True)
+class DebagResult:
+    """A debagged work: where it is and what was checked."""
+
+    work_id: str
+    work_path: Path
+    files: int
+    bytes: int
+    algorithms: tuple[str, ...]
+
+
+def _nfc(path: str) -> str:
+    return unicodedata.normalize("NFC", path)
+
+
+def _member_problems(info: zipfile.ZipInfo) -> list[str]:
+    name = info.filename
+    problems = []
+    mode = info.external_attr >> 16
+    kind = stat.S_IFMT(mode)
+    if name.startswith("/") or re.match(r"^[A-Za-z]:", name):
+        problems.append(f"{name}: absolute path")
+    if "\\" in name:
+        problems.append(f"{name}: backslash in member name")
+    if ".." in PurePosixPath(name).parts:
+        problems.append(f"{name}: climbs out of the bag with '..'")
+    if kind == stat.S_IFLNK:
+        problems.append(f"{name}: symbolic link")
+    elif kind not in (0, stat.S_IFREG, stat.S_IFDIR):
+        problems.append(f"{name}: special file (mode {oct(mode)})")
+    if info.flag_bits & 0x1:
+        problems.append(f"{name}: encrypted member")
+    return problems
+
+
+def _find_bag_root(infos: list[zipfile.ZipInfo]) -> str:
+    candidates = [
+        i.filename
+        for i in infos
+        if PurePosixPath(i.filename).name == "bagit.txt" and not i.is_dir()
+    ]
+    if not candidates:
+        raise BagError("not a bag: the zip holds no bagit.txt")
+    shallowest = min(candidates, key=lambda n: n.count("/"))
+    return shallowest[: -len("bagit.txt")]
+
+
+def _read_small(zf: zipfile.ZipFile, name: str) -> bytes:
+    info = zf.getinfo(name)
+    if info.file_size > MAX_TAG_FILE_SIZE:
+        raise BagError(f"tag file {name} is {info.file_size} bytes; refusing tag files this large")
+    return zf.read(info)
+
+
+class _ParallelHasher:
+    """Hashes chunks in one thread per algorithm while the caller reads and writes."""
+
+    def __init__(self, algorithms: tuple[str, ...]) -> None:
+        self.hashers = {alg: hashlib.new(alg) for alg in algorithms}
+        self.queues = {alg: queue.Queue(maxsize=8) for alg in algorithms}
+        self.threads = [
+            threading.Thread(target=self._run, args=(alg,), daemon=True) for alg in algorithms
+        ]
+        for thread in self.threads:
+            thread.start()
+
+    def _run(self, alg: str) -> None:
+        hasher, chunks = self.hashers[alg], self.queues[alg]
+        while (chunk := chunks.get()) is not None:
+            hasher.update(chunk)
+
+    def update(self, chunk: bytes) -> None:
+        for chunks in self.queues.values():
+            chunks.put(chunk)
+
+    def digests(self) -> dict[str, str]:
+        for chunks in self.queues.values():
+            chunks.put(None)
+        for thread in self.threads:
+            thread.join()
+        return {alg: h.hexdigest() for alg, h in self.hashers.items()}
+
+
+class _InlineHasher:
+    """Hashes chunks in the calling thread (small files: no hand-over cost)."""
+
+    def __init__(self, algorithms: tuple[str, ...]) -> None:
+        self.hashers = [(alg, hashlib.new(alg)) for alg in algorithms]
+
+    def update(self, chunk: bytes) -> None:
+        for _, hasher in self.hashers:
+            hasher.update(chunk)
+
+    def digests(self) -> dict[str, str]:
+        return {alg: h.hexdigest() for alg, h in self.hashers}
+
+
+def _extract_hashing(
+    zf: zipfile.ZipFile, info: zipfile.ZipInfo, dest: Path, algorithms: tuple[str, ...]
+) -> tuple[int, dict[str, str]]:
+    """Copy one member to ``dest`` and hash it in the same pass; zipfile checks the CRC."""
+    big = info.file_size >= THREADED_HASH_MIN_SIZE and len(algorithms) > 0
+    hasher = _ParallelHasher(algorithms) if big else _InlineHasher(algorithms)
+    written = 0
+    try:
+        with zf.open(info) as src, open(dest, "wb") as out:
+            while chunk := src.read(CHUNK_SIZE):
+                hasher.update(chunk)
+                out.write(chunk)
+                written += len(chunk)
+    finally:
+        digests = hasher.digests()
+    return written, digests
+
+
+def _payload_oxum(bag_info: bytes) -> tuple[int, int] | None:
+    match = _OXUM.search(bag_info.decode("utf-8", errors="replace"))
+    return (int(match.group(1)), int(match.group(2))) if match else None
+
+
+def _precheck(zip_path: Path, zf: zipfile.ZipFile, work_root: Path, margin: int):
+    """Checks that need no writing: member names and types, declared sizes, free space."""
+    infos = zf.infolist()
+    problems = [p for info in infos for p in _member_problems(info)]
+    names = [i.filename for i in infos]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    problems += [f"{n}: stored more than once" for n in dupes]
+    if problems:
+        raise BagError(f"refused {zip_path.name}: unsafe members; nothing was extracted", problems)
+    root = _find_bag_root(infos)
+    outside = [i.filename for i in infos if not i.filename.startswith(root)]
+    outside = [n for n in outside if not (n.endswith("/") and root.startswith(n))]
+    if outside:
+        raise BagError(
+            f"refused {zip_path.name}: members outside the bag folder {root or '/'!s}",
+            [f"{n}: outside the bag" for n in outside],
+        )
+    files = [i for i in infos if not i.is_dir()]
+    payload = [i for i in files if i.filename[len(root) :].startswith("data/")]
+    tags = [i for i in files if not i.filename[len(root) :].startswith("data/")]
+    declared = sum(i.file_size for i in payload)
+    info_name = root + "bag-info.txt"
+    oxum = _payload_oxum(_read_small(zf, info_name)) if info_name in zf.NameToInfo else None
+    if oxum is not None and (declared, len(payload)) != oxum:
+        raise BagError(
+            f"refused {zip_path.name}: the zip declares {declared} payload bytes in {len(payload)}"
+            f" files, but Payload-Oxum says {oxum[0]}.{oxum[1]}; nothing was extracted",
+            [f"Payload-Oxum {oxum[0]}.{oxum[1]} != declared {declared}.{len(payload)}"],
+        )
+    needed = declared + sum(i.file_size for i in tags) + margin
+    work_root.mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(work_root).free
+    if needed > free:
+        raise BagError(
+            f"refused {zip_path.name}: it needs {needed} bytes in {work_root} "
+            f"(payload plus {margin} bytes margin) but only {free} are free; free some space"
+        )
+    return root, payload, tags, oxum
+
+
+def _load_bag(tag_dir: Path, zip_name: str):
+    import bagit
+
+    try:
+        bag = bagit.Bag(str(tag_dir))
+    except bagit.BagError as exc:
+        raise BagError(f"refused {zip_name}: invalid bag declaration: {exc}") from None
+    if list(bag.fetch_entries()):
+        raise BagError(f"refused {zip_name}: fetch.txt lists remote files; this tool fetches none")
+    unsupported = [a for a in bag.algorithms if a not in SUPPORTED_ALGORITHMS]
+    if unsupported:
+        raise BagError(f"refused {zip_name}: unsupported manifest algorithm(s) {unsupported}")
+    if not bag.algorithms:
+        raise BagError(f"refused {zip_name}: no payload manifest (manifest-<alg>.txt)")
+    return bag
+
+
+def _check_tags(bag, tag_dir: Path) -> list[str]:
+    problems = []
+    payload = set(bag.payload_entries())
+    for path, hashes in bag.entries.items():
+        if path in payload:
+            continue
+        file = tag_dir / path
+        if not file.is_file():
+            problems.append(f"{path}: listed in a tag manifest but missing")
+            continue
+        data = file.read_bytes()
+        for alg, expected in hashes.items():
+            if hashlib.new(alg, data).hexdigest() != expected.lower():
+                problems.append(f"{path}: {alg} mismatch (tag manifest)")
+    return problems
+
+
+def _extract_payload(zf, payload, root, bag, dest: Path) -> tuple[list[str], int]:
+    """Extract and hash the payload; return (problems, bytes written)."""
+    expected = {_nfc(p): h for p, h in bag.payload_entries().items()}
+    members = {_nfc(i.filename[len(root) :]): i for i in payload}
+    problems = [
+        f"{p}: listed in the manifest but missing from the zip"
+        for p in sorted(set(expected) - set(members))
+    ]
+    problems += [
+        f"{p}: in the zip but not in any manifest" for p in sorted(set(members) - set(expected))
+    ]
+    if problems:
+        return problems, 0
+    total = 0
+    for path, info in members.items():
+        target = dest / path[len("data/") :]
+        target.parent.mkdir(parents=True, exist_ok=True)
+        hashes = expected[path]
+        try:
+            size, digests = _extract_hashing(zf, info, target, tuple(hashes))
+        except (zipfile.BadZipFile, OSError, EOFError) as exc:
+            problems.append(f"{path}: cannot be read from the zip ({exc})")
+            continue
+        total += size
+        for alg, want in hashes.items():
+            if digests[alg] != want.lower():
+                problems.append(
+                    f"{path}: {alg} mismatch (manifest {want[:16]}..., file {digests[alg][:16]}...)"
+                )
+    return problems, total
+
+
+def _place(staging: Path, payload_dir: Path, tag_dir: Path, work_root: Path, work_id: str) -> Path:
+    """Move the staged bag to ``<work root>/<WorkRID>`` with the tags in ``<WorkRID>.bag/``."""
+    entries = list(payload_dir.iterdir())
+    content = payload_dir
+    if len(entries) == 1 and entries[0].is_dir() and entries[0].name == work_id:
+        content = entries[0]
+    if (content / tag_dir.name).exists():
+        raise BagError(
+            f"the payload has its own {tag_dir.name}; cannot keep the tag files beside it"
+        )
+    os.replace(tag_dir, content / tag_dir.name)
+    final = work_root / work_id
+    old = None
+    if final.exists():
+        old = staging / "previous"
+        os.replace(final, old)
+        log.warning("replacing an earlier, unsynced work folder %s", final)
+    os.replace(content, final)
+    return final
+
+
+def debag(zip_path: Path, work_root: Path, work_id: str, free_space_margin: int = 0) -> DebagResult:
+    """Validate ``zip_path`` and extract it to ``<work_root>/<work_id>``; raise BagError if bad."""
+    zip_path, work_root = Path(zip_path), Path(work_root)
+    if not zip_path.is_file():
+        raise BagError(f"bag zip {zip_path} does not exist")
+    try:
+        zf = zipfile.ZipFile(zip_path)
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise BagError(
+            f"refused {zip_path.name}: not a readable zip ({exc}); it may be truncated: "
+            "download it again"
+        ) from None
+    with zf:
+        root, payload, tags, oxum = _precheck(zip_path, zf, work_root, free_space_margin)
+        staging = work_root / f".debag-{work_id}-{uuid.uuid4().hex[:8]}"
+        tag_dir = staging / f"{work_id}.bag"
+        payload_dir = staging / "payload"
+        try:
+            payload_dir.mkdir(parents=True)
+            for info in tags:
+                target = tag_dir / info.filename[len(root) :]
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_bytes(_read_small(zf, info.filename))
+            bag = _load_bag(tag_dir, zip_path.name)
+            problems = _check_tags(bag, tag_dir)
+            extract_problems, total = _extract_payload(zf, payload, root, bag, payload_dir)
+            problems += extract_problems
+            if not extract_problems and oxum and (total, len(payload)) != oxum:
+                problems.append(
+                    f"Payload-Oxum {oxum[0]}.{oxum[1]} != extracted {total}.{len(payload)}"
+                )
+            if problems:
+                raise BagError(
+                    f"refused {zip_path.name}: the bag is invalid; nothing was kept", problems
+                )
+            final = _place(staging, payload_dir, tag_dir, work_root, work_id)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    return DebagResult(work_id, final, len(payload), total, tuple(bag.algorithms))

@@ -1,0 +1,301 @@
+"""The ``glacier-sync`` command: operate the pipeline without Airflow.
+
+Heavy imports (boto3, SQLAlchemy, pydantic) happen inside the commands, so ``--help`` is fast.
+Exit status: 0 success, 1 a work or an operation failed, 2 invalid settings or usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
+
+
+def _settings(args: argparse.Namespace, **overrides: Any):
+    from glacier_sync.settings import load_settings
+
+    return load_settings(args.config, args.env, **overrides)
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    """Validate the settings, print them with secrets masked, optionally reach the database."""
+    settings = _settings(args)
+    print(json.dumps(settings.public_dict(), indent=2, default=str))
+    settings.database_url()
+    if not settings.sync_command.is_file():
+        print(f"warning: sync_command {settings.sync_command} does not exist", file=sys.stderr)
+    if args.connect:
+        from glacier_sync.runner import open_store
+
+        open_store(settings)
+        print("progress database: reachable and migrated")
+    print("settings: OK")
+    return EXIT_OK
+
+
+def _print_outcomes(outcomes) -> int:
+    failed = 0
+    for outcome in outcomes:
+        phases = ", ".join(f"{k} {v:.2f}s" for k, v in outcome.seconds.items())
+        if outcome.ok:
+            print(f"OK     {outcome.work_id} -> {outcome.archive_path} ({phases})")
+        else:
+            failed += 1
+            print(f"FAILED {outcome.work_id} (row {outcome.progress_id}): {outcome.error}")
+    return EXIT_FAILED if failed else EXIT_OK
+
+
+def cmd_run_once(args: argparse.Namespace) -> int:
+    """Poll every queue once and carry each restored work to the archive."""
+    from glacier_sync.runner import Pipeline
+
+    settings = _settings(args)
+    settings.require_archive_root()
+    pipeline = Pipeline(settings)
+    report, outcomes = pipeline.run_once()
+    print(
+        f"poll: {report.received} messages, {report.recorded} new works, "
+        f"{report.duplicates} duplicate events, {len(report.skipped)} skipped records, "
+        f"{len(report.malformed)} malformed messages left in the queue"
+    )
+    for note in report.malformed:
+        print(f"  {note}")
+    if not outcomes:
+        print("no work to process")
+    status = _print_outcomes(outcomes)
+    return EXIT_FAILED if report.malformed and status == EXIT_OK and args.strict else status
+
+
+def cmd_process_bag(args: argparse.Namespace) -> int:
+    """Debag and sync one bag zip from disk."""
+    from glacier_sync.runner import Pipeline
+
+    overrides: dict[str, Any] = {"archive_root": args.archive_root}
+    if args.data_dir:
+        overrides["data_root"] = args.data_dir
+    settings = _settings(args, **overrides)
+    if not args.zip.is_file():
+        print(f"error: bag zip {args.zip} does not exist", file=sys.stderr)
+        return EXIT_FAILED
+    if not args.archive_root.is_dir():
+        print(
+            f"error: archive root {args.archive_root} does not exist; create it first",
+            file=sys.stderr,
+        )
+        return EXIT_FAILED
+    pipeline = Pipeline(settings)
+    pid = pipeline.register_bag(args.zip, args.key)
+    claimed = pipeline.claim("local", ids=[pid])
+    if not claimed:
+        row = pipeline.store.get(pid)
+        print(
+            f"work {row.work_id} (row {pid}) is {row.state}"
+            + (" and claimed by another run" if row.claimed_by else "")
+            + "; nothing to do (`glacier-sync retry` to force another attempt)"
+        )
+        return EXIT_OK if row.state == "synced" else EXIT_FAILED
+    return _print_outcomes([pipeline.process(pid)])
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """Show progress rows: the named works, all, or the stuck ones."""
+    from datetime import timedelta
+
+    from glacier_sync.runner import open_store
+
+    settings = _settings(args)
+    store = open_store(settings)
+    if args.stuck:
+        rows = store.stuck(timedelta(hours=args.hours), settings.max_attempts)
+    else:
+        rows = store.find(args.works or None)
+    if args.works and not rows:
+        print(f"no progress row for {', '.join(args.works)}", file=sys.stderr)
+        return EXIT_FAILED
+    if args.json:
+        print(json.dumps([r.summary() for r in rows], indent=2))
+        return EXIT_OK
+    print(f"{'ID':>5}  {'WORK':<16} {'STATE':<10} {'PHASE':<9} {'TRIES':>5}  {'UPDATED':<19}  KEY")
+    for row in rows:
+        print(
+            f"{row.id:>5}  {row.work_id:<16} {row.state:<10} {row.failed_phase or '':<9} "
+            f"{row.attempts:>5}  {row.updated_at:%Y-%m-%d %H:%M:%S}  {row.object_key}"
+        )
+        if row.last_error and (args.works or args.stuck):
+            print(f"       error: {row.last_error}")
+    return EXIT_OK
+
+
+def cmd_request_restore(args: argparse.Namespace) -> int:
+    """Ask S3 to restore a work's bag from Glacier / Deep Archive."""
+    from glacier_sync import aws
+    from glacier_sync.events import work_id_from_key
+    from glacier_sync.runner import open_store
+
+    settings = _settings(args)
+    store = open_store(settings)
+    queue = _pick_queue(settings, args.queue)
+    bucket, key = args.bucket or queue.bucket, args.key
+    if key is None:
+        rows = [r for r in store.find([args.work]) if r.source == "s3"]
+        if not rows:
+            print(
+                f"error: the progress database knows no key for work {args.work}; give "
+                "--key KEY (e.g. Archive0/00/W1NLM4700/W1NLM4700.bag.zip)",
+                file=sys.stderr,
+            )
+            return EXIT_FAILED
+        bucket, key = bucket or rows[-1].bucket, rows[-1].object_key
+    if not bucket:
+        print(
+            "error: no bucket known; give --bucket or set `bucket` on the queue entry",
+            file=sys.stderr,
+        )
+        return EXIT_CONFIG
+    s3 = aws.ProfileClients(settings).client("s3", queue)
+    head = s3.head_object(Bucket=bucket, Key=key)
+    outcome = aws.request_restore(
+        s3, bucket, key, args.days or settings.restore_days, args.tier or settings.restore_tier
+    )
+    work_id = work_id_from_key(key)
+    pid = store.record_restore_request(
+        bucket, key, str(head.get("ETag", "")).strip('"'), work_id, queue.region, outcome
+    )
+    print(f"work {work_id}: restore of s3://{bucket}/{key} {outcome} (row {pid})")
+    return EXIT_OK
+
+
+def _pick_queue(settings, name: str | None):
+    from glacier_sync.errors import ConfigError
+
+    if not settings.queues:
+        raise ConfigError(
+            "no queue is configured: set `queues` (GLACIER_SYNC_QUEUES) to know the "
+            "AWS region and profile"
+        )
+    for queue in settings.queues:
+        if name is None or queue.name == name:
+            return queue
+    raise ConfigError(
+        f"no queue named {name!r}; known: {', '.join(q.name for q in settings.queues)}"
+    )
+
+
+def cmd_retry(args: argparse.Namespace) -> int:
+    """Make a failed work eligible again and, unless --reset-only, process it now."""
+    from glacier_sync.runner import Pipeline
+
+    settings = _settings(args)
+    pipeline = Pipeline(settings)
+    ids = pipeline.store.reset_for_retry(args.work)
+    if args.reset_only:
+        print(f"work {args.work}: rows {ids} will be picked up by the next run")
+        return EXIT_OK
+    outcomes = []
+    for source in ("s3", "local"):
+        claimed = pipeline.claim(source, ids=ids)
+        if any(pipeline.store.get(pid).source == "local" for pid in claimed):
+            settings.require_archive_root()
+        outcomes += [pipeline.process(pid) for pid in claimed]
+    if not outcomes:
+        print(f"work {args.work}: rows {ids} are claimed by a running job; try again later")
+        return EXIT_FAILED
+    return _print_outcomes(outcomes)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of every subcommand."""
+    parser = argparse.ArgumentParser(
+        prog="glacier-sync",
+        description="Restore pipeline of the archive: S3 restore events -> download -> debag -> "
+        "sync, recorded in the progress database. Settings: docs/configuration.md.",
+    )
+    parser.add_argument(
+        "--config", type=Path, help="TOML config file (default $GLACIER_SYNC_CONFIG)"
+    )
+    parser.add_argument("--env", choices=["dev", "prod"], help="profile (default: the config's)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log every step")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("check-config", help="validate and print the settings (secrets masked)")
+    p.add_argument("--connect", action="store_true", help="also open and migrate the database")
+    p.set_defaults(func=cmd_check_config)
+
+    p = sub.add_parser("run-once", help="poll -> download -> debag -> sync, without Airflow")
+    p.add_argument(
+        "--strict", action="store_true", help="exit 1 when a malformed message was left in a queue"
+    )
+    p.set_defaults(func=cmd_run_once)
+
+    p = sub.add_parser("process-bag", help="debag and sync one bag zip from disk")
+    p.add_argument("zip", type=Path, help="the bag zip, e.g. W1NLM4700.bag.zip")
+    p.add_argument("--archive-root", type=Path, required=True, help="root of the archive tree")
+    p.add_argument("--data-dir", type=Path, help="data root (progress DB, work folders, logs)")
+    p.add_argument(
+        "--key",
+        help="archive key of the zip (places the work: "
+        "Archive0/00/W1NLM4700/W1NLM4700.bag.zip -> <root>/Archive0/00/W1NLM4700)",
+    )
+    p.set_defaults(func=cmd_process_bag)
+
+    p = sub.add_parser("status", help="show works in the progress database")
+    p.add_argument("works", nargs="*", metavar="WORK", help="work ids (default: all)")
+    p.add_argument(
+        "--stuck",
+        action="store_true",
+        help="only unsynced works untouched for --hours, or failed past max_attempts",
+    )
+    p.add_argument("--hours", type=float, default=24.0, help="age that counts as stuck (24)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("request-restore", help="request the restore of a work's bag from Glacier")
+    target = p.add_mutually_exclusive_group(required=True)
+    target.add_argument("work", nargs="?", help="work id known to the progress database")
+    target.add_argument("--key", help="object key, e.g. Archive0/00/W1NLM4700/W1NLM4700.bag.zip")
+    p.add_argument("--bucket", help="bucket (default: the queue entry's `bucket`)")
+    p.add_argument("--queue", help="queue entry giving region and profile (default: the first)")
+    p.add_argument("--days", type=int, help="days the restored copy stays (default restore_days)")
+    p.add_argument("--tier", choices=["Standard", "Bulk"], help="retrieval tier")
+    p.set_defaults(func=cmd_request_restore)
+
+    p = sub.add_parser("retry", help="retry a failed work now (no new SQS message needed)")
+    p.add_argument("work", help="work id")
+    p.add_argument(
+        "--reset-only", action="store_true", help="only make it eligible for the next scheduled run"
+    )
+    p.set_defaults(func=cmd_retry)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``glacier-sync`` console script."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    from glacier_sync.errors import ConfigError, GlacierSyncError
+
+    try:
+        return args.func(args)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except GlacierSyncError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except Exception as exc:
+        if type(exc).__module__.startswith(("botocore", "boto3")):
+            print(f"error: AWS: {exc}", file=sys.stderr)
+            return EXIT_FAILED
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,87 @@
+"""SQLAlchemy 2 model of the progress database (schema managed by Alembic migrations)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import JSON, BigInteger, DateTime, Integer, String, Text
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+# States of a work, in order; ``failed`` keeps the phase that failed in ``failed_phase``.
+STATES = ("requested", "restored", "downloaded", "debagged", "synced", "failed")
+
+
+def utcnow() -> datetime:
+    """Naive UTC now: every time in the progress database is UTC."""
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+class Base(DeclarativeBase):
+    """Declarative base of the progress tables."""
+
+
+class Progress(Base):
+    """One restored object (one version of one bag zip) on its way to the archive."""
+
+    __tablename__ = "glacier_sync_progress"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    dedup_key: Mapped[str] = mapped_column(String(64), unique=True)
+    work_id: Mapped[str] = mapped_column(String(128), index=True)
+    source: Mapped[str] = mapped_column(String(16), default="s3")
+    queue_name: Mapped[str | None] = mapped_column(String(128))
+    region: Mapped[str | None] = mapped_column(String(32))
+    bucket: Mapped[str] = mapped_column(String(255))
+    object_key: Mapped[str] = mapped_column(Text)
+    etag: Mapped[str | None] = mapped_column(String(128))
+    version_id: Mapped[str | None] = mapped_column(String(1024))
+    size: Mapped[int | None] = mapped_column(BigInteger)
+    local_path: Mapped[str | None] = mapped_column(Text)
+    state: Mapped[str] = mapped_column(String(16), default="restored", index=True)
+    failed_phase: Mapped[str | None] = mapped_column(String(16))
+    restore_requested_at: Mapped[datetime | None] = mapped_column(DateTime())
+    restore_completed_at: Mapped[datetime | None] = mapped_column(DateTime())
+    downloaded_at: Mapped[datetime | None] = mapped_column(DateTime())
+    debagged_at: Mapped[datetime | None] = mapped_column(DateTime())
+    synced_at: Mapped[datetime | None] = mapped_column(DateTime())
+    archive_path: Mapped[str | None] = mapped_column(Text)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    history: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+    claimed_by: Mapped[str | None] = mapped_column(String(255))
+    claimed_until: Mapped[datetime | None] = mapped_column(DateTime())
+    created_at: Mapped[datetime] = mapped_column(DateTime(), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(), default=utcnow, onupdate=utcnow)
+
+    def add_history(self, event: str, **details: Any) -> None:
+        """Append an event to the JSON history (a new list, so the change is tracked)."""
+        entry = {"at": utcnow().isoformat(timespec="seconds"), "event": event}
+        entry.update({k: v for k, v in details.items() if v is not None})
+        self.history = [*(self.history or []), entry]
+
+    def summary(self) -> dict[str, Any]:
+        """Plain data for status output."""
+
+        def iso(value: datetime | None) -> str | None:
+            return value.isoformat(timespec="seconds") if value else None
+
+        return {
+            "id": self.id,
+            "work_id": self.work_id,
+            "state": self.state,
+            "failed_phase": self.failed_phase,
+            "bucket": self.bucket,
+            "key": self.object_key,
+            "etag": self.etag,
+            "attempts": self.attempts,
+            "last_error": self.last_error,
+            "restore_requested_at": iso(self.restore_requested_at),
+            "restore_completed_at": iso(self.restore_completed_at),
+            "downloaded_at": iso(self.downloaded_at),
+            "debagged_at": iso(self.debagged_at),
+            "synced_at": iso(self.synced_at),
+            "archive_path": self.archive_path,
+            "claimed_by": self.claimed_by,
+            "updated_at": iso(self.updated_at),
+        }

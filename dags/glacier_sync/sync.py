@@ -1,0 +1,133 @@
+"""Sync a debagged work into the archive tree by running the archive's bash sync script."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import subprocess
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path, PurePosixPath
+
+from glacier_sync.errors import SyncError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SyncResult:
+    """Where the work was archived and where its log is."""
+
+    work_id: str
+    archive_path: Path
+    log_file: Path
+
+
+def archive_parent_for_key(archive_root: Path, key: str, work_id: str) -> Path:
+    """The folder that receives the work: the key's folder without the work's own folder.
+
+    ``Archive1/37/W2KG209837/W2KG209837.bag.zip`` -> ``<root>/Archive1/37``, so the work lands
+    at ``<root>/Archive1/37/W2KG209837``.
+    """
+    folder = PurePosixPath(key).parent
+    if folder.name == work_id:
+        folder = folder.parent
+    parts = [p for p in folder.parts if p not in ("", ".", "/")]
+    if ".." in parts:
+        raise SyncError(f"key {key!r} climbs out of the archive with '..'; refusing to sync it")
+    return archive_root.joinpath(*parts)
+
+
+def job_environment(
+    log_dir: Path, now: datetime, db_config: Path | None, extra: dict[str, str] | None = None
+) -> dict[str, str]:
+    """The environment the archive's sync script reads (job time and per-run log places)."""
+    job_date, job_time = now.strftime("%Y-%m-%d"), now.strftime("%H-%M-%S")
+    date_time = f"{job_date}_{job_time}"
+    env = dict(os.environ)
+    env.update(
+        {
+            "jobDateTime": date_time,
+            "jobDate": job_date,
+            "jobTime": job_time,
+            "syncLogDateTimeDir": str(log_dir),
+            "syncLogDateTimeFile": str(log_dir / f"sync-{date_time}.log"),
+            "syncLogTempDir": str(log_dir / "tmp"),
+        }
+    )
+    if db_config is not None:
+        env["DB_CONFIG"] = str(db_config)
+    env.update(extra or {})
+    return env
+
+
+def sync_work(
+    command: Path,
+    work_path: Path,
+    archive_parent: Path,
+    logs_root: Path,
+    *,
+    replace: bool = False,
+    db_config: Path | None = None,
+    timeout: int = 6 * 3600,
+    now: datetime | None = None,
+) -> SyncResult:
+    """Run ``bash command [-A] -a archive_parent -s success_list work_path``.
+
+    The script's own exit status and its success list decide; output goes to a log file per
+    work (appended, never truncated). The work folder is removed only after success.
+    """
+    work_id = work_path.name
+    if not command.is_file():
+        raise SyncError(
+            f"sync command {command} does not exist; set sync_command (GLACIER_SYNC_SYNC_COMMAND)"
+        )
+    if not work_path.is_dir():
+        raise SyncError(f"work folder {work_path} does not exist; debag the work again")
+    now = now or datetime.now(UTC)
+    log_dir = logs_root / "sync" / now.strftime("%Y-%m-%d")
+    (log_dir / "tmp").mkdir(parents=True, exist_ok=True)
+    log_file = log_dir / f"{work_id}.log"
+    success_list = log_dir / "tmp" / f"{work_id}-{now.strftime('%H%M%S%f')}.success"
+    success_list.unlink(missing_ok=True)
+    archive_parent.mkdir(parents=True, exist_ok=True)
+    argv = ["bash", str(command)]
+    if replace:
+        argv.append("-A")
+    argv += ["-a", str(archive_parent), "-s", str(success_list), str(work_path)]
+    env = job_environment(log_dir, now, db_config)
+    with log_file.open("a", encoding="utf-8") as out:
+        out.write(f"=== {now.isoformat()} {' '.join(argv)}\n")
+        out.flush()
+        try:
+            proc = subprocess.run(
+                argv, stdout=out, stderr=subprocess.STDOUT, env=env, timeout=timeout, check=False
+            )
+        except subprocess.TimeoutExpired as exc:
+            raise SyncError(
+                f"work {work_id}: sync timed out after {timeout} s; see {log_file}"
+            ) from exc
+        out.write(f"=== exit status {proc.returncode}\n")
+    if proc.returncode != 0:
+        raise SyncError(
+            f"work {work_id}: sync command exited with status {proc.returncode}; the work folder "
+            f"{work_path} is kept. Log: {log_file}{_tail(log_file)}"
+        )
+    listed = success_list.read_text(encoding="utf-8").split() if success_list.exists() else []
+    success_list.unlink(missing_ok=True)
+    if work_id not in listed:
+        raise SyncError(
+            f"work {work_id}: sync command exited 0 but did not list the work in its success "
+            f"list; the work folder is kept. Log: {log_file}"
+        )
+    shutil.rmtree(work_path)
+    return SyncResult(work_id, archive_parent / work_id, log_file)
+
+
+def _tail(log_file: Path, lines: int = 5) -> str:
+    try:
+        text = log_file.read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError:
+        return ""
+    return "\n  " + "\n  ".join(text[-lines:])
