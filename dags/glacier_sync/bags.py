@@ -7,6 +7,7 @@ passed. The zip itself is never modified or deleted here.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -47,6 +48,14 @@ def _nfc(path: str) -> str:
     return unicodedata.normalize("NFC", path)
 
 
+def _fix_legacy_name(info: zipfile.ZipInfo) -> None:
+    """Zips made without the UTF-8 flag often still hold UTF-8 names: decode them as such."""
+    if info.flag_bits & 0x800:
+        return
+    with contextlib.suppress(UnicodeEncodeError, UnicodeDecodeError):
+        info.filename = info.filename.encode("cp437").decode("utf-8")
+
+
 def _member_problems(info: zipfile.ZipInfo) -> list[str]:
     name = info.filename
     problems = []
@@ -79,11 +88,15 @@ def _find_bag_root(infos: list[zipfile.ZipInfo]) -> str:
     return shallowest[: -len("bagit.txt")]
 
 
-def _read_small(zf: zipfile.ZipFile, name: str) -> bytes:
-    info = zf.getinfo(name)
+def _read_small(zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> bytes:
     if info.file_size > MAX_TAG_FILE_SIZE:
-        raise BagError(f"tag file {name} is {info.file_size} bytes; refusing tag files this large")
-    return zf.read(info)
+        raise BagError(
+            f"tag file {info.filename} is {info.file_size} bytes; refusing tag files this large"
+        )
+    try:
+        return zf.read(info)
+    except (zipfile.BadZipFile, OSError, EOFError) as exc:
+        raise BagError(f"tag file {info.filename} cannot be read from the zip ({exc})") from None
 
 
 class _ParallelHasher:
@@ -155,6 +168,8 @@ def _payload_oxum(bag_info: bytes) -> tuple[int, int] | None:
 def _precheck(zip_path: Path, zf: zipfile.ZipFile, work_root: Path, margin: int):
     """Checks that need no writing: member names and types, declared sizes, free space."""
     infos = zf.infolist()
+    for info in infos:
+        _fix_legacy_name(info)
     problems = [p for info in infos for p in _member_problems(info)]
     names = [i.filename for i in infos]
     dupes = sorted({n for n in names if names.count(n) > 1})
@@ -174,7 +189,8 @@ def _precheck(zip_path: Path, zf: zipfile.ZipFile, work_root: Path, margin: int)
     tags = [i for i in files if not i.filename[len(root) :].startswith("data/")]
     declared = sum(i.file_size for i in payload)
     info_name = root + "bag-info.txt"
-    oxum = _payload_oxum(_read_small(zf, info_name)) if info_name in zf.NameToInfo else None
+    info_member = next((i for i in tags if i.filename == info_name), None)
+    oxum = _payload_oxum(_read_small(zf, info_member)) if info_member else None
     if oxum is not None and (declared, len(payload)) != oxum:
         raise BagError(
             f"refused {zip_path.name}: the zip declares {declared} payload bytes in {len(payload)}"
@@ -301,7 +317,7 @@ def debag(zip_path: Path, work_root: Path, work_id: str, free_space_margin: int 
             for info in tags:
                 target = tag_dir / info.filename[len(root) :]
                 target.parent.mkdir(parents=True, exist_ok=True)
-                target.write_bytes(_read_small(zf, info.filename))
+                target.write_bytes(_read_small(zf, info))
             bag = _load_bag(tag_dir, zip_path.name)
             problems = _check_tags(bag, tag_dir)
             extract_problems, total = _extract_payload(zf, payload, root, bag, payload_dir)

@@ -19,6 +19,8 @@ EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
 def _settings(args: argparse.Namespace, **overrides: Any):
     from glacier_sync.settings import load_settings
 
+    if getattr(args, "data_dir", None):
+        overrides.setdefault("data_root", args.data_dir)
     return load_settings(args.config, args.env, **overrides)
 
 
@@ -75,10 +77,7 @@ def cmd_process_bag(args: argparse.Namespace) -> int:
     """Debag and sync one bag zip from disk."""
     from glacier_sync.runner import Pipeline
 
-    overrides: dict[str, Any] = {"archive_root": args.archive_root}
-    if args.data_dir:
-        overrides["data_root"] = args.data_dir
-    settings = _settings(args, **overrides)
+    settings = _settings(args, archive_root=args.archive_root)
     if not args.zip.is_file():
         print(f"error: bag zip {args.zip} does not exist", file=sys.stderr)
         return EXIT_FAILED
@@ -221,21 +220,30 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--env", choices=["dev", "prod"], help="profile (default: the config's)")
     parser.add_argument("-v", "--verbose", action="store_true", help="log every step")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--data-dir",
+        type=Path,
+        help="data root: progress DB (SQLite default), downloads, work folders, logs",
+    )
 
-    p = sub.add_parser("check-config", help="validate and print the settings (secrets masked)")
+    p = sub.add_parser(
+        "check-config", parents=[common], help="validate and print the settings (secrets masked)"
+    )
     p.add_argument("--connect", action="store_true", help="also open and migrate the database")
     p.set_defaults(func=cmd_check_config)
 
-    p = sub.add_parser("run-once", help="poll -> download -> debag -> sync, without Airflow")
+    p = sub.add_parser(
+        "run-once", parents=[common], help="poll -> download -> debag -> sync, without Airflow"
+    )
     p.add_argument(
         "--strict", action="store_true", help="exit 1 when a malformed message was left in a queue"
     )
     p.set_defaults(func=cmd_run_once)
 
-    p = sub.add_parser("process-bag", help="debag and sync one bag zip from disk")
+    p = sub.add_parser("process-bag", parents=[common], help="debag and sync one bag zip from disk")
     p.add_argument("zip", type=Path, help="the bag zip, e.g. W1NLM4700.bag.zip")
     p.add_argument("--archive-root", type=Path, required=True, help="root of the archive tree")
-    p.add_argument("--data-dir", type=Path, help="data root (progress DB, work folders, logs)")
     p.add_argument(
         "--key",
         help="archive key of the zip (places the work: "
@@ -243,7 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_process_bag)
 
-    p = sub.add_parser("status", help="show works in the progress database")
+    p = sub.add_parser("status", parents=[common], help="show works in the progress database")
     p.add_argument("works", nargs="*", metavar="WORK", help="work ids (default: all)")
     p.add_argument(
         "--stuck",
@@ -254,7 +262,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_status)
 
-    p = sub.add_parser("request-restore", help="request the restore of a work's bag from Glacier")
+    p = sub.add_parser(
+        "request-restore", parents=[common], help="request the restore of a work's bag from Glacier"
+    )
     target = p.add_mutually_exclusive_group(required=True)
     target.add_argument("work", nargs="?", help="work id known to the progress database")
     target.add_argument("--key", help="object key, e.g. Archive0/00/W1NLM4700/W1NLM4700.bag.zip")
@@ -264,7 +274,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tier", choices=["Standard", "Bulk"], help="retrieval tier")
     p.set_defaults(func=cmd_request_restore)
 
-    p = sub.add_parser("retry", help="retry a failed work now (no new SQS message needed)")
+    p = sub.add_parser(
+        "retry", parents=[common], help="retry a failed work now (no new SQS message needed)"
+    )
     p.add_argument("work", help="work id")
     p.add_argument(
         "--reset-only", action="store_true", help="only make it eligible for the next scheduled run"

@@ -177,6 +177,7 @@ class Pipeline:
         name: str,
         action: Callable[[Progress], dict[str, Any]],
         release: bool = False,
+        release_on_failure: bool = True,
     ) -> Progress:
         row = self.store.get(pid)
         started = time.monotonic()
@@ -191,7 +192,7 @@ class Pipeline:
             self.store.update_row(
                 pid,
                 f"{name} failed",
-                release=True,
+                release=release_on_failure,
                 state="failed",
                 failed_phase=name,
                 last_error=error,
@@ -211,7 +212,7 @@ class Pipeline:
             **fields,
         )
 
-    def download(self, pid: int) -> int:
+    def download(self, pid: int, release_on_failure: bool = True) -> int:
         """Download the row's object into the incoming folder (skipped when already there)."""
 
         def action(row: Progress) -> dict[str, Any]:
@@ -239,13 +240,20 @@ class Pipeline:
                 "details": {"path": str(target), "skipped": None if fetched else "complete"},
             }
 
-        self._phase(pid, "download", action)
+        self._phase(pid, "download", action, release_on_failure=release_on_failure)
         return pid
 
-    def debag(self, pid: int) -> int:
+    def debag(self, pid: int, release_on_failure: bool = True) -> int:
         """Validate and extract the row's zip into ``<work root>/<WorkRID>``."""
 
         def action(row: Progress) -> dict[str, Any]:
+            folder = self.settings.work_dir / row.work_id
+            if (
+                row.debagged_at
+                and folder.is_dir()
+                and (row.downloaded_at is None or row.downloaded_at <= row.debagged_at)
+            ):
+                return {"state": "debagged", "details": {"skipped": "already debagged"}}
             result = debag(
                 local_zip_path(self.settings, row),
                 self.settings.work_dir,
@@ -262,10 +270,10 @@ class Pipeline:
                 },
             }
 
-        self._phase(pid, "debag", action)
+        self._phase(pid, "debag", action, release_on_failure=release_on_failure)
         return pid
 
-    def sync(self, pid: int) -> int:
+    def sync(self, pid: int, release_on_failure: bool = True) -> int:
         """Sync the work folder into the archive; remove the folder and the zip after success."""
 
         def action(row: Progress) -> dict[str, Any]:
@@ -280,8 +288,11 @@ class Pipeline:
                 db_config=self.settings.sync_db_config,
                 timeout=self.settings.sync_timeout_seconds,
             )
-            if not self.settings.keep_zip_after_sync:
-                aws.remove_download(local_zip_path(self.settings, row))
+            zip_path = local_zip_path(self.settings, row)
+            if not self.settings.keep_zip_after_sync and zip_path.is_relative_to(
+                self.settings.incoming_dir
+            ):
+                aws.remove_download(zip_path)
             return {
                 "state": "synced",
                 "synced_at": utcnow(),
@@ -289,7 +300,7 @@ class Pipeline:
                 "details": {"archive_path": str(result.archive_path), "log": str(result.log_file)},
             }
 
-        self._phase(pid, "sync", action, release=True)
+        self._phase(pid, "sync", action, release=True, release_on_failure=release_on_failure)
         return pid
 
     def _queue_for(self, row: Progress) -> QueueSource:
@@ -308,14 +319,9 @@ class Pipeline:
         """Run the phases a work still needs; record and report, never raise for the work."""
         row = self.store.get(pid)
         outcome = WorkOutcome(pid, row.work_id, ok=False)
-        steps = []
-        zip_ready = row.downloaded_at is not None and local_zip_path(self.settings, row).is_file()
-        if row.source == "s3" and not zip_ready:
-            steps.append(("download", self.download))
-        work_ready = row.debagged_at is not None and (self.settings.work_dir / row.work_id).is_dir()
-        if not work_ready or steps:
-            steps.append(("debag", self.debag))
-        steps.append(("sync", self.sync))
+        steps = [("debag", self.debag), ("sync", self.sync)]
+        if row.source == "s3":
+            steps.insert(0, ("download", self.download))
         for name, step in steps:
             started = time.monotonic()
             try:
