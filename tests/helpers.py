@@ -29,8 +29,12 @@ DEFAULT_FILES = {
 }
 
 
-def make_bag_dir(root: Path, work_id: str, files: dict[str, bytes] | None = None,
-                 checksums: tuple[str, ...] = ("sha512",)) -> Path:
+def make_bag_dir(
+    root: Path,
+    work_id: str,
+    files: dict[str, bytes] | None = None,
+    checksums: tuple[str, ...] = ("sha512",),
+) -> Path:
     """A bag folder for ``work_id`` holding ``files`` (relative path -> content)."""
     bag_dir = root / f"{work_id}-bagdir"
     if bag_dir.exists():
@@ -40,13 +44,17 @@ def make_bag_dir(root: Path, work_id: str, files: dict[str, bytes] | None = None
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(content)
     bag_dir.mkdir(parents=True, exist_ok=True)
-    bagit.make_bag(str(bag_dir), {"Source-Organization": "Test Archive"},
-                   checksums=list(checksums))
+    bagit.make_bag(str(bag_dir), {"Source-Organization": "Test Archive"}, checksums=list(checksums))
     return bag_dir
 
 
-def zip_dir(src: Path, zip_path: Path, prefix: str = "", dir_entries: bool = True,
-            compression: int = zipfile.ZIP_DEFLATED) -> Path:
+def zip_dir(
+    src: Path,
+    zip_path: Path,
+    prefix: str = "",
+    dir_entries: bool = True,
+    compression: int = zipfile.ZIP_DEFLATED,
+) -> Path:
     """Zip ``src`` (optionally under a folder ``prefix``), with or without directory entries."""
     zip_path.parent.mkdir(parents=True, exist_ok=True)
     with zipfile.ZipFile(zip_path, "w", compression) as zf:
@@ -60,8 +68,9 @@ def zip_dir(src: Path, zip_path: Path, prefix: str = "", dir_entries: bool = Tru
     return zip_path
 
 
-def make_bag_zip(root: Path, work_id: str, files: dict[str, bytes] | None = None,
-                 **zip_options) -> Path:
+def make_bag_zip(
+    root: Path, work_id: str, files: dict[str, bytes] | None = None, **zip_options
+) -> Path:
     """A bag zip ``<root>/<work_id>.bag.zip``."""
     bag_dir = make_bag_dir(root, work_id, files)
     return zip_dir(bag_dir, root / f"{work_id}.bag.zip", **zip_options)
@@ -81,7 +90,8 @@ def moto_server(log_file: Path) -> Iterator[str]:
     with log_file.open("w") as log:
         proc = subprocess.Popen(
             [str(VENV_BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
-            stdout=log, stderr=subprocess.STDOUT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
         )
     endpoint = f"http://127.0.0.1:{port}"
     try:
@@ -108,8 +118,11 @@ def reset_moto(endpoint: str) -> None:
 
 def aws_env() -> dict[str, str]:
     """Fake credentials for the emulator (never real ones)."""
-    return {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-            "AWS_DEFAULT_REGION": "us-east-1"}
+    return {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
 
 
 @dataclass
@@ -125,23 +138,37 @@ class RestoreWorld:
     def client(self, service: str):
         import boto3
 
-        return boto3.client(service, endpoint_url=self.endpoint, region_name=self.region,
-                            aws_access_key_id="testing", aws_secret_access_key="testing")
+        return boto3.client(
+            service,
+            endpoint_url=self.endpoint,
+            region_name=self.region,
+            aws_access_key_id="testing",
+            aws_secret_access_key="testing",
+        )
 
     def queue_entry(self, **extra) -> dict:
-        return {"name": "test", "queue_url": self.queue_url, "region": self.region,
-                "bucket": self.bucket, **extra}
+        return {
+            "name": "test",
+            "queue_url": self.queue_url,
+            "region": self.region,
+            "bucket": self.bucket,
+            **extra,
+        }
 
     def upload_archived(self, zip_path: Path, key: str) -> None:
         """Put a bag zip as a DEEP_ARCHIVE object."""
-        self.client("s3").upload_file(str(zip_path), self.bucket, key,
-                                      ExtraArgs={"StorageClass": "DEEP_ARCHIVE"})
+        self.client("s3").upload_file(
+            str(zip_path), self.bucket, key, ExtraArgs={"StorageClass": "DEEP_ARCHIVE"}
+        )
 
     def restore(self, key: str) -> None:
         """Request the restore; the next HEAD makes moto send ObjectRestore:Completed."""
         s3 = self.client("s3")
-        s3.restore_object(Bucket=self.bucket, Key=key,
-                          RestoreRequest={"Days": 1, "GlacierJobParameters": {"Tier": "Bulk"}})
+        s3.restore_object(
+            Bucket=self.bucket,
+            Key=key,
+            RestoreRequest={"Days": 1, "GlacierJobParameters": {"Tier": "Bulk"}},
+        )
         s3.head_object(Bucket=self.bucket, Key=key)
 
     def send_body(self, body: str) -> None:
@@ -153,11 +180,16 @@ class RestoreWorld:
             AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
         )["Attributes"]
         return int(attrs["ApproximateNumberOfMessages"]) + int(
-            attrs["ApproximateNumberOfMessagesNotVisible"])
+            attrs["ApproximateNumberOfMessagesNotVisible"]
+        )
 
 
-def make_world(endpoint: str, bucket: str = "archive.test.example", queue: str = "restores",
-               max_receive: int = 2) -> RestoreWorld:
+def make_world(
+    endpoint: str,
+    bucket: str = "archive.test.example",
+    queue: str = "restores",
+    max_receive: int = 2,
+) -> RestoreWorld:
     """Create the bucket, the queue with its redrive policy, and the bucket notification."""
     reset_moto(endpoint)
     world = RestoreWorld(endpoint, bucket, "", "")
@@ -165,13 +197,25 @@ def make_world(endpoint: str, bucket: str = "archive.test.example", queue: str =
     s3.create_bucket(Bucket=bucket)
     world.dlq_url = sqs.create_queue(QueueName=queue + "-dlq")["QueueUrl"]
     dlq_arn = sqs.get_queue_attributes(QueueUrl=world.dlq_url, AttributeNames=["QueueArn"])[
-        "Attributes"]["QueueArn"]
-    world.queue_url = sqs.create_queue(QueueName=queue, Attributes={"RedrivePolicy": json.dumps(
-        {"deadLetterTargetArn": dlq_arn, "maxReceiveCount": str(max_receive)})})["QueueUrl"]
+        "Attributes"
+    ]["QueueArn"]
+    world.queue_url = sqs.create_queue(
+        QueueName=queue,
+        Attributes={
+            "RedrivePolicy": json.dumps(
+                {"deadLetterTargetArn": dlq_arn, "maxReceiveCount": str(max_receive)}
+            )
+        },
+    )["QueueUrl"]
     arn = sqs.get_queue_attributes(QueueUrl=world.queue_url, AttributeNames=["QueueArn"])[
-        "Attributes"]["QueueArn"]
-    s3.put_bucket_notification_configuration(Bucket=bucket, NotificationConfiguration={
-        "QueueConfigurations": [{"QueueArn": arn, "Events": ["s3:ObjectRestore:*"]}]})
+        "Attributes"
+    ]["QueueArn"]
+    s3.put_bucket_notification_configuration(
+        Bucket=bucket,
+        NotificationConfiguration={
+            "QueueConfigurations": [{"QueueArn": arn, "Events": ["s3:ObjectRestore:*"]}]
+        },
+    )
     return world
 
 
@@ -179,13 +223,15 @@ def glacier_env(world: RestoreWorld, data_root: Path, archive_root: Path, **extr
     """GLACIER_SYNC_* environment for a process (CLI or DAG) against ``world``."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("GLACIER_SYNC_")}
     env.update(aws_env())
-    env.update({
-        "GLACIER_SYNC_QUEUES": json.dumps([world.queue_entry()]),
-        "GLACIER_SYNC_AWS_ENDPOINT_URL": world.endpoint,
-        "GLACIER_SYNC_AWS_CREDENTIALS_FILE": str(data_root / "no-such-credentials"),
-        "GLACIER_SYNC_DATA_ROOT": str(data_root),
-        "GLACIER_SYNC_ARCHIVE_ROOT": str(archive_root),
-        "GLACIER_SYNC_SQS_WAIT_SECONDS": "1",
-    })
+    env.update(
+        {
+            "GLACIER_SYNC_QUEUES": json.dumps([world.queue_entry()]),
+            "GLACIER_SYNC_AWS_ENDPOINT_URL": world.endpoint,
+            "GLACIER_SYNC_AWS_CREDENTIALS_FILE": str(data_root / "no-such-credentials"),
+            "GLACIER_SYNC_DATA_ROOT": str(data_root),
+            "GLACIER_SYNC_ARCHIVE_ROOT": str(archive_root),
+            "GLACIER_SYNC_SQS_WAIT_SECONDS": "1",
+        }
+    )
     env.update({k: str(v) for k, v in extra.items()})
     return env

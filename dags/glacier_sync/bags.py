@@ -165,6 +165,20 @@ def _payload_oxum(bag_info: bytes) -> tuple[int, int] | None:
     return (int(match.group(1)), int(match.group(2))) if match else None
 
 
+def _manifest_paths(zf: zipfile.ZipFile, tags: list[zipfile.ZipInfo], root: str) -> set[str]:
+    """Payload paths named by the payload manifests, read in memory (for early error lists)."""
+    paths: set[str] = set()
+    for info in tags:
+        if not re.fullmatch(r"manifest-\w+\.txt", info.filename[len(root) :]):
+            continue
+        for line in _read_small(zf, info).decode("utf-8", errors="replace").splitlines():
+            parts = line.strip().split(None, 1)
+            if len(parts) == 2:
+                path = parts[1].replace("%0D", "\r").replace("%0A", "\n").replace("%25", "%")
+                paths.add(_nfc(path.removeprefix("./")))
+    return paths
+
+
 def _precheck(zip_path: Path, zf: zipfile.ZipFile, work_root: Path, margin: int):
     """Checks that need no writing: member names and types, declared sizes, free space."""
     infos = zf.infolist()
@@ -192,10 +206,17 @@ def _precheck(zip_path: Path, zf: zipfile.ZipFile, work_root: Path, margin: int)
     info_member = next((i for i in tags if i.filename == info_name), None)
     oxum = _payload_oxum(_read_small(zf, info_member)) if info_member else None
     if oxum is not None and (declared, len(payload)) != oxum:
+        listed = _manifest_paths(zf, tags, root)
+        members = {_nfc(i.filename[len(root) :]) for i in payload}
         raise BagError(
             f"refused {zip_path.name}: the zip declares {declared} payload bytes in {len(payload)}"
             f" files, but Payload-Oxum says {oxum[0]}.{oxum[1]}; nothing was extracted",
-            [f"Payload-Oxum {oxum[0]}.{oxum[1]} != declared {declared}.{len(payload)}"],
+            [f"Payload-Oxum {oxum[0]}.{oxum[1]} != declared {declared}.{len(payload)}"]
+            + [
+                f"{p}: listed in the manifest but missing from the zip"
+                for p in sorted(listed - members)
+            ]
+            + [f"{p}: in the zip but not in any manifest" for p in sorted(members - listed)],
         )
     needed = declared + sum(i.file_size for i in tags) + margin
     work_root.mkdir(parents=True, exist_ok=True)

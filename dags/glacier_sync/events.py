@@ -129,6 +129,9 @@ def parse_message_body(body: str, event_patterns: list[str]) -> ParsedBody:
         if not event_name_matches(record.event_name, event_patterns):
             skipped.append(f"skipped {record.event_name} for s3://{record.bucket}/{record.key}")
             continue
-        work_id_from_key(record.key)
+        try:
+            work_id_from_key(record.key)
+        except ValueError as exc:
+            raise MalformedMessage(str(exc)) from None
         records.append(record)
     return ParsedBody(records, skipped)

@@ -6,10 +6,15 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import JSON, BigInteger, DateTime, Integer, String, Text
+from sqlalchemy.dialects import mysql
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 # States of a work, in order; ``failed`` keeps the phase that failed in ``failed_phase``.
 STATES = ("requested", "restored", "downloaded", "debagged", "synced", "failed")
+
+
+# Microsecond timestamps everywhere (MySQL/MariaDB DATETIME drops them unless fsp=6).
+Timestamp = DateTime().with_variant(mysql.DATETIME(fsp=6), "mysql", "mariadb")
 
 
 def utcnow() -> datetime:
@@ -40,19 +45,19 @@ class Progress(Base):
     local_path: Mapped[str | None] = mapped_column(Text)
     state: Mapped[str] = mapped_column(String(16), default="restored", index=True)
     failed_phase: Mapped[str | None] = mapped_column(String(16))
-    restore_requested_at: Mapped[datetime | None] = mapped_column(DateTime())
-    restore_completed_at: Mapped[datetime | None] = mapped_column(DateTime())
-    downloaded_at: Mapped[datetime | None] = mapped_column(DateTime())
-    debagged_at: Mapped[datetime | None] = mapped_column(DateTime())
-    synced_at: Mapped[datetime | None] = mapped_column(DateTime())
+    restore_requested_at: Mapped[datetime | None] = mapped_column(Timestamp)
+    restore_completed_at: Mapped[datetime | None] = mapped_column(Timestamp)
+    downloaded_at: Mapped[datetime | None] = mapped_column(Timestamp)
+    debagged_at: Mapped[datetime | None] = mapped_column(Timestamp)
+    synced_at: Mapped[datetime | None] = mapped_column(Timestamp)
     archive_path: Mapped[str | None] = mapped_column(Text)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     last_error: Mapped[str | None] = mapped_column(Text)
     history: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
     claimed_by: Mapped[str | None] = mapped_column(String(255))
-    claimed_until: Mapped[datetime | None] = mapped_column(DateTime())
-    created_at: Mapped[datetime] = mapped_column(DateTime(), default=utcnow)
-    updated_at: Mapped[datetime] = mapped_column(DateTime(), default=utcnow, onupdate=utcnow)
+    claimed_until: Mapped[datetime | None] = mapped_column(Timestamp)
+    created_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow, onupdate=utcnow)
 
     def add_history(self, event: str, **details: Any) -> None:
         """Append an event to the JSON history (a new list, so the change is tracked)."""

@@ -113,7 +113,7 @@ class Pipeline:
     ) -> None:
         try:
             parsed = parse_message_body(message.body, self.settings.event_names)
-        except (MalformedMessage, ValueError) as exc:
+        except MalformedMessage as exc:
             note = (
                 f"queue {queue.name}: message {message.message_id} (received "
                 f"{message.receive_count} times) is not a usable S3 event: {exc}; left in the "

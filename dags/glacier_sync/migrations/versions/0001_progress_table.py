@@ -7,6 +7,7 @@ Create Date: 2026-11-21
 
 import sqlalchemy as sa
 from alembic import op
+from sqlalchemy.dialects import mysql
 
 revision = "0001"
 down_revision = None
@@ -16,7 +17,7 @@ depends_on = None
 
 def upgrade() -> None:
     """Create the table and its indexes."""
-    tz = sa.DateTime()
+    tz = sa.DateTime().with_variant(mysql.DATETIME(fsp=6), "mysql", "mariadb")
     op.create_table(
         "glacier_sync_progress",
         sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),

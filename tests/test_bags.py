@@ -1,0 +1,253 @@
+"""Debag: valid bags land whole; every kind of bad bag is refused with nothing written."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+import zipfile
+from pathlib import Path
+
+import pytest
+from helpers import DEFAULT_FILES, make_bag_dir, make_bag_zip, zip_dir
+
+from glacier_sync import bags
+from glacier_sync.bags import debag
+from glacier_sync.errors import BagError
+
+
+def _tree(root: Path) -> dict[str, bytes]:
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+
+
+def _refused(zip_path: Path, work_root: Path, *expected: str) -> BagError:
+    before = zip_path.read_bytes()
+    with pytest.raises(BagError) as info:
+        debag(zip_path, work_root, "W1TEST")
+    message = str(info.value)
+    for text in expected:
+        assert text in message, message
+    assert zip_path.read_bytes() == before, "the zip must stay as it was"
+    assert list(work_root.iterdir()) == [] if work_root.exists() else True, "nothing kept"
+    return info.value
+
+
+def test_valid_bag_lands_with_tags_beside_payload(tmp_path):
+    zip_path = make_bag_zip(tmp_path, "W1TEST")
+    result = debag(zip_path, tmp_path / "work", "W1TEST")
+    work = tmp_path / "work" / "W1TEST"
+    assert result.work_path == work
+    assert result.files == len(DEFAULT_FILES)
+    assert result.bytes == sum(len(v) for v in DEFAULT_FILES.values())
+    tree = _tree(work)
+    for rel, content in DEFAULT_FILES.items():
+        assert tree[rel] == content
+    assert {"bagit.txt", "bag-info.txt", "manifest-sha512.txt"} <= {
+        p.name for p in (work / "W1TEST.bag").iterdir()
+    }
+    assert not any(p.name.startswith(".debag") for p in (tmp_path / "work").iterdir())
+    assert zip_path.is_file(), "debag never deletes the zip"
+
+
+@pytest.mark.parametrize("dir_entries", [True, False])
+@pytest.mark.parametrize("prefix", ["", "W1TEST/", "W1TEST.bag/"])
+def test_zip_shapes_accepted(tmp_path, dir_entries, prefix):
+    bag_dir = make_bag_dir(tmp_path, "W1TEST")
+    zip_path = zip_dir(bag_dir, tmp_path / "W1TEST.bag.zip", prefix=prefix, dir_entries=dir_entries)
+    debag(zip_path, tmp_path / "work", "W1TEST")
+    assert (tmp_path / "work" / "W1TEST" / "sources" / "བོད་ཡིག.txt").is_file()
+
+
+def test_every_manifest_algorithm_is_checked(tmp_path):
+    bag_dir = make_bag_dir(tmp_path, "W1TEST", checksums=("sha256", "md5", "sha1"))
+    zip_path = zip_dir(bag_dir, tmp_path / "W1TEST.bag.zip")
+    assert set(debag(zip_path, tmp_path / "work", "W1TEST").algorithms) == {"sha256", "md5", "sha1"}
+    # Corrupt only the md5 manifest: the others still match, the bag must still be refused.
+    manifest = bag_dir / "manifest-md5.txt"
+    lines = manifest.read_text().splitlines()
+    lines[0] = "0" * 32 + lines[0][32:]
+    manifest.write_text("\n".join(lines) + "\n")
+    for tagmanifest in bag_dir.glob("tagmanifest-*.txt"):
+        tagmanifest.unlink()
+    zip_path = zip_dir(bag_dir, tmp_path / "W2TEST.bag.zip")
+    with pytest.raises(BagError, match="md5 mismatch"):
+        debag(zip_path, tmp_path / "work2", "W2TEST")
+
+
+def test_payload_with_work_folder_is_flattened(tmp_path):
+    files = {f"W1TEST/{k}": v for k, v in DEFAULT_FILES.items()}
+    zip_path = make_bag_zip(tmp_path, "W1TEST", files)
+    debag(zip_path, tmp_path / "work", "W1TEST")
+    assert (tmp_path / "work" / "W1TEST" / "images" / "I1_0001.tif").is_file()
+    assert (tmp_path / "work" / "W1TEST" / "W1TEST.bag" / "bagit.txt").is_file()
+
+
+def test_rerun_replaces_an_unsynced_work_folder(tmp_path):
+    zip_path = make_bag_zip(tmp_path, "W1TEST")
+    debag(zip_path, tmp_path / "work", "W1TEST")
+    (tmp_path / "work" / "W1TEST" / "stray.txt").write_text("left over")
+    debag(zip_path, tmp_path / "work", "W1TEST")
+    assert not (tmp_path / "work" / "W1TEST" / "stray.txt").exists()
+    assert [p.name for p in (tmp_path / "work").iterdir()] == ["W1TEST"]
+
+
+def test_large_files_hash_in_parallel_threads(tmp_path, monkeypatch):
+    monkeypatch.setattr(bags, "THREADED_HASH_MIN_SIZE", 1024)
+    monkeypatch.setattr(bags, "CHUNK_SIZE", 4096)
+    big = os.urandom(300_000)
+    zip_path = make_bag_zip(tmp_path, "W1TEST", {"big.bin": big})
+    debag(zip_path, tmp_path / "work", "W1TEST")
+    assert (tmp_path / "work" / "W1TEST" / "big.bin").read_bytes() == big
+    bad = make_bag_dir(tmp_path, "W2TEST", {"big.bin": big})
+    (bad / "data" / "big.bin").write_bytes(big[:-1] + bytes([big[-1] ^ 1]))
+    zip_path = zip_dir(bad, tmp_path / "W2TEST.bag.zip")
+    with pytest.raises(BagError, match="big.bin: sha512 mismatch"):
+        debag(zip_path, tmp_path / "work2", "W2TEST")
+
+
+# -- refused bags ------------------------------------------------------------------------
+
+
+def _bad_zip(tmp_path: Path, extra_member: zipfile.ZipInfo, data: bytes = b"x") -> Path:
+    bag_dir = make_bag_dir(tmp_path, "W1TEST")
+    zip_path = zip_dir(bag_dir, tmp_path / "W1TEST.bag.zip")
+    with zipfile.ZipFile(zip_path, "a") as zf:
+        zf.writestr(extra_member, data)
+    return zip_path
+
+
+def test_dotdot_member_refused_before_writing(tmp_path):
+    zip_path = _bad_zip(tmp_path, zipfile.ZipInfo("data/../../evil.txt"))
+    _refused(zip_path, tmp_path / "work", "climbs out", "nothing was extracted")
+    assert not (tmp_path / "evil.txt").exists()
+    assert not (tmp_path / "work").exists() or not any((tmp_path / "work").iterdir())
+
+
+def test_absolute_member_refused(tmp_path):
+    zip_path = _bad_zip(tmp_path, zipfile.ZipInfo("/etc/evil.txt"))
+    _refused(zip_path, tmp_path / "work", "absolute path")
+
+
+def test_symlink_member_refused(tmp_path):
+    link = zipfile.ZipInfo("data/link")
+    link.external_attr = (stat.S_IFLNK | 0o777) << 16
+    zip_path = _bad_zip(tmp_path, link, b"/etc/passwd")
+    _refused(zip_path, tmp_path / "work", "data/link: symbolic link")
+
+
+def test_truncated_zip_refused(tmp_path):
+    zip_path = make_bag_zip(tmp_path, "W1TEST")
+    data = zip_path.read_bytes()
+    zip_path.write_bytes(data[: len(data) * 2 // 3])
+    _refused(zip_path, tmp_path / "work", "not a readable zip", "truncated")
+
+
+def test_checksum_mismatch_same_size_refused(tmp_path):
+    bag_dir = make_bag_dir(tmp_path, "W1TEST")
+    target = bag_dir / "data" / "images" / "I1_0001.tif"
+    data = bytearray(target.read_bytes())
+    data[10] ^= 0xFF
+    target.write_bytes(bytes(data))
+    zip_path = zip_dir(bag_dir, tmp_path / "W1TEST.bag.zip")
+    error = _refused(zip_path, tmp_path / "work", "data/images/I1_0001.tif: sha512 mismatch")
+    assert len(error.problems) == 1
+
+
+def test_payload_oxum_mismatch_alone_refused(tmp_path):
+    bag_dir = make_bag_dir(tmp_path, "W1TEST")
+    info = bag_dir / "bag-info.txt"
+    text = info.read_text()
+    total = sum(len(v) for v in DEFAULT_FILES.values())
+    assert f"Payload-Oxum: {total}.4" in text
+    info.write_text(text.replace(f"Payload-Oxum: {total}.4", f"Payload-Oxum: {total + 1}.4"))
+    for tagmanifest in bag_dir.glob("tagmanifest-*.txt"):
+        tagmanifest.unlink()  # only the Oxum is wrong: every checksum matches
+    zip_path = zip_dir(bag_dir, tmp_path / "W1TEST.bag.zip")
+    _refused(zip_path, tmp_path / "work", "Payload-Oxum", f"{total + 1}.4")
+
+
+def test_declared_sizes_above_oxum_refused_before_writing(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(bags, "_extract_hashing", lambda *a: calls.append(a))
+    bag_dir = make_bag_dir(tmp_path, "W1TEST")
+    (bag_dir / "data" / "archive" / "notes.txt").write_bytes(b"x" * 5000)
+    zip_path = zip_dir(bag_dir, tmp_path / "W1TEST.bag.zip")
+    _refused(zip_path, tmp_path / "work", "Payload-Oxum", "nothing was extracted")
+    assert calls == []
+
+
+def test_missing_payload_file_refused(tmp_path):
+    bag_dir = make_bag_dir(tmp_path, "W1TEST")
+    os.remove(bag_dir / "data" / "archive" / "notes.txt")
+    zip_path = zip_dir(bag_dir, tmp_path / "W1TEST.bag.zip")
+    _refused(zip_path, tmp_path / "work", "data/archive/notes.txt")
+
+
+def test_missing_payload_file_with_oxum_fixed_is_named(tmp_path):
+    bag_dir = make_bag_dir(tmp_path, "W1TEST")
+    missing = bag_dir / "data" / "archive" / "notes.txt"
+    size = missing.stat().st_size
+    os.remove(missing)
+    info = bag_dir / "bag-info.txt"
+    total = sum(len(v) for v in DEFAULT_FILES.values())
+    info.write_text(info.read_text().replace(f"{total}.4", f"{total - size}.3"))
+    for tagmanifest in bag_dir.glob("tagmanifest-*.txt"):
+        tagmanifest.unlink()
+    zip_path = zip_dir(bag_dir, tmp_path / "W1TEST.bag.zip")
+    _refused(
+        zip_path,
+        tmp_path / "work",
+        "data/archive/notes.txt: listed in the manifest but missing from the zip",
+    )
+
+
+def test_unexpected_extra_file_refused(tmp_path):
+    bag_dir = make_bag_dir(tmp_path, "W1TEST")
+    (bag_dir / "data" / "extra.txt").write_bytes(b"")  # zero bytes: the Oxum bytes still match
+    info = bag_dir / "bag-info.txt"
+    total = sum(len(v) for v in DEFAULT_FILES.values())
+    info.write_text(info.read_text().replace(f"{total}.4", f"{total}.5"))
+    for tagmanifest in bag_dir.glob("tagmanifest-*.txt"):
+        tagmanifest.unlink()
+    zip_path = zip_dir(bag_dir, tmp_path / "W1TEST.bag.zip")
+    _refused(zip_path, tmp_path / "work", "data/extra.txt: in the zip but not in any manifest")
+
+
+def test_tag_manifest_mismatch_refused(tmp_path):
+    bag_dir = make_bag_dir(tmp_path, "W1TEST")
+    info = bag_dir / "bag-info.txt"
+    info.write_text(info.read_text() + "Contact-Name: changed after bagging\n")
+    zip_path = zip_dir(bag_dir, tmp_path / "W1TEST.bag.zip")
+    _refused(zip_path, tmp_path / "work", "bag-info.txt: sha512 mismatch (tag manifest)")
+
+
+def test_fetch_txt_refused(tmp_path):
+    bag_dir = make_bag_dir(tmp_path, "W1TEST")
+    (bag_dir / "fetch.txt").write_text("http://example.org/x 10 data/x\n")
+    zip_path = zip_dir(bag_dir, tmp_path / "W1TEST.bag.zip")
+    _refused(zip_path, tmp_path / "work", "fetch.txt")
+
+
+def test_not_a_bag_refused(tmp_path):
+    zip_path = tmp_path / "W1TEST.bag.zip"
+    with zipfile.ZipFile(zip_path, "w") as zf:
+        zf.writestr("readme.txt", "no bag here")
+    _refused(zip_path, tmp_path / "work", "no bagit.txt")
+
+
+def test_no_free_space_refused(tmp_path):
+    zip_path = make_bag_zip(tmp_path, "W1TEST")
+    with pytest.raises(BagError, match="free some space"):
+        debag(zip_path, tmp_path / "work", "W1TEST", free_space_margin=1 << 62)
+    assert list((tmp_path / "work").iterdir()) == []
+
+
+def test_manifest_hashes_are_the_real_ones(tmp_path):
+    """Guard the fixtures themselves: the manifest says what hashlib says."""
+    bag_dir = make_bag_dir(tmp_path, "W1TEST")
+    line = next(
+        ln
+        for ln in (bag_dir / "manifest-sha512.txt").read_text().splitlines()
+        if ln.endswith("I1_0001.tif")
+    )
+    assert line.split()[0] == hashlib.sha512(DEFAULT_FILES["images/I1_0001.tif"]).hexdigest()

@@ -1,0 +1,185 @@
+"""The progress database on SQLite, PostgreSQL and MariaDB: schema, dedup, claims, retries."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import uuid
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, text
+
+from glacier_sync.errors import ProgressDatabaseError, WorkNotFound
+from glacier_sync.events import parse_message_body
+from glacier_sync.progress import ProgressStore, parse_event_time
+
+SAMPLE = json.loads((Path(__file__).parent / "data" / "objectrestore-completed.json").read_text())
+
+
+def _event(time="2026-10-02T04:31:07.112Z", etag="9b2c-88", key=None):
+    body = json.loads(json.dumps(SAMPLE))
+    record = body["Records"][0]
+    record["eventTime"] = time
+    record["s3"]["object"]["eTag"] = etag
+    if key:
+        record["s3"]["object"]["key"] = key
+    return parse_message_body(json.dumps(body), ["ObjectRestore:Completed"]).records[0]
+
+
+def _server_url(kind: str) -> str:
+    """A fresh database on the local server, or skip (fail in CI) when the server is absent."""
+    name = f"gs_test_{uuid.uuid4().hex[:10]}"
+    admin = {
+        "postgresql": "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres",
+        "mariadb": "mysql+pymysql://root@127.0.0.1:3306/",
+    }[kind]
+    try:
+        engine = create_engine(admin, isolation_level="AUTOCOMMIT")
+        with engine.connect() as conn:
+            conn.execute(text(f"CREATE DATABASE {name}"))
+        engine.dispose()
+    except Exception as exc:  # the server is not there
+        reason = f"{kind} server on 127.0.0.1 not reachable: {exc}"
+        if os.environ.get("CI"):
+            pytest.fail(reason + " (CI must run the database tests)")
+        pytest.skip(reason)
+    if kind == "postgresql":
+        return f"postgresql+psycopg2://postgres@127.0.0.1:5432/{name}"
+    return f"mysql+pymysql://root@127.0.0.1:3306/{name}?charset=utf8mb4"
+
+
+@pytest.fixture(params=["sqlite", "postgresql", "mariadb"])
+def store(request, tmp_path) -> ProgressStore:
+    url = (
+        f"sqlite:///{tmp_path}/progress.sqlite"
+        if request.param == "sqlite"
+        else _server_url(request.param)
+    )
+    store = ProgressStore(url)
+    yield store
+    store.engine.dispose()
+
+
+def test_migration_creates_table_and_is_repeatable(store):
+    store.migrate()
+    store.migrate()
+    with store.engine.connect() as conn:
+        version = conn.execute(text("SELECT version_num FROM glacier_sync_alembic_version"))
+        assert version.scalar() == "0001"
+
+
+def test_record_event_new_duplicate_and_reopened(store):
+    pid, outcome = store.record_event(_event(), "tbrc", "m1")
+    assert outcome == "new"
+    row = store.get(pid)
+    assert (row.work_id, row.state, row.bucket) == (
+        "W2KG209837",
+        "restored",
+        "glacier.staging.example.org",
+    )
+    assert row.size == 734003200
+    assert store.record_event(_event(), "tbrc", "m2") == (pid, "duplicate")
+    assert [h["event"] for h in store.get(pid).history] == ["restore completed", "duplicate event"]
+    store.update_row(pid, "sync done", release=True, state="synced")
+    assert store.record_event(_event(), "tbrc", "m3") == (pid, "duplicate")
+    pid2, outcome = store.record_event(_event(time="2026-12-01T00:00:00Z"), "tbrc", "m4")
+    assert (pid2, outcome) == (pid, "reopened")
+    assert store.get(pid).state == "restored"
+    other, outcome = store.record_event(_event(etag="ffff"), "tbrc", "m5")
+    assert other != pid and outcome == "new"
+
+
+def test_large_sizes_and_unicode_keys(store):
+    pid, _ = store.record_event(_event(key="Archive0/00/W1+%E0%BD%96/W1.bag.zip"), "q", "m")
+    assert store.get(pid).object_key == "Archive0/00/W1 བ/W1.bag.zip"
+    store.update_row(pid, "x", size=17 * 1024**3)
+    assert store.get(pid).size == 17 * 1024**3
+
+
+def test_claims_are_exclusive_and_count_attempts(store):
+    ids = [store.record_event(_event(etag=f"e{i}"), "q", f"m{i}")[0] for i in range(6)]
+    results: dict[str, list[int]] = {}
+
+    def claim(run):
+        results[run] = store.claim(run, "s3", limit=10, lease_minutes=60, max_attempts=3)
+
+    threads = [threading.Thread(target=claim, args=(f"run{i}",)) for i in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    claimed = [pid for got in results.values() for pid in got]
+    assert sorted(claimed) == ids, "every row claimed exactly once"
+    assert all(store.get(pid).attempts == 1 for pid in ids)
+    assert store.claim("late", "s3", 10, 60, 3) == []
+    assert store.claim("local-run", "local", 10, 60, 3) == []
+
+
+def test_failed_rows_come_back_until_max_attempts_then_retry_resets(store):
+    pid, _ = store.record_event(_event(), "q", "m")
+    for attempt in range(1, 3):
+        assert store.claim(f"run{attempt}", "s3", 10, 60, 2) == [pid]
+        store.update_row(
+            pid,
+            "debag failed",
+            release=True,
+            state="failed",
+            failed_phase="debag",
+            last_error="bad",
+        )
+    assert store.claim("run3", "s3", 10, 60, 2) == [], "attempts exhausted"
+    assert [r.id for r in store.stuck(timedelta(hours=1), 2)] == [pid]
+    assert store.reset_for_retry("W2KG209837") == [pid]
+    assert store.claim("run4", "s3", 10, 60, 2) == [pid]
+    with pytest.raises(WorkNotFound, match="no unsynced row"):
+        store.reset_for_retry("W0NONE")
+
+
+def test_expired_claims_can_be_taken_over(store):
+    pid, _ = store.record_event(_event(), "q", "m")
+    assert store.claim("dead-run", "s3", 10, lease_minutes=60, max_attempts=5) == [pid]
+    store.update_row(pid, "lease", claimed_until=store.get(pid).claimed_until - timedelta(hours=2))
+    assert store.claim("next-run", "s3", 10, 60, 5) == [pid]
+    assert store.get(pid).claimed_by == "next-run"
+
+
+def test_restore_request_then_completed_event(store):
+    pid = store.record_restore_request(
+        "glacier.staging.example.org",
+        "Archive1/37/W2KG209837/W2KG209837.bag.zip",
+        "9b2c-88",
+        "W2KG209837",
+        "us-east-1",
+        "requested",
+    )
+    assert store.get(pid).state == "requested"
+    assert store.claim("r", "s3", 10, 60, 3) == [], "a requested restore is not work yet"
+    assert store.record_event(_event(), "q", "m") == (pid, "new")
+    assert store.get(pid).restore_requested_at is not None
+
+
+def test_local_registration(store, tmp_path):
+    zip_path = tmp_path / "W1.bag.zip"
+    zip_path.write_bytes(b"zip")
+    pid, outcome = store.register_local(zip_path, "W1.bag.zip", "W1")
+    assert outcome == "new"
+    assert store.register_local(zip_path, "W1.bag.zip", "W1") == (pid, "duplicate")
+    assert str(zip_path.resolve()) in store.known_local_paths()
+    assert store.claim("r", "local", 10, 60, 3) == [pid]
+
+
+def test_unreachable_database_is_a_clear_error(tmp_path):
+    with pytest.raises(ProgressDatabaseError) as info:
+        ProgressStore("postgresql+psycopg2://glacier:topsecret@127.0.0.1:1/progress")
+    message = str(info.value)
+    assert "unreachable" in message and "127.0.0.1:1" in message
+    assert "topsecret" not in message and "glacier:***@" in message
+
+
+def test_event_time_parsing():
+    assert parse_event_time("2026-10-02T04:31:07.112Z").isoformat() == "2026-10-02T04:31:07.112000"
+    assert parse_event_time("2026-10-02T06:31:07+02:00").hour == 4
+    assert parse_event_time("yesterday") is None and parse_event_time(None) is None
