@@ -94,6 +94,7 @@ class SqsMessage:
 def receive_messages(sqs: Any, queue: QueueSource, limit: int, wait: int, visibility: int):
     """Long-poll ``queue`` until ``limit`` messages are received or the queue is empty."""
     received: list[SqsMessage] = []
+    seen: set[str] = set()
     while len(received) < limit:
         response = sqs.receive_message(
             QueueUrl=queue.queue_url,
@@ -102,10 +103,11 @@ def receive_messages(sqs: Any, queue: QueueSource, limit: int, wait: int, visibi
             VisibilityTimeout=visibility,
             AttributeNames=["ApproximateReceiveCount"],
         )
-        batch = response.get("Messages", [])
+        batch = [m for m in response.get("Messages", []) if m["MessageId"] not in seen]
         if not batch:
             break
         for msg in batch:
+            seen.add(msg["MessageId"])
             count = int(msg.get("Attributes", {}).get("ApproximateReceiveCount", "1"))
             received.append(
                 SqsMessage(queue, msg["MessageId"], msg["ReceiptHandle"], msg["Body"], count)
@@ -113,9 +115,25 @@ def receive_messages(sqs: Any, queue: QueueSource, limit: int, wait: int, visibi
     return received
 
 
-def delete_message(sqs: Any, message: SqsMessage) -> None:
-    """Delete a message whose records are safely recorded."""
-    sqs.delete_message(QueueUrl=message.queue.queue_url, ReceiptHandle=message.receipt_handle)
+def delete_message(sqs: Any, message: SqsMessage) -> bool:
+    """Delete a message whose records are safely recorded; False when SQS refused.
+
+    A refused delete (expired receipt handle) is harmless: the message comes back and its
+    records are recognised as duplicates.
+    """
+    from botocore.exceptions import ClientError
+
+    try:
+        sqs.delete_message(QueueUrl=message.queue.queue_url, ReceiptHandle=message.receipt_handle)
+    except ClientError as exc:
+        log.warning(
+            "queue %s: message %s not deleted (%s); it will come back as a duplicate",
+            message.queue.name,
+            message.message_id,
+            exc,
+        )
+        return False
+    return True
 
 
 def _error_code(exc: Exception) -> str:

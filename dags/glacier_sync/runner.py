@@ -137,8 +137,8 @@ class Pipeline:
                 report.duplicates += 1
             else:
                 report.recorded += 1
-        aws.delete_message(sqs, message)
-        report.deleted += 1
+        if aws.delete_message(sqs, message):
+            report.deleted += 1
 
     def claim(self, source: str = "s3", ids: list[int] | None = None) -> list[int]:
         """Claim the pending works of ``source`` for this run."""
@@ -222,6 +222,8 @@ class Pipeline:
                     raise GlacierSyncError(f"work {row.work_id}: {target} is gone; drop it again")
                 return {"state": "downloaded", "details": {"skipped": "local file"}}
             queue = self._queue_for(row)
+            if row.local_path != str(target):  # claim the path before the file appears
+                self.store.update_row(pid, "download started", local_path=str(target))
             fetched = aws.download_object(
                 self.clients.client("s3", queue),
                 row.bucket,
@@ -233,12 +235,11 @@ class Pipeline:
                 self.settings.download_chunk_mb,
                 row.version_id,
             )
-            return {
-                "state": "downloaded",
-                "downloaded_at": utcnow(),
-                "local_path": str(target),
-                "details": {"path": str(target), "skipped": None if fetched else "complete"},
-            }
+            fields: dict[str, Any] = {"state": "downloaded", "local_path": str(target)}
+            if fetched or row.downloaded_at is None:
+                fields["downloaded_at"] = utcnow()
+            fields["details"] = {"path": str(target), "skipped": None if fetched else "complete"}
+            return fields
 
         self._phase(pid, "download", action, release_on_failure=release_on_failure)
         return pid

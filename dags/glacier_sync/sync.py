@@ -91,7 +91,6 @@ def sync_work(
     log_file = log_dir / f"{work_id}.log"
     success_list = log_dir / "tmp" / f"{work_id}-{now.strftime('%H%M%S%f')}.success"
     success_list.unlink(missing_ok=True)
-    archive_parent.mkdir(parents=True, exist_ok=True)
     argv = ["bash", str(command)]
     if replace:
         argv.append("-A")

@@ -1,0 +1,214 @@
+"""The pipeline against a real moto server: the restore flow, at-least-once, failures, retries."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from helpers import DEFAULT_FILES, make_bag_dir, make_bag_zip, zip_dir
+
+from glacier_sync.errors import NoRestoredWork, ProgressDatabaseError
+from glacier_sync.runner import Pipeline
+from glacier_sync.settings import load_settings
+
+KEY = "Archive0/00/W1NLM4700/W1NLM4700.bag.zip"
+
+
+def _restored(world, dirs, work_id="W1NLM4700", key=KEY, files=None):
+    zip_path = make_bag_zip(dirs["bags"], work_id, files)
+    world.upload_archived(zip_path, key)
+    world.restore(key)
+    return zip_path
+
+
+def test_restore_event_to_archive(world, dirs, settings):
+    _restored(world, dirs)
+    pipeline = Pipeline(settings)
+    report, outcomes = pipeline.run_once()
+    assert report.recorded == 1 and report.deleted >= 2  # TestEvent, Post and Completed
+    assert [o.ok for o in outcomes] == [True]
+    archived = dirs["archive"] / "Archive0" / "00" / "W1NLM4700"
+    for rel, content in DEFAULT_FILES.items():
+        assert (archived / rel).read_bytes() == content
+    row = pipeline.store.find(["W1NLM4700"])[0]
+    assert row.state == "synced" and row.claimed_by is None
+    assert row.downloaded_at and row.debagged_at and row.synced_at
+    assert world.queue_count() == 0
+    assert not (dirs["data"] / "incoming" / KEY).exists(), "zip removed after a safe sync"
+    assert not (dirs["data"] / "work" / "W1NLM4700").exists()
+    events = [h["event"] for h in row.history]
+    assert events == [
+        "restore completed",
+        "download started",
+        "download done",
+        "debag done",
+        "sync done",
+    ]
+
+
+def test_same_event_twice_is_processed_once(world, dirs, settings):
+    _restored(world, dirs)
+    body = None
+    sqs = world.client("sqs")
+    for msg in sqs.receive_message(
+        QueueUrl=world.queue_url, MaxNumberOfMessages=10, VisibilityTimeout=0
+    ).get("Messages", []):
+        if "ObjectRestore:Completed" in msg["Body"]:
+            body = msg["Body"]
+    world.send_body(body)
+    pipeline = Pipeline(settings)
+    report, outcomes = pipeline.run_once()
+    assert report.recorded == 1 and report.duplicates == 1
+    assert len(outcomes) == 1 and outcomes[0].ok
+    assert len(pipeline.store.find()) == 1
+    world.send_body(body)  # a late redelivery after the sync: still the same restore
+    report, outcomes = pipeline.run_once()
+    assert report.duplicates == 1 and outcomes == []
+
+
+def test_test_event_and_unknown_events_are_deleted_safely(world, settings):
+    world.send_body(json.dumps({"Service": "Amazon S3", "Event": "s3:TestEvent"}))
+    pipeline = Pipeline(settings)
+    report = pipeline.poll_queues()
+    assert report.received >= 2 and report.deleted == report.received
+    assert any("TestEvent" in s for s in report.skipped)
+    assert world.queue_count() == 0
+
+
+def test_malformed_body_stays_for_the_dead_letter_queue(world, settings):
+    world.send_body("this is not json")
+    world.send_body(json.dumps({"Records": [{"eventName": "ObjectRestore:Completed"}]}))
+    fast = settings.model_copy(update={"sqs_visibility_timeout": 0})
+    pipeline = Pipeline(fast)
+    first = pipeline.poll_queues()
+    assert len(first.malformed) == 2
+    assert "not JSON" in first.malformed[0] or "not JSON" in first.malformed[1]
+    pipeline.poll_queues()
+    pipeline.poll_queues()  # past maxReceiveCount=2 the queue moves them to the DLQ
+    assert world.queue_count() == 0
+    assert world.queue_count(world.dlq_url) == 2
+
+
+def test_empty_queue_raises_for_the_poll_task(world, settings):
+    with pytest.raises(NoRestoredWork, match="no restore event waiting"):
+        Pipeline(settings).poll()
+
+
+def test_not_restored_object_fails_clearly_and_retries_later(world, dirs, settings):
+    zip_path = make_bag_zip(dirs["bags"], "W1LATE")
+    key = "Archive0/01/W1LATE/W1LATE.bag.zip"
+    world.upload_archived(zip_path, key)
+    body = json.dumps(
+        {
+            "Records": [
+                {
+                    "eventName": "ObjectRestore:Completed",
+                    "awsRegion": "us-east-1",
+                    "eventTime": "2026-11-01T00:00:00Z",
+                    "s3": {"bucket": {"name": world.bucket}, "object": {"key": key, "size": 1}},
+                }
+            ]
+        }
+    )
+    world.send_body(body)
+    pipeline = Pipeline(settings)
+    _, outcomes = pipeline.run_once()
+    assert not outcomes[0].ok
+    assert "glacier-sync request-restore W1LATE" in outcomes[0].error
+    row = pipeline.store.find(["W1LATE"])[0]
+    assert (row.state, row.failed_phase) == ("failed", "download")
+    assert not any((dirs["archive"]).rglob("*"))
+    world.restore(key)
+    _, outcomes = Pipeline(settings).run_once()  # no new message needed
+    assert outcomes[0].ok
+    assert (dirs["archive"] / "Archive0" / "01" / "W1LATE" / "sources").is_dir()
+
+
+def test_missing_object_is_recorded(world, settings):
+    world.send_body(
+        json.dumps(
+            {
+                "Records": [
+                    {
+                        "eventName": "ObjectRestore:Completed",
+                        "awsRegion": "us-east-1",
+                        "s3": {
+                            "bucket": {"name": world.bucket},
+                            "object": {"key": "W1GONE.bag.zip"},
+                        },
+                    }
+                ]
+            }
+        )
+    )
+    _, outcomes = Pipeline(settings).run_once()
+    assert "does not exist" in outcomes[0].error
+
+
+def test_bad_bag_fails_alone_zip_kept_archive_untouched(world, dirs, settings):
+    _restored(world, dirs, "W1GOOD", "Archive0/02/W1GOOD/W1GOOD.bag.zip")
+    bad_dir = make_bag_dir(dirs["bags"], "W1BAD")
+    (bad_dir / "data" / "images" / "I1_0001.tif").write_bytes(
+        b"XXXX" + DEFAULT_FILES["images/I1_0001.tif"][4:]
+    )
+    bad_zip = zip_dir(bad_dir, dirs["bags"] / "W1BAD.bag.zip")
+    bad_key = "Archive0/03/W1BAD/W1BAD.bag.zip"
+    world.upload_archived(bad_zip, bad_key)
+    world.restore(bad_key)
+    pipeline = Pipeline(settings)
+    _, outcomes = pipeline.run_once()
+    by_work = {o.work_id: o for o in outcomes}
+    assert by_work["W1GOOD"].ok
+    assert not by_work["W1BAD"].ok and "I1_0001.tif: sha512 mismatch" in by_work["W1BAD"].error
+    assert (dirs["data"] / "incoming" / bad_key).read_bytes() == bad_zip.read_bytes()
+    assert not (dirs["archive"] / "Archive0" / "03").exists()
+    assert not (dirs["data"] / "work" / "W1BAD").exists()
+    row = pipeline.store.find(["W1BAD"])[0]
+    assert row.failed_phase == "debag" and "mismatch" in row.last_error
+
+
+def test_failing_sync_script_keeps_work_then_retry_finishes(world, dirs, settings, tmp_path):
+    _restored(world, dirs)
+    failing = tmp_path / "failing.sh"
+    failing.write_text("echo 'archive volume is read-only' >&2\nexit 5\n")
+    pipeline = Pipeline(settings.model_copy(update={"sync_command": failing}))
+    _, outcomes = pipeline.run_once()
+    assert "status 5" in outcomes[0].error and "read-only" in outcomes[0].error
+    assert (dirs["data"] / "work" / "W1NLM4700" / "images").is_dir()
+    assert (dirs["data"] / "incoming" / KEY).is_file()
+    assert not any(dirs["archive"].rglob("*"))
+    good = Pipeline(settings)
+    _, outcomes = good.run_once()
+    assert outcomes[0].ok
+    row = good.store.find(["W1NLM4700"])[0]
+    assert row.attempts == 2
+    skipped = [h for h in row.history if h.get("skipped")]
+    assert {h["event"] for h in skipped} == {"download done", "debag done"}
+
+
+def test_database_unreachable_at_start(world, settings):
+    broken = settings.model_copy(update={"progress_db_url": None})
+    broken = load_settings(
+        **{
+            **broken.model_dump(exclude={"progress_db_url"}),
+            "progress_db_url": "postgresql+psycopg2://u:pw@127.0.0.1:1/x",
+        }
+    )
+    with pytest.raises(ProgressDatabaseError, match="unreachable"):
+        Pipeline(broken)
+    assert world.queue_count() >= 1, "no message consumed without a database"
+
+
+def test_down_folder_scan(dirs, settings):
+    incoming = dirs["data"] / "incoming" / "Archive4" / "00" / "W1DROP"
+    incoming.mkdir(parents=True)
+    zip_path = make_bag_zip(incoming, "W1DROP")
+    (incoming / "W1DROP-bagdir").rename(dirs["bags"] / "W1DROP-bagdir")
+    pipeline = Pipeline(settings)
+    ids = pipeline.scan_incoming()
+    assert len(ids) == 1
+    outcome = pipeline.process(ids[0])
+    assert outcome.ok, outcome.error
+    assert (dirs["archive"] / "Archive4" / "00" / "W1DROP" / "images").is_dir()
+    assert not zip_path.exists(), "a synced drop leaves the incoming folder"
+    assert pipeline.scan_incoming() == []
