@@ -1,0 +1,212 @@
+"""The glacier-sync command, run as operators run it (a real process)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+import zipfile
+
+import pytest
+from helpers import DEFAULT_FILES, VENV_BIN, glacier_env, make_bag_dir, make_bag_zip, zip_dir
+
+SUBCOMMANDS = ["check-config", "run-once", "process-bag", "status", "request-restore", "retry"]
+
+
+def gs(*args, env=None, cwd=None):
+    base = {k: v for k, v in os.environ.items() if not k.startswith("GLACIER_SYNC_")}
+    return subprocess.run(
+        [str(VENV_BIN / "glacier-sync"), *map(str, args)],
+        env=env or base,
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=300,
+    )
+
+
+@pytest.mark.parametrize("sub", SUBCOMMANDS)
+def test_help_on_every_subcommand(sub):
+    result = gs(sub, "--help")
+    assert result.returncode == 0 and "usage: glacier-sync " + sub in result.stdout
+
+
+def test_help_is_fast_and_imports_no_airflow():
+    started = time.monotonic()
+    assert gs("--help").returncode == 0
+    assert time.monotonic() - started < 5  # generous; the benchmark measures the real figure
+    code = (
+        "import sys, glacier_sync.cli; glacier_sync.cli.build_parser(); "
+        "print([m for m in sys.modules if m.startswith(('airflow', 'boto3', 'sqlalchemy'))])"
+    )
+    out = subprocess.run([str(VENV_BIN / "python"), "-c", code], capture_output=True, text=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_check_config_masks_secret_and_fails_on_bad_value(tmp_path):
+    env = {
+        **os.environ,
+        "GLACIER_SYNC_PROGRESS_DB_URL": "postgresql://u:hunter2@db/x",
+        "GLACIER_SYNC_DATA_ROOT": str(tmp_path),
+    }
+    ok = gs("check-config", env=env)
+    assert ok.returncode == 0, ok.stderr
+    assert "hunter2" not in ok.stdout + ok.stderr and "u:***@db" in ok.stdout
+    bad = gs("check-config", env={**env, "GLACIER_SYNC_SQS_WAIT_SECONDS": "99"})
+    assert bad.returncode == 2
+    assert "sqs_wait_seconds" in bad.stderr and "GLACIER_SYNC_SQS_WAIT_SECONDS" in bad.stderr
+    assert "hunter2" not in bad.stdout + bad.stderr
+    unreachable = gs(
+        "check-config",
+        "--connect",
+        env={**env, "GLACIER_SYNC_PROGRESS_DB_URL": "postgresql://u:hunter2@127.0.0.1:1/x"},
+    )
+    assert unreachable.returncode == 1 and "unreachable" in unreachable.stderr
+    assert "hunter2" not in unreachable.stdout + unreachable.stderr
+
+
+def test_process_bag_archives_a_valid_bag(tmp_path):
+    zip_path = make_bag_zip(tmp_path, "W1NLM4700")
+    archive = tmp_path / "archive"
+    archive.mkdir()
+    key = "Archive0/00/W1NLM4700/W1NLM4700.bag.zip"
+    result = gs(
+        "process-bag",
+        zip_path,
+        "--archive-root",
+        archive,
+        "--data-dir",
+        tmp_path / "data",
+        "--key",
+        key,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    archived = archive / "Archive0" / "00" / "W1NLM4700"
+    for rel, content in DEFAULT_FILES.items():
+        assert (archived / rel).read_bytes() == content
+    assert zip_path.is_file(), "a zip given by path is the operator's: kept"
+    status = gs("status", "W1NLM4700", "--json", "--data-dir", tmp_path / "data")
+    row = json.loads(status.stdout)[0]
+    assert row["state"] == "synced" and row["archive_path"] == str(archived)
+    again = gs("process-bag", zip_path, "--archive-root", archive, "--data-dir", tmp_path / "data")
+    assert again.returncode == 0 and "synced" in again.stdout
+
+
+def _bad_bags(tmp_path):
+    """Each bad bag the issue names, as (name, zip, expected text)."""
+    out = []
+
+    def variant(name, mutate, expected):
+        bag_dir = make_bag_dir(tmp_path / name, "W1BAD")
+        mutate(bag_dir)
+        out.append((name, zip_dir(bag_dir, tmp_path / name / "W1BAD.bag.zip"), expected))
+
+    def flip(bag_dir):
+        path = bag_dir / "data" / "images" / "I1_0002.tif"
+        data = bytearray(path.read_bytes())
+        data[-1] ^= 1
+        path.write_bytes(bytes(data))
+
+    def drop_tagmanifests(bag_dir):
+        for path in bag_dir.glob("tagmanifest-*"):
+            path.unlink()
+
+    def oxum(bag_dir):
+        info = bag_dir / "bag-info.txt"
+        info.write_text(info.read_text().replace("Payload-Oxum: ", "Payload-Oxum: 9"))
+        drop_tagmanifests(bag_dir)
+
+    def missing(bag_dir):
+        (bag_dir / "data" / "archive" / "notes.txt").unlink()
+
+    def extra(bag_dir):
+        (bag_dir / "data" / "extra.txt").write_bytes(b"surprise")
+
+    variant("checksum", flip, "I1_0002.tif: sha512 mismatch")
+    variant("oxum", oxum, "Payload-Oxum")
+    variant("missing", missing, "data/archive/notes.txt")
+    variant("extra", extra, "data/extra.txt")
+    dotdot = make_bag_zip(tmp_path / "dotdot", "W1BAD")
+    with zipfile.ZipFile(dotdot, "a") as zf:
+        zf.writestr("data/../../../outside.txt", b"x")
+    out.append(("dotdot", dotdot, "climbs out"))
+    link = make_bag_zip(tmp_path / "symlink", "W1BAD")
+    with zipfile.ZipFile(link, "a") as zf:
+        info = zipfile.ZipInfo("data/images/link")
+        info.external_attr = 0o120777 << 16
+        zf.writestr(info, "/etc/shadow")
+    out.append(("symlink", link, "symbolic link"))
+    truncated = make_bag_zip(tmp_path / "truncated", "W1BAD")
+    truncated.write_bytes(truncated.read_bytes()[:-300])
+    out.append(("truncated", truncated, "not a readable zip"))
+    return out
+
+
+def test_process_bag_refuses_each_bad_bag(tmp_path):
+    for name, zip_path, expected in _bad_bags(tmp_path):
+        archive = tmp_path / name / "archive"
+        archive.mkdir()
+        before = zip_path.read_bytes()
+        result = gs(
+            "process-bag",
+            zip_path,
+            "--archive-root",
+            archive,
+            "--data-dir",
+            tmp_path / name / "data",
+        )
+        assert result.returncode == 1, name
+        assert expected in result.stdout, (name, result.stdout)
+        assert zip_path.read_bytes() == before, name
+        assert list(archive.iterdir()) == [], name
+        assert not (tmp_path / name / "data" / "work" / "W1BAD").exists(), name
+        status = gs("status", "W1BAD", "--json", "--data-dir", tmp_path / name / "data")
+        row = json.loads(status.stdout)[0]
+        assert row["state"] == "failed" and row["failed_phase"] == "debag", name
+    assert not (tmp_path / "outside.txt").exists()
+
+
+def test_process_bag_input_errors(tmp_path):
+    missing = gs("process-bag", tmp_path / "nope.bag.zip", "--archive-root", tmp_path)
+    assert missing.returncode == 1 and "does not exist" in missing.stderr
+    zip_path = make_bag_zip(tmp_path, "W1X")
+    no_root = gs("process-bag", zip_path, "--archive-root", tmp_path / "nowhere")
+    assert no_root.returncode == 1 and "create it first" in no_root.stderr
+    usage = gs("process-bag", zip_path)
+    assert usage.returncode == 2 and "--archive-root" in usage.stderr
+
+
+def test_run_once_request_restore_status_and_retry(world, dirs, tmp_path):
+    env = glacier_env(world, dirs["data"], dirs["archive"])
+    zip_path = make_bag_zip(dirs["bags"], "W1CLI")
+    key = "Archive2/10/W1CLI/W1CLI.bag.zip"
+    world.upload_archived(zip_path, key)
+    restore = gs("request-restore", "--key", key, env=env)
+    assert restore.returncode == 0, restore.stderr
+    assert "requested" in restore.stdout
+    world.client("s3").head_object(Bucket=world.bucket, Key=key)  # moto sends Completed now
+    failing = tmp_path / "fail.sh"
+    failing.write_text("exit 9\n")
+    first = gs("run-once", env={**env, "GLACIER_SYNC_SYNC_COMMAND": str(failing)})
+    assert first.returncode == 1 and "FAILED W1CLI" in first.stdout and "status 9" in first.stdout
+    stuck = gs("status", "--stuck", "--hours", "0", env=env)
+    assert "W1CLI" in stuck.stdout and "sync" in stuck.stdout
+    retry = gs("retry", "W1CLI", env=env)
+    assert retry.returncode == 0, retry.stdout + retry.stderr
+    assert (dirs["archive"] / "Archive2" / "10" / "W1CLI" / "images").is_dir()
+    row = json.loads(gs("status", "W1CLI", "--json", env=env).stdout)[0]
+    assert row["state"] == "synced" and row["restore_requested_at"]
+    nothing = gs("retry", "W1CLI", env=env)
+    assert nothing.returncode == 1 and "no unsynced row" in nothing.stderr
+    again = gs("request-restore", "W1CLI", env=env)
+    assert again.returncode == 0 and "W1CLI" in again.stdout
+    unknown = gs("request-restore", "W0UNKNOWN", env=env)
+    assert unknown.returncode == 1 and "--key" in unknown.stderr
+
+
+def test_run_once_needs_archive_root(world, dirs):
+    env = glacier_env(world, dirs["data"], dirs["archive"])
+    del env["GLACIER_SYNC_ARCHIVE_ROOT"]
+    result = gs("run-once", env=env)
+    assert result.returncode == 2 and "GLACIER_SYNC_ARCHIVE_ROOT" in result.stderr
