@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from airflow.sdk import dag, task
+from airflow.sdk import dag, task, task_group
 
 from glacier_sync_airflow import load_settings, run_phase, scan_incoming
 
@@ -43,8 +43,12 @@ def down_scheduled_dag() -> None:
         """Sync one work folder into the archive."""
         return run_phase(SETTINGS, "sync", progress_id)
 
-    debagged = debag_downloads.expand(progress_id=find_dropped_bags())
-    sync_debagged.expand(progress_id=debagged)
+    @task_group(prefix_group_id=False)
+    def process_work(progress_id: int) -> None:
+        """One work's phases; each mapped instance of the group runs on its own."""
+        sync_debagged(debag_downloads(progress_id))
+
+    process_work.expand(progress_id=find_dropped_bags())
 
 
 dag = down_scheduled_dag()

@@ -1,14 +1,14 @@
 """sqs_scheduled_dag: S3 restore events from SQS -> download -> debag -> sync into the archive.
 
 The poll task goes "up for retry" while no restore event is waiting; the three phases are
-mapped per work, so one bad work fails alone. Settings: docs/configuration.md.
+mapped per work in a task group, so one bad work fails alone. Settings: docs/configuration.md.
 """
 
 from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from airflow.sdk import dag, task
+from airflow.sdk import dag, task, task_group
 
 from glacier_sync_airflow import load_settings, poll_restored_works, run_phase
 
@@ -51,10 +51,12 @@ def sqs_scheduled_dag() -> None:
         """Sync one work folder into the archive."""
         return run_phase(SETTINGS, "sync", progress_id)
 
-    works = get_restored_object_messages()
-    downloaded = download_from_messages.expand(progress_id=works)
-    debagged = debag_downloads.expand(progress_id=downloaded)
-    sync_debagged.expand(progress_id=debagged)
+    @task_group(prefix_group_id=False)
+    def process_work(progress_id: int) -> None:
+        """One work's phases; each mapped instance of the group runs on its own."""
+        sync_debagged(debag_downloads(download_from_messages(progress_id)))
+
+    process_work.expand(progress_id=get_restored_object_messages())
 
 
 dag = sqs_scheduled_dag()

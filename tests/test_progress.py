@@ -63,6 +63,17 @@ def store(request, tmp_path) -> ProgressStore:
     store.engine.dispose()
 
 
+def test_head_revision_constant_matches_the_migrations():
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
+
+    from glacier_sync.progress import HEAD_REVISION, MIGRATIONS
+
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    assert ScriptDirectory.from_config(config).get_current_head() == HEAD_REVISION
+
+
 def test_migration_creates_table_and_is_repeatable(store):
     store.migrate()
     store.migrate()

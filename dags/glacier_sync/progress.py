@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import create_engine, event, inspect, or_, select, update
+from sqlalchemy import create_engine, event, or_, select, text, update
 from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -23,6 +23,7 @@ log = logging.getLogger(__name__)
 PENDING_STATES = ("restored", "downloaded", "debagged", "failed")
 MIGRATIONS = Path(__file__).parent / "migrations"
 VERSION_TABLE = "glacier_sync_alembic_version"
+HEAD_REVISION = "0001"  # the newest file in migrations/versions (a test keeps them in step)
 
 
 def parse_event_time(value: str | None) -> datetime | None:
@@ -77,6 +78,8 @@ class ProgressStore:
 
     def migrate(self) -> None:
         """Bring the schema to the newest Alembic revision (safe when several run at once)."""
+        if self.current_revision() == HEAD_REVISION:
+            return
         from alembic import command
         from alembic.config import Config
 
@@ -93,7 +96,15 @@ class ProgressStore:
                 ) from None
 
     def _is_current(self) -> bool:
-        return inspect(self.engine).has_table(Progress.__tablename__)
+        return self.current_revision() == HEAD_REVISION
+
+    def current_revision(self) -> str | None:
+        """The schema revision recorded in the database (None before the first migration)."""
+        try:
+            with self.engine.connect() as connection:
+                return connection.execute(text(f"SELECT version_num FROM {VERSION_TABLE}")).scalar()
+        except SQLAlchemyError:
+            return None
 
     @contextmanager
     def session(self) -> Iterator[Session]:
