@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Set up everything (the locked virtual environment) and run the whole test suite:
+# lint, unit tests, integration against a moto server, the progress database on SQLite,
+# PostgreSQL and MariaDB, and the DAGs under real Airflow. Extra arguments go to pytest.
+set -euo pipefail
+
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$repo"
+venv=$(bash scripts/ensure-venv.sh)
+
+echo "== ruff"
+"$venv/bin/ruff" check .
+"$venv/bin/ruff" format --check .
+
+echo "== pytest"
+set +e
+"$venv/bin/python" -m pytest -ra "$@"
+status=$?
+set -e
+if [ "$status" -eq 5 ]; then
+    echo "run-tests: pytest collected no test" >&2
+fi
+exit "$status"
