@@ -1,0 +1,349 @@
+#!/usr/bin/env bash
+# local-airflow.sh - run Apache Airflow 3 locally on this checkout (SQLite, LocalExecutor).
+#
+# Usage:
+#   ./local-airflow.sh demo [--serve] [--clean]   the whole pipeline on embedded defaults:
+#                                    a moto S3/SQS server on 127.0.0.1, a sample bag restored
+#                                    from DEEP_ARCHIVE, sqs_scheduled_dag run end to end, and a
+#                                    summary. --serve: leave the UI and scheduler running against
+#                                    the moto server. --clean: stop and remove what the demo made.
+#   ./local-airflow.sh -r            reset the metadata database (deletes every DAG run)
+#   ./local-airflow.sh -a USER PASSWORD EMAIL
+#                                    create (or update) an admin user of the UI
+#   ./local-airflow.sh -w -u | -w -d start | stop the web UI and REST API (airflow api-server)
+#   ./local-airflow.sh -s -u | -s -d start | stop the scheduler, dag-processor and triggerer
+#   ./local-airflow.sh stop          stop every service this script started (and the demo's moto)
+#   ./local-airflow.sh status        show which services run, their pids, ports and logs
+#   ./local-airflow.sh logs          print where the logs are
+#   ./local-airflow.sh -h            this help
+#
+# Environment (all optional):
+#   AIRFLOW_HOME          default: <checkout>/airflow-home (git-ignored)
+#   AIRFLOW_PORT          UI/API port, default 8080;  AIRFLOW_HOST  bind address, default 127.0.0.1
+#   WORKER_LOG_PORT       task log server port, default 8793; TRIGGER_LOG_PORT default 8794
+#   DEMO_DIR              default: <checkout>/demo (git-ignored);  DEMO_MOTO_PORT default 5077
+#   DEMO_WORKS            sample works restored by the demo, default 1
+#   GLACIER_SYNC_ENV_FILE a file of `export GLACIER_SYNC_...=...` lines read before services
+#                         start (the demo's --serve sets it to the moto settings)
+#   GLACIER_SYNC_CONFIG   the pipeline's TOML config (docs/configuration.md)
+#
+# Users: the UI uses Airflow 3's SimpleAuthManager (no FAB provider): users are listed in
+# $AIRFLOW_HOME/local-users.txt and their passwords in $AIRFLOW_HOME/local-passwords.json
+# (mode 0600). Without -a, an "admin" user with a generated password is created.
+set -euo pipefail
+
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+export AIRFLOW_HOME=${AIRFLOW_HOME:-$repo/airflow-home}
+AIRFLOW_PORT=${AIRFLOW_PORT:-8080}
+AIRFLOW_HOST=${AIRFLOW_HOST:-127.0.0.1}
+DEMO_DIR=${DEMO_DIR:-$repo/demo}
+DEMO_MOTO_PORT=${DEMO_MOTO_PORT:-5077}
+DEMO_WORKS=${DEMO_WORKS:-1}
+run_dir=$AIRFLOW_HOME/run
+service_logs=$AIRFLOW_HOME/logs/services
+users_file=$AIRFLOW_HOME/local-users.txt
+passwords_file=$AIRFLOW_HOME/local-passwords.json
+secrets_file=$AIRFLOW_HOME/local-secrets.env
+venv=""
+
+usage() { sed -n '2,33p' "$0" | sed 's/^# \{0,1\}//'; }
+say() { printf '==> %s\n' "$*"; }
+die() { printf 'local-airflow.sh: %s\n' "$*" >&2; exit 1; }
+
+ensure_venv() {
+    [ -n "$venv" ] || venv=$(bash "$repo/scripts/ensure-venv.sh")
+}
+
+# The secrets every component must share; generated once per AIRFLOW_HOME, never printed.
+ensure_secrets() {
+    mkdir -p "$AIRFLOW_HOME" "$run_dir" "$service_logs"
+    if [ ! -s "$secrets_file" ]; then
+        (umask 077; "$venv/bin/python" - > "$secrets_file" <<'PY'
+import secrets
+from cryptography.fernet import Fernet
+print(f"export AIRFLOW__CORE__FERNET_KEY='{Fernet.generate_key().decode()}'")
+print(f"export AIRFLOW__API_AUTH__JWT_SECRET='{secrets.token_urlsafe(48)}'")
+PY
+        )
+    fi
+    # shellcheck disable=SC1090
+    . "$secrets_file"
+}
+
+ensure_users() {
+    if [ ! -s "$users_file" ]; then
+        add_user admin "$("$venv/bin/python" -c 'import secrets; print(secrets.token_urlsafe(12))')" \
+            "admin@localhost" quiet
+    fi
+}
+
+airflow_env() {
+    ensure_venv
+    ensure_secrets
+    export AIRFLOW__CORE__DAGS_FOLDER=$repo/dags
+    export AIRFLOW__CORE__LOAD_EXAMPLES=False
+    export AIRFLOW__CORE__EXECUTOR=LocalExecutor
+    export AIRFLOW__CORE__AUTH_MANAGER=airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager
+    export AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE=$passwords_file
+    export AIRFLOW__CORE__EXECUTION_API_SERVER_URL=http://127.0.0.1:$AIRFLOW_PORT/execution/
+    export AIRFLOW__API__BASE_URL=http://127.0.0.1:$AIRFLOW_PORT
+    export AIRFLOW__API__PORT=$AIRFLOW_PORT
+    export AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT=${WORKER_LOG_PORT:-8793}
+    export AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT=${TRIGGER_LOG_PORT:-8794}
+    export AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL=${DAG_REFRESH_SECONDS:-30}
+    export AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK=False
+    export PYTHONPATH=$repo/dags${PYTHONPATH:+:$PYTHONPATH}
+    if [ -n "${GLACIER_SYNC_ENV_FILE:-}" ]; then
+        [ -f "$GLACIER_SYNC_ENV_FILE" ] || die "GLACIER_SYNC_ENV_FILE $GLACIER_SYNC_ENV_FILE does not exist"
+        # shellcheck disable=SC1090
+        . "$GLACIER_SYNC_ENV_FILE"
+    fi
+    ensure_users
+    if [ -s "$users_file" ]; then
+        AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS=$(paste -sd, "$users_file")
+        export AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS
+    fi
+}
+
+ensure_db() {
+    if [ ! -f "$AIRFLOW_HOME/airflow.db" ]; then
+        say "creating the metadata database in $AIRFLOW_HOME"
+        "$venv/bin/airflow" db migrate > "$service_logs/db-migrate.log" 2>&1 \
+            || die "airflow db migrate failed; see $service_logs/db-migrate.log"
+    fi
+}
+
+reset_db() {
+    airflow_env
+    running_any && die "stop the services first: ./local-airflow.sh stop"
+    say "resetting the metadata database in $AIRFLOW_HOME"
+    rm -f "$AIRFLOW_HOME/airflow.db"
+    ensure_db
+}
+
+# add_user USER PASSWORD EMAIL [quiet]: an admin of the SimpleAuthManager.
+add_user() {
+    local user=$1 password=$2 email=$3
+    [[ $user =~ ^[A-Za-z0-9_.@-]+$ ]] || die "user name '$user': use letters, digits, _ . @ -"
+    [ -n "$password" ] || die "give a non-empty password"
+    mkdir -p "$AIRFLOW_HOME"
+    touch "$users_file"
+    grep -v "^$user:" "$users_file" > "$users_file.tmp" || true
+    echo "$user:admin" >> "$users_file.tmp"
+    mv "$users_file.tmp" "$users_file"
+    (umask 077; USERNAME=$user PASSWORD=$password FILE=$passwords_file "$venv/bin/python" - <<'PY'
+import json, os
+path = os.environ["FILE"]
+data = json.load(open(path)) if os.path.exists(path) and os.path.getsize(path) else {}
+data[os.environ["USERNAME"]] = os.environ["PASSWORD"]
+tmp = path + ".tmp"
+with open(tmp, "w") as handle:
+    json.dump(data, handle)
+os.replace(tmp, path)
+PY
+    )
+    chmod 600 "$passwords_file"
+    echo "$user $email" >> "$AIRFLOW_HOME/local-user-emails.txt"
+    if [ "${4:-}" = quiet ]; then
+        say "created UI user '$user' (password in $passwords_file)"
+    else
+        say "UI user '$user' ($email) is an admin; restart the UI (-w -d, -w -u) to apply"
+    fi
+}
+
+pid_of() { [ -f "$run_dir/$1.pid" ] && cat "$run_dir/$1.pid" || true; }
+
+is_running() {
+    local pid
+    pid=$(pid_of "$1")
+    [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null
+}
+
+running_any() {
+    local name
+    for name in api-server scheduler dag-processor triggerer moto; do
+        is_running "$name" && return 0
+    done
+    return 1
+}
+
+# start_service NAME LOG COMMAND...: in its own session; the pid file holds the session id.
+start_service() {
+    local name=$1 log=$2
+    shift 2
+    if is_running "$name"; then
+        say "$name already runs (pid $(pid_of "$name"))"
+        return 0
+    fi
+    mkdir -p "$run_dir" "$(dirname "$log")"
+    setsid "$@" >> "$log" 2>&1 < /dev/null &
+    echo $! > "$run_dir/$name.pid"
+    say "started $name (pid $!, log $log)"
+}
+
+# stop_service NAME: TERM to the service's whole process group by its recorded pid, then KILL.
+stop_service() {
+    local name=$1 pid
+    pid=$(pid_of "$name")
+    if [ -z "$pid" ]; then
+        return 0
+    fi
+    if kill -0 -- "-$pid" 2>/dev/null; then
+        kill -TERM -- "-$pid" 2>/dev/null || true
+        for _ in $(seq 60); do
+            kill -0 -- "-$pid" 2>/dev/null || break
+            sleep 0.5
+        done
+        if kill -0 -- "-$pid" 2>/dev/null; then
+            kill -KILL -- "-$pid" 2>/dev/null || true
+        fi
+        say "stopped $name (pid $pid)"
+    fi
+    rm -f "$run_dir/$name.pid"
+}
+
+wait_http() {
+    local url=$1 what=$2 seconds=${3:-120}
+    for _ in $(seq "$seconds"); do
+        if "$venv/bin/python" -c "import urllib.request,sys; urllib.request.urlopen(sys.argv[1], timeout=2)" "$url" 2>/dev/null; then
+            return 0
+        fi
+        sleep 1
+    done
+    die "$what did not answer at $url within ${seconds}s; see $service_logs"
+}
+
+web_up() {
+    airflow_env
+    ensure_db
+    start_service api-server "$service_logs/api-server.log" \
+        "$venv/bin/airflow" api-server --host "$AIRFLOW_HOST" --port "$AIRFLOW_PORT"
+    wait_http "http://127.0.0.1:$AIRFLOW_PORT/api/v2/monitor/health" "the api-server"
+    say "UI: http://127.0.0.1:$AIRFLOW_PORT  (users: $(cut -d: -f1 "$users_file" | paste -sd' '); passwords in $passwords_file)"
+}
+
+scheduler_up() {
+    airflow_env
+    ensure_db
+    start_service scheduler "$service_logs/scheduler.log" "$venv/bin/airflow" scheduler
+    start_service dag-processor "$service_logs/dag-processor.log" "$venv/bin/airflow" dag-processor
+    start_service triggerer "$service_logs/triggerer.log" "$venv/bin/airflow" triggerer
+}
+
+scheduler_down() {
+    stop_service scheduler
+    stop_service dag-processor
+    stop_service triggerer
+}
+
+stop_all() {
+    stop_service api-server
+    scheduler_down
+    stop_service moto
+}
+
+status() {
+    local name
+    for name in api-server scheduler dag-processor triggerer moto; do
+        if is_running "$name"; then
+            printf '%-14s running  pid %s\n' "$name" "$(pid_of "$name")"
+        else
+            printf '%-14s stopped\n' "$name"
+        fi
+    done
+    echo "AIRFLOW_HOME   $AIRFLOW_HOME"
+    echo "UI             http://127.0.0.1:$AIRFLOW_PORT"
+    echo "logs           $service_logs (services), $AIRFLOW_HOME/logs (task logs)"
+}
+
+demo_clean() {
+    stop_all
+    rm -rf "$DEMO_DIR"
+    say "removed $DEMO_DIR (the metadata database in $AIRFLOW_HOME is kept; -r resets it)"
+}
+
+demo() {
+    local serve=0 clean=0 arg
+    for arg in "$@"; do
+        case "$arg" in
+            --serve) serve=1 ;;
+            --clean) clean=1 ;;
+            *) die "demo: unknown option $arg (use --serve or --clean)" ;;
+        esac
+    done
+    if [ "$clean" -eq 1 ]; then
+        demo_clean
+        return 0
+    fi
+    local started=$SECONDS step=""
+    trap 'echo "local-airflow.sh: demo failed at step: $step" >&2' ERR
+    step="set up the Python environment"
+    say "1/6 $step"
+    ensure_venv
+    mkdir -p "$DEMO_DIR"
+    step="start the moto S3/SQS server on 127.0.0.1:$DEMO_MOTO_PORT"
+    say "2/6 $step"
+    start_service moto "$DEMO_DIR/moto.log" \
+        "$venv/bin/moto_server" -H 127.0.0.1 -p "$DEMO_MOTO_PORT"
+    wait_http "http://127.0.0.1:$DEMO_MOTO_PORT/moto-api/" "the moto server" 60
+    step="create bucket, queues and notification; upload and restore the sample bag"
+    say "3/6 $step"
+    "$venv/bin/python" -m glacier_sync.demo setup --endpoint "http://127.0.0.1:$DEMO_MOTO_PORT" \
+        --state-dir "$DEMO_DIR" --works "$DEMO_WORKS" --env-file "$DEMO_DIR/glacier-sync.env"
+    export GLACIER_SYNC_ENV_FILE=$DEMO_DIR/glacier-sync.env
+    step="prepare the Airflow metadata database"
+    say "4/6 $step"
+    airflow_env
+    ensure_db
+    step="run sqs_scheduled_dag end to end (dag.test)"
+    say "5/6 $step (log: $DEMO_DIR/dag-test.log)"
+    "$venv/bin/python" "$repo/dags/sqs_scheduled_dag.py" > "$DEMO_DIR/dag-test.log" 2>&1 \
+        || { tail -n 30 "$DEMO_DIR/dag-test.log" >&2; false; }
+    grep -q "state=success" "$DEMO_DIR/dag-test.log" \
+        || { grep -E "ERROR|error|Traceback" "$DEMO_DIR/dag-test.log" | tail -n 20 >&2; false; }
+    step="check the archive and the progress database"
+    say "6/6 $step"
+    "$venv/bin/python" -m glacier_sync.demo summary --data-root "$DEMO_DIR/data"
+    trap - ERR
+    say "demo finished in $((SECONDS - started)) s"
+    if [ "$serve" -eq 1 ]; then
+        web_up
+        scheduler_up
+        say "open http://127.0.0.1:$AIRFLOW_PORT and log in as admin (password: $("$venv/bin/python" -c 'import json,sys; print(json.load(open(sys.argv[1])).get("admin", "see -a"))' "$passwords_file"))"
+        say "sqs_scheduled_dag runs against the moto server; restore more with:"
+        echo "    $venv/bin/python -m glacier_sync.demo setup --endpoint http://127.0.0.1:$DEMO_MOTO_PORT --state-dir $DEMO_DIR --env-file $DEMO_DIR/glacier-sync.env"
+        say "stop everything with: ./local-airflow.sh stop"
+    else
+        stop_service moto
+    fi
+}
+
+main() {
+    [ $# -gt 0 ] || { usage; exit 1; }
+    case "$1" in
+        -h|--help|help) usage ;;
+        demo) shift; demo "$@" ;;
+        stop) stop_all ;;
+        status) status ;;
+        logs) echo "$service_logs (services); $AIRFLOW_HOME/logs (task logs)" ;;
+        -r) reset_db ;;
+        -a)
+            [ $# -eq 4 ] || die "-a needs USER PASSWORD EMAIL"
+            ensure_venv
+            add_user "$2" "$3" "$4"
+            ;;
+        -w|-s)
+            [ $# -eq 2 ] || die "$1 needs -u (start) or -d (stop)"
+            case "$1$2" in
+                -w-u) web_up ;;
+                -w-d) stop_service api-server ;;
+                -s-u) scheduler_up ;;
+                -s-d) scheduler_down ;;
+                *) die "$1 needs -u (start) or -d (stop), not $2" ;;
+            esac
+            ;;
+        *) usage >&2; die "unknown command $1" ;;
+    esac
+}
+
+main "$@"
