@@ -30,7 +30,7 @@
 # Users: the UI uses Airflow 3's SimpleAuthManager (no FAB provider): users are listed in
 # $AIRFLOW_HOME/local-users.txt and their passwords in $AIRFLOW_HOME/local-passwords.json
 # (mode 0600). Without -a, an "admin" user with a generated password is created.
-set -euo pipefail
+set -Eeuo pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 export AIRFLOW_HOME=${AIRFLOW_HOME:-$repo/airflow-home}
@@ -276,7 +276,7 @@ demo() {
         return 0
     fi
     local started=$SECONDS step=""
-    trap 'echo "local-airflow.sh: demo failed at step: $step" >&2' ERR
+    trap '[ "$BASH_SUBSHELL" -eq 0 ] && echo "local-airflow.sh: demo failed at step: $step" >&2' ERR
     step="set up the Python environment"
     say "1/6 $step"
     ensure_venv

@@ -28,6 +28,7 @@ fi
 
 echo "ensure-venv: installing the locked requirements into $venv (a few minutes the first time)" >&2
 [ -x "$venv/bin/python" ] || "$python" -m venv "$venv"
+"$venv/bin/python" -m pip --version >/dev/null 2>&1 || "$venv/bin/python" -m ensurepip >/dev/null
 "$venv/bin/python" -m pip install -q --disable-pip-version-check "uv==$uv_version" >&2
 VIRTUAL_ENV=$venv "$venv/bin/uv" pip install -q -r "${locks[0]}" -r "${locks[1]}" >&2
 VIRTUAL_ENV=$venv "$venv/bin/uv" pip install -q --no-deps -e "$repo" >&2
