@@ -30,7 +30,7 @@
 # Users: the UI uses Airflow 3's SimpleAuthManager (no FAB provider): users are listed in
 # $AIRFLOW_HOME/local-users.txt and their passwords in $AIRFLOW_HOME/local-passwords.json
 # (mode 0600). Without -a, an "admin" user with a generated password is created.
-set -Eeuo pipefail
+set -euo pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 export AIRFLOW_HOME=${AIRFLOW_HOME:-$repo/airflow-home}
@@ -202,23 +202,33 @@ stop_service() {
     rm -f "$run_dir/$name.pid"
 }
 
+port_free() {
+    "$venv/bin/python" -c 'import socket,sys; s=socket.socket(); s.bind(("127.0.0.1", int(sys.argv[1])))' "$1" 2>/dev/null
+}
+
+# wait_http URL SERVICE LOG [SECONDS]: until URL answers; fail early if the service died.
 wait_http() {
-    local url=$1 what=$2 seconds=${3:-120}
+    local url=$1 name=$2 log=$3 seconds=${4:-120}
     for _ in $(seq "$seconds"); do
         if "$venv/bin/python" -c "import urllib.request,sys; urllib.request.urlopen(sys.argv[1], timeout=2)" "$url" 2>/dev/null; then
             return 0
         fi
+        is_running "$name" || { tail -n 20 "$log" >&2; die "$name exited; see $log"; }
         sleep 1
     done
-    die "$what did not answer at $url within ${seconds}s; see $service_logs"
+    die "$name did not answer at $url within ${seconds}s; see $log"
 }
 
 web_up() {
     airflow_env
     ensure_db
+    if ! is_running api-server && ! port_free "$AIRFLOW_PORT"; then
+        die "port $AIRFLOW_PORT is in use; set AIRFLOW_PORT to a free port"
+    fi
     start_service api-server "$service_logs/api-server.log" \
         "$venv/bin/airflow" api-server --host "$AIRFLOW_HOST" --port "$AIRFLOW_PORT"
-    wait_http "http://127.0.0.1:$AIRFLOW_PORT/api/v2/monitor/health" "the api-server"
+    wait_http "http://127.0.0.1:$AIRFLOW_PORT/api/v2/monitor/health" api-server \
+        "$service_logs/api-server.log"
     say "UI: http://127.0.0.1:$AIRFLOW_PORT  (users: $(cut -d: -f1 "$users_file" | paste -sd' '); passwords in $passwords_file)"
 }
 
@@ -276,16 +286,19 @@ demo() {
         return 0
     fi
     local started=$SECONDS step=""
-    trap '[ "$BASH_SUBSHELL" -eq 0 ] && echo "local-airflow.sh: demo failed at step: $step" >&2' ERR
+    trap 'status=$?; [ "$status" -eq 0 ] || echo "local-airflow.sh: demo failed at step: $step (./local-airflow.sh stop stops what it started)" >&2' EXIT
     step="set up the Python environment"
     say "1/6 $step"
     ensure_venv
     mkdir -p "$DEMO_DIR"
     step="start the moto S3/SQS server on 127.0.0.1:$DEMO_MOTO_PORT"
     say "2/6 $step"
+    if ! is_running moto && ! port_free "$DEMO_MOTO_PORT"; then
+        die "port $DEMO_MOTO_PORT is in use; set DEMO_MOTO_PORT to a free port"
+    fi
     start_service moto "$DEMO_DIR/moto.log" \
         "$venv/bin/moto_server" -H 127.0.0.1 -p "$DEMO_MOTO_PORT"
-    wait_http "http://127.0.0.1:$DEMO_MOTO_PORT/moto-api/" "the moto server" 60
+    wait_http "http://127.0.0.1:$DEMO_MOTO_PORT/moto-api/" moto "$DEMO_DIR/moto.log" 60
     step="create bucket, queues and notification; upload and restore the sample bag"
     say "3/6 $step"
     "$venv/bin/python" -m glacier_sync.demo setup --endpoint "http://127.0.0.1:$DEMO_MOTO_PORT" \
@@ -304,7 +317,7 @@ demo() {
     step="check the archive and the progress database"
     say "6/6 $step"
     "$venv/bin/python" -m glacier_sync.demo summary --data-root "$DEMO_DIR/data"
-    trap - ERR
+    trap - EXIT
     say "demo finished in $((SECONDS - started)) s"
     if [ "$serve" -eq 1 ]; then
         web_up

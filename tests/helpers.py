@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import socket
@@ -13,10 +12,11 @@ import urllib.request
 import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
 import bagit
+
+from glacier_sync.demo import World, create_world, settings_env
 
 REPO = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
@@ -110,12 +110,6 @@ def moto_server(log_file: Path) -> Iterator[str]:
         proc.wait(timeout=10)
 
 
-def reset_moto(endpoint: str) -> None:
-    """Clear every bucket and queue of the moto server."""
-    request = urllib.request.Request(endpoint + "/moto-api/reset", method="POST")
-    urllib.request.urlopen(request, timeout=10)  # noqa: S310
-
-
 def aws_env() -> dict[str, str]:
     """Fake credentials for the emulator (never real ones)."""
     return {
@@ -125,113 +119,21 @@ def aws_env() -> dict[str, str]:
     }
 
 
-@dataclass
-class RestoreWorld:
-    """A bucket and a queue (with a dead-letter queue) wired by a restore notification."""
-
-    endpoint: str
-    bucket: str
-    queue_url: str
-    dlq_url: str
-    region: str = "us-east-1"
-
-    def client(self, service: str):
-        import boto3
-
-        return boto3.client(
-            service,
-            endpoint_url=self.endpoint,
-            region_name=self.region,
-            aws_access_key_id="testing",
-            aws_secret_access_key="testing",
-        )
-
-    def queue_entry(self, **extra) -> dict:
-        return {
-            "name": "test",
-            "queue_url": self.queue_url,
-            "region": self.region,
-            "bucket": self.bucket,
-            **extra,
-        }
-
-    def upload_archived(self, zip_path: Path, key: str) -> None:
-        """Put a bag zip as a DEEP_ARCHIVE object."""
-        self.client("s3").upload_file(
-            str(zip_path), self.bucket, key, ExtraArgs={"StorageClass": "DEEP_ARCHIVE"}
-        )
-
-    def restore(self, key: str) -> None:
-        """Request the restore; the next HEAD makes moto send ObjectRestore:Completed."""
-        s3 = self.client("s3")
-        s3.restore_object(
-            Bucket=self.bucket,
-            Key=key,
-            RestoreRequest={"Days": 1, "GlacierJobParameters": {"Tier": "Bulk"}},
-        )
-        s3.head_object(Bucket=self.bucket, Key=key)
-
-    def send_body(self, body: str) -> None:
-        self.client("sqs").send_message(QueueUrl=self.queue_url, MessageBody=body)
-
-    def queue_count(self, url: str | None = None) -> int:
-        attrs = self.client("sqs").get_queue_attributes(
-            QueueUrl=url or self.queue_url,
-            AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
-        )["Attributes"]
-        return int(attrs["ApproximateNumberOfMessages"]) + int(
-            attrs["ApproximateNumberOfMessagesNotVisible"]
-        )
-
-
-def make_world(
-    endpoint: str,
-    bucket: str = "archive.test.example",
-    queue: str = "restores",
-    max_receive: int = 2,
-) -> RestoreWorld:
-    """Create the bucket, the queue with its redrive policy, and the bucket notification."""
-    reset_moto(endpoint)
-    world = RestoreWorld(endpoint, bucket, "", "")
-    s3, sqs = world.client("s3"), world.client("sqs")
-    s3.create_bucket(Bucket=bucket)
-    world.dlq_url = sqs.create_queue(QueueName=queue + "-dlq")["QueueUrl"]
-    dlq_arn = sqs.get_queue_attributes(QueueUrl=world.dlq_url, AttributeNames=["QueueArn"])[
-        "Attributes"
-    ]["QueueArn"]
-    world.queue_url = sqs.create_queue(
-        QueueName=queue,
-        Attributes={
-            "RedrivePolicy": json.dumps(
-                {"deadLetterTargetArn": dlq_arn, "maxReceiveCount": str(max_receive)}
-            )
-        },
-    )["QueueUrl"]
-    arn = sqs.get_queue_attributes(QueueUrl=world.queue_url, AttributeNames=["QueueArn"])[
-        "Attributes"
-    ]["QueueArn"]
-    s3.put_bucket_notification_configuration(
-        Bucket=bucket,
-        NotificationConfiguration={
-            "QueueConfigurations": [{"QueueArn": arn, "Events": ["s3:ObjectRestore:*"]}]
-        },
+def make_world(endpoint: str, max_receive: int = 2) -> World:
+    """A fresh bucket, queue, dead-letter queue and restore notification on the emulator."""
+    return create_world(
+        endpoint, bucket="archive.test.example", queue="restores", max_receive=max_receive
     )
-    return world
 
 
-def glacier_env(world: RestoreWorld, data_root: Path, archive_root: Path, **extra) -> dict:
+def glacier_env(world: World, data_root: Path, archive_root: Path, **extra) -> dict:
     """GLACIER_SYNC_* environment for a process (CLI or DAG) against ``world``."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("GLACIER_SYNC_")}
+    env.update(settings_env(world, data_root, archive_root))
     env.update(aws_env())
-    env.update(
-        {
-            "GLACIER_SYNC_QUEUES": json.dumps([world.queue_entry()]),
-            "GLACIER_SYNC_AWS_ENDPOINT_URL": world.endpoint,
-            "GLACIER_SYNC_AWS_CREDENTIALS_FILE": str(data_root / "no-such-credentials"),
-            "GLACIER_SYNC_DATA_ROOT": str(data_root),
-            "GLACIER_SYNC_ARCHIVE_ROOT": str(archive_root),
-            "GLACIER_SYNC_SQS_WAIT_SECONDS": "1",
-        }
-    )
+    # The defaults, not the demo's short retries, unless a test says otherwise.
+    env["GLACIER_SYNC_POLL_RETRIES"] = "11"
+    env["GLACIER_SYNC_POLL_RETRY_DELAY_SECONDS"] = "300"
+    env["GLACIER_SYNC_SQS_SCHEDULE"] = "@hourly"
     env.update({k: str(v) for k, v in extra.items()})
     return env

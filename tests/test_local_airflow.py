@@ -1,0 +1,263 @@
+"""local-airflow.sh: the demo, real local services driven through the REST API and a browser."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from airflow_rest import AirflowApi
+from helpers import REPO, free_port, make_bag_zip, make_world
+
+from glacier_sync.demo import settings_env
+from glacier_sync.progress import ProgressStore
+
+pytestmark = pytest.mark.airflow
+SCRIPT = REPO / "local-airflow.sh"
+ARTIFACTS = REPO / "test-artifacts"
+
+
+def script_env(tmp: Path, **extra) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("GLACIER_SYNC_", "AIRFLOW"))}
+    env.update(
+        {
+            "AIRFLOW_HOME": str(tmp / "airflow-home"),
+            "DEMO_DIR": str(tmp / "demo"),
+            "DEMO_MOTO_PORT": str(free_port()),
+            "AIRFLOW_PORT": str(free_port()),
+            "WORKER_LOG_PORT": str(free_port()),
+            "TRIGGER_LOG_PORT": str(free_port()),
+        }
+    )
+    env.update(extra)
+    return env
+
+
+def run(env, *args, timeout=600):
+    return subprocess.run(
+        ["bash", str(SCRIPT), *args], env=env, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def pids(home: Path) -> list[int]:
+    return [int(p.read_text()) for p in (home / "run").glob("*.pid")]
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return (
+        Path(f"/proc/{pid}").exists()
+        and "Z" not in Path(f"/proc/{pid}/stat").read_text().split()[2]
+    )
+
+
+def test_help_lists_every_command(tmp_path):
+    result = run(script_env(tmp_path), "-h")
+    assert result.returncode == 0
+    for text in (
+        "demo [--serve] [--clean]",
+        "-r ",
+        "-a USER PASSWORD EMAIL",
+        "-w -u | -w -d",
+        "-s -u | -s -d",
+        "stop",
+        "status",
+        "logs",
+    ):
+        assert text in result.stdout
+    bad = run(script_env(tmp_path), "-w", "-x")
+    assert bad.returncode == 1 and "-u (start) or -d (stop)" in bad.stderr
+
+
+def test_demo_end_to_end_rerun_and_clean(tmp_path):
+    env = script_env(tmp_path)
+    first = run(env, "demo")
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    assert "work W1NLM4700: synced" in first.stdout
+    assert "seconds per phase: download" in first.stdout
+    archived = tmp_path / "demo" / "archive" / "Archive0" / "00" / "W1NLM4700"
+    assert (archived / "sources" / "བསྟན་འགྱུར།.txt").is_file()
+    assert (archived / "W1NLM4700.bag" / "manifest-sha512.txt").is_file()
+    second = run(env, "demo")
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    assert "work W1NLM4700: synced" in second.stdout
+    assert not [p for p in pids(tmp_path / "airflow-home") if alive(p)]
+    clean = run(env, "demo", "--clean")
+    assert clean.returncode == 0 and not (tmp_path / "demo").exists()
+
+
+def test_demo_reports_the_failing_step(tmp_path):
+    env = script_env(tmp_path)
+    busy = subprocess.Popen(
+        [
+            "python3",
+            "-c",
+            "import socket,time; s=socket.socket(); "
+            f"s.bind(('127.0.0.1', {env['DEMO_MOTO_PORT']})); s.listen(); "
+            "time.sleep(120)",
+        ]
+    )
+    try:
+        result = run(env, "demo", timeout=300)
+    finally:
+        busy.kill()
+    assert result.returncode != 0
+    assert "demo failed at step: start the moto S3/SQS server" in result.stderr
+
+
+@pytest.fixture(scope="module")
+def services(moto_endpoint, tmp_path_factory):
+    """UI + scheduler + dag-processor + triggerer from local-airflow.sh, against moto."""
+    tmp = tmp_path_factory.mktemp("local-airflow")
+    world = make_world(moto_endpoint)
+    data, archive = tmp / "data", tmp / "archive"
+    archive.mkdir()
+    settings = settings_env(world, data, archive)
+    settings.update(GLACIER_SYNC_MAX_ACTIVE_RUNS="2", GLACIER_SYNC_POLL_RETRIES="0")
+    env_file = tmp / "glacier-sync.env"
+    env_file.write_text("".join(f"export {k}='{v}'\n" for k, v in settings.items()))
+    env = script_env(tmp, GLACIER_SYNC_ENV_FILE=str(env_file))
+    home = tmp / "airflow-home"
+    try:
+        for args in (
+            ["-r"],
+            ["-a", "tester", "tester-pw-123", "tester@example.org"],
+            ["-w", "-u"],
+            ["-s", "-u"],
+        ):
+            result = run(env, *args)
+            assert result.returncode == 0, (args, result.stdout, result.stderr)
+        api = AirflowApi(f"http://127.0.0.1:{env['AIRFLOW_PORT']}", "tester", "tester-pw-123")
+        api.wait_for_dag("sqs_scheduled_dag")
+        api.unpause("sqs_scheduled_dag")
+        yield {
+            "api": api,
+            "world": world,
+            "data": data,
+            "archive": archive,
+            "env": env,
+            "home": home,
+            "tmp": tmp,
+        }
+    except BaseException:
+        for log in sorted((home / "logs" / "services").glob("*.log")):
+            print(f"===== {log.name}\n{log.read_text()[-4000:]}")
+        raise
+    finally:
+        recorded = pids(home)
+        stop = run(env, "stop")
+        assert stop.returncode == 0, stop.stderr
+        assert recorded and not [p for p in recorded if alive(p)], "stop leaves no process"
+
+
+def _seed(services, work_ids):
+    for work_id in work_ids:
+        zip_path = make_bag_zip(services["tmp"] / "bags", work_id)
+        key = f"Archive5/{work_id[-2:]}/{work_id}/{work_id}.bag.zip"
+        services["world"].upload_archived(zip_path, key)
+        services["world"].restore(key)
+
+
+def _rows(services):
+    store = ProgressStore(f"sqlite:///{services['data']}/progress.sqlite")
+    return {r.work_id: r for r in store.find()}
+
+
+def test_rest_trigger_carries_a_restore_to_the_archive(services):
+    _seed(services, ["W1REST01"])
+    api = services["api"]
+    run_id = api.trigger("sqs_scheduled_dag")
+    result = api.wait_for_run("sqs_scheduled_dag", run_id)
+    assert result["state"] == "success", api.task_states("sqs_scheduled_dag", run_id)
+    assert api.task_states("sqs_scheduled_dag", run_id)[("sync_debagged", 0)] == "success"
+    assert (services["archive"] / "Archive5" / "01" / "W1REST01" / "images").is_dir()
+    assert _rows(services)["W1REST01"].state == "synced"
+
+
+def test_two_runs_side_by_side_archive_each_work_once(services):
+    works = [f"W1PAR{i:03d}" for i in range(1, 7)]
+    _seed(services, works)
+    api = services["api"]
+    run_ids = [api.trigger("sqs_scheduled_dag"), api.trigger("sqs_scheduled_dag")]
+    results = [api.wait_for_run("sqs_scheduled_dag", r) for r in run_ids]
+    assert [r["state"] for r in results] == ["success", "success"]
+    first, second = results
+    assert first["start_date"] < second["end_date"] and second["start_date"] < first["end_date"]
+    rows = _rows(services)
+    for work_id in works:
+        row = rows[work_id]
+        assert row.state == "synced"
+        assert [h["event"] for h in row.history].count("sync done") == 1, row.history
+        assert (services["archive"] / "Archive5" / work_id[-2:] / work_id / "images").is_dir()
+
+
+def test_browser_login_and_finished_run(services):
+    chromium, driver_path = shutil.which("chromium"), shutil.which("chromedriver")
+    if not (chromium and driver_path):
+        if os.environ.get("CI"):
+            pytest.fail(
+                "chromium and chromium-driver must be installed (scripts/run-tests.sh "
+                "installs them)"
+            )
+        pytest.skip("Debian's chromium and chromium-driver are not installed")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    _seed(services, ["W1WEB01"])
+    api = services["api"]
+    run_id = api.trigger("sqs_scheduled_dag")
+    assert api.wait_for_run("sqs_scheduled_dag", run_id)["state"] == "success"
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--window-size=1400,1000",
+        f"--user-data-dir={services['tmp'] / 'chromium-profile'}",
+    ):
+        options.add_argument(flag)
+    os.environ["SE_OFFLINE"] = "true"
+    browser = webdriver.Chrome(service=Service(executable_path=driver_path), options=options)
+    ARTIFACTS.mkdir(exist_ok=True)
+    base = api.base_url
+    try:
+        wait = WebDriverWait(browser, 60)
+        browser.get(base + "/")
+        wait.until(ec.presence_of_element_located((By.NAME, "username")))
+        browser.find_element(By.NAME, "username").send_keys("tester")
+        browser.find_element(By.NAME, "password").send_keys("tester-pw-123")
+        browser.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+        wait.until(lambda b: "/auth/login" not in b.current_url)
+        browser.get(f"{base}/dags/sqs_scheduled_dag/runs/{run_id}")
+        wait.until(lambda b: "sync_debagged" in b.page_source or "success" in b.page_source)
+        wait.until(lambda b: run_id in b.page_source or "manual__" in b.page_source)
+        browser.save_screenshot(str(ARTIFACTS / "sqs_scheduled_dag-run.png"))
+        assert "sqs_scheduled_dag" in browser.page_source
+        assert "success" in browser.page_source.lower()
+    finally:
+        browser.save_screenshot(str(ARTIFACTS / "last-browser-page.png"))
+        browser.quit()
+
+
+def test_status_shows_running_services(services):
+    result = run(services["env"], "status")
+    assert result.returncode == 0
+    for name in ("api-server", "scheduler", "dag-processor", "triggerer"):
+        assert f"{name}" in result.stdout
+    assert result.stdout.count("running") >= 4
+    assert json.loads((services["home"] / "local-passwords.json").read_text())["tester"]
