@@ -32,12 +32,13 @@ def profile_session(settings: Settings, profile: str | None, region: str) -> bot
 
     The file is INI with one section per profile (``aws_access_key_id``,
     ``aws_secret_access_key``, optional ``aws_session_token`` and ``region_name``). Without the
-    file, boto3's normal chain (environment, ``~/.aws``, instance role) is used.
+    file (or with an empty one), boto3's normal chain (environment, ``~/.aws``, instance role)
+    is used.
     """
     import boto3
 
     path = settings.aws_credentials_file
-    if not path.is_file():
+    if not path.is_file() or path.stat().st_size == 0:
         return boto3.Session(profile_name=profile, region_name=region)
     parser = configparser.ConfigParser()
     try:

@@ -101,6 +101,20 @@ class Settings(BaseSettings):
         """Environment variables override the config file (passed as init values)."""
         return env_settings, init_settings
 
+    @field_validator(
+        "aws_endpoint_url",
+        "archive_root",
+        "work_root",
+        "progress_db_url",
+        "progress_db_url_file",
+        "sync_db_config",
+        mode="before",
+    )
+    @classmethod
+    def _empty_is_unset(cls, value: Any) -> Any:
+        """An empty value (``GLACIER_SYNC_AWS_ENDPOINT_URL=`` from Compose) means unset."""
+        return None if isinstance(value, str) and not value.strip() else value
+
     @field_validator("event_names")
     @classmethod
     def _event_names(cls, value: list[str]) -> list[str]:

@@ -1,0 +1,115 @@
+#!/usr/bin/env bash
+# bdrc-docker.sh - build the pipeline's Docker image in a build folder, with Compose.
+#
+# Usage: ./bdrc-docker.sh [options]
+#   --build-dir DIR       the build folder (COMPOSE_BUILD_DIR; default: <checkout>/build/compose)
+#   --rebuild             wipe the build folder first (otherwise files are added to it)
+#   --sync-scripts DIR    folder with syncOneWork.sh and friends (the archive's own scripts);
+#                         default: the project's docker/bin
+#   --requirements FILE   extra pip requirements merged with requirements/base.lock (repeatable;
+#                         a version conflict stops the build naming both files)
+#   --config-dir DIR      a config folder to put in the image at CONFIG_ROOT (e.g. the audit
+#                         tool's settings folder; never your whole ~/.config)
+#   --base-image IMAGE    BASE_IMAGE (default python:3.11-slim-bookworm)
+#   --image NAME          image name (default bdrc-airflow:latest)
+#   --prepare-only        fill the build folder, do not run the build
+#   -h, --help            this help
+#
+# Python packages are built into a wheelhouse on this host (which reaches PyPI) so that the image
+# build needs no PyPI access. Works with `docker compose` (v2) and `docker-compose` (1.29).
+set -euo pipefail
+
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+build_dir=${COMPOSE_BUILD_DIR:-$repo/build/compose}
+rebuild=0
+sync_scripts=$repo/docker/bin
+config_dir=""
+extra_reqs=()
+prepare_only=0
+export BASE_IMAGE=${BASE_IMAGE:-python:3.11-slim-bookworm}
+export BDRC_IMAGE=${BDRC_IMAGE:-bdrc-airflow:latest}
+export SYNC_SCRIPTS_HOME=${SYNC_SCRIPTS_HOME:-/opt/bdrc/sync-scripts}
+export CONFIG_ROOT=${CONFIG_ROOT:-/home/airflow/.config}
+export PY_REQS=requirements.txt
+
+usage() { sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; }
+die() { echo "bdrc-docker.sh: $*" >&2; exit 1; }
+say() { echo "==> $*"; }
+
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --build-dir) build_dir=${2:?--build-dir needs a folder}; shift 2 ;;
+        --rebuild) rebuild=1; shift ;;
+        --sync-scripts) sync_scripts=${2:?--sync-scripts needs a folder}; shift 2 ;;
+        --requirements) extra_reqs+=("${2:?--requirements needs a file}"); shift 2 ;;
+        --config-dir) config_dir=${2:?--config-dir needs a folder}; shift 2 ;;
+        --base-image) BASE_IMAGE=${2:?--base-image needs an image}; shift 2 ;;
+        --image) BDRC_IMAGE=${2:?--image needs a name}; shift 2 ;;
+        --prepare-only) prepare_only=1; shift ;;
+        -h|--help) usage; exit 0 ;;
+        *) usage >&2; die "unknown option $1" ;;
+    esac
+done
+
+[ -f "$sync_scripts/syncOneWork.sh" ] || die "--sync-scripts $sync_scripts has no syncOneWork.sh"
+for req in "${extra_reqs[@]}"; do [ -f "$req" ] || die "--requirements $req does not exist"; done
+if [ -n "$config_dir" ]; then
+    [ -d "$config_dir" ] || die "--config-dir $config_dir is not a folder"
+    case "$(cd "$config_dir" && pwd)" in
+        "$HOME/.config"|"$HOME") die "--config-dir: give the one tool's folder, not $config_dir" ;;
+    esac
+fi
+
+compose() {
+    if docker compose version >/dev/null 2>&1; then
+        docker compose "$@"
+    elif command -v docker-compose >/dev/null 2>&1; then
+        docker-compose "$@"
+    else
+        die "neither 'docker compose' nor 'docker-compose' is installed"
+    fi
+}
+
+venv=$(bash "$repo/scripts/ensure-venv.sh")
+if [ "$rebuild" -eq 1 ] && [ -d "$build_dir" ]; then
+    say "wiping $build_dir"
+    rm -rf "$build_dir"
+fi
+mkdir -p "$build_dir"
+build_dir=$(cd "$build_dir" && pwd)
+export COMPOSE_BUILD_DIR=$build_dir
+
+say "merging requirements"
+"$venv/bin/python" "$repo/scripts/merge_requirements.py" "$build_dir/$PY_REQS" \
+    "$repo/requirements/base.lock" "${extra_reqs[@]}" || die "requirements do not merge (above)"
+
+say "building the wheelhouse in $build_dir/wheels"
+mkdir -p "$build_dir/wheels"
+"$venv/bin/python" -m pip wheel -q --disable-pip-version-check -r "$build_dir/$PY_REQS" \
+    -w "$build_dir/wheels" 2> >(grep -v "is ignored: it is neither" >&2)
+
+say "copying DAGs, scripts and config"
+rm -rf "$build_dir/dags" "$build_dir/sync-scripts" "$build_dir/config" "$build_dir/docker"
+mkdir -p "$build_dir/docker" "$build_dir/config"
+(cd "$repo" && tar --exclude=__pycache__ -cf - dags) | tar -C "$build_dir" -xf -
+cp -a "$sync_scripts" "$build_dir/sync-scripts"
+[ -f "$build_dir/sync-scripts/syncOneWork.sh" ] || cp "$repo/docker/bin/syncOneWork.sh" "$build_dir/sync-scripts/"
+if [ -n "$config_dir" ]; then cp -a "$config_dir/." "$build_dir/config/"; fi
+cp "$repo/docker/entrypoint.sh" "$repo/docker/glacier-sync" "$build_dir/docker/"
+cp "$repo/Dockerfile-bdrc" "$repo/bdrc-docker-compose.yml" "$build_dir/"
+
+cat > "$build_dir/build.env" <<ENV
+COMPOSE_BUILD_DIR=$build_dir
+BASE_IMAGE=$BASE_IMAGE
+BDRC_IMAGE=$BDRC_IMAGE
+SYNC_SCRIPTS_HOME=$SYNC_SCRIPTS_HOME
+PY_REQS=$PY_REQS
+CONFIG_ROOT=$CONFIG_ROOT
+ENV
+if [ "$prepare_only" -eq 1 ]; then
+    say "prepared $build_dir (variables in $build_dir/build.env)"
+    exit 0
+fi
+say "building $BDRC_IMAGE from $BASE_IMAGE"
+compose -p bdrc-build -f "$build_dir/bdrc-docker-compose.yml" build airflow-init
+say "built $BDRC_IMAGE; next: ./deploy.sh --dest DIR --env dev|prod"

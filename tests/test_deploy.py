@@ -1,0 +1,289 @@
+"""deploy.sh and the requirement merge of bdrc-docker.sh (no Docker engine needed)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from helpers import REPO
+
+DEPLOY = REPO / "deploy.sh"
+CREDS = (
+    "[default]\naws_access_key_id = AKIATEST\naws_secret_access_key = not-a-real-secret\n"
+    "region_name = us-east-1\n"
+)
+CONFIG = """
+[[queues]]
+name = "tbrc"
+queue_url = "https://sqs.us-east-1.amazonaws.com/123456789012/restores"
+region = "us-east-1"
+profile = "default"
+"""
+
+
+def deploy(*args, env=None):
+    return subprocess.run(
+        ["bash", str(DEPLOY), *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=env or os.environ,
+        timeout=120,
+    )
+
+
+@pytest.fixture
+def inputs(tmp_path):
+    creds = tmp_path / "aws-credentials"
+    creds.write_text(CREDS)
+    config = tmp_path / "glacier-sync.toml"
+    config.write_text(CONFIG)
+    archive = tmp_path / "archive-root"
+    archive.mkdir()
+    return {"creds": creds, "config": config, "archive": archive, "dest": tmp_path / "instance"}
+
+
+def _args(inputs, *extra, env="dev"):
+    return [
+        "--dest",
+        inputs["dest"],
+        "--env",
+        env,
+        "--arch-root",
+        inputs["archive"],
+        "--sync-uid",
+        "4242",
+        "--aws-credentials",
+        inputs["creds"],
+        "--pipeline-config",
+        inputs["config"],
+        *extra,
+    ]
+
+
+def _digest(folder: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())}
+
+
+def test_fresh_deploy_layout_env_and_secrets(inputs):
+    result = deploy(*_args(inputs))
+    assert result.returncode == 0, result.stderr
+    dest = inputs["dest"]
+    for sub in ("logs", "dags", "plugins", "processing", "data", "config", "secrets"):
+        assert (dest / sub).is_dir(), sub
+    assert (dest / "docker-compose.yaml").read_text() == (
+        REPO / "bdrc-docker-compose.yml"
+    ).read_text()
+    assert (dest / "dags" / "sqs_scheduled_dag.py").is_file()
+    assert (dest / "dags" / "glacier_sync" / "runner.py").is_file()
+    assert not list((dest / "dags").rglob("__pycache__"))
+    assert (dest / "config" / "glacier-sync.toml").read_text() == CONFIG
+    secrets = dest / "secrets"
+    assert sorted(p.name for p in secrets.iterdir()) == [
+        "airflow_admin_password",
+        "airflow_fernet_key",
+        "airflow_jwt_secret",
+        "aws",
+        "postgres_password",
+        "progress_db_url",
+    ]
+    for path in [secrets, *secrets.iterdir()]:
+        mode = stat.S_IMODE(path.stat().st_mode)
+        assert mode == (0o700 if path.is_dir() else 0o600), (path, oct(mode))
+        if os.getuid() == 0:
+            assert path.stat().st_uid == 4242, path
+    assert (secrets / "aws").read_text() == CREDS
+    password = (secrets / "postgres_password").read_text().strip()
+    assert (secrets / "progress_db_url").read_text().strip() == (
+        f"postgresql+psycopg2://airflow:{password}@postgres:5432/glacier_sync"
+    )
+    import base64
+
+    assert len(base64.urlsafe_b64decode((secrets / "airflow_fernet_key").read_text().strip())) == 32
+    env_lines = (dest / ".env").read_text().splitlines()
+    for index, line in enumerate(env_lines):
+        if line and not line.startswith("#"):
+            assert env_lines[index - 1].startswith("#"), f"uncommented variable: {line}"
+    env = dict(line.split("=", 1) for line in env_lines if line and not line.startswith("#"))
+    assert env["ARCH_ROOT"] == str(inputs["archive"]) and env["SYNC_ACCESS_UID"] == "4242"
+    assert env["AIRFLOW_UI_BIND"] == "127.0.0.1"
+    assert all(
+        secret not in (dest / ".env").read_text() for secret in (password, "not-a-real-secret")
+    )
+    assert "Next steps" in result.stdout
+
+
+def test_redeploy_keeps_secrets_data_and_hand_edits(inputs):
+    assert deploy(*_args(inputs)).returncode == 0
+    dest = inputs["dest"]
+    secrets_before = _digest(dest / "secrets")
+    (dest / "data" / "incoming").mkdir()
+    (dest / "data" / "incoming" / "W1.bag.zip").write_bytes(b"keep me")
+    (dest / "logs" / "old.log").write_text("keep me")
+    (dest / "dags" / "stale_dag.py").write_text("# removed upstream")
+    assert deploy(*_args(inputs)).returncode == 0
+    assert _digest(dest / "secrets") == secrets_before
+    assert (dest / "data" / "incoming" / "W1.bag.zip").read_bytes() == b"keep me"
+    assert (dest / "logs" / "old.log").read_text() == "keep me"
+    assert not (dest / "dags" / "stale_dag.py").exists(), "dags/ mirrors the repository"
+    env_file = dest / ".env"
+    env_file.write_text(
+        env_file.read_text().replace("AIRFLOW_UI_PORT=8080", "AIRFLOW_UI_PORT=9090")
+    )
+    kept = deploy(*_args(inputs))
+    assert kept.returncode == 0 and "edited by hand" in kept.stdout
+    assert "AIRFLOW_UI_PORT=9090" in env_file.read_text()
+    forced = deploy(*_args(inputs, "--force"))
+    assert forced.returncode == 0 and "AIRFLOW_UI_PORT=8080" in env_file.read_text()
+    assert _digest(dest / "secrets") == secrets_before, "--force never replaces secrets"
+
+
+def test_dev_and_prod_env_differ_only_where_they_must(inputs, tmp_path):
+    assert deploy(*_args(inputs)).returncode == 0
+    prod_inputs = {**inputs, "dest": tmp_path / "prod"}
+    assert deploy(*_args(prod_inputs, env="prod")).returncode == 0
+
+    def parse(path):
+        return dict(
+            line.split("=", 1)
+            for line in path.read_text().splitlines()
+            if line and not line.startswith("#")
+        )
+
+    dev, prod = parse(inputs["dest"] / ".env"), parse(prod_inputs["dest"] / ".env")
+    assert set(dev) == set(prod)
+    assert {k for k in dev if dev[k] != prod[k]} == {"DEPLOY_ENV", "COMPOSE_PROJECT_NAME"}
+
+
+def test_dry_run_changes_nothing(inputs):
+    result = deploy(*_args(inputs, "--dry-run"))
+    assert result.returncode == 0, result.stderr
+    assert "would: " in result.stdout and not inputs["dest"].exists()
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"--dest": None}, "--dest DIR is required"),
+        ({"--env": "staging"}, "--env must be dev or prod"),
+        ({"--sync-uid": "archive"}, "--sync-uid must be a numeric uid"),
+        ({"--arch-root": "/no/such/archive"}, "--arch-root /no/such/archive does not exist"),
+        (
+            {"--aws-credentials": "/no/such/creds"},
+            "--aws-credentials /no/such/creds does not exist",
+        ),
+        ({"--pipeline-config": "/no/such.toml"}, "--pipeline-config /no/such.toml does not exist"),
+        ({"--aws-endpoint-url": "moto:5000"}, "must be an http(s) URL"),
+    ],
+)
+def test_each_input_error_is_named_before_anything_is_written(inputs, change, message):
+    args = dict(zip(_args(inputs)[::2], _args(inputs)[1::2], strict=True))
+    args.update(change)
+    argv = [x for k, v in args.items() if v is not None for x in (k, v)]
+    result = deploy(*argv)
+    assert result.returncode == 1 and message in result.stderr, result.stderr
+    assert not inputs["dest"].exists()
+
+
+def test_profile_section_absent(inputs):
+    inputs["config"].write_text(CONFIG.replace('profile = "default"', 'profile = "nlm"'))
+    result = deploy(*_args(inputs))
+    assert result.returncode == 1
+    assert "uses AWS profile [nlm]" in result.stderr and "no such section" in result.stderr
+    assert not inputs["dest"].exists()
+
+
+def test_bad_credentials_and_db_config(inputs, tmp_path):
+    inputs["creds"].write_text("[default]\naws_access_key_id = AKIA\n")
+    result = deploy(*_args(inputs))
+    assert result.returncode == 1 and "lacks aws_secret_access_key" in result.stderr
+    inputs["creds"].write_text(CREDS)
+    db = tmp_path / "db"
+    db.write_text("host=db user=x\n")
+    result = deploy(*_args(inputs, "--db-config", db))
+    assert result.returncode == 1 and "must hold a database URL" in result.stderr
+    db.write_text("mysql+pymysql://u:pw@db/progress\n")
+    assert deploy(*_args(inputs, "--db-config", db)).returncode == 0
+    assert (inputs["dest"] / "secrets" / "progress_db_url").read_text() == db.read_text()
+
+
+def test_prod_requirements(inputs):
+    result = deploy(
+        "--dest",
+        inputs["dest"],
+        "--env",
+        "prod",
+        "--sync-uid",
+        "4242",
+        "--aws-credentials",
+        inputs["creds"],
+    )
+    assert result.returncode == 1 and "prod needs --arch-root" in result.stderr
+    result = deploy(*_args(inputs, "--aws-endpoint-url", "http://moto:5000", env="prod"))
+    assert result.returncode == 1 and "is for dev" in result.stderr
+
+
+# -- requirement merge (bdrc-docker.sh) ---------------------------------------------------
+
+MERGE = REPO / "scripts" / "merge_requirements.py"
+
+
+def merge(tmp_path, *contents):
+    files = []
+    for index, text in enumerate(contents):
+        path = tmp_path / f"req{index}.txt"
+        path.write_text(text)
+        files.append(path)
+    out = tmp_path / "merged.txt"
+    result = subprocess.run(
+        [sys.executable, str(MERGE), str(out), *map(str, files)], capture_output=True, text=True
+    )
+    return result, out
+
+
+def test_merge_combines_compatible_requirements(tmp_path):
+    result, out = merge(
+        tmp_path,
+        "boto3==1.44.5\nrequests>=2.0  # via x\n",
+        "Requests[socks]<3\nBoto3>=1.40\nbdrc-audit==0.3\n",
+    )
+    assert result.returncode == 0, result.stderr
+    lines = out.read_text().splitlines()[1:]
+    assert "boto3==1.44.5,>=1.40" in lines or "boto3>=1.40,==1.44.5" in lines
+    assert any(
+        line.startswith("requests[socks]") and "<3" in line and ">=2.0" in line for line in lines
+    )
+    assert "bdrc-audit==0.3" in lines
+
+
+@pytest.mark.parametrize(
+    ("first", "second"),
+    [
+        ("boto3==1.44.5\n", "boto3==1.40.0\n"),
+        ("boto3==1.44.5\n", "boto3<1.40\n"),
+        ("boto3>=2\n", "boto3<1.5\n"),
+    ],
+)
+def test_merge_conflict_names_both_files(tmp_path, first, second):
+    result, out = merge(tmp_path, first, second)
+    assert result.returncode == 1 and not out.exists()
+    assert "req0.txt:1" in result.stderr and "req1.txt:1" in result.stderr
+    assert "conflicting requirements for boto3" in result.stderr
+
+
+def test_merge_rejects_pip_options_and_garbage(tmp_path):
+    result, _ = merge(tmp_path, "-r other.txt\n")
+    assert result.returncode == 1 and "pip options" in result.stderr
+    result, _ = merge(tmp_path, "not a requirement ===\n")
+    assert result.returncode == 1 and "not a requirement" in result.stderr
+
+
+def test_base_lock_merges_with_itself(tmp_path):
+    lock = (REPO / "requirements" / "base.lock").read_text()
+    result, out = merge(tmp_path, lock, lock)
+    assert result.returncode == 0, result.stderr
+    assert "apache-airflow==3.3.2" in out.read_text().splitlines()
