@@ -154,6 +154,14 @@ write_secret postgres_password random_secret
 write_secret airflow_fernet_key fernet_key
 write_secret airflow_jwt_secret random_secret
 write_secret airflow_admin_password random_secret
+# Derived secrets: the metadata DB URL and the UI passwords file (SimpleAuthManager's JSON).
+if [ "$dry_run" -eq 0 ]; then
+    (umask 077
+     printf 'postgresql+psycopg2://airflow:%s@postgres:5432/airflow\n' \
+         "$(cat "$dest/secrets/postgres_password")" > "$dest/secrets/airflow_db_url"
+     python3 -c 'import json, sys; print(json.dumps({sys.argv[1]: open(sys.argv[2]).read().strip()}))' \
+         admin "$dest/secrets/airflow_admin_password" > "$dest/secrets/simple_auth_passwords.json")
+fi
 if [ -n "$aws_credentials" ]; then
     write_secret aws --from "$aws_credentials"
 elif [ ! -e "$dest/secrets/aws" ]; then

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import stat
 import subprocess
@@ -85,11 +86,13 @@ def test_fresh_deploy_layout_env_and_secrets(inputs):
     secrets = dest / "secrets"
     assert sorted(p.name for p in secrets.iterdir()) == [
         "airflow_admin_password",
+        "airflow_db_url",
         "airflow_fernet_key",
         "airflow_jwt_secret",
         "aws",
         "postgres_password",
         "progress_db_url",
+        "simple_auth_passwords.json",
     ]
     for path in [secrets, *secrets.iterdir()]:
         mode = stat.S_IMODE(path.stat().st_mode)
@@ -101,6 +104,11 @@ def test_fresh_deploy_layout_env_and_secrets(inputs):
     assert (secrets / "progress_db_url").read_text().strip() == (
         f"postgresql+psycopg2://airflow:{password}@postgres:5432/glacier_sync"
     )
+    assert (secrets / "airflow_db_url").read_text().strip() == (
+        f"postgresql+psycopg2://airflow:{password}@postgres:5432/airflow"
+    )
+    admin = (secrets / "airflow_admin_password").read_text().strip()
+    assert json.loads((secrets / "simple_auth_passwords.json").read_text()) == {"admin": admin}
     import base64
 
     assert len(base64.urlsafe_b64decode((secrets / "airflow_fernet_key").read_text().strip())) == 32
