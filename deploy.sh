@@ -145,7 +145,7 @@ write_secret() {
     elif [ "$dry_run" -eq 1 ]; then
         echo "would: generate secrets/$name"
     else
-        (umask 077; "$2" > "$target")
+        (umask 077; "$2" | tr -d '\n' > "$target")   # no newline: read by *_CMD as is
         say "secrets/$name: generated"
     fi
 }
@@ -157,7 +157,7 @@ write_secret airflow_admin_password random_secret
 # Derived secrets: the metadata DB URL and the UI passwords file (SimpleAuthManager's JSON).
 if [ "$dry_run" -eq 0 ]; then
     (umask 077
-     printf 'postgresql+psycopg2://airflow:%s@postgres:5432/airflow\n' \
+     printf 'postgresql+psycopg2://airflow:%s@postgres:5432/airflow' \
          "$(cat "$dest/secrets/postgres_password")" > "$dest/secrets/airflow_db_url"
      python3 -c 'import json, sys; print(json.dumps({sys.argv[1]: open(sys.argv[2]).read().strip()}))' \
          admin "$dest/secrets/airflow_admin_password" > "$dest/secrets/simple_auth_passwords.json")

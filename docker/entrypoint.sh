@@ -14,4 +14,8 @@ add_user() {
 add_user "$(id -u)"
 if [ "$(id -u)" = 0 ] && [ -n "${SYNC_ACCESS_UID:-}" ]; then add_user "$SYNC_ACCESS_UID"; fi
 
+# SimpleAuthManager opens its passwords file for writing: give it a private copy of the secret.
+if [ -s /run/secrets/simple_auth_passwords ]; then
+    (umask 077; cp /run/secrets/simple_auth_passwords /tmp/simple-auth-passwords.json)
+fi
 exec "$@"

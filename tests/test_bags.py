@@ -108,6 +108,16 @@ def test_large_files_hash_in_parallel_threads(tmp_path, monkeypatch):
 # -- refused bags ------------------------------------------------------------------------
 
 
+def _rewrite_oxum(bag_dir: Path, old: str, new: str) -> None:
+    """Change Payload-Oxum and drop the tag manifests, so that only the Oxum is in question."""
+    info = bag_dir / "bag-info.txt"
+    text = info.read_text()
+    assert f"Payload-Oxum: {old}" in text
+    info.write_text(text.replace(f"Payload-Oxum: {old}", f"Payload-Oxum: {new}"))
+    for tagmanifest in bag_dir.glob("tagmanifest-*.txt"):
+        tagmanifest.unlink()
+
+
 def _bad_zip(tmp_path: Path, extra_member: zipfile.ZipInfo, data: bytes = b"x") -> Path:
     bag_dir = make_bag_dir(tmp_path, "W1TEST")
     zip_path = zip_dir(bag_dir, tmp_path / "W1TEST.bag.zip")
@@ -155,13 +165,8 @@ def test_checksum_mismatch_same_size_refused(tmp_path):
 
 def test_payload_oxum_mismatch_alone_refused(tmp_path):
     bag_dir = make_bag_dir(tmp_path, "W1TEST")
-    info = bag_dir / "bag-info.txt"
-    text = info.read_text()
     total = sum(len(v) for v in DEFAULT_FILES.values())
-    assert f"Payload-Oxum: {total}.4" in text
-    info.write_text(text.replace(f"Payload-Oxum: {total}.4", f"Payload-Oxum: {total + 1}.4"))
-    for tagmanifest in bag_dir.glob("tagmanifest-*.txt"):
-        tagmanifest.unlink()  # only the Oxum is wrong: every checksum matches
+    _rewrite_oxum(bag_dir, f"{total}.4", f"{total + 1}.4")  # every checksum still matches
     zip_path = zip_dir(bag_dir, tmp_path / "W1TEST.bag.zip")
     _refused(zip_path, tmp_path / "work", "Payload-Oxum", f"{total + 1}.4")
 
@@ -188,11 +193,8 @@ def test_missing_payload_file_with_oxum_fixed_is_named(tmp_path):
     missing = bag_dir / "data" / "archive" / "notes.txt"
     size = missing.stat().st_size
     os.remove(missing)
-    info = bag_dir / "bag-info.txt"
     total = sum(len(v) for v in DEFAULT_FILES.values())
-    info.write_text(info.read_text().replace(f"{total}.4", f"{total - size}.3"))
-    for tagmanifest in bag_dir.glob("tagmanifest-*.txt"):
-        tagmanifest.unlink()
+    _rewrite_oxum(bag_dir, f"{total}.4", f"{total - size}.3")
     zip_path = zip_dir(bag_dir, tmp_path / "W1TEST.bag.zip")
     _refused(
         zip_path,
@@ -204,11 +206,8 @@ def test_missing_payload_file_with_oxum_fixed_is_named(tmp_path):
 def test_unexpected_extra_file_refused(tmp_path):
     bag_dir = make_bag_dir(tmp_path, "W1TEST")
     (bag_dir / "data" / "extra.txt").write_bytes(b"")  # zero bytes: the Oxum bytes still match
-    info = bag_dir / "bag-info.txt"
     total = sum(len(v) for v in DEFAULT_FILES.values())
-    info.write_text(info.read_text().replace(f"{total}.4", f"{total}.5"))
-    for tagmanifest in bag_dir.glob("tagmanifest-*.txt"):
-        tagmanifest.unlink()
+    _rewrite_oxum(bag_dir, f"{total}.4", f"{total}.5")
     zip_path = zip_dir(bag_dir, tmp_path / "W1TEST.bag.zip")
     _refused(zip_path, tmp_path / "work", "data/extra.txt: in the zip but not in any manifest")
 

@@ -183,9 +183,10 @@ def stack(tmp_path_factory):
     config.write_text(
         '[[queues]]\nname = "e2e"\n'
         'queue_url = "http://moto:5000/123456789012/restores"\n'
-        'region = "us-east-1"\nbucket = "archive.e2e.example"\n'
-        'profile = "default"\n'
+        'region = "us-east-1"\nbucket = "archive.e2e.example"\nprofile = "default"\n'
     )
+    # Only the run the test triggers: no scheduled run races it for the work.
+    config.write_text('sqs_schedule = "None"\nsqs_wait_seconds = 2\n' + config.read_text())
     archive = tmp / "archive"
     archive.mkdir()
     inputs = {"creds": creds, "config": config, "archive": archive}

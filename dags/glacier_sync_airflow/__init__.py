@@ -7,9 +7,10 @@ imports nothing from Airflow.
 from __future__ import annotations
 
 import logging
+from datetime import datetime, timedelta
 from typing import Any
 
-from airflow.sdk import get_current_context
+from airflow.sdk import get_current_context, task
 from airflow.sdk.exceptions import AirflowSkipException
 
 from glacier_sync.aws import ProfileClients
@@ -19,7 +20,21 @@ from glacier_sync.settings import QueueSource, Settings, load_settings
 
 log = logging.getLogger(__name__)
 
-__all__ = ["load_settings", "make_pipeline", "poll_restored_works", "run_phase"]
+__all__ = [
+    "dag_arguments",
+    "load_settings",
+    "make_pipeline",
+    "phase_task",
+    "poll_restored_works",
+    "run_phase",
+    "scan_incoming",
+]
+
+PHASE_DOCS = {
+    "download": "Download one restored bag zip into the incoming folder.",
+    "debag": "Validate one bag and extract it into its work folder.",
+    "sync": "Sync one work folder into the archive.",
+}
 
 
 class HookClients:
@@ -89,3 +104,26 @@ def run_phase(settings: Settings, phase: str, progress_id: int) -> int:
     run_id, final = _context()
     pipeline = make_pipeline(settings, run_id)
     return getattr(pipeline, phase)(progress_id, release_on_failure=final)
+
+
+def dag_arguments(settings: Settings, schedule: str | None, doc: str | None) -> dict[str, Any]:
+    """The arguments both DAGs share: no catch-up, runs and retries from the settings."""
+    return {
+        "schedule": schedule,
+        "start_date": datetime(2025, 1, 1),
+        "catchup": False,
+        "max_active_runs": settings.max_active_runs,
+        "default_args": {"retries": settings.task_retries, "retry_delay": timedelta(minutes=5)},
+        "tags": ["glacier-sync", settings.env],
+        "doc_md": doc,
+    }
+
+
+def phase_task(settings: Settings, phase: str, task_id: str):
+    """A TaskFlow task running one phase for one work (call inside a DAG)."""
+
+    def run(progress_id: int) -> int:
+        return run_phase(settings, phase, progress_id)
+
+    run.__doc__ = PHASE_DOCS[phase]
+    return task(task_id=task_id)(run)

@@ -1,0 +1,184 @@
+"""Event-to-archive and scaling benchmark against a moto server on 127.0.0.1.
+
+    python benchmarks/bench_pipeline.py [--works 1,10,50] [--paths run-once,dag-test,services]
+
+For each work count, restores that many small sample bags (DEEP_ARCHIVE -> restore ->
+ObjectRestore:Completed in the queue), then carries them to the archive through each path:
+
+* ``run-once``  the ``glacier-sync run-once`` command (no Airflow);
+* ``dag-test``  ``python dags/sqs_scheduled_dag.py`` (``dag.test()``: tasks run one by one);
+* ``services``  local-airflow.sh's scheduler with LocalExecutor, triggered through the REST API
+                (mapped tasks run in parallel, up to the executor's parallelism).
+
+Prints the wall time from the trigger to the last work archived, seconds per work, and the
+median seconds of each phase (download, debag, sync) read from the progress database; plus
+the start-up time of ``glacier-sync --help``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(REPO / "dags"), str(REPO / "tests")]
+BIN = Path(sys.executable).parent
+
+from airflow_rest import AirflowApi  # noqa: E402
+from helpers import free_port, moto_server  # noqa: E402
+
+from glacier_sync.demo import setup  # noqa: E402
+from glacier_sync.progress import ProgressStore  # noqa: E402
+
+
+def phases(data_root: Path) -> tuple[int, dict[str, float]]:
+    """Synced works and the median seconds of each phase."""
+    rows = ProgressStore(f"sqlite:///{data_root / 'progress.sqlite'}").find()
+    seconds: dict[str, list[float]] = {"download": [], "debag": [], "sync": []}
+    for row in rows:
+        for entry in row.history:
+            name = entry["event"].removesuffix(" done")
+            if name in seconds and "seconds" in entry:
+                seconds[name].append(entry["seconds"])
+    synced = sum(row.state == "synced" for row in rows)
+    return synced, {k: statistics.median(v) if v else 0.0 for k, v in seconds.items()}
+
+
+def run_once(env: dict, _: Path) -> None:
+    subprocess.run(
+        [str(BIN / "glacier-sync"), "run-once"],
+        env=env,
+        check=True,
+        capture_output=True,
+        timeout=3600,
+    )
+
+
+def dag_test(env: dict, home: Path) -> None:
+    env = {
+        **env,
+        "AIRFLOW_HOME": str(home),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+    }
+    subprocess.run(
+        [str(BIN / "python"), str(REPO / "dags" / "sqs_scheduled_dag.py")],
+        env=env,
+        check=True,
+        capture_output=True,
+        timeout=3600,
+    )
+
+
+class Services:
+    """local-airflow.sh's services on a private AIRFLOW_HOME, restarted per measurement."""
+
+    def __init__(self, home: Path) -> None:
+        self.home = home
+        self.env: dict[str, str] = {}
+
+    def __call__(self, env: dict, work: Path) -> None:
+        env_file = work / "glacier-sync.env"
+        keep = {k: v for k, v in env.items() if k.startswith(("GLACIER_SYNC_", "AWS_"))}
+        keep["GLACIER_SYNC_POLL_RETRIES"] = "0"
+        env_file.write_text("".join(f"export {k}='{v}'\n" for k, v in keep.items()))
+        self.env = {
+            **{k: v for k, v in os.environ.items() if not k.startswith("GLACIER_SYNC_")},
+            "AIRFLOW_HOME": str(self.home),
+            "GLACIER_SYNC_ENV_FILE": str(env_file),
+            "AIRFLOW_PORT": str(free_port()),
+            "WORKER_LOG_PORT": str(free_port()),
+            "TRIGGER_LOG_PORT": str(free_port()),
+        }
+        for args in (["-w", "-u"], ["-s", "-u"]):
+            subprocess.run(
+                ["bash", str(REPO / "local-airflow.sh"), *args],
+                env=self.env,
+                check=True,
+                capture_output=True,
+                timeout=600,
+            )
+        try:
+            import json
+
+            password = json.loads((self.home / "local-passwords.json").read_text())["admin"]
+            api = AirflowApi(f"http://127.0.0.1:{self.env['AIRFLOW_PORT']}", "admin", password)
+            api.wait_for_dag("sqs_scheduled_dag")
+            api.unpause("sqs_scheduled_dag")
+            self.started = time.perf_counter()
+            run = api.wait_for_run("sqs_scheduled_dag", api.trigger("sqs_scheduled_dag"), 3600)
+            assert run["state"] == "success", run
+        finally:
+            subprocess.run(
+                ["bash", str(REPO / "local-airflow.sh"), "stop"],
+                env=self.env,
+                capture_output=True,
+                timeout=600,
+            )
+
+
+def help_startup(reps: int = 5) -> float:
+    times = []
+    for _ in range(reps):
+        started = time.perf_counter()
+        subprocess.run([str(BIN / "glacier-sync"), "--help"], capture_output=True, check=True)
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+def main() -> None:
+    """Command line entry point."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--works", default="1,10,50")
+    parser.add_argument("--paths", default="run-once,dag-test,services")
+    args = parser.parse_args()
+    counts = [int(n) for n in args.works.split(",")]
+    paths = args.paths.split(",")
+    print(f"glacier-sync --help start-up: {help_startup():.3f} s (median of 5; target < 1 s)")
+    with tempfile.TemporaryDirectory(prefix="glacier-sync-bench-") as tmp_name:
+        tmp = Path(tmp_name)
+        home = tmp / "airflow-home"
+        home.mkdir()
+        subprocess.run(
+            [str(BIN / "airflow"), "db", "migrate"],
+            check=True,
+            capture_output=True,
+            env={**os.environ, "AIRFLOW_HOME": str(home), "AIRFLOW__CORE__LOAD_EXAMPLES": "False"},
+        )
+        services = Services(home)
+        runners = {"run-once": run_once, "dag-test": dag_test, "services": services}
+        print(
+            f"{'path':<10}{'works':>6}{'total s':>9}{'s/work':>8}{'download':>10}"
+            f"{'debag':>7}{'sync':>7}  (phase medians, s)"
+        )
+        with moto_server(tmp / "moto.log") as endpoint:
+            for count in counts:
+                for path in paths:
+                    work = tmp / f"{path}-{count}"
+                    work.mkdir()
+                    env = {**os.environ, **setup(endpoint, work, count)}
+                    env["GLACIER_SYNC_MAX_MESSAGES_PER_RUN"] = str(max(10, count * 3))
+                    env["GLACIER_SYNC_POLL_RETRIES"] = "0"
+                    started = time.perf_counter()
+                    target = home if path != "services" else work
+                    runners[path](env, target)
+                    if path == "services":
+                        started = services.started
+                    total = time.perf_counter() - started
+                    synced, med = phases(work / "data")
+                    assert synced == count, f"{path}: {synced} of {count} works synced"
+                    print(
+                        f"{path:<10}{count:>6}{total:>9.1f}{total / count:>8.2f}"
+                        f"{med['download']:>10.2f}{med['debag']:>7.2f}{med['sync']:>7.2f}",
+                        flush=True,
+                    )
+
+
+if __name__ == "__main__":
+    main()
