@@ -250,3 +250,14 @@ def test_manifest_hashes_are_the_real_ones(tmp_path):
         if ln.endswith("I1_0001.tif")
     )
     assert line.split()[0] == hashlib.sha512(DEFAULT_FILES["images/I1_0001.tif"]).hexdigest()
+
+
+def test_manifest_path_outside_the_bag_is_refused(tmp_path):
+    bag_dir = make_bag_dir(tmp_path, "W1TEST")
+    manifest = bag_dir / "manifest-sha512.txt"
+    manifest.write_text(manifest.read_text() + "0" * 128 + "  data/../../escape.txt\n")
+    for tagmanifest in bag_dir.glob("tagmanifest-*.txt"):
+        tagmanifest.unlink()
+    zip_path = zip_dir(bag_dir, tmp_path / "W1TEST.bag.zip")
+    _refused(zip_path, tmp_path / "work", "../escape.txt: a manifest names a path outside the bag")
+    assert not (tmp_path / "escape.txt").exists()
