@@ -26,6 +26,11 @@ def gs(*args, env=None, cwd=None):
     )
 
 
+def process_bag(zip_path, archive, data_dir, *extra):
+    """``glacier-sync process-bag ZIP --archive-root ARCHIVE --data-dir DATA [extra]``."""
+    return gs("process-bag", zip_path, "--archive-root", archive, "--data-dir", data_dir, *extra)
+
+
 @pytest.mark.parametrize("sub", SUBCOMMANDS)
 def test_help_on_every_subcommand(sub):
     result = gs(sub, "--help")
@@ -71,16 +76,7 @@ def test_process_bag_archives_a_valid_bag(tmp_path):
     archive = tmp_path / "archive"
     archive.mkdir()
     key = "Archive0/00/W1NLM4700/W1NLM4700.bag.zip"
-    result = gs(
-        "process-bag",
-        zip_path,
-        "--archive-root",
-        archive,
-        "--data-dir",
-        tmp_path / "data",
-        "--key",
-        key,
-    )
+    result = process_bag(zip_path, archive, tmp_path / "data", "--key", key)
     assert result.returncode == 0, result.stdout + result.stderr
     archived = archive / "Archive0" / "00" / "W1NLM4700"
     for rel, content in DEFAULT_FILES.items():
@@ -89,7 +85,7 @@ def test_process_bag_archives_a_valid_bag(tmp_path):
     status = gs("status", "W1NLM4700", "--json", "--data-dir", tmp_path / "data")
     row = json.loads(status.stdout)[0]
     assert row["state"] == "synced" and row["archive_path"] == str(archived)
-    again = gs("process-bag", zip_path, "--archive-root", archive, "--data-dir", tmp_path / "data")
+    again = process_bag(zip_path, archive, tmp_path / "data")
     assert again.returncode == 0 and "synced" in again.stdout
 
 
@@ -148,14 +144,7 @@ def test_process_bag_refuses_each_bad_bag(tmp_path):
         archive = tmp_path / name / "archive"
         archive.mkdir()
         before = zip_path.read_bytes()
-        result = gs(
-            "process-bag",
-            zip_path,
-            "--archive-root",
-            archive,
-            "--data-dir",
-            tmp_path / name / "data",
-        )
+        result = process_bag(zip_path, archive, tmp_path / name / "data")
         assert result.returncode == 1, name
         assert expected in result.stdout, (name, result.stdout)
         assert zip_path.read_bytes() == before, name

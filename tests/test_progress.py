@@ -194,3 +194,10 @@ def test_event_time_parsing():
     assert parse_event_time("2026-10-02T04:31:07.112Z").isoformat() == "2026-10-02T04:31:07.112000"
     assert parse_event_time("2026-10-02T06:31:07+02:00").hour == 4
     assert parse_event_time("yesterday") is None and parse_event_time(None) is None
+
+
+def test_unknown_state_is_refused(store):
+    pid, _ = store.record_event(_event(), "q", "m")
+    with pytest.raises(ValueError, match="unknown state 'done'"):
+        store.update_row(pid, "x", state="done")
+    assert store.get(pid).state == "restored"

@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from glacier_sync.errors import ProgressDatabaseError, WorkNotFound
 from glacier_sync.events import RestoreEvent, dedup_key
-from glacier_sync.models import Progress, utcnow
+from glacier_sync.models import STATES, Progress, utcnow
 from glacier_sync.settings import mask_url
 
 log = logging.getLogger(__name__)
@@ -299,6 +299,8 @@ class ProgressStore:
     def update_row(self, pid: int, event: str, release: bool = False, **fields: Any) -> Progress:
         """Set fields, append a history event and optionally release the claim."""
         details = fields.pop("details", {})
+        if "state" in fields and fields["state"] not in STATES:
+            raise ValueError(f"unknown state {fields['state']!r}; one of {', '.join(STATES)}")
         with self.session() as session:
             row = session.get(Progress, pid)
             if row is None:
