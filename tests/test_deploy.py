@@ -295,3 +295,72 @@ def test_base_lock_merges_with_itself(tmp_path):
     result, out = merge(tmp_path, lock, lock)
     assert result.returncode == 0, result.stderr
     assert "apache-airflow==3.3.2" in out.read_text().splitlines()
+
+
+# -- bdrc-docker.sh: the build folder (no Docker engine needed with --prepare-only) -----------
+
+
+def build_script(*args):
+    return subprocess.run(
+        ["bash", str(REPO / "bdrc-docker.sh"), *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
+
+
+def test_build_folder_conflicting_requirements_stop_before_building(tmp_path):
+    extra = tmp_path / "audit-requirements.txt"
+    extra.write_text("boto3<1.40\n")
+    result = build_script(
+        "--build-dir", tmp_path / "build", "--requirements", extra, "--prepare-only"
+    )
+    assert result.returncode == 1
+    assert "requirements/base.lock" in result.stderr and str(extra) in result.stderr
+    assert not (tmp_path / "build" / "wheels").exists()
+
+
+def test_build_folder_holds_scripts_config_and_merged_requirements(tmp_path):
+    scripts = tmp_path / "archive-scripts"
+    scripts.mkdir()
+    (scripts / "syncOneWork.sh").write_text("#!/bin/bash\necho the archive's own\n")
+    (scripts / "syncAnything.sh").write_text("#!/bin/bash\n")
+    config = tmp_path / "audit-config"
+    config.mkdir()
+    (config / "audit.properties").write_text("db=archive\n")
+    extra = tmp_path / "audit-requirements.txt"
+    extra.write_text("six>=1.0\n")
+    build = tmp_path / "build"
+    build.mkdir()
+    (build / "stale.txt").write_text("from an earlier build")
+    result = build_script(
+        "--build-dir",
+        build,
+        "--rebuild",
+        "--sync-scripts",
+        scripts,
+        "--config-dir",
+        config,
+        "--requirements",
+        extra,
+        "--prepare-only",
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert not (build / "stale.txt").exists(), "--rebuild wipes the build folder"
+    assert "the archive's own" in (build / "sync-scripts" / "syncOneWork.sh").read_text()
+    assert (build / "sync-scripts" / "syncAnything.sh").is_file()
+    assert (build / "config" / "audit.properties").read_text() == "db=archive\n"
+    merged = (build / "requirements.txt").read_text().splitlines()
+    assert "apache-airflow==3.3.2" in merged
+    assert any(line.startswith("six") and ">=1.0" in line and "==" in line for line in merged)
+    wheels = {p.name.split("-")[0].lower() for p in (build / "wheels").iterdir()}
+    assert {"apache_airflow", "boto3", "bagit", "six"} <= wheels
+    assert (build / "dags" / "sqs_scheduled_dag.py").is_file()
+    assert (build / "Dockerfile-bdrc").is_file() and (build / "bdrc-docker-compose.yml").is_file()
+    env = dict(line.split("=", 1) for line in (build / "build.env").read_text().splitlines())
+    assert env["COMPOSE_BUILD_DIR"] == str(build) and env["PY_REQS"] == "requirements.txt"
+    whole_config = build_script(
+        "--build-dir", build, "--config-dir", Path.home() / ".config", "--prepare-only"
+    )
+    if (Path.home() / ".config").is_dir():
+        assert whole_config.returncode == 1 and "not" in whole_config.stderr
