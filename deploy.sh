@@ -8,7 +8,7 @@
 #   --arch-root PATH         the archive root, mounted as /mnt (must exist; prod: required;
 #                            dev default: DIR/archive)
 #   --sync-uid N             uid of the archive's sync user: the tasks run as it and it owns
-#                            secrets/ (default: the uid running deploy.sh)
+#                            secrets/ (default: the user running deploy.sh, also under sudo)
 #   --aws-credentials FILE   AWS credentials, INI with one section per profile
 #                            (aws_access_key_id, aws_secret_access_key, region_name)
 #   --db-config FILE         a file holding the progress-database URL (default: a database
@@ -59,9 +59,12 @@ done
 # ---- check every input before touching anything -------------------------------------------
 [ -n "$dest" ] || die "--dest DIR is required (see -h)"
 case "$env_name" in dev|prod) ;; *) die "--env must be dev or prod, not '$env_name'" ;; esac
-[ -n "$sync_uid" ] || sync_uid=$(id -u)
+[ -n "$sync_uid" ] || sync_uid=${SUDO_UID:-$(id -u)}
 [[ $sync_uid =~ ^[0-9]+$ ]] || die "--sync-uid must be a numeric uid, not '$sync_uid'"
 [[ $ui_port =~ ^[0-9]+$ ]] || die "--ui-port must be a number, not '$ui_port'"
+if [ "$sync_uid" = 0 ]; then
+    echo "deploy.sh: warning: the tasks will run as root (uid 0); give --sync-uid N" >&2
+fi
 if [ "$env_name" = prod ]; then
     [ -n "$arch_root" ] || die "prod needs --arch-root PATH (the archive root, mounted as /mnt)"
     [ -n "$aws_credentials" ] || die "prod needs --aws-credentials FILE"
