@@ -199,3 +199,16 @@ def test_run_once_needs_archive_root(world, dirs):
     del env["GLACIER_SYNC_ARCHIVE_ROOT"]
     result = gs("run-once", env=env)
     assert result.returncode == 2 and "GLACIER_SYNC_ARCHIVE_ROOT" in result.stderr
+
+
+def test_retry_without_archive_root_claims_nothing(tmp_path):
+    bag_dir = make_bag_dir(tmp_path, "W1BAD")
+    (bag_dir / "data" / "archive" / "notes.txt").write_bytes(b"changed after bagging\n")
+    zip_path = zip_dir(bag_dir, tmp_path / "W1BAD.bag.zip")
+    archive = tmp_path / "archive"
+    archive.mkdir()
+    assert process_bag(zip_path, archive, tmp_path / "data").returncode == 1
+    result = gs("retry", "W1BAD", "--data-dir", tmp_path / "data")
+    assert result.returncode == 2 and "GLACIER_SYNC_ARCHIVE_ROOT" in result.stderr
+    row = json.loads(gs("status", "W1BAD", "--json", "--data-dir", tmp_path / "data").stdout)[0]
+    assert row["claimed_by"] is None and row["attempts"] == 1 and row["state"] == "failed"

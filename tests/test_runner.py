@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from helpers import DEFAULT_FILES, make_bag_dir, make_bag_zip, zip_dir
@@ -212,3 +213,16 @@ def test_down_folder_scan(dirs, settings):
     assert (dirs["archive"] / "Archive4" / "00" / "W1DROP" / "images").is_dir()
     assert not zip_path.exists(), "a synced drop leaves the incoming folder"
     assert pipeline.scan_incoming() == []
+
+
+def test_downloads_under_a_relative_data_root_are_not_taken_for_drops(
+    world, dirs, settings, monkeypatch
+):
+    monkeypatch.chdir(dirs["data"].parent)
+    relative = settings.model_copy(update={"data_root": Path("data"), "keep_zip_after_sync": True})
+    _restored(world, dirs)
+    pipeline = Pipeline(relative)
+    _, outcomes = pipeline.run_once()
+    assert outcomes[0].ok and (dirs["data"] / "incoming" / KEY).is_file()
+    assert pipeline.scan_incoming() == [], "the downloaded zip is not a hand-dropped bag"
+    assert len(pipeline.store.find()) == 1

@@ -190,6 +190,8 @@ def cmd_retry(args: argparse.Namespace) -> int:
     from glacier_sync.runner import Pipeline
 
     settings = _settings(args)
+    if not args.reset_only:
+        settings.require_archive_root()  # before any claim: a claim left behind blocks the work
     pipeline = Pipeline(settings)
     ids = pipeline.store.reset_for_retry(args.work)
     if args.reset_only:
@@ -198,8 +200,6 @@ def cmd_retry(args: argparse.Namespace) -> int:
     outcomes = []
     for source in ("s3", "local"):
         claimed = pipeline.claim(source, ids=ids)
-        if any(pipeline.store.get(pid).source == "local" for pid in claimed):
-            settings.require_archive_root()
         outcomes += [pipeline.process(pid) for pid in claimed]
     if not outcomes:
         print(f"work {args.work}: rows {ids} are claimed by a running job; try again later")

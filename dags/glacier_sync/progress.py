@@ -78,7 +78,7 @@ class ProgressStore:
 
     def migrate(self) -> None:
         """Bring the schema to the newest Alembic revision (safe when several run at once)."""
-        if self.current_revision() == HEAD_REVISION:
+        if self._is_current():
             return
         from alembic import command
         from alembic.config import Config
@@ -237,11 +237,13 @@ class ProgressStore:
             return row.id, "new"
 
     def known_local_paths(self) -> set[str]:
-        """Every local zip path a row already refers to."""
+        """Every local zip path a row already refers to, resolved (as ``register_local`` stores
+        them), so a download under a relative or symlinked data root is still recognised."""
         with self.session() as session:
-            return set(
-                session.scalars(select(Progress.local_path).where(Progress.local_path.is_not(None)))
+            paths = session.scalars(
+                select(Progress.local_path).where(Progress.local_path.is_not(None))
             )
+            return {str(Path(path).resolve()) for path in paths}
 
     def claim(
         self,

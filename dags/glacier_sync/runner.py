@@ -217,10 +217,6 @@ class Pipeline:
 
         def action(row: Progress) -> dict[str, Any]:
             target = local_zip_path(self.settings, row)
-            if row.source == "local":
-                if not target.is_file():
-                    raise GlacierSyncError(f"work {row.work_id}: {target} is gone; drop it again")
-                return {"state": "downloaded", "details": {"skipped": "local file"}}
             queue = self._queue_for(row)
             if row.local_path != str(target):  # claim the path before the file appears
                 self.store.update_row(pid, "download started", local_path=str(target))
