@@ -6,7 +6,6 @@ imports nothing from Airflow.
 
 from __future__ import annotations
 
-import logging
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -17,8 +16,6 @@ from glacier_sync.aws import ProfileClients
 from glacier_sync.errors import NoRestoredWork
 from glacier_sync.runner import Pipeline
 from glacier_sync.settings import QueueSource, Settings, load_settings
-
-log = logging.getLogger(__name__)
 
 __all__ = [
     "dag_arguments",
