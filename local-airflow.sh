@@ -203,7 +203,9 @@ stop_service() {
 }
 
 port_free() {
-    "$venv/bin/python" -c 'import socket,sys; s=socket.socket(); s.bind(("127.0.0.1", int(sys.argv[1])))' "$1" 2>/dev/null
+    # SO_REUSEADDR as servers use it: only a listening socket makes the port busy, not the
+    # TIME_WAIT connections a just-stopped server leaves behind.
+    "$venv/bin/python" -c 'import socket,sys; s=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind(("127.0.0.1", int(sys.argv[1]))); s.listen()' "$1" 2>/dev/null
 }
 
 # wait_http URL SERVICE LOG [SECONDS]: until URL answers; fail early if the service died.
