@@ -13,7 +13,7 @@ from helpers import DEFAULT_FILES, make_bag_dir, make_bag_zip, zip_dir
 
 from glacier_sync import bags
 from glacier_sync.bags import debag
-from glacier_sync.errors import BagError
+from glacier_sync.errors import BagError, DiskFull
 
 
 def _tree(root: Path) -> dict[str, bytes]:
@@ -234,9 +234,9 @@ def test_not_a_bag_refused(tmp_path):
     _refused(zip_path, tmp_path / "work", "no bagit.txt")
 
 
-def test_no_free_space_refused(tmp_path):
+def test_no_free_space_is_a_transient_refusal(tmp_path):
     zip_path = make_bag_zip(tmp_path, "W1TEST")
-    with pytest.raises(BagError, match="free some space"):
+    with pytest.raises(DiskFull, match=f"in {tmp_path / 'work'} .* free some space"):
         debag(zip_path, tmp_path / "work", "W1TEST", free_space_margin=1 << 62)
     assert list((tmp_path / "work").iterdir()) == []
 
@@ -261,3 +261,76 @@ def test_manifest_path_outside_the_bag_is_refused(tmp_path):
     zip_path = zip_dir(bag_dir, tmp_path / "W1TEST.bag.zip")
     _refused(zip_path, tmp_path / "work", "../escape.txt: a manifest names a path outside the bag")
     assert not (tmp_path / "escape.txt").exists()
+
+
+# -- names that cannot be extracted faithfully ---------------------------------------------
+
+
+def _bag_zip_with(tmp_path: Path, extra: dict[str, bytes]) -> Path:
+    """The default bag zipped, plus ``extra`` members written as given (names as str)."""
+    zip_path = zip_dir(make_bag_dir(tmp_path, "W1TEST"), tmp_path / "W1TEST.bag.zip")
+    with zipfile.ZipFile(zip_path, "a") as zf:
+        for name, data in extra.items():
+            zf.writestr(name, data)
+    return zip_path
+
+
+def test_name_flagged_utf8_but_invalid_is_refused_naming_its_bytes(tmp_path):
+    name = "data/\u00e9-placeholder.txt"  # not ASCII: zipfile stores it as UTF-8, flag 0x800
+    placeholder, raw = name.encode(), b"data/\xe9\xff-placeholder.txt"
+    assert len(placeholder) == len(raw)
+    zip_path = _bag_zip_with(tmp_path, {name: b"x"})
+    with zipfile.ZipFile(zip_path) as zf:
+        assert zf.getinfo(name).flag_bits & 0x800
+    data = zip_path.read_bytes()
+    assert data.count(placeholder) == 2  # the local header and the central directory
+    zip_path.write_bytes(data.replace(placeholder, raw))
+    error = _refused(zip_path, tmp_path / "work", "is not valid UTF-8", "nothing was extracted")
+    assert error.problems[0].startswith(f"{raw!r}: name is not valid UTF-8")
+
+
+def test_name_that_is_a_file_and_a_folder_is_refused_before_writing(tmp_path, monkeypatch):
+    writes = []
+    monkeypatch.setattr(bags, "_extract_hashing", lambda *a: writes.append(a))
+    zip_path = _bag_zip_with(tmp_path, {"data/a": b"file", "data/a/b.txt": b"inside"})
+    error = _refused(zip_path, tmp_path / "work", "nothing was extracted")
+    assert error.problems == [
+        "data/a: a file, but data/a/b.txt makes it a folder; keep one of them"
+    ]
+    assert writes == []
+
+
+def test_file_beside_a_folder_entry_of_the_same_name_is_refused(tmp_path):
+    zip_path = _bag_zip_with(tmp_path, {"data/archive/notes.txt/": b""})
+    error = _refused(zip_path, tmp_path / "work", "nothing was extracted")
+    assert error.problems == [
+        "data/archive/notes.txt: a file, but data/archive/notes.txt/ makes it a folder; "
+        "keep one of them"
+    ]
+
+
+def test_nfc_and_nfd_names_of_one_path_are_refused(tmp_path):
+    nfc, nfd = "data/caf\u00e9.txt", "data/cafe\u0301.txt"
+    zip_path = _bag_zip_with(tmp_path, {nfc: b"composed", nfd: b"decomposed"})
+    error = _refused(zip_path, tmp_path / "work", "nothing was extracted")
+    (problem,) = error.problems
+    assert problem.startswith(f"{nfc}: stored under 2 names that differ only in Unicode")
+    assert ascii(nfc) in problem and ascii(nfd) in problem
+
+
+def test_manifest_naming_one_path_in_two_unicode_forms_is_refused(tmp_path, monkeypatch):
+    writes = []
+    monkeypatch.setattr(bags, "_extract_hashing", lambda *a: writes.append(a))
+    content = b"one file"
+    bag_dir = make_bag_dir(tmp_path, "W1TEST", {"caf\u00e9.txt": content})
+    manifest = bag_dir / "manifest-sha512.txt"
+    digest = hashlib.sha512(content).hexdigest()
+    manifest.write_text(manifest.read_text() + f"{digest}  data/cafe\u0301.txt\n")
+    for tagmanifest in bag_dir.glob("tagmanifest-*.txt"):
+        tagmanifest.unlink()
+    zip_path = zip_dir(bag_dir, tmp_path / "W1TEST.bag.zip")
+    error = _refused(zip_path, tmp_path / "work", "names one path twice", "nothing was extracted")
+    (problem,) = error.problems
+    assert problem.startswith("manifest-sha512.txt: data/caf\u00e9.txt: stored under 2 names")
+    assert ascii("data/caf\u00e9.txt") in problem and ascii("data/cafe\u0301.txt") in problem
+    assert writes == []

@@ -14,12 +14,32 @@ SAMPLE = (Path(__file__).parent / "data" / "objectrestore-completed.json").read_
 COMPLETED = ["ObjectRestore:Completed"]
 
 
-def _body(name="ObjectRestore:Completed", key="Archive0/00/W1/W1.bag.zip", **obj) -> str:
+def _raw(name="ObjectRestore:Completed", key="Archive0/00/W1/W1.bag.zip", **obj) -> dict:
     record = json.loads(SAMPLE)["Records"][0]
     record["eventName"] = name
     record["s3"]["object"]["key"] = key
     record["s3"]["object"].update(obj)
-    return json.dumps({"Records": [record]})
+    return record
+
+
+def _body(name="ObjectRestore:Completed", key="Archive0/00/W1/W1.bag.zip", **obj) -> str:
+    return json.dumps({"Records": [_raw(name, key, **obj)]})
+
+
+def _sns(message: str) -> str:
+    """The SNS envelope SQS receives when S3 notifies an SNS topic the queue subscribes to."""
+    return json.dumps(
+        {
+            "Type": "Notification",
+            "MessageId": "5b4c8d1e-0000-4000-8000-000000000001",
+            "TopicArn": "arn:aws:sns:ap-northeast-2:123456789012:glacier-restores",
+            "Subject": "Amazon S3 Notification",
+            "Message": message,
+            "Timestamp": "2026-10-02T04:31:08.000Z",
+            "SignatureVersion": "1",
+            "Signature": "RVhBTVBMRQ==",
+        }
+    )
 
 
 def test_sample_completed_record():
@@ -49,7 +69,9 @@ def test_test_event_is_skipped_not_an_error():
         "{not json",
         "[1, 2]",
         '{"Records": "x"}',
-        '{"Records": [{"eventName": "ObjectRestore:Completed"}]}',
+        _sns("not json"),
+        _sns("[1]"),
+        _sns(json.dumps({"Records": "x"})),
     ],
 )
 def test_malformed_bodies_raise(body):
@@ -101,5 +123,52 @@ def test_work_id_from_key(key, work):
 def test_unusable_key_is_an_error_naming_it():
     with pytest.raises(ValueError, match="cannot derive a work id"):
         work_id_from_key("Archive0/00/.bag.zip")
-    with pytest.raises(MalformedMessage, match="cannot derive a work id"):
-        parse_message_body(_body(key="Archive0/00/%2E.zip"), COMPLETED)
+    parsed = parse_message_body(_body(key="Archive0/00/%2E.zip"), COMPLETED)
+    assert parsed.records == [] and parsed.skipped == []
+    (reason,) = parsed.invalid
+    assert reason.startswith("record 0: cannot derive a work id from key 'Archive0/00/..zip'")
+
+
+def test_sns_wrapped_restore_event_is_unwrapped():
+    parsed = parse_message_body(_sns(SAMPLE), COMPLETED)
+    assert [r.work_id for r in parsed.records] == ["W2KG209837"]
+    assert parsed.records[0].bucket == "glacier.staging.example.org"
+    assert parsed.skipped == [] and parsed.invalid == []
+
+
+def test_sns_wrapped_test_event_is_skipped():
+    test_event = json.dumps({"Service": "Amazon S3", "Event": "s3:TestEvent", "Bucket": "b"})
+    parsed = parse_message_body(_sns(test_event), COMPLETED)
+    assert (parsed.records, parsed.skipped, parsed.invalid) == ([], ["skipped s3:TestEvent"], [])
+
+
+def test_other_sns_messages_are_skipped_by_type():
+    confirmation = json.dumps({"Type": "SubscriptionConfirmation", "Message": "You have chosen"})
+    parsed = parse_message_body(confirmation, COMPLETED)
+    assert parsed.records == [] and parsed.skipped == ["skipped SubscriptionConfirmation"]
+
+
+def test_valid_records_are_kept_beside_invalid_ones():
+    unusable = [
+        {"eventName": "ObjectRestore:Completed"},
+        "not an object",
+        _raw(key="Archive0/00/%2E.zip"),
+        _raw(key="W3.bag.zip", size="large"),
+    ]
+    body = json.dumps({"Records": [_raw(key="W1.bag.zip"), *unusable, _raw(key="W2.zip")]})
+    parsed = parse_message_body(body, COMPLETED)
+    assert [r.work_id for r in parsed.records] == ["W1", "W2"]
+    assert parsed.skipped == []
+    assert len(parsed.invalid) == 4
+    assert parsed.invalid[0] == "record 1 lacks field 's3'"
+    assert parsed.invalid[1] == "record 2 is not a JSON object"
+    assert "record 3: cannot derive a work id" in parsed.invalid[2]
+    assert parsed.invalid[3].startswith("record 4 has a field of the wrong type")
+
+
+@pytest.mark.parametrize("key", ["Archive0/00/W1/", "Archive0/00/W1/W1.tar", "Archive0/%2E/.odd"])
+def test_keys_that_are_not_zips_are_skipped_before_the_work_id_check(key):
+    parsed = parse_message_body(_body(key=key), COMPLETED)
+    assert parsed.records == [] and parsed.invalid == []
+    (reason,) = parsed.skipped
+    assert "not a bag zip" in reason and key.replace("%2E", ".") in reason

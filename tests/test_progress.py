@@ -12,7 +12,13 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine, text
 
-from glacier_sync.errors import ProgressDatabaseError, WorkNotFound
+from glacier_sync.errors import (
+    AttemptsExhausted,
+    LostClaim,
+    ProgressDatabaseError,
+    WorkBusy,
+    WorkNotFound,
+)
 from glacier_sync.events import parse_message_body
 from glacier_sync.progress import ProgressStore, parse_event_time
 
@@ -79,7 +85,55 @@ def test_migration_creates_table_and_is_repeatable(store):
     store.migrate()
     with store.engine.connect() as conn:
         version = conn.execute(text("SELECT version_num FROM glacier_sync_alembic_version"))
-        assert version.scalar() == "0001"
+        assert version.scalar() == "0002"
+
+
+@pytest.fixture(params=["sqlite", "postgresql", "mariadb"])
+def old_url(request, tmp_path) -> str:
+    """A database at revision 0001 holding one synced and one pending row."""
+    from alembic import command
+    from alembic.config import Config
+
+    from glacier_sync.progress import MIGRATIONS
+
+    url = (
+        f"sqlite:///{tmp_path}/old.sqlite"
+        if request.param == "sqlite"
+        else _server_url(request.param)
+    )
+    engine = create_engine(url)
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    with engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.upgrade(config, "0001")
+        for i, state in enumerate(("synced", "restored")):
+            connection.execute(
+                text(
+                    "INSERT INTO glacier_sync_progress (dedup_key, work_id, source, bucket, "
+                    "object_key, state, attempts, history, synced_at, created_at, updated_at) "
+                    "VALUES (:k, :w, 's3', 'b', :key, :state, 0, '[]', :at, :at, :at)"
+                ),
+                {
+                    "k": f"k{i}",
+                    "w": f"W{i}",
+                    "key": f"W{i}.bag.zip",
+                    "state": state,
+                    "at": "2026-11-01 00:00:00",
+                },
+            )
+    engine.dispose()
+    return url
+
+
+def test_upgrade_from_0001_keeps_rows_and_marks_old_syncs_cleaned(old_url):
+    store = ProgressStore(old_url)
+    assert store.current_revision() == "0002"
+    rows = {row.work_id: row for row in store.find()}
+    assert rows["W0"].state == "synced" and rows["W0"].cleaned_at is not None
+    assert rows["W1"].state == "restored" and rows["W1"].cleaned_at is None
+    assert store.needs_cleanup() == []
+    store.engine.dispose()
 
 
 def test_record_event_new_duplicate_and_reopened(store):
@@ -110,12 +164,15 @@ def test_large_sizes_and_unicode_keys(store):
     assert store.get(pid).size == 17 * 1024**3
 
 
-def test_claims_are_exclusive_and_count_attempts(store):
+HOUR = timedelta(hours=1)
+
+
+def test_claims_are_exclusive_and_spend_no_attempt(store):
     ids = [store.record_event(_event(etag=f"e{i}"), "q", f"m{i}")[0] for i in range(6)]
     results: dict[str, list[int]] = {}
 
     def claim(run):
-        results[run] = store.claim(run, "s3", limit=10, lease_minutes=60, max_attempts=3)
+        results[run] = store.claim(run, "s3", limit=10, lease=HOUR, max_attempts=3)
 
     threads = [threading.Thread(target=claim, args=(f"run{i}",)) for i in range(3)]
     for thread in threads:
@@ -124,37 +181,76 @@ def test_claims_are_exclusive_and_count_attempts(store):
         thread.join()
     claimed = [pid for got in results.values() for pid in got]
     assert sorted(claimed) == ids, "every row claimed exactly once"
-    assert all(store.get(pid).attempts == 1 for pid in ids)
-    assert store.claim("late", "s3", 10, 60, 3) == []
-    assert store.claim("local-run", "local", 10, 60, 3) == []
+    assert all(store.get(pid).attempts == 0 for pid in ids), "a claim is not a failure"
+    assert store.claim("late", "s3", 10, HOUR, 3) == []
+    assert store.claim("local-run", "local", 10, HOUR, 3) == []
+    owner = next(run for run, got in results.items() if ids[0] in got)
+    assert store.claim(owner, "s3", 1, HOUR, 3, ids=[ids[0]]) == [ids[0]], "renews its own"
 
 
 def test_failed_rows_come_back_until_max_attempts_then_retry_resets(store):
     pid, _ = store.record_event(_event(), "q", "m")
     for attempt in range(1, 3):
-        assert store.claim(f"run{attempt}", "s3", 10, 60, 2) == [pid]
+        assert store.claim(f"run{attempt}", "s3", 10, HOUR, 2) == [pid]
         store.update_row(
             pid,
             "debag failed",
             release=True,
+            owner=f"run{attempt}",
+            count_attempt=True,
             state="failed",
             failed_phase="debag",
             last_error="bad",
         )
-    assert store.claim("run3", "s3", 10, 60, 2) == [], "attempts exhausted"
+        assert store.get(pid).attempts == attempt
+    assert store.claim("run3", "s3", 10, HOUR, 2) == [], "attempts exhausted"
+    with pytest.raises(AttemptsExhausted, match="glacier-sync retry W2KG209837"):
+        store.acquire(pid, "run3", HOUR, 2)
     assert [r.id for r in store.stuck(timedelta(hours=1), 2)] == [pid]
     assert store.reset_for_retry("W2KG209837") == [pid]
-    assert store.claim("run4", "s3", 10, 60, 2) == [pid]
+    assert store.claim("run4", "s3", 10, HOUR, 2) == [pid]
     with pytest.raises(WorkNotFound, match="no unsynced row"):
         store.reset_for_retry("W0NONE")
 
 
 def test_expired_claims_can_be_taken_over(store):
     pid, _ = store.record_event(_event(), "q", "m")
-    assert store.claim("dead-run", "s3", 10, lease_minutes=60, max_attempts=5) == [pid]
+    assert store.claim("dead-run", "s3", 10, lease=HOUR, max_attempts=5) == [pid]
+    with pytest.raises(WorkBusy, match="being processed by dead-run"):
+        store.acquire(pid, "next-run", HOUR, 5)
+    assert store.stuck(timedelta(hours=1), 5) == [], "a live claim is not stuck"
     store.update_row(pid, "lease", claimed_until=store.get(pid).claimed_until - timedelta(hours=2))
-    assert store.claim("next-run", "s3", 10, 60, 5) == [pid]
-    assert store.get(pid).claimed_by == "next-run"
+    assert [r.claimed_by for r in store.stuck(timedelta(hours=1), 5)] == ["dead-run"]
+    assert store.claim("next-run", "s3", 10, HOUR, 5) == [pid]
+    row = store.get(pid)
+    assert row.claimed_by == "next-run" and row.attempts == 0
+    assert row.history[-1]["event"] == "claim taken over"
+    assert row.history[-1]["previous"] == "dead-run"
+    with pytest.raises(LostClaim, match="taken over by next-run"):
+        store.update_row(pid, "debag done", owner="dead-run", state="debagged")
+    assert store.get(pid).state == "restored", "the dead run's late write is refused"
+
+
+def test_renew_and_release_only_touch_ones_own_claim(store):
+    pid, _ = store.record_event(_event(), "q", "m")
+    assert store.claim("a", "s3", 1, timedelta(seconds=30), 3) == [pid]
+    first = store.get(pid).claimed_until
+    assert store.renew(pid, "a", HOUR) and store.get(pid).claimed_until > first
+    assert not store.renew(pid, "b", HOUR)
+    store.release(pid, "b")
+    assert store.get(pid).claimed_by == "a"
+    store.release(pid, "a")
+    assert store.get(pid).claimed_by is None
+
+
+def test_acquire_leaves_a_synced_row_alone(store):
+    pid, _ = store.record_event(_event(), "q", "m")
+    store.update_row(pid, "sync done", state="synced")
+    row = store.acquire(pid, "late-run", HOUR, 3)
+    assert row.state == "synced" and row.claimed_by is None
+    assert [r.id for r in store.needs_cleanup()] == [pid]
+    store.update_row(pid, "cleaned", cleaned_at=row.updated_at)
+    assert store.needs_cleanup() == []
 
 
 def test_restore_request_then_completed_event(store):
@@ -167,7 +263,7 @@ def test_restore_request_then_completed_event(store):
         "requested",
     )
     assert store.get(pid).state == "requested"
-    assert store.claim("r", "s3", 10, 60, 3) == [], "a requested restore is not work yet"
+    assert store.claim("r", "s3", 10, HOUR, 3) == [], "a requested restore is not work yet"
     assert store.record_event(_event(), "q", "m") == (pid, "new")
     assert store.get(pid).restore_requested_at is not None
 
@@ -179,7 +275,7 @@ def test_local_registration(store, tmp_path):
     assert outcome == "new"
     assert store.register_local(zip_path, "W1.bag.zip", "W1") == (pid, "duplicate")
     assert str(zip_path.resolve()) in store.known_local_paths()
-    assert store.claim("r", "local", 10, 60, 3) == [pid]
+    assert store.claim("r", "local", 10, HOUR, 3) == [pid]
 
 
 def test_unreachable_database_is_a_clear_error(tmp_path):

@@ -38,13 +38,16 @@ def test_restore_event_to_archive(world, dirs, settings):
     assert not (dirs["data"] / "incoming" / KEY).exists(), "zip removed after a safe sync"
     assert not (dirs["data"] / "work" / "W1NLM4700").exists()
     events = [h["event"] for h in row.history]
-    assert events == [
-        "restore completed",
-        "download started",
-        "download done",
-        "debag done",
-        "sync done",
+    phases = ["restore completed", "download done", "debag done", "sync done", "cleaned"]
+    assert [e for e in events if e in phases] == phases, "each phase recorded once, in order"
+    assert row.cleaned_at is not None
+    leftovers = [
+        p.relative_to(dirs["data"]).as_posix()
+        for p in dirs["data"].rglob("*")
+        if p.is_file() and not p.name.startswith("progress.sqlite") and "logs" not in p.parts
     ]
+    assert leftovers == [], "the data root holds nothing of a synced work"
+    assert not any((dirs["data"] / "incoming").iterdir()), "no empty key folders either"
 
 
 def test_same_event_twice_is_processed_once(world, dirs, settings):
@@ -182,7 +185,7 @@ def test_failing_sync_script_keeps_work_then_retry_finishes(world, dirs, setting
     _, outcomes = good.run_once()
     assert outcomes[0].ok
     row = good.store.find(["W1NLM4700"])[0]
-    assert row.attempts == 2
+    assert row.attempts == 1, "one recorded failure; the successful run spent none"
     skipped = [h for h in row.history if h.get("skipped")]
     assert {h["event"] for h in skipped} == {"download done", "debag done"}
 

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import subprocess
 
 import pytest
+from helpers import VENV_BIN
 
 from glacier_sync.errors import ConfigError
 from glacier_sync.settings import load_settings, mask_url
@@ -138,3 +142,173 @@ def test_database_url_file_missing_or_empty(tmp_path):
 def test_archive_root_required_message():
     with pytest.raises(ConfigError, match="GLACIER_SYNC_ARCHIVE_ROOT"):
         load_settings().require_archive_root()
+
+
+# -- bad input gives one clear error (exit 2), never a traceback --------------------------
+
+
+def _unprivileged() -> list[str]:
+    """A command prefix under which file permissions hold, also for root (tests run as root)."""
+    if os.geteuid() != 0:
+        return []
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        pytest.skip("root reads a chmod 000 file, and setpriv (util-linux) is missing to stop that")
+    return [setpriv, "--bounding-set=-dac_override,-dac_read_search"]
+
+
+def _unreadable(tmp_path):
+    path = _write(tmp_path, 'data_root = "/tmp"\n')
+    path.chmod(0)
+    return path
+
+
+def _check_config(*args, env=None, prefix=()):
+    base = {k: v for k, v in os.environ.items() if not k.startswith("GLACIER_SYNC_")}
+    return subprocess.run(
+        [*prefix, str(VENV_BIN / "glacier-sync"), *map(str, args), "check-config"],
+        env={**base, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def _assert_one_clear_error(result, *names):
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert result.stderr.startswith("error: ") and "Traceback" not in result.stderr, result.stderr
+    for name in names:
+        assert name in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [("QUEUES", "not json"), ("EVENT_NAMES", "ObjectRestore:Completed")],
+)
+def test_env_list_that_is_not_json_names_the_variable(monkeypatch, name, value):
+    monkeypatch.setenv("GLACIER_SYNC_" + name, value)
+    with pytest.raises(ConfigError) as info:
+        load_settings()
+    message = str(info.value)
+    assert f"GLACIER_SYNC_{name}" in message and "not valid JSON" in message
+    assert f"GLACIER_SYNC_{name}='[" in message, "the fix: an example in JSON"
+
+
+def test_config_file_that_is_a_folder_or_not_utf8(tmp_path):
+    with pytest.raises(ConfigError, match=r"is a folder; name the TOML file itself in --config"):
+        load_settings(tmp_path)
+    bad = tmp_path / "latin1.toml"
+    bad.write_bytes('data_root = "/tmp/caf\xe9"\n'.encode("latin-1"))
+    with pytest.raises(ConfigError, match=r"latin1.toml .*is not UTF-8 text.*save it as UTF-8"):
+        load_settings(bad)
+
+
+def test_config_file_that_cannot_be_read(tmp_path):
+    path = _unreadable(tmp_path)
+    code = (
+        "import sys\n"
+        "from glacier_sync.settings import load_settings\n"
+        "from glacier_sync.errors import ConfigError\n"
+        "try:\n"
+        "    load_settings(sys.argv[1])\n"
+        "except ConfigError as exc:\n"
+        "    sys.exit(f'ConfigError: {exc}')\n"
+    )
+    result = subprocess.run(
+        [*_unprivileged(), str(VENV_BIN / "python"), "-c", code, str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.stderr.startswith(f"ConfigError: config file {path} (from --config)"), result
+    assert "cannot be read (Permission denied); make it readable" in result.stderr
+
+
+@pytest.mark.parametrize("name", ["data_root", "work_root"])
+def test_roots_must_be_folders_or_absent(tmp_path, name):
+    a_file = tmp_path / "a-file"
+    a_file.write_text("not a folder")
+    with pytest.raises(ConfigError) as info:
+        load_settings(**{name: a_file})
+    assert f"`{name}`" in str(info.value) and "GLACIER_SYNC_" + name.upper() in str(info.value)
+    assert f"{a_file} exists and is not a folder" in str(info.value)
+    assert getattr(load_settings(**{name: tmp_path / "later"}), name) == tmp_path / "later"
+    assert getattr(load_settings(**{name: tmp_path}), name) == tmp_path
+
+
+@pytest.mark.parametrize(
+    ("env", "names"),
+    [
+        ({"GLACIER_SYNC_QUEUES": "not json"}, ["GLACIER_SYNC_QUEUES", "JSON"]),
+        (
+            {"GLACIER_SYNC_EVENT_NAMES": "ObjectRestore:Completed"},
+            ["GLACIER_SYNC_EVENT_NAMES", "JSON"],
+        ),
+        ({"GLACIER_SYNC_DATA_ROOT": "{file}"}, ["GLACIER_SYNC_DATA_ROOT", "not a folder"]),
+        ({"GLACIER_SYNC_WORK_ROOT": "{file}"}, ["GLACIER_SYNC_WORK_ROOT", "not a folder"]),
+        ({"GLACIER_SYNC_CONFIG": "{folder}"}, ["GLACIER_SYNC_CONFIG", "is a folder"]),
+    ],
+)
+def test_console_script_refuses_bad_environment_in_one_line(tmp_path, env, names):
+    a_file = tmp_path / "a-file"
+    a_file.write_text("")
+    env = {k: v.format(file=a_file, folder=tmp_path) for k, v in env.items()}
+    _assert_one_clear_error(_check_config(env=env), *names)
+
+
+def test_console_script_refuses_bad_config_files_in_one_line(tmp_path):
+    _assert_one_clear_error(_check_config("--config", tmp_path), "--config", "is a folder")
+    latin1 = tmp_path / "latin1.toml"
+    latin1.write_bytes('data_root = "/tmp/caf\xe9"\n'.encode("latin-1"))
+    _assert_one_clear_error(_check_config("--config", latin1), str(latin1), "not UTF-8")
+    unreadable = _unreadable(tmp_path)
+    result = _check_config("--config", unreadable, prefix=_unprivileged())
+    _assert_one_clear_error(result, str(unreadable), "cannot be read")
+
+
+# -- one rule decides the profile ---------------------------------------------------------
+
+
+def _profiles(tmp_path):
+    return _write(
+        tmp_path,
+        f"""
+env = "dev"
+[profiles.dev]
+max_messages_per_run = 2
+[profiles.prod]
+max_messages_per_run = 5
+[[profiles.prod.queues]]
+name = "{QUEUE["name"]}"
+queue_url = "{QUEUE["queue_url"]}"
+region = "{QUEUE["region"]}"
+""",
+    )
+
+
+def test_explicit_env_wins_over_environment_which_wins_over_file(tmp_path, monkeypatch):
+    path = _profiles(tmp_path)
+    assert load_settings(path).env == "dev"
+    monkeypatch.setenv("GLACIER_SYNC_ENV", "dev")
+    with pytest.raises(ConfigError, match="prod needs `archive_root`"):
+        load_settings(path, env="prod")  # the prod checks run: the profile is prod
+    prod = load_settings(path, env="prod", archive_root=tmp_path)
+    assert (prod.env, prod.max_messages_per_run) == ("prod", 5)
+    monkeypatch.setenv("GLACIER_SYNC_ENV", "prod")
+    from_env = load_settings(path, archive_root=tmp_path)
+    assert (from_env.env, from_env.max_messages_per_run) == ("prod", 5)
+    dev = load_settings(path, env="dev")
+    assert (dev.env, dev.max_messages_per_run) == ("dev", 2)
+
+
+def test_console_script_env_option_wins_over_environment(tmp_path):
+    path = _profiles(tmp_path)
+    env = {"GLACIER_SYNC_ENV": "dev", "GLACIER_SYNC_DATA_ROOT": str(tmp_path)}
+    result = _check_config("--config", path, "--env", "prod", env=env)
+    _assert_one_clear_error(result, "prod needs `archive_root`")
+    assert "GLACIER_SYNC_SETTINGS" not in result.stderr
+    env["GLACIER_SYNC_ARCHIVE_ROOT"] = str(tmp_path)
+    result = _check_config("--config", path, "--env", "prod", env=env)
+    assert result.returncode == 0, result.stderr
+    shown = json.loads(result.stdout[: result.stdout.rindex("}") + 1])
+    assert (shown["env"], shown["max_messages_per_run"]) == ("prod", 5)

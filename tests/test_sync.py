@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import socket
 import subprocess
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
-from glacier_sync.errors import SyncError
+from glacier_sync.archive import (
+    ensure_parent,
+    remove_if_empty,
+    sweep_staging,
+    verify_archive_root,
+)
+from glacier_sync.errors import ArchiveUnavailable, DiskFull, SyncError
 from glacier_sync.settings import DEFAULT_SYNC_COMMAND
 from glacier_sync.sync import archive_parent_for_key, job_environment, sync_work
 
@@ -37,24 +46,81 @@ def test_archive_parent_for_key(tmp_path):
         archive_parent_for_key(tmp_path, "../../W1/W1.zip", "W1")
 
 
-def test_default_script_places_verifies_and_removes_work(tmp_path):
+def test_default_script_places_and_verifies_work(tmp_path):
     work = _work(tmp_path)
     parent = tmp_path / "archive" / "Archive1" / "37"
+    parent.mkdir(parents=True)
     result = sync_work(DEFAULT_SYNC_COMMAND, work, parent, tmp_path / "logs")
     archived = parent / "W2KG209837"
     assert result.archive_path == archived
     assert (archived / "images" / "p1.txt").read_text() == "page one"
     assert (archived / "W2KG209837.bag" / "bagit.txt").is_file()
-    assert not work.exists(), "the work folder goes only after success"
+    assert work.is_dir(), "the caller removes the work folder once the sync is recorded"
     assert "archived" in result.log_file.read_text()
     assert not list(parent.glob(".*")), "no staging folder left behind"
 
 
+def test_default_script_creates_nothing_above_the_work(tmp_path):
+    parent = tmp_path / "unmounted" / "Archive1" / "37"
+    with pytest.raises(SyncError, match="status 2") as info:
+        sync_work(DEFAULT_SYNC_COMMAND, _work(tmp_path), parent, tmp_path / "logs")
+    assert "is the archive mounted" in str(info.value)
+    assert not (tmp_path / "unmounted").exists()
+
+
+def _fake_cp(tmp_path: Path, after: str) -> dict[str, str]:
+    """PATH with a `cp` that copies, then runs ``after`` (bash, $3 = the staging folder)."""
+    bin_dir = tmp_path / "fakebin"
+    bin_dir.mkdir(exist_ok=True)
+    fake = bin_dir / "cp"
+    fake.write_text(f'#!/usr/bin/env bash\n/bin/cp "$@" || exit $?\n{after}\n')
+    fake.chmod(0o755)
+    return {"PATH": f"{bin_dir}:{os.environ['PATH']}"}
+
+
+def test_a_copy_that_appears_during_the_sync_is_not_replaced_without_A(tmp_path, monkeypatch):
+    parent = tmp_path / "archive"
+    parent.mkdir()
+    dest = parent / "W2KG209837"
+    # Another sync of the same work installs a different copy while this one verifies its own.
+    env = _fake_cp(tmp_path, f"mkdir -p {dest} && echo other > {dest}/other.txt")
+    monkeypatch.setenv("PATH", env["PATH"])
+    with pytest.raises(SyncError, match="status 3") as info:
+        sync_work(DEFAULT_SYNC_COMMAND, _work(tmp_path), parent, tmp_path / "logs")
+    assert "refusing to replace it" in str(info.value)
+    assert sorted(p.name for p in dest.iterdir()) == ["other.txt"], "the other copy stays whole"
+    assert not list(parent.glob(".W2KG209837.*")), "staging removed on failure"
+
+
+def test_an_identical_copy_that_appears_during_the_sync_is_success(tmp_path, monkeypatch):
+    parent = tmp_path / "archive"
+    parent.mkdir()
+    work = _work(tmp_path)
+    env = _fake_cp(tmp_path, f"[ -e {parent}/W2KG209837 ] || /bin/cp -a {work} {parent}/")
+    monkeypatch.setenv("PATH", env["PATH"])
+    result = sync_work(DEFAULT_SYNC_COMMAND, work, parent, tmp_path / "logs")
+    assert "archived meanwhile by another sync, identical" in result.log_file.read_text()
+    assert not list(parent.glob(".W2KG209837.*"))
+
+
+def test_a_failed_copy_leaves_no_staging(tmp_path, monkeypatch):
+    parent = tmp_path / "archive"
+    parent.mkdir()
+    env = _fake_cp(tmp_path, 'echo "cp: error writing: No space left on device" >&2; exit 1')
+    monkeypatch.setenv("PATH", env["PATH"])
+    with pytest.raises(DiskFull, match=f"no space left in {parent}"):
+        sync_work(DEFAULT_SYNC_COMMAND, _work(tmp_path), parent, tmp_path / "logs")
+    assert list(parent.iterdir()) == [], "neither the work nor its staging copy"
+
+
 def test_default_script_is_idempotent_and_refuses_to_replace_without_A(tmp_path):
     parent = tmp_path / "archive"
+    parent.mkdir()
     sync_work(DEFAULT_SYNC_COMMAND, _work(tmp_path), parent, tmp_path / "logs")
+    shutil.rmtree(tmp_path / "work")
     result = sync_work(DEFAULT_SYNC_COMMAND, _work(tmp_path), parent, tmp_path / "logs")
     assert "identical" in result.log_file.read_text()
+    shutil.rmtree(tmp_path / "work")
     changed = _work(tmp_path, text="page one, rescanned")
     with pytest.raises(SyncError, match="exited with status 3"):
         sync_work(DEFAULT_SYNC_COMMAND, changed, parent, tmp_path / "logs")
@@ -62,6 +128,7 @@ def test_default_script_is_idempotent_and_refuses_to_replace_without_A(tmp_path)
     assert (parent / "W2KG209837" / "images" / "p1.txt").read_text() == "page one"
     sync_work(DEFAULT_SYNC_COMMAND, changed, parent, tmp_path / "logs", replace=True)
     assert (parent / "W2KG209837" / "images" / "p1.txt").read_text() == "page one, rescanned"
+    assert not list(parent.glob(".*")), "the replaced copy is gone once the new one is in"
 
 
 def test_default_script_command_line_errors(tmp_path):
@@ -134,7 +201,61 @@ def test_missing_command_or_work(tmp_path):
         sync_work(DEFAULT_SYNC_COMMAND, tmp_path / "nowork", tmp_path / "a", tmp_path / "l")
 
 
-def test_job_environment_names(tmp_path):
-    env = job_environment(tmp_path, datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC), None)
+def test_job_environment_names(tmp_path, monkeypatch):
+    monkeypatch.delenv("DB_CONFIG", raising=False)
+    when = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+    env = job_environment(tmp_path, when, None)
     assert env["syncLogDateTimeFile"].endswith("sync-2026-01-02_03-04-05.log")
-    assert "DB_CONFIG" not in env or env["DB_CONFIG"] == env.get("DB_CONFIG")
+    assert "DB_CONFIG" not in env, "no database config unless one is given"
+    assert job_environment(tmp_path, when, tmp_path / "db.cfg")["DB_CONFIG"] == str(
+        tmp_path / "db.cfg"
+    )
+
+
+def _live_pid_staging_name(work_id: str) -> str:
+    return f".{work_id}.syncing.{socket.gethostname().split('.')[0]}.{os.getpid()}"
+
+
+def test_sweep_removes_dead_staging_keeps_live_and_puts_back_an_interrupted_replace(tmp_path):
+    parent = tmp_path / "Archive0" / "00"
+    dead = parent / ".W1.syncing.otherhost.4242"
+    previous = parent / ".W1.replaced.otherhost.4242"
+    live = parent / _live_pid_staging_name("W1")
+    neighbour = parent / ".W2.syncing.otherhost.1"
+    for folder in (dead, previous, live, neighbour):
+        (folder / "images").mkdir(parents=True)
+    (previous / "images" / "p1.txt").write_text("the archived copy")
+    removed = sweep_staging(parent, "W1")
+    assert removed == [dead]
+    assert (parent / "W1" / "images" / "p1.txt").read_text() == "the archived copy"
+    assert live.is_dir() and neighbour.is_dir(), "a running sync and other works are left alone"
+
+
+def test_archive_root_checks(tmp_path):
+    with pytest.raises(ArchiveUnavailable, match="does not exist: is the archive volume mounted"):
+        verify_archive_root(tmp_path / "nfs")
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ArchiveUnavailable, match="is not a folder"):
+        verify_archive_root(tmp_path / "file")
+    with pytest.raises(ArchiveUnavailable, match="lacks its marker file .archive-root"):
+        verify_archive_root(tmp_path, marker=".archive-root")
+    (tmp_path / ".archive-root").write_text("")
+    assert verify_archive_root(tmp_path, marker=".archive-root") == tmp_path
+    with pytest.raises(ArchiveUnavailable, match="not a mount point"):
+        verify_archive_root(tmp_path, must_be_mount=True)
+    assert verify_archive_root(Path("/"), must_be_mount=True) == Path("/")
+    assert not (tmp_path / "nfs").exists()
+
+
+def test_ensure_parent_creates_group_folders_below_the_root_only(tmp_path):
+    parent = tmp_path / "Archive0" / "00"
+    assert ensure_parent(tmp_path, parent) == [tmp_path / "Archive0", parent]
+    assert parent.is_dir() and ensure_parent(tmp_path, parent) == []
+    created = ensure_parent(tmp_path, tmp_path / "Archive0" / "01" / "x")
+    (tmp_path / "Archive0" / "01" / "keep").mkdir()
+    remove_if_empty(created)
+    assert not (tmp_path / "Archive0" / "01" / "x").exists()
+    assert (tmp_path / "Archive0" / "01" / "keep").is_dir(), "a folder in use stays"
+    (tmp_path / "Archive1").write_text("not a folder")
+    with pytest.raises(ArchiveUnavailable, match="is not a folder"):
+        ensure_parent(tmp_path, tmp_path / "Archive1" / "00")

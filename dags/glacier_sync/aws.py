@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import configparser
+import errno
 import json
 import logging
 import os
-import uuid
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from glacier_sync.errors import ConfigError, DownloadError
+from glacier_sync import faults
+from glacier_sync.errors import ConfigError, DiskFull, DownloadError
 
 if TYPE_CHECKING:
     import boto3
@@ -177,8 +179,9 @@ def download_object(
 ) -> bool:
     """Download ``s3://bucket/key`` to ``target``; return False when already complete there.
 
-    The file is written under a temporary name and renamed once complete; a completion record
-    beside it (``<name>.download.json``) lets a re-run skip an identical download.
+    The file is written under one temporary name (``.<name>.part``, reused by the next try, so
+    killed tries leave no pile) and renamed once complete; a completion record beside it
+    (``<name>.download.json``) lets a re-run skip an identical download.
     """
     from boto3.s3.transfer import TransferConfig
     from botocore.exceptions import ClientError
@@ -209,7 +212,10 @@ def download_object(
     ):
         raise _not_restored(work_id, bucket, key, restore)
     target.parent.mkdir(parents=True, exist_ok=True)
-    partial = target.with_name(f".{target.name}.part-{uuid.uuid4().hex[:8]}")
+    for stale in target.parent.glob(f".{target.name}.part*"):  # earlier, killed tries
+        stale.unlink(missing_ok=True)
+    _require_room(target.parent, size, work_id, bucket, key)
+    partial = target.with_name(f".{target.name}.part")
     config = TransferConfig(
         multipart_threshold=chunk_mb * 1024 * 1024,
         multipart_chunksize=chunk_mb * 1024 * 1024,
@@ -217,13 +223,22 @@ def download_object(
         use_threads=concurrency > 1,
     )
     try:
-        s3.download_file(bucket, key, str(partial), ExtraArgs=extra or None, Config=config)
+        with partial.open("wb") as out:
+            s3.download_fileobj(
+                bucket,
+                key,
+                out,
+                ExtraArgs=extra or None,
+                Config=config,
+                Callback=lambda _bytes: faults.checkpoint("download:chunk"),
+            )
         if partial.stat().st_size != size:
             raise DownloadError(
                 f"work {work_id}: downloaded {partial.stat().st_size} bytes of s3://{bucket}/{key}"
                 f", expected {size}; retry the download"
             )
         os.replace(partial, target)
+        faults.checkpoint("download:renamed")
         _sidecar(target).write_text(
             json.dumps({"bucket": bucket, "key": key, "etag": real_etag, "size": size}),
             encoding="utf-8",
@@ -234,9 +249,26 @@ def download_object(
         raise DownloadError(
             f"work {work_id}: download of s3://{bucket}/{key} failed: {exc}"
         ) from exc
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise DiskFull(
+                f"work {work_id}: no space left in {target.parent} while downloading "
+                f"s3://{bucket}/{key} ({size} bytes); free space there, the download starts "
+                "again on the next run"
+            ) from exc
+        raise
     finally:
         partial.unlink(missing_ok=True)
     return True
+
+
+def _require_room(folder: Path, size: int, work_id: str, bucket: str, key: str) -> None:
+    free = shutil.disk_usage(folder).free
+    if size > free:
+        raise DiskFull(
+            f"work {work_id}: s3://{bucket}/{key} is {size} bytes but {folder} has only {free} "
+            "free; free space there, the download is tried again on the next run"
+        )
 
 
 def _not_restored(work_id: str, bucket: str, key: str, restore: str | None) -> DownloadError:

@@ -8,6 +8,7 @@ passed. The zip itself is never modified or deleted here.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import logging
 import os
@@ -17,13 +18,13 @@ import shutil
 import stat
 import threading
 import unicodedata
-import uuid
 import zipfile
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from glacier_sync.errors import BagError
+from glacier_sync import faults
+from glacier_sync.errors import BagError, DiskFull
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +58,16 @@ def _fix_legacy_name(info: zipfile.ZipInfo) -> None:
         info.filename = info.filename.encode("cp437").decode("utf-8")
 
 
+def _undecodable_name(zip_path: Path, exc: UnicodeDecodeError) -> BagError:
+    """zipfile could not decode a member name flagged as UTF-8 (0x800): name its raw bytes."""
+    raw = exc.object if isinstance(exc.object, bytes) else str(exc.object).encode()
+    return BagError(
+        f"refused {zip_path.name}: a member name is not valid UTF-8 although the zip flags it as "
+        "UTF-8; nothing was extracted; rebuild the zip with UTF-8 names",
+        [f"{raw!r}: name is not valid UTF-8 ({exc.reason} at byte {exc.start})"],
+    )
+
+
 def _member_problems(info: zipfile.ZipInfo) -> list[str]:
     name = info.filename
     problems = []
@@ -74,6 +85,52 @@ def _member_problems(info: zipfile.ZipInfo) -> list[str]:
         problems.append(f"{name}: special file (mode {oct(mode)})")
     if info.flag_bits & 0x1:
         problems.append(f"{name}: encrypted member")
+    return problems
+
+
+def _nfc_clashes(names: list[str]) -> list[str]:
+    """Distinct names that are one path once NFC-normalised (extracted, one would be lost)."""
+    by_path: dict[str, list[str]] = {}
+    for name in dict.fromkeys(names):
+        by_path.setdefault(_nfc(name), []).append(name)
+    return [
+        f"{path}: stored under {len(group)} names that differ only in Unicode normalisation "
+        f"({' and '.join(ascii(n) for n in group)}); keep one"
+        for path, group in by_path.items()
+        if len(group) > 1
+    ]
+
+
+def _file_folder_clashes(infos: list[zipfile.ZipInfo]) -> list[str]:
+    """Names that are a file and also a folder of other members (``data/a``, ``data/a/b``)."""
+    folders: dict[str, str] = {}  # NFC folder path -> the first member that makes it a folder
+    for info in infos:
+        parts = _nfc(info.filename).rstrip("/").split("/")
+        depth = len(parts) if info.is_dir() else len(parts) - 1
+        for end in range(1, depth + 1):
+            folders.setdefault("/".join(parts[:end]), info.filename)
+    return [
+        f"{info.filename}: a file, but {folders[_nfc(info.filename)]} makes it a folder; "
+        "keep one of them"
+        for info in infos
+        if not info.is_dir() and _nfc(info.filename) in folders
+    ]
+
+
+def _manifest_clashes(zf: zipfile.ZipFile, tags: list[zipfile.ZipInfo], root: str) -> list[str]:
+    """Payload manifests listing one path under names that differ only in normalisation."""
+    problems = []
+    for info in tags:
+        manifest = info.filename[len(root) :]
+        if not re.fullmatch(r"manifest-\w+\.txt", manifest):
+            continue
+        names = []
+        for line in _read_small(zf, info).decode("utf-8", errors="replace").splitlines():
+            parts = line.strip().split(None, 1)
+            if len(parts) == 2:
+                path = parts[1].replace("%0D", "\r").replace("%0A", "\n").replace("%25", "%")
+                names.append(path.removeprefix("./"))
+        problems += [f"{manifest}: {clash}" for clash in _nfc_clashes(names)]
     return problems
 
 
@@ -189,8 +246,11 @@ def _precheck(zip_path: Path, zf: zipfile.ZipFile, work_root: Path, margin: int)
     counts = Counter(i.filename for i in infos)
     dupes = sorted(name for name, count in counts.items() if count > 1)
     problems += [f"{n}: stored more than once" for n in dupes]
+    problems += _nfc_clashes([i.filename for i in infos]) + _file_folder_clashes(infos)
     if problems:
-        raise BagError(f"refused {zip_path.name}: unsafe members; nothing was extracted", problems)
+        raise BagError(
+            f"refused {zip_path.name}: unsafe or clashing members; nothing was extracted", problems
+        )
     root = _find_bag_root(infos)
     outside = [i.filename for i in infos if not i.filename.startswith(root)]
     outside = [n for n in outside if not (n.endswith("/") and root.startswith(n))]
@@ -202,6 +262,13 @@ def _precheck(zip_path: Path, zf: zipfile.ZipFile, work_root: Path, margin: int)
     files = [i for i in infos if not i.is_dir()]
     payload = [i for i in files if i.filename[len(root) :].startswith("data/")]
     tags = [i for i in files if not i.filename[len(root) :].startswith("data/")]
+    clashes = _manifest_clashes(zf, tags, root)
+    if clashes:
+        raise BagError(
+            f"refused {zip_path.name}: a payload manifest names one path twice; "
+            "nothing was extracted",
+            clashes,
+        )
     declared = sum(i.file_size for i in payload)
     info_name = root + "bag-info.txt"
     info_member = next((i for i in tags if i.filename == info_name), None)
@@ -223,9 +290,10 @@ def _precheck(zip_path: Path, zf: zipfile.ZipFile, work_root: Path, margin: int)
     work_root.mkdir(parents=True, exist_ok=True)
     free = shutil.disk_usage(work_root).free
     if needed > free:
-        raise BagError(
-            f"refused {zip_path.name}: it needs {needed} bytes in {work_root} "
-            f"(payload plus {margin} bytes margin) but only {free} are free; free some space"
+        raise DiskFull(
+            f"{zip_path.name} needs {needed} bytes in {work_root} (payload plus {margin} bytes "
+            f"margin) but only {free} are free; free some space there, the debag is tried again "
+            "on the next run"
         )
     return root, payload, tags, oxum
 
@@ -301,9 +369,19 @@ def _extract_payload(zf, payload, root, bag, dest: Path) -> tuple[list[str], int
         hashes = expected[path]
         try:
             size, digests = _extract_hashing(zf, info, target, tuple(hashes))
-        except (zipfile.BadZipFile, OSError, EOFError) as exc:
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise DiskFull(
+                    f"no space left in {dest.parent.parent} while extracting {path} "
+                    f"({info.file_size} bytes); free space there, the debag starts again on the "
+                    "next run"
+                ) from exc
             problems.append(f"{path}: cannot be read from the zip ({exc})")
             continue
+        except (zipfile.BadZipFile, EOFError) as exc:
+            problems.append(f"{path}: cannot be read from the zip ({exc})")
+            continue
+        faults.checkpoint("debag:member")
         total += size
         for alg, want in hashes.items():
             if digests[alg] != want.lower():
@@ -346,9 +424,12 @@ def debag(zip_path: Path, work_root: Path, work_id: str, free_space_margin: int 
             f"refused {zip_path.name}: not a readable zip ({exc}); it may be truncated: "
             "download it again"
         ) from None
+    except UnicodeDecodeError as exc:
+        raise _undecodable_name(zip_path, exc) from None
     with zf:
         root, payload, tags, oxum = _precheck(zip_path, zf, work_root, free_space_margin)
-        staging = work_root / f".debag-{work_id}-{uuid.uuid4().hex[:8]}"
+        staging = work_root / f".debag-{work_id}"  # one per work: a killed try's is reused
+        shutil.rmtree(staging, ignore_errors=True)
         tag_dir = staging / f"{work_id}.bag"
         payload_dir = staging / "payload"
         try:
@@ -356,7 +437,15 @@ def debag(zip_path: Path, work_root: Path, work_id: str, free_space_margin: int 
             for info in tags:
                 target = tag_dir / info.filename[len(root) :]
                 target.parent.mkdir(parents=True, exist_ok=True)
-                target.write_bytes(_read_small(zf, info))
+                try:
+                    target.write_bytes(_read_small(zf, info))
+                except OSError as exc:
+                    if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                        raise
+                    raise DiskFull(
+                        f"no space left in {work_root} while writing the tag file "
+                        f"{info.filename}; free space there, the debag starts again on the next run"
+                    ) from exc
             bag = _load_bag(tag_dir, zip_path.name)
             problems = _check_tags(bag, tag_dir)
             extract_problems, total = _extract_payload(zf, payload, root, bag, payload_dir)

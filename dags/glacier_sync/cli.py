@@ -88,6 +88,7 @@ def cmd_process_bag(args: argparse.Namespace) -> int:
         )
         return EXIT_FAILED
     pipeline = Pipeline(settings)
+    pipeline.archive_root()
     pid = pipeline.register_bag(args.zip, args.key)
     claimed = pipeline.claim("local", ids=[pid])
     if not claimed:
@@ -127,7 +128,24 @@ def cmd_status(args: argparse.Namespace) -> int:
         )
         if row.last_error and (args.works or args.stuck):
             print(f"       error: {row.last_error}")
+        if row.claimed_by and (args.works or args.stuck):
+            print(f"       {_claim_note(row)}")
     return EXIT_OK
+
+
+def _claim_note(row) -> str:
+    from glacier_sync.claimants import is_dead_local_run
+    from glacier_sync.models import utcnow
+
+    until = row.claimed_until
+    if is_dead_local_run(row.claimed_by):
+        return f"held by {row.claimed_by}, whose process is gone; the next run takes it over"
+    if until is not None and until < utcnow():
+        return (
+            f"held by {row.claimed_by}, which stopped renewing its claim at {until:%H:%M:%S} UTC "
+            "(a dead run); the next run takes the work over"
+        )
+    return f"being processed by {row.claimed_by} (lease until {until:%H:%M:%S} UTC)"
 
 
 def cmd_request_restore(args: argparse.Namespace) -> int:
@@ -190,19 +208,25 @@ def cmd_retry(args: argparse.Namespace) -> int:
     from glacier_sync.runner import Pipeline
 
     settings = _settings(args)
-    if not args.reset_only:
-        settings.require_archive_root()  # before any claim: a claim left behind blocks the work
     pipeline = Pipeline(settings)
+    if not args.reset_only:
+        pipeline.archive_root()  # before any claim or reset: the archive must be there
+    pipeline.finish_cleanups()
     ids = pipeline.store.reset_for_retry(args.work)
     if args.reset_only:
         print(f"work {args.work}: rows {ids} will be picked up by the next run")
         return EXIT_OK
     outcomes = []
     for source in ("s3", "local"):
-        claimed = pipeline.claim(source, ids=ids)
-        outcomes += [pipeline.process(pid) for pid in claimed]
+        outcomes += pipeline.process_pending(source, ids=ids)
     if not outcomes:
-        print(f"work {args.work}: rows {ids} are claimed by a running job; try again later")
+        held = [r for r in pipeline.store.find([args.work]) if r.id in ids and r.claimed_by]
+        until = max((r.claimed_until for r in held if r.claimed_until), default=None)
+        print(
+            f"work {args.work}: rows {ids} are claimed by a running job"
+            + (f" until {until:%Y-%m-%d %H:%M:%S} UTC" if until else "")
+            + "; try again later"
+        )
         return EXIT_FAILED
     return _print_outcomes(outcomes)
 
@@ -256,7 +280,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--stuck",
         action="store_true",
-        help="only unsynced works untouched for --hours, or failed past max_attempts",
+        help="only unsynced works untouched for --hours, failed past max_attempts, or held by "
+        "a dead run",
     )
     p.add_argument("--hours", type=float, default=24.0, help="age that counts as stuck (24)")
     p.add_argument("--json", action="store_true", help="print JSON")

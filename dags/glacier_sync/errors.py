@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+
 
 class GlacierSyncError(Exception):
     """Base class of every error the pipeline raises on purpose."""
@@ -45,3 +47,79 @@ class ProgressDatabaseError(GlacierSyncError):
 
 class WorkNotFound(GlacierSyncError):
     """No progress row matches the work the operator named."""
+
+
+class TransientError(GlacierSyncError):
+    """A problem of the environment, not of the work (an unmounted archive, a full disk, a busy
+    or lost claim): recorded, retried later, and it spends none of the work's attempts."""
+
+
+class ArchiveUnavailable(TransientError):
+    """The archive root is missing, not a folder, not mounted or lacks its marker file."""
+
+
+class DiskFull(TransientError):
+    """A file system has no room for the next step; the message names the path."""
+
+
+class WorkBusy(TransientError):
+    """Another live run holds the work's claim."""
+
+
+class LostClaim(TransientError):
+    """This run's claim on the work expired and another run took it over."""
+
+
+class AttemptsExhausted(GlacierSyncError):
+    """The work failed ``max_attempts`` times; only an operator's retry brings it back."""
+
+
+_TRANSIENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.ETIMEDOUT, errno.ESTALE}
+_TRANSIENT_AWS_CODES = {
+    "SlowDown",
+    "Throttling",
+    "ThrottlingException",
+    "RequestTimeout",
+    "RequestTimeoutException",
+    "InternalError",
+    "ServiceUnavailable",
+    "503",
+    "500",
+}
+
+
+# botocore / urllib3 exception classes that mean "the endpoint could not be reached in time".
+_TRANSIENT_AWS_ERRORS = {
+    "EndpointConnectionError",
+    "ConnectionClosedError",
+    "ConnectTimeoutError",
+    "ReadTimeoutError",
+    "ProxyConnectionError",
+    "ResponseStreamingError",
+    "IncompleteReadError",
+}
+
+
+def is_transient(exc: BaseException) -> bool:
+    """True for failures of the environment (retry without spending an attempt).
+
+    Follows the ``__cause__`` chain, so a DownloadError raised from a connection error counts.
+    """
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, TransientError | ProgressDatabaseError):
+            return True
+        if isinstance(current, OSError) and current.errno in _TRANSIENT_ERRNOS:
+            return True
+        names = {cls.__name__ for cls in type(current).__mro__}
+        if names & _TRANSIENT_AWS_ERRORS:
+            return True
+        response = getattr(current, "response", None)
+        if isinstance(response, dict):
+            code = str(response.get("Error", {}).get("Code", ""))
+            if code in _TRANSIENT_AWS_CODES:
+                return True
+        current = current.__cause__
+    return False

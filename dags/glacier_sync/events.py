@@ -6,7 +6,7 @@ import fnmatch
 import hashlib
 import json
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import PurePosixPath
 from typing import Any
 from urllib.parse import unquote_plus
@@ -14,6 +14,7 @@ from urllib.parse import unquote_plus
 from glacier_sync.errors import MalformedMessage
 
 _WORK_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
+BAG_SUFFIX = ".zip"  # bag zips are <work>.bag.zip or <work>.zip
 
 
 @dataclass(frozen=True)
@@ -49,10 +50,12 @@ class RestoreEvent:
 
 @dataclass(frozen=True)
 class ParsedBody:
-    """What one SQS message body held: the wanted records and why others were skipped."""
+    """What one SQS message body held: the wanted records, why others were skipped, and why
+    others were unusable (``invalid``: the message must then stay for its dead-letter queue)."""
 
     records: list[RestoreEvent]
     skipped: list[str]
+    invalid: list[str] = field(default_factory=list)
 
 
 def dedup_key(bucket: str, key: str, version: str) -> str:
@@ -77,17 +80,28 @@ def event_name_matches(name: str, patterns: list[str]) -> bool:
     return any(fnmatch.fnmatchcase(name, pattern) for pattern in patterns)
 
 
+class _UnusableRecord(ValueError):
+    """One record of a message cannot be used; the message says why."""
+
+
 def _record(raw: Any, index: int) -> RestoreEvent:
+    """One record as a RestoreEvent; raise _UnusableRecord naming the record and the problem."""
     if not isinstance(raw, dict):
-        raise MalformedMessage(f"record {index} is not a JSON object")
+        raise _UnusableRecord(f"record {index} is not a JSON object")
     try:
-        s3 = raw["s3"]
-        obj = s3["object"]
-        bucket = s3["bucket"]["name"]
-        key = unquote_plus(obj["key"])
-        name = raw["eventName"]
-    except (KeyError, TypeError) as exc:
-        raise MalformedMessage(f"record {index} lacks field {exc}") from None
+        return _record_fields(raw)
+    except KeyError as exc:
+        raise _UnusableRecord(f"record {index} lacks field {exc}") from None
+    except (TypeError, ValueError, AttributeError) as exc:
+        raise _UnusableRecord(f"record {index} has a field of the wrong type ({exc})") from None
+
+
+def _record_fields(raw: dict[str, Any]) -> RestoreEvent:
+    s3 = raw["s3"]
+    obj = s3["object"]
+    bucket = s3["bucket"]["name"]
+    key = unquote_plus(obj["key"])
+    name = raw["eventName"]
     restore = (raw.get("glacierEventData") or {}).get("restoreEventData") or {}
     size = obj.get("size")
     return RestoreEvent(
@@ -105,33 +119,58 @@ def _record(raw: Any, index: int) -> RestoreEvent:
     )
 
 
+def _json_object(text: Any, what: str) -> dict[str, Any]:
+    try:
+        data = json.loads(text)
+    except (json.JSONDecodeError, TypeError) as exc:
+        raise MalformedMessage(f"{what} is not JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise MalformedMessage(f"{what} is JSON but not an object")
+    return data
+
+
+def _unwrap_sns(data: dict[str, Any]) -> dict[str, Any]:
+    """An S3 notification sent through SNS (S3 -> SNS -> SQS) is the envelope's ``Message``."""
+    if "Records" in data or data.get("Type") != "Notification" or "Message" not in data:
+        return data
+    return _json_object(data["Message"], "the SNS envelope's Message")
+
+
+def _triage(raw: Any, index: int, event_patterns: list[str]) -> tuple[str, Any]:
+    """``("record", event)``, ``("skipped", reason)`` or ``("invalid", reason)``."""
+    try:
+        record = _record(raw, index)
+    except _UnusableRecord as exc:
+        return "invalid", str(exc)
+    where = f"s3://{record.bucket}/{record.key}"
+    if not event_name_matches(record.event_name, event_patterns):
+        return "skipped", f"skipped {record.event_name} for {where}"
+    if not record.key.endswith(BAG_SUFFIX):
+        return "skipped", f"skipped {where}: not a bag zip (.bag.zip or .zip)"
+    try:
+        work_id_from_key(record.key)
+    except ValueError as exc:
+        return "invalid", f"record {index}: {exc}"
+    return "record", record
+
+
 def parse_message_body(body: str, event_patterns: list[str]) -> ParsedBody:
     """Parse one message body; raise MalformedMessage when it is not an S3 notification.
 
-    Bodies without records (``s3:TestEvent``) give no records and a skip reason; records whose
-    event name matches none of ``event_patterns`` are skipped with a reason too.
+    An SNS envelope is unwrapped first. Bodies without records (``s3:TestEvent``) give no records
+    and a skip reason; records whose event name matches none of ``event_patterns``, or whose key
+    is not a zip, are skipped with a reason; unusable records are listed in ``invalid`` while the
+    usable ones are still returned.
     """
-    try:
-        data = json.loads(body)
-    except (json.JSONDecodeError, TypeError) as exc:
-        raise MalformedMessage(f"body is not JSON ({exc})") from None
-    if not isinstance(data, dict):
-        raise MalformedMessage("body is JSON but not an object")
+    data = _unwrap_sns(_json_object(body, "body"))
     if "Records" not in data:
-        kind = data.get("Event") or "a body without Records"
+        kind = data.get("Event") or data.get("Type") or "a body without Records"
         return ParsedBody([], [f"skipped {kind}"])
     raw_records = data["Records"]
     if not isinstance(raw_records, list):
         raise MalformedMessage("`Records` is not a list")
-    records, skipped = [], []
+    found: dict[str, list[Any]] = {"record": [], "skipped": [], "invalid": []}
     for index, raw in enumerate(raw_records):
-        record = _record(raw, index)
-        if not event_name_matches(record.event_name, event_patterns):
-            skipped.append(f"skipped {record.event_name} for s3://{record.bucket}/{record.key}")
-            continue
-        try:
-            work_id_from_key(record.key)
-        except ValueError as exc:
-            raise MalformedMessage(str(exc)) from None
-        records.append(record)
-    return ParsedBody(records, skipped)
+        kind, value = _triage(raw, index, event_patterns)
+        found[kind].append(value)
+    return ParsedBody(found["record"], found["skipped"], found["invalid"])

@@ -50,6 +50,7 @@ class Progress(Base):
     downloaded_at: Mapped[datetime | None] = mapped_column(Timestamp)
     debagged_at: Mapped[datetime | None] = mapped_column(Timestamp)
     synced_at: Mapped[datetime | None] = mapped_column(Timestamp)
+    cleaned_at: Mapped[datetime | None] = mapped_column(Timestamp)
     archive_path: Mapped[str | None] = mapped_column(Text)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     last_error: Mapped[str | None] = mapped_column(Text)
@@ -86,7 +87,9 @@ class Progress(Base):
             "downloaded_at": iso(self.downloaded_at),
             "debagged_at": iso(self.debagged_at),
             "synced_at": iso(self.synced_at),
+            "cleaned_at": iso(self.cleaned_at),
             "archive_path": self.archive_path,
             "claimed_by": self.claimed_by,
+            "claimed_until": iso(self.claimed_until),
             "updated_at": iso(self.updated_at),
         }

@@ -13,7 +13,16 @@ from sqlalchemy import create_engine, event, or_, select, text, update
 from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from glacier_sync.errors import ProgressDatabaseError, WorkNotFound
+from glacier_sync import faults
+from glacier_sync.claimants import is_dead_local_run, local_run_prefix
+from glacier_sync.errors import (
+    AttemptsExhausted,
+    GlacierSyncError,
+    LostClaim,
+    ProgressDatabaseError,
+    WorkBusy,
+    WorkNotFound,
+)
 from glacier_sync.events import RestoreEvent, dedup_key
 from glacier_sync.models import STATES, Progress, utcnow
 from glacier_sync.settings import mask_url
@@ -23,7 +32,7 @@ log = logging.getLogger(__name__)
 PENDING_STATES = ("restored", "downloaded", "debagged", "failed")
 MIGRATIONS = Path(__file__).parent / "migrations"
 VERSION_TABLE = "glacier_sync_alembic_version"
-HEAD_REVISION = "0001"  # the newest file in migrations/versions (a test keeps them in step)
+HEAD_REVISION = "0002"  # the newest file in migrations/versions (a test keeps them in step)
 
 
 def parse_event_time(value: str | None) -> datetime | None:
@@ -48,10 +57,17 @@ def _engine(url: str):
 
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_conn, _record) -> None:
+            dbapi_conn.isolation_level = None  # transactions begin in _sqlite_begin
             cursor = dbapi_conn.cursor()
             cursor.execute("PRAGMA journal_mode=WAL")
             cursor.execute("PRAGMA busy_timeout=60000")
             cursor.close()
+
+        @event.listens_for(engine, "begin")
+        def _sqlite_begin(connection) -> None:
+            # Take the write lock at the start: a read-then-write transaction (a claim, an
+            # update beside a heartbeat) then waits its turn instead of failing as stale.
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
 
         return engine
     return create_engine(url, pool_pre_ping=True, pool_recycle=3600)
@@ -175,7 +191,7 @@ class ProgressStore:
         newer = row.restore_completed_at is None or when > row.restore_completed_at
         if row.state == "synced" and newer:
             row.state, row.restore_completed_at, row.attempts = "restored", when, 0
-            row.downloaded_at = row.debagged_at = None
+            row.downloaded_at = row.debagged_at = row.cleaned_at = None
             row.failed_phase = row.last_error = None
             row.add_history("restored again after an earlier sync", **details)
             return row.id, "reopened"
@@ -250,45 +266,130 @@ class ProgressStore:
         run_id: str,
         source: str,
         limit: int,
-        lease_minutes: int,
+        lease: timedelta,
         max_attempts: int,
         ids: list[int] | None = None,
+        exclude: set[int] | frozenset[int] = frozenset(),
     ) -> list[int]:
-        """Atomically claim up to ``limit`` pending rows for ``run_id``; count an attempt each."""
+        """Claim up to ``limit`` pending rows of ``source`` for ``run_id`` (oldest first).
+
+        A row is free when unclaimed, claimed by ``run_id`` itself, or when its claimant's lease
+        ran out (a dead run: the take-over is written to the row's history). Claiming spends no
+        attempt; a recorded failure does.
+        """
         now = utcnow()
-        free = or_(Progress.claimed_until.is_(None), Progress.claimed_until < now)
+        local = Progress.claimed_by.startswith(local_run_prefix(), autoescape=True)
         query = (
-            select(Progress.id)
+            select(Progress.id, Progress.claimed_by, Progress.claimed_until)
             .where(
                 Progress.source == source,
                 Progress.state.in_(PENDING_STATES),
-                Progress.attempts < max_attempts,
-                free,
+                or_(_claimable(run_id, now, max_attempts), local),
             )
             .order_by(Progress.id)
         )
         if ids is not None:
             query = query.where(Progress.id.in_(ids))
-        claimed: list[int] = []
+        if exclude:
+            query = query.where(Progress.id.not_in(exclude))
         with self.session() as session:
-            candidates = list(session.scalars(query.limit(limit * 4 + 10)))
-        for pid in candidates:
+            candidates = list(session.execute(query.limit(limit * 4 + 10)))
+        claimed: list[int] = []
+        for pid, owner, until in candidates:
             if len(claimed) >= limit:
                 break
-            with self.session() as session:
-                result = session.execute(
-                    update(Progress)
-                    .where(Progress.id == pid, free)
-                    .values(
-                        claimed_by=run_id,
-                        claimed_until=now + timedelta(minutes=lease_minutes),
-                        attempts=Progress.attempts + 1,
-                        updated_at=utcnow(),
-                    )
-                )
-                if result.rowcount == 1:
-                    claimed.append(pid)
+            live_other = owner not in (None, run_id) and until is not None and until >= now
+            if live_other and not is_dead_local_run(owner):
+                continue
+            if self._try_claim(pid, run_id, lease, max_attempts, owner if live_other else None):
+                claimed.append(pid)
         return claimed
+
+    def _try_claim(
+        self,
+        pid: int,
+        run_id: str,
+        lease: timedelta,
+        max_attempts: int,
+        dead_owner: str | None = None,
+    ) -> bool:
+        """One conditional UPDATE: take the row when it is pending and free for ``run_id`` (or
+        held by ``dead_owner``, a run of this host whose process is gone)."""
+        now = utcnow()
+        with self.session() as session:
+            row = session.get(Progress, pid, with_for_update=True)
+            if row is None or row.state not in PENDING_STATES:
+                return False
+            previous = row.claimed_by
+            result = session.execute(
+                update(Progress)
+                .where(
+                    Progress.id == pid,
+                    Progress.state.in_(PENDING_STATES),
+                    or_(
+                        _claimable(run_id, now, max_attempts),
+                        (Progress.claimed_by == dead_owner) & (Progress.attempts < max_attempts),
+                    ),
+                )
+                .values(claimed_by=run_id, claimed_until=now + lease, updated_at=now)
+                .execution_options(synchronize_session=False)
+            )
+            if result.rowcount != 1:
+                return False
+            if previous and previous != run_id:
+                session.refresh(row)
+                reason = "its process is gone" if dead_owner else "its lease ran out"
+                row.add_history("claim taken over", previous=previous, reason=reason)
+            return True
+
+    def acquire(self, pid: int, run_id: str, lease: timedelta, max_attempts: int) -> Progress:
+        """Claim (or renew) one row for a phase; return it, or say why it cannot be taken.
+
+        A synced row is returned unclaimed: its phases have nothing left to do.
+        """
+        if self._try_claim(pid, run_id, lease, max_attempts):
+            return self.get(pid)
+        row = self.get(pid)
+        if is_dead_local_run(row.claimed_by) and self._try_claim(
+            pid, run_id, lease, max_attempts, row.claimed_by
+        ):
+            return self.get(pid)
+        if row.state == "synced":
+            return row
+        if row.state not in PENDING_STATES:
+            raise GlacierSyncError(
+                f"work {row.work_id} (row {pid}) is {row.state}; it has no phase to run yet"
+            )
+        if row.claimed_by and row.claimed_until and row.claimed_until >= utcnow():
+            raise WorkBusy(
+                f"work {row.work_id} (row {pid}) is being processed by {row.claimed_by} (lease "
+                f"until {row.claimed_until:%Y-%m-%d %H:%M:%S} UTC); it is tried again later"
+            )
+        raise AttemptsExhausted(
+            f"work {row.work_id} (row {pid}) failed {row.attempts} times ({row.failed_phase}: "
+            f"{row.last_error}); fix the cause, then `glacier-sync retry {row.work_id}`"
+        )
+
+    def renew(self, pid: int, run_id: str, lease: timedelta) -> bool:
+        """Extend ``run_id``'s lease on a row; False when the claim is no longer ours."""
+        with self.session() as session:
+            result = session.execute(
+                update(Progress)
+                .where(Progress.id == pid, Progress.claimed_by == run_id)
+                .values(claimed_until=utcnow() + lease)
+                .execution_options(synchronize_session=False)
+            )
+            return result.rowcount == 1
+
+    def release(self, pid: int, run_id: str) -> None:
+        """Drop ``run_id``'s claim on a row (nothing when another run holds it)."""
+        with self.session() as session:
+            session.execute(
+                update(Progress)
+                .where(Progress.id == pid, Progress.claimed_by == run_id)
+                .values(claimed_by=None, claimed_until=None)
+                .execution_options(synchronize_session=False)
+            )
 
     def get(self, pid: int) -> Progress:
         """One row (detached), or WorkNotFound."""
@@ -298,20 +399,40 @@ class ProgressStore:
                 raise WorkNotFound(f"no progress row with id {pid}")
             return row
 
-    def update_row(self, pid: int, event: str, release: bool = False, **fields: Any) -> Progress:
-        """Set fields, append a history event and optionally release the claim."""
+    def update_row(
+        self,
+        pid: int,
+        event: str,
+        release: bool = False,
+        owner: str | None = None,
+        count_attempt: bool = False,
+        **fields: Any,
+    ) -> Progress:
+        """Set fields, append a history event and optionally release the claim.
+
+        With ``owner``, the write happens only while ``owner`` holds the row's claim (LostClaim
+        otherwise); ``count_attempt`` adds one to the row's attempts.
+        """
         details = fields.pop("details", {})
         if "state" in fields and fields["state"] not in STATES:
             raise ValueError(f"unknown state {fields['state']!r}; one of {', '.join(STATES)}")
         with self.session() as session:
-            row = session.get(Progress, pid)
+            row = session.get(Progress, pid, with_for_update=True)
             if row is None:
                 raise WorkNotFound(f"no progress row with id {pid}")
+            if owner is not None and row.claimed_by != owner:
+                raise LostClaim(
+                    f"work {row.work_id} (row {pid}): the claim of {owner} was taken over by "
+                    f"{row.claimed_by or 'nobody'} (its lease ran out); {event!r} is not recorded"
+                )
             for name, value in fields.items():
                 setattr(row, name, value)
+            if count_attempt:
+                row.attempts += 1
             if release:
                 row.claimed_by = row.claimed_until = None
             row.add_history(event, **details)
+            faults.checkpoint("progress:before-commit")
             return row
 
     def find(self, work_ids: list[str] | None = None) -> list[Progress]:
@@ -323,24 +444,40 @@ class ProgressStore:
             return list(session.scalars(query))
 
     def stuck(self, older_than: timedelta, max_attempts: int) -> list[Progress]:
-        """Unsynced rows untouched for ``older_than``, or failed past their attempts."""
-        cutoff = utcnow() - older_than
+        """Unsynced rows untouched for ``older_than``, failed past their attempts, or held by a
+        dead claimant (a claim whose lease ran out)."""
+        now = utcnow()
         query = (
             select(Progress)
             .where(
                 Progress.state != "synced",
                 or_(
-                    Progress.updated_at < cutoff,
+                    Progress.updated_at < now - older_than,
                     (Progress.state == "failed") & (Progress.attempts >= max_attempts),
+                    Progress.claimed_by.is_not(None) & (Progress.claimed_until < now),
+                    Progress.claimed_by.startswith(local_run_prefix(), autoescape=True),
                 ),
             )
             .order_by(Progress.id)
         )
         with self.session() as session:
+            rows = list(session.scalars(query))
+        return [row for row in rows if _stuck(row, now, older_than, max_attempts)]
+
+    def needs_cleanup(self, limit: int = 100) -> list[Progress]:
+        """Synced rows whose local files were not (all) removed yet: a crash cut the clean-up."""
+        query = (
+            select(Progress)
+            .where(Progress.state == "synced", Progress.cleaned_at.is_(None))
+            .order_by(Progress.id)
+            .limit(limit)
+        )
+        with self.session() as session:
             return list(session.scalars(query))
 
     def reset_for_retry(self, work_id: str) -> list[int]:
-        """Make a work's unsynced rows eligible again (attempts 0, claim released)."""
+        """Make a work's unsynced rows eligible again (attempts 0, an expired claim released;
+        a live claim is left to its run)."""
         with self.session() as session:
             rows = list(
                 session.scalars(
@@ -354,10 +491,29 @@ class ProgressStore:
                     f"work {work_id} has no unsynced row in the progress database; "
                     "see `glacier-sync status` for its state"
                 )
+            now = utcnow()
             for row in rows:
-                row.attempts, row.claimed_by, row.claimed_until = 0, None, None
+                row.attempts = 0
+                if row.claimed_until is None or row.claimed_until < now:
+                    row.claimed_by = row.claimed_until = None
                 row.add_history("retry requested by operator")
             return [row.id for row in rows]
+
+
+def _stuck(row: Progress, now: datetime, older_than: timedelta, max_attempts: int) -> bool:
+    """The row needs attention: untouched too long, out of attempts, or its claimant is dead."""
+    return (
+        row.updated_at < now - older_than
+        or (row.state == "failed" and row.attempts >= max_attempts)
+        or (row.claimed_until is not None and row.claimed_until < now)
+        or is_dead_local_run(row.claimed_by)
+    )
+
+
+def _claimable(run_id: str, now: datetime, max_attempts: int):
+    """SQL condition: the row is ``run_id``'s, or free (no live claim) with attempts left."""
+    free = or_(Progress.claimed_until.is_(None), Progress.claimed_until < now)
+    return or_(Progress.claimed_by == run_id, free & (Progress.attempts < max_attempts))
 
 
 def _reason(exc: BaseException) -> str:

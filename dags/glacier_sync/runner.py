@@ -9,24 +9,40 @@ from __future__ import annotations
 
 import logging
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from glacier_sync import aws
+from glacier_sync import aws, faults, workspace
+from glacier_sync.archive import (
+    ensure_parent,
+    remove_if_empty,
+    require_room,
+    sweep_staging,
+    verify_archive_root,
+)
 from glacier_sync.bags import debag
-from glacier_sync.errors import ConfigError, GlacierSyncError, MalformedMessage, NoRestoredWork
+from glacier_sync.claimants import local_run_id
+from glacier_sync.errors import (
+    ConfigError,
+    GlacierSyncError,
+    LostClaim,
+    MalformedMessage,
+    NoRestoredWork,
+    ProgressDatabaseError,
+    is_transient,
+)
 from glacier_sync.events import parse_message_body, work_id_from_key
+from glacier_sync.lease import Heartbeat
 from glacier_sync.models import Progress, utcnow
 from glacier_sync.progress import ProgressStore
 from glacier_sync.settings import QueueSource, Settings
 from glacier_sync.sync import archive_parent_for_key, sync_work
+from glacier_sync.workspace import verified_work_folder
 
 log = logging.getLogger(__name__)
-
-BAG_SUFFIXES = (".bag.zip", ".zip")
 
 
 @dataclass
@@ -50,6 +66,7 @@ class WorkOutcome:
     ok: bool
     error: str | None = None
     archive_path: str | None = None
+    transient: bool = False
     seconds: dict[str, float] = field(default_factory=dict)
 
 
@@ -84,7 +101,7 @@ class Pipeline:
         self.settings = settings
         self.store = store or open_store(settings)
         self.clients = clients or aws.ProfileClients(settings)
-        self.run_id = run_id or f"glacier-sync-{uuid.uuid4().hex[:12]}"
+        self.run_id = run_id or local_run_id()
 
     # -- poll -----------------------------------------------------------------------------
     def poll_queues(self) -> PollReport:
@@ -126,33 +143,60 @@ class Pipeline:
             log.info("queue %s: message %s: %s", queue.name, message.message_id, reason)
         report.skipped.extend(parsed.skipped)
         for record in parsed.records:
-            if not record.key.endswith(BAG_SUFFIXES):
-                reason = f"skipped s3://{record.bucket}/{record.key}: not a bag zip"
-                log.warning("queue %s: message %s: %s", queue.name, message.message_id, reason)
-                report.skipped.append(reason)
-                continue
             pid, outcome = self.store.record_event(record, queue.name, message.message_id)
+            faults.checkpoint("poll:recorded")
             log.info("work %s (row %s): %s restore event", record.work_id, pid, outcome)
             if outcome == "duplicate":
                 report.duplicates += 1
             else:
                 report.recorded += 1
+        if parsed.invalid:
+            note = (
+                f"queue {queue.name}: message {message.message_id} (received "
+                f"{message.receive_count} times) holds unusable records: "
+                f"{'; '.join(parsed.invalid)}; its usable records are recorded, the message is "
+                "left in the queue for its redrive policy (dead-letter queue)"
+            )
+            log.error(note)
+            report.malformed.append(note)
+            return
         if aws.delete_message(sqs, message):
             report.deleted += 1
 
-    def claim(self, source: str = "s3", ids: list[int] | None = None) -> list[int]:
-        """Claim the pending works of ``source`` for this run."""
+    @property
+    def lease(self) -> timedelta:
+        """How long a claim lasts without a heartbeat (``claim_lease_minutes``)."""
+        return timedelta(minutes=self.settings.claim_lease_minutes)
+
+    def claim(
+        self,
+        source: str = "s3",
+        ids: list[int] | None = None,
+        limit: int | None = None,
+        exclude: set[int] | frozenset[int] = frozenset(),
+    ) -> list[int]:
+        """Claim pending works of ``source`` for this run (a short lease, no attempt spent)."""
         return self.store.claim(
             self.run_id,
             source,
-            self.settings.max_messages_per_run * 10,
-            self.settings.claim_lease_minutes,
+            limit if limit is not None else self.settings.max_messages_per_run * 10,
+            self.lease,
             self.settings.max_attempts,
             ids,
+            exclude,
+        )
+
+    def archive_root(self) -> Path:
+        """The archive root after its checks (exists; mount point and marker when configured)."""
+        return verify_archive_root(
+            self.settings.require_archive_root(),
+            self.settings.archive_root_marker,
+            self.settings.archive_root_must_be_mount,
         )
 
     def poll(self) -> list[int]:
         """Poll the queues and claim pending works; raise NoRestoredWork when there is none."""
+        self.finish_cleanups()
         report = self.poll_queues()
         ids = self.claim("s3")
         log.info(
@@ -179,26 +223,26 @@ class Pipeline:
         release: bool = False,
         release_on_failure: bool = True,
     ) -> Progress:
-        row = self.store.get(pid)
+        """Run one phase under this run's claim (renewed by a heartbeat) and record it.
+
+        A synced row is left as it is (another run finished it). A failure is recorded; it
+        spends an attempt unless it is transient (the environment's fault, not the work's).
+        """
+        row = self.store.acquire(pid, self.run_id, self.lease, self.settings.max_attempts)
+        if row.state == "synced":
+            log.info("work %s (row %s): already synced; %s skipped", row.work_id, pid, name)
+            return row
         started = time.monotonic()
         try:
-            fields = action(row)
+            with Heartbeat(self.store, pid, self.run_id, self.lease) as beat:
+                fields = action(row)
+            if beat.lost:
+                raise LostClaim(
+                    f"work {row.work_id}: this run's claim was taken over during {name}; the "
+                    "other run finishes the work"
+                )
         except Exception as exc:
-            error = (
-                f"{type(exc).__name__}: {exc}"
-                if not isinstance(exc, GlacierSyncError)
-                else str(exc)
-            )
-            self.store.update_row(
-                pid,
-                f"{name} failed",
-                release=release_on_failure,
-                state="failed",
-                failed_phase=name,
-                last_error=error,
-                details={"error": error[:2000], "run": self.run_id},
-            )
-            log.error("work %s: %s failed: %s", row.work_id, name, error)
+            self._record_failure(row, name, exc, release_on_failure)
             raise
         seconds = round(time.monotonic() - started, 3)
         details = {**fields.pop("details", {}), "seconds": seconds, "run": self.run_id}
@@ -206,11 +250,37 @@ class Pipeline:
             pid,
             f"{name} done",
             release=release,
+            owner=self.run_id,
             failed_phase=None,
             last_error=None,
             details=details,
             **fields,
         )
+
+    def _record_failure(self, row: Progress, name: str, exc: Exception, release: bool) -> None:
+        transient = is_transient(exc)
+        error = str(exc) if isinstance(exc, GlacierSyncError) else f"{type(exc).__name__}: {exc}"
+        log.error(
+            "work %s: %s failed%s: %s",
+            row.work_id,
+            name,
+            " (transient: no attempt spent)" if transient else "",
+            error,
+        )
+        try:
+            self.store.update_row(
+                row.id,
+                f"{name} failed",
+                release=release,
+                owner=self.run_id,
+                count_attempt=not transient,
+                state="failed",
+                failed_phase=name,
+                last_error=error,
+                details={"error": error[:2000], "run": self.run_id, "transient": transient},
+            )
+        except (LostClaim, ProgressDatabaseError) as record_error:
+            log.error("work %s: the failure is not recorded: %s", row.work_id, record_error)
 
     def download(self, pid: int, release_on_failure: bool = True) -> int:
         """Download the row's object into the incoming folder (skipped when already there)."""
@@ -219,7 +289,9 @@ class Pipeline:
             target = local_zip_path(self.settings, row)
             queue = self._queue_for(row)
             if row.local_path != str(target):  # claim the path before the file appears
-                self.store.update_row(pid, "download started", local_path=str(target))
+                self.store.update_row(
+                    pid, "download started", owner=self.run_id, local_path=str(target)
+                )
             fetched = aws.download_object(
                 self.clients.client("s3", queue),
                 row.bucket,
@@ -240,65 +312,116 @@ class Pipeline:
         self._phase(pid, "download", action, release_on_failure=release_on_failure)
         return pid
 
+    def _debag_fields(self, row: Progress) -> dict[str, Any]:
+        """Make the work folder a verified debag of the row's zip (re-extract unless its marker
+        vouches for it); return the fields to record."""
+        work_root, zip_path = self.settings.work_dir, local_zip_path(self.settings, row)
+        if verified_work_folder(work_root, row.work_id, row.id, zip_path):
+            return {"state": "debagged", "details": {"skipped": "already debagged"}}
+        workspace.forget_debag(work_root, row.work_id)
+        result = debag(
+            zip_path, work_root, row.work_id, self.settings.free_space_margin_mb * 1024 * 1024
+        )
+        faults.checkpoint("debag:placed")
+        stat = zip_path.stat()
+        marker = workspace.DebagMarker(
+            row.id,
+            stat.st_size,
+            stat.st_mtime_ns,
+            result.files,
+            result.bytes,
+            list(result.algorithms),
+        )
+        workspace.write_marker(work_root, row.work_id, marker)
+        faults.checkpoint("debag:marked")
+        return {
+            "state": "debagged",
+            "debagged_at": utcnow(),
+            "details": {
+                "files": result.files,
+                "bytes": result.bytes,
+                "algorithms": list(result.algorithms),
+            },
+        }
+
     def debag(self, pid: int, release_on_failure: bool = True) -> int:
         """Validate and extract the row's zip into ``<work root>/<WorkRID>``."""
-
-        def action(row: Progress) -> dict[str, Any]:
-            folder = self.settings.work_dir / row.work_id
-            if (
-                row.debagged_at
-                and folder.is_dir()
-                and (row.downloaded_at is None or row.downloaded_at <= row.debagged_at)
-            ):
-                return {"state": "debagged", "details": {"skipped": "already debagged"}}
-            result = debag(
-                local_zip_path(self.settings, row),
-                self.settings.work_dir,
-                row.work_id,
-                self.settings.free_space_margin_mb * 1024 * 1024,
-            )
-            return {
-                "state": "debagged",
-                "debagged_at": utcnow(),
-                "details": {
-                    "files": result.files,
-                    "bytes": result.bytes,
-                    "algorithms": list(result.algorithms),
-                },
-            }
-
-        self._phase(pid, "debag", action, release_on_failure=release_on_failure)
+        self._phase(pid, "debag", self._debag_fields, release_on_failure=release_on_failure)
         return pid
 
     def sync(self, pid: int, release_on_failure: bool = True) -> int:
-        """Sync the work folder into the archive; remove the folder and the zip after success."""
+        """Sync the verified work folder into the archive, record it, then clean up."""
 
         def action(row: Progress) -> dict[str, Any]:
-            archive_root = self.settings.require_archive_root()
-            parent = archive_parent_for_key(archive_root, row.object_key, row.work_id)
-            result = sync_work(
-                self.settings.sync_command,
-                self.settings.work_dir / row.work_id,
-                parent,
-                self.settings.logs_dir,
-                replace=self.settings.sync_replace_archive,
-                db_config=self.settings.sync_db_config,
-                timeout=self.settings.sync_timeout_seconds,
-            )
-            zip_path = local_zip_path(self.settings, row)
-            if not self.settings.keep_zip_after_sync and zip_path.is_relative_to(
-                self.settings.incoming_dir
+            root = self.archive_root()
+            parent = archive_parent_for_key(root, row.object_key, row.work_id)
+            work_root = self.settings.work_dir
+            redone: dict[str, Any] = {}
+            if not verified_work_folder(
+                work_root, row.work_id, row.id, local_zip_path(self.settings, row)
             ):
-                aws.remove_download(zip_path)
-            return {
+                log.warning("work %s: work folder not verified; debagging again", row.work_id)
+                redone = self._debag_fields(row)
+            created = ensure_parent(root, parent)
+            try:
+                sweep_staging(parent, row.work_id)
+                marker = workspace.read_marker(work_root, row.work_id)
+                copying = self.settings.sync_replace_archive or not (parent / row.work_id).exists()
+                if marker and copying:
+                    require_room(parent, marker.bytes, f"work {row.work_id}")
+                faults.checkpoint("sync:before-script")
+                result = sync_work(
+                    self.settings.sync_command,
+                    work_root / row.work_id,
+                    parent,
+                    self.settings.logs_dir,
+                    replace=self.settings.sync_replace_archive,
+                    db_config=self.settings.sync_db_config,
+                    timeout=self.settings.sync_timeout_seconds,
+                )
+            except Exception:
+                remove_if_empty(created)
+                raise
+            faults.checkpoint("sync:after-script")
+            fields: dict[str, Any] = {
                 "state": "synced",
                 "synced_at": utcnow(),
                 "archive_path": str(result.archive_path),
                 "details": {"archive_path": str(result.archive_path), "log": str(result.log_file)},
             }
+            if "debagged_at" in redone:
+                fields["debagged_at"] = redone["debagged_at"]
+            return fields
 
-        self._phase(pid, "sync", action, release=True, release_on_failure=release_on_failure)
+        row = self._phase(pid, "sync", action, release=True, release_on_failure=release_on_failure)
+        faults.checkpoint("sync:recorded")
+        self.clean(row)
         return pid
+
+    def clean(self, row: Progress) -> None:
+        """Remove a synced work's local files (after the sync is recorded) and record it."""
+        if row.state != "synced" or row.cleaned_at is not None:
+            return
+        zip_path = local_zip_path(self.settings, row)
+        keep = self.settings.keep_zip_after_sync or not zip_path.is_relative_to(
+            self.settings.incoming_dir
+        )
+        workspace.clean_work(
+            self.settings.work_dir,
+            row.work_id,
+            None if keep else zip_path,
+            self.settings.incoming_dir,
+            self.settings.logs_dir,
+        )
+        self.store.update_row(row.id, "cleaned", cleaned_at=utcnow())
+
+    def finish_cleanups(self) -> None:
+        """Finish the clean-up of synced works that a crash interrupted."""
+        for row in self.store.needs_cleanup():
+            try:
+                self.clean(row)
+            except OSError as exc:
+                log.warning("work %s: clean-up failed (%s); tried again later", row.work_id, exc)
 
     def _queue_for(self, row: Progress) -> QueueSource:
         for queue in self.settings.queues:
@@ -325,6 +448,7 @@ class Pipeline:
                 step(pid)
             except Exception as exc:  # recorded by _phase; the other works go on
                 outcome.error = str(exc)
+                outcome.transient = is_transient(exc)
                 return outcome
             finally:
                 outcome.seconds[name] = round(time.monotonic() - started, 3)
@@ -332,13 +456,34 @@ class Pipeline:
         outcome.ok, outcome.archive_path = True, final.archive_path
         return outcome
 
+    def process_pending(self, source: str, ids: list[int] | None = None) -> list[WorkOutcome]:
+        """Claim and process pending works one at a time (a crash holds one work, for one
+        lease); stop at the first transient failure: the next works would meet it too."""
+        outcomes: list[WorkOutcome] = []
+        done: set[int] = set()
+        limit = self.settings.max_messages_per_run * 10
+        while len(outcomes) < limit:
+            claimed = self.claim(source, ids=ids, limit=1, exclude=done)
+            if not claimed:
+                break
+            done.add(claimed[0])
+            outcome = self.process(claimed[0])
+            outcomes.append(outcome)
+            if outcome.transient:
+                log.error("stopping this run: %s", outcome.error)
+                break
+        return outcomes
+
     def run_once(self) -> tuple[PollReport, list[WorkOutcome]]:
-        """Poll once, then carry every claimed work through its remaining phases."""
+        """Check the archive, poll once, then carry the pending works through their phases."""
+        self.archive_root()
+        self.finish_cleanups()
         report = self.poll_queues()
-        return report, [self.process(pid) for pid in self.claim("s3")]
+        return report, self.process_pending("s3")
 
     def scan_incoming(self) -> list[int]:
         """Register bag zips dropped by hand into the incoming folder; claim the local works."""
+        self.finish_cleanups()
         incoming = self.settings.incoming_dir
         known = self.store.known_local_paths()
         for path in sorted(incoming.rglob("*.zip")) if incoming.is_dir() else []:

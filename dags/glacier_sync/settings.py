@@ -2,7 +2,9 @@
 
 Order of precedence (last wins): built-in defaults, the config file's top level, the config
 file's ``[profiles.<env>]`` table, environment variables ``GLACIER_SYNC_<NAME>``.
-The config file is ``$GLACIER_SYNC_CONFIG`` when set. Every setting is described in
+The profile (``env``) follows one rule for both the table and the setting: the explicit ``env``
+argument (``glacier-sync --env``), else ``GLACIER_SYNC_ENV``, else the file's ``env``, else
+``dev``. The config file is ``$GLACIER_SYNC_CONFIG`` when set. Every setting is described in
 ``docs/configuration.md``.
 """
 
@@ -15,7 +17,13 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic.fields import FieldInfo
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    SettingsError,
+)
 
 from glacier_sync.errors import ConfigError
 
@@ -23,6 +31,10 @@ ENV_PREFIX = "GLACIER_SYNC_"
 CONFIG_ENV_VAR = "GLACIER_SYNC_CONFIG"
 DEFAULT_SYNC_COMMAND = Path(__file__).resolve().parents[2] / "docker" / "bin" / "syncOneWork.sh"
 _EVENT_PATTERN = re.compile(r"^[A-Za-z0-9]+(:[A-Za-z0-9*]+)?$")
+_JSON_EXAMPLES = {
+    "queues": '\'[{"name": "tbrc", "queue_url": "https://sqs...", "region": "us-east-1"}]\'',
+    "event_names": "'[\"ObjectRestore:Completed\"]'",
+}
 
 
 class QueueSource(BaseModel):
@@ -51,6 +63,21 @@ class QueueSource(BaseModel):
         return value
 
 
+class _ChosenProfile(PydanticBaseSettingsSource):
+    """The profile given to the model (resolved by load_settings), above the environment."""
+
+    def __init__(self, settings_cls: type[BaseSettings], init_kwargs: dict[str, Any]) -> None:
+        super().__init__(settings_cls)
+        self.env = init_kwargs.get("env")
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        """Unused: ``__call__`` gives the one value."""
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return {} if self.env is None else {"env": self.env}
+
+
 class Settings(BaseSettings):
     """Everything the pipeline needs; see docs/configuration.md."""
 
@@ -64,6 +91,8 @@ class Settings(BaseSettings):
     data_root: Path = Path.home() / ".local" / "share" / "glacier-sync"
     work_root: Path | None = None
     archive_root: Path | None = None
+    archive_root_marker: str | None = None
+    archive_root_must_be_mount: bool = False
     progress_db_url: SecretStr | None = None
     progress_db_url_file: Path | None = None
     progress_db_auto_migrate: bool = True
@@ -76,7 +105,7 @@ class Settings(BaseSettings):
     sqs_wait_seconds: int = Field(default=20, ge=0, le=20)
     sqs_visibility_timeout: int = Field(default=300, ge=0, le=43200)
     max_attempts: int = Field(default=3, ge=1)
-    claim_lease_minutes: int = Field(default=12 * 60, ge=1)
+    claim_lease_minutes: float = Field(default=5, gt=0, le=24 * 60)
     download_concurrency: int = Field(default=4, ge=1, le=64)
     download_chunk_mb: int = Field(default=64, ge=5, le=5120)
     free_space_margin_mb: int = Field(default=512, ge=0)
@@ -85,6 +114,7 @@ class Settings(BaseSettings):
     poll_retries: int = Field(default=11, ge=0)
     poll_retry_delay_seconds: int = Field(default=300, ge=1)
     task_retries: int = Field(default=1, ge=0)
+    task_retry_delay_seconds: int = Field(default=300, ge=1)
     sqs_schedule: str | None = "@hourly"
     down_schedule: str | None = None
     max_active_runs: int = Field(default=1, ge=1)
@@ -98,12 +128,16 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        """Environment variables override the config file (passed as init values)."""
-        return env_settings, init_settings
+        """Environment variables override the config file (passed as init values), except the
+        profile: an ``env`` given to the model was already chosen by the one rule of
+        ``_choose_env`` and must also decide ``env`` itself."""
+        chosen = _ChosenProfile(settings_cls, getattr(init_settings, "init_kwargs", {}))
+        return chosen, env_settings, init_settings
 
     @field_validator(
         "aws_endpoint_url",
         "archive_root",
+        "archive_root_marker",
         "work_root",
         "progress_db_url",
         "progress_db_url_file",
@@ -114,6 +148,16 @@ class Settings(BaseSettings):
     def _empty_is_unset(cls, value: Any) -> Any:
         """An empty value (``GLACIER_SYNC_AWS_ENDPOINT_URL=`` from Compose) means unset."""
         return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("data_root", "work_root")
+    @classmethod
+    def _folder_or_absent(cls, value: Path | None) -> Path | None:
+        """A data or work root must be a folder, or not exist yet (it is created then)."""
+        if value is not None and value.exists() and not value.is_dir():
+            raise ValueError(
+                f"{value} exists and is not a folder; name a folder (created when missing)"
+            )
+        return value
 
     @field_validator("event_names")
     @classmethod
@@ -222,17 +266,30 @@ def mask_url(url: str) -> str:
     return re.sub(r"(://[^:/@]+:)[^@]*@", r"\1***@", url)
 
 
-def _read_config_file(path: Path) -> dict[str, Any]:
+def _read_config_file(path: Path, origin: str) -> dict[str, Any]:
+    """The TOML file's tables; ``origin`` says where its name came from (for the messages)."""
+    where = f"config file {path} (from {origin})"
     try:
         with path.open("rb") as handle:
             return tomllib.load(handle)
     except FileNotFoundError as exc:
         raise ConfigError(
-            f"config file {path} (from {CONFIG_ENV_VAR}) does not exist; "
-            f"create it or unset {CONFIG_ENV_VAR}"
+            f"{where} does not exist; create it or name an existing file in {origin}"
+        ) from exc
+    except IsADirectoryError as exc:
+        raise ConfigError(f"{where} is a folder; name the TOML file itself in {origin}") from exc
+    except OSError as exc:
+        raise ConfigError(
+            f"{where} cannot be read ({exc.strerror}); make it readable by this user "
+            f"or name another file in {origin}"
+        ) from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"{where} is not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset "
+            f"{exc.start}); save it as UTF-8"
         ) from exc
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"config file {path} is not valid TOML: {exc}; fix the file") from exc
+        raise ConfigError(f"{where} is not valid TOML: {exc}; fix the file") from exc
 
 
 def _merge_profile(data: dict[str, Any], env: str | None) -> dict[str, Any]:
@@ -245,10 +302,28 @@ def _merge_profile(data: dict[str, Any], env: str | None) -> dict[str, Any]:
             f"config file: unknown profile(s) {', '.join(unknown)}; use [profiles.dev] or "
             "[profiles.prod]"
         )
-    chosen = env or os.environ.get(ENV_PREFIX + "ENV") or data.get("env") or "dev"
+    chosen = _choose_env(env, data)
     merged = {**data, **profiles.get(chosen, {})}
     merged["env"] = chosen
     return merged
+
+
+def _choose_env(env: str | None, data: dict[str, Any]) -> str:
+    """The one rule for the profile: ``env`` argument, ``GLACIER_SYNC_ENV``, file, ``dev``."""
+    return env or os.environ.get(ENV_PREFIX + "ENV") or data.get("env") or "dev"
+
+
+def _explain_env_value(exc: SettingsError) -> ConfigError:
+    """pydantic-settings could not decode a list or table given in the environment."""
+    match = re.search(r'field "(\w+)"', str(exc))
+    name = match.group(1) if match else "settings"
+    env_name = ENV_PREFIX + name.upper()
+    cause = f" ({exc.__cause__})" if exc.__cause__ else ""
+    example = _JSON_EXAMPLES.get(name, "'[...]' or '{...}'")
+    return ConfigError(
+        f"invalid settings:\n  setting `{name}` ({env_name}): the environment value is not valid "
+        f"JSON{cause}; give lists and tables as JSON, e.g. {env_name}={example}"
+    )
 
 
 def _explain(exc: ValidationError, source: str) -> ConfigError:
@@ -261,6 +336,9 @@ def _explain(exc: ValidationError, source: str) -> ConfigError:
         msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             msg = "unknown setting; check its spelling against docs/configuration.md"
+        if not loc:  # a check across settings: the message names them
+            lines.append(f"settings (environment or {source}): {msg}")
+            continue
         lines.append(f"setting `{where}` ({env_name} or `{name}` in {source}): {msg}")
     return ConfigError("invalid settings:\n  " + "\n  ".join(lines))
 
@@ -270,7 +348,8 @@ def load_settings(
 ) -> Settings:
     """Read the settings; raise ConfigError naming the setting and the fix when invalid."""
     path = config_file or os.environ.get(CONFIG_ENV_VAR)
-    data: dict[str, Any] = _read_config_file(Path(path)) if path else {}
+    origin = "--config" if config_file else CONFIG_ENV_VAR
+    data: dict[str, Any] = _read_config_file(Path(path), origin) if path else {}
     data = _merge_profile(data, env)
     data.update(overrides)
     source = str(path) if path else "the config file"
@@ -278,3 +357,5 @@ def load_settings(
         return Settings(**data)
     except ValidationError as exc:
         raise _explain(exc, source) from None
+    except SettingsError as exc:
+        raise _explain_env_value(exc) from None

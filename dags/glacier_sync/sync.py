@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import logging
 import os
-import shutil
+import signal
 import subprocess
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 
-from glacier_sync.errors import SyncError
+from glacier_sync.errors import DiskFull, SyncError
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +78,8 @@ def sync_work(
     """Run ``bash command [-A] -a archive_parent -s success_list work_path``.
 
     The script's own exit status and its success list decide; output goes to a log file per
-    work (appended, never truncated). The work folder is removed only after success.
+    work (appended, never truncated). The work folder is left in place: the caller removes it
+    once the sync is recorded. The script dies with this process (no orphan keeps copying).
     """
     work_id = work_path.name
     if not command.is_file():
@@ -99,9 +102,16 @@ def sync_work(
     with log_file.open("a", encoding="utf-8") as out:
         out.write(f"=== {now.isoformat()} {' '.join(argv)}\n")
         out.flush()
+        start = out.tell()
         try:
             proc = subprocess.run(
-                argv, stdout=out, stderr=subprocess.STDOUT, env=env, timeout=timeout, check=False
+                argv,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=env,
+                timeout=timeout,
+                check=False,
+                preexec_fn=_die_with_parent,
             )
         except subprocess.TimeoutExpired as exc:
             raise SyncError(
@@ -109,6 +119,12 @@ def sync_work(
             ) from exc
         out.write(f"=== exit status {proc.returncode}\n")
     if proc.returncode != 0:
+        output = _read_from(log_file, start)
+        if "No space left on device" in output or "Disk quota exceeded" in output:
+            raise DiskFull(
+                f"work {work_id}: no space left in {archive_parent} during the sync; free space "
+                f"there, the sync is tried again on the next run. Log: {log_file}"
+            )
         raise SyncError(
             f"work {work_id}: sync command exited with status {proc.returncode}; the work folder "
             f"{work_path} is kept. Log: {log_file}{_tail(log_file)}"
@@ -120,8 +136,31 @@ def sync_work(
             f"work {work_id}: sync command exited 0 but did not list the work in its success "
             f"list; the work folder is kept. Log: {log_file}"
         )
-    shutil.rmtree(work_path)
     return SyncResult(work_id, archive_parent / work_id, log_file)
+
+
+def _load_prctl():
+    with contextlib.suppress(OSError, AttributeError):
+        return ctypes.CDLL(None, use_errno=True).prctl
+    return None
+
+
+_PRCTL = _load_prctl()  # resolved before any fork: the child only calls it
+
+
+def _die_with_parent() -> None:
+    """In the child: receive SIGKILL when the parent dies (Linux ``PR_SET_PDEATHSIG``)."""
+    if _PRCTL is not None:
+        _PRCTL(1, signal.SIGKILL)
+
+
+def _read_from(log_file: Path, offset: int) -> str:
+    try:
+        with log_file.open("rb") as handle:
+            handle.seek(offset)
+            return handle.read().decode("utf-8", errors="replace")
+    except OSError:
+        return ""
 
 
 def _tail(log_file: Path, lines: int = 5) -> str:

@@ -7,12 +7,14 @@
 # Copies workPath to <archiveParent>/<basename workPath> (and to <webParent>/... when -w is
 # given), verifies the copy byte for byte, then appends the work id to successWorkList.
 # Idempotent: an identical archived copy is left as it is. An archived work that differs is
-# refused unless -A (archive) / -W (web) allows replacing it. Exit 0 only on success.
+# refused unless -A (archive) / -W (web) allows replacing it; the new copy is built beside it as
+# .<work>.syncing.<host>.<pid> and renamed into place whole. archiveParent must exist (nothing is
+# created above the work's folder). Exit 0 only on success.
 # Reads syncLogDateTimeFile (a summary line is appended) when set.
 set -euo pipefail
 
-usage() {
-    sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'
+usage() {  # the header comment above, without its '# '
+    awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"
 }
 
 replace_archive=0
@@ -48,13 +50,74 @@ if [ -z "$archive_parent" ]; then
 fi
 work_id=$(basename "$work_path")
 
-# copy_one SOURCE PARENT REPLACE: place SOURCE at PARENT/<work id>, verified.
+host=${HOSTNAME:-$(uname -n)}
+tag="${host%%.*}.$$"
+staging=""
+
+# Remove this run's staging copy when the script ends early (a failed cp, a refused check).
+remove_staging() {
+    if [ -n "$staging" ] && [ -e "$staging" ]; then rm -rf -- "$staging"; fi
+}
+trap remove_staging EXIT
+
+# Test hook (docs/reliability.md): when the file named by GLACIER_SYNC_FAULT_FILE says
+# sync:<point>, mark it fired and kill the whole process group, as `kill -9` would.
+fault_point() {
+    local file=${GLACIER_SYNC_FAULT_FILE:-}
+    [ -n "$file" ] && [ -f "$file" ] || return 0
+    [ "$(head -n 1 "$file" | cut -d' ' -f1)" = "sync:$1" ] || return 0
+    mv -- "$file" "$file.fired" 2>/dev/null || return 0
+    kill -KILL 0
+}
+
+# same_tree A B: true when both trees hold the same names, types and bytes.
+same_tree() {
+    diff -rq --no-dereference -- "$1" "$2" >/dev/null 2>&1
+}
+
+# install_new DEST: rename the verified staging copy to DEST, which must not exist (another
+# sync of the same work may have got there first: then DEST must be identical).
+install_new() {
+    local dest=$1
+    if mv -T -- "$staging" "$dest" 2>/dev/null; then
+        echo "$dest: archived"
+        return 0
+    fi
+    if [ -e "$dest" ] && same_tree "$work_path" "$dest"; then
+        echo "$dest: archived meanwhile by another sync, identical; nothing to do"
+        return 0
+    fi
+    echo "syncOneWork.sh: cannot rename $staging to $dest (it appeared meanwhile and" \
+         "differs?); refusing to replace it" >&2
+    return 3
+}
+
+# replace_existing DEST: swap the verified staging copy in; the previous copy is removed
+# only once the new one is in place (and put back if the swap fails).
+replace_existing() {
+    local dest=$1 old="$2/.$work_id.replaced.$tag"
+    mv -T -- "$dest" "$old"
+    fault_point swapping
+    if ! mv -T -- "$staging" "$dest"; then
+        mv -T -- "$old" "$dest"
+        echo "syncOneWork.sh: could not swap the new copy into $dest; the old one is back" >&2
+        return 5
+    fi
+    rm -rf -- "$old"
+    echo "$dest: replaced"
+}
+
+# copy_one SOURCE PARENT REPLACE: place SOURCE at PARENT/<work id>, verified. PARENT must
+# exist: this script creates nothing above the work's own folder.
 copy_one() {
     local src=$1 parent=$2 replace=$3
     local dest="$parent/$work_id"
-    mkdir -p "$parent"
+    if [ ! -d "$parent" ]; then
+        echo "syncOneWork.sh: $parent does not exist; is the archive mounted? Nothing written" >&2
+        return 2
+    fi
     if [ -e "$dest" ]; then
-        if diff -rq --no-dereference "$src" "$dest" >/dev/null 2>&1; then
+        if same_tree "$src" "$dest"; then
             echo "$dest: already archived and identical; nothing to do"
             return 0
         fi
@@ -64,24 +127,23 @@ copy_one() {
             return 3
         fi
     fi
-    local staging="$parent/.$work_id.syncing.$$"
-    rm -rf "$staging"
-    cp -a "$src" "$staging"
-    if ! diff -rq --no-dereference "$src" "$staging"; then
-        rm -rf "$staging"
+    staging="$parent/.$work_id.syncing.$tag"
+    rm -rf -- "$staging"
+    cp -a -- "$src" "$staging"
+    fault_point copied
+    if ! diff -rq --no-dereference -- "$src" "$staging"; then
         echo "syncOneWork.sh: verification of the copy in $staging failed" >&2
         return 4
     fi
-    if [ -e "$dest" ]; then
-        local old="$parent/.$work_id.replaced.$$"
-        mv "$dest" "$old"
-        mv "$staging" "$dest"
-        rm -rf "$old"
-        echo "$dest: replaced"
+    fault_point before-rename
+    if [ -e "$dest" ] && [ "$replace" -eq 1 ]; then
+        replace_existing "$dest" "$parent"
     else
-        mv "$staging" "$dest"
-        echo "$dest: archived"
+        install_new "$dest"
     fi
+    fault_point renamed
+    remove_staging  # left only when another sync installed an identical copy first
+    staging=""
 }
 
 copy_one "$work_path" "$archive_parent" "$replace_archive"

@@ -1,0 +1,133 @@
+"""A work's files in the data root: its zip, debag marker, work folder, and their clean-up.
+
+The debag marker (``<work root>/.<work>.debagged.json``) is written after the validated work
+folder was moved into place and removed before anything of that folder is deleted, so a work
+folder is trusted only while its marker says it is the complete payload of this row's zip.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from glacier_sync import faults
+from glacier_sync.aws import remove_download
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DebagMarker:
+    """What a completed debag proved, tied to one progress row and one zip on disk."""
+
+    row_id: int
+    zip_size: int
+    zip_mtime_ns: int
+    files: int
+    bytes: int
+    algorithms: list[str]
+
+
+def marker_path(work_root: Path, work_id: str) -> Path:
+    """``<work root>/.<work>.debagged.json``."""
+    return work_root / f".{work_id}.debagged.json"
+
+
+def debag_staging_path(work_root: Path, work_id: str) -> Path:
+    """The one staging folder of a work's debag (reused, so a killed try leaves no pile)."""
+    return work_root / f".debag-{work_id}"
+
+
+def write_marker(work_root: Path, work_id: str, marker: DebagMarker) -> None:
+    """Write the marker atomically (temporary file, then rename)."""
+    path = marker_path(work_root, work_id)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(asdict(marker)), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def read_marker(work_root: Path, work_id: str) -> DebagMarker | None:
+    """The marker, or None when absent or unreadable."""
+    try:
+        data = json.loads(marker_path(work_root, work_id).read_text(encoding="utf-8"))
+        return DebagMarker(**data)
+    except (OSError, ValueError, TypeError):
+        return None
+
+
+def verified_work_folder(work_root: Path, work_id: str, row_id: int, zip_path: Path) -> bool:
+    """True when the work folder is a complete debag of this row's zip (as it is on disk now)."""
+    marker = read_marker(work_root, work_id)
+    if marker is None or marker.row_id != row_id or not (work_root / work_id).is_dir():
+        return False
+    try:
+        stat = zip_path.stat()
+    except FileNotFoundError:
+        return True  # the zip may be gone once synced; the marker still vouches for the folder
+    return (stat.st_size, stat.st_mtime_ns) == (marker.zip_size, marker.zip_mtime_ns)
+
+
+def forget_debag(work_root: Path, work_id: str) -> None:
+    """Withdraw the marker: from now on the work folder is not trusted."""
+    marker_path(work_root, work_id).unlink(missing_ok=True)
+
+
+def remove_tree(path: Path) -> None:
+    """Delete a folder bottom-up (a fault point after each file, for the crash tests)."""
+    if not path.exists() and not path.is_symlink():
+        return
+    if path.is_symlink() or not path.is_dir():
+        path.unlink()
+        return
+    for folder, dirs, files in os.walk(path, topdown=False):
+        for name in files:
+            os.unlink(os.path.join(folder, name))
+            faults.checkpoint("cleanup:file")
+        for name in dirs:
+            full = os.path.join(folder, name)
+            if os.path.islink(full):
+                os.unlink(full)
+            else:
+                os.rmdir(full)
+    os.rmdir(path)
+
+
+def remove_empty_parents(path: Path, stop: Path) -> None:
+    """Remove the empty folders from ``path`` up to (not including) ``stop``."""
+    try:
+        path.relative_to(stop)
+    except ValueError:
+        return
+    current = path
+    while current != stop and current.is_dir():
+        try:
+            current.rmdir()
+        except OSError:
+            return
+        current = current.parent
+
+
+def partial_downloads(target: Path) -> list[Path]:
+    """Temporary files of earlier download tries of ``target``."""
+    return sorted(target.parent.glob(f".{target.name}.part*")) if target.parent.is_dir() else []
+
+
+def clean_work(
+    work_root: Path, work_id: str, zip_path: Path | None, incoming: Path, logs: Path
+) -> None:
+    """Remove a synced work's local files: marker first, then the folder, the debag staging,
+    the zip (when given) with its record and partial downloads, and empty incoming folders."""
+    forget_debag(work_root, work_id)
+    remove_tree(work_root / work_id)
+    shutil.rmtree(debag_staging_path(work_root, work_id), ignore_errors=True)
+    if zip_path is not None:
+        for path in partial_downloads(zip_path):
+            path.unlink(missing_ok=True)
+        remove_download(zip_path)
+        remove_empty_parents(zip_path.parent, incoming)
+    for stale in logs.glob(f"sync/*/tmp/{work_id}-*.success"):
+        stale.unlink(missing_ok=True)
