@@ -65,3 +65,8 @@ class AirflowApi:
     def task_states(self, dag_id: str, run_id: str) -> dict[tuple[str, int], str]:
         data = self._call("GET", f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances")
         return {(t["task_id"], t["map_index"]): t["state"] for t in data["task_instances"]}
+
+    def task_tries(self, dag_id: str, run_id: str, task_id: str, map_index: int) -> list[dict]:
+        """Every try of one task instance, oldest first."""
+        path = f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/{map_index}/tries"
+        return self._call("GET", path)["task_instances"]

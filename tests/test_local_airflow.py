@@ -119,7 +119,13 @@ def services(moto_endpoint, tmp_path_factory):
     data, archive = tmp / "data", tmp / "archive"
     archive.mkdir()
     settings = settings_env(world, data, archive)
-    settings.update(GLACIER_SYNC_MAX_ACTIVE_RUNS="2", GLACIER_SYNC_POLL_RETRIES="0")
+    settings.update(
+        GLACIER_SYNC_MAX_ACTIVE_RUNS="2",
+        GLACIER_SYNC_POLL_RETRIES="0",
+        GLACIER_SYNC_TASK_RETRY_DELAY_SECONDS="3",
+        # No file there until test_killed_sync_task_is_finished_once_by_its_retry writes one.
+        GLACIER_SYNC_FAULT_FILE=str(tmp / "fault"),
+    )
     env_file = tmp / "glacier-sync.env"
     env_file.write_text("".join(f"export {k}='{v}'\n" for k, v in settings.items()))
     env = script_env(tmp, GLACIER_SYNC_ENV_FILE=str(env_file))
@@ -195,6 +201,28 @@ def test_two_runs_side_by_side_archive_each_work_once(services):
         assert row.state == "synced"
         assert [h["event"] for h in row.history].count("sync done") == 1, row.history
         assert (services["archive"] / "Archive5" / work_id[-2:] / work_id / "images").is_dir()
+
+
+def test_killed_sync_task_is_finished_once_by_its_retry(services):
+    """kill -9 of the sync_debagged task process after the archive copy is in place and before
+    the sync is recorded: the task's retry finds the identical copy and records it, once."""
+    _seed(services, ["W1KILL01"])
+    fault = services["tmp"] / "fault"
+    fault.write_text("sync:after-script 1 self\n")
+    api = services["api"]
+    run_id = api.trigger("sqs_scheduled_dag")
+    result = api.wait_for_run("sqs_scheduled_dag", run_id)
+    assert Path(f"{fault}.fired").exists(), "the task process was killed at the fault point"
+    assert result["state"] == "success", api.task_states("sqs_scheduled_dag", run_id)
+    tries = api.task_tries("sqs_scheduled_dag", run_id, "sync_debagged", 0)
+    assert [t["state"] for t in tries] == ["failed", "success"], tries
+    row = _rows(services)["W1KILL01"]
+    assert row.state == "synced" and row.cleaned_at is not None
+    assert [h["event"] for h in row.history].count("sync done") == 1, row.history
+    parent = services["archive"] / "Archive5" / "01"
+    assert not [p.name for p in parent.iterdir() if p.name.startswith(".")], "no staging left"
+    assert (parent / "W1KILL01" / "images" / "I1_0001.tif").is_file()
+    assert not (services["data"] / "work" / "W1KILL01").exists()
 
 
 def test_browser_login_and_finished_run(services):

@@ -110,7 +110,10 @@ def dag_arguments(settings: Settings, schedule: str | None, doc: str | None) -> 
         "start_date": datetime(2025, 1, 1),
         "catchup": False,
         "max_active_runs": settings.max_active_runs,
-        "default_args": {"retries": settings.task_retries, "retry_delay": timedelta(minutes=5)},
+        "default_args": {
+            "retries": settings.task_retries,
+            "retry_delay": timedelta(seconds=settings.task_retry_delay_seconds),
+        },
         "tags": ["glacier-sync", settings.env],
         "doc_md": doc,
     }
