@@ -77,15 +77,6 @@ def remove_if_empty(folders: list[Path]) -> None:
             return
 
 
-def tree_size(path: Path) -> int:
-    """Bytes of the regular files under ``path``."""
-    return sum(
-        (Path(folder) / name).lstat().st_size
-        for folder, _, files in os.walk(path)
-        for name in files
-    )
-
-
 def require_room(folder: Path, needed: int, what: str) -> None:
     """Raise DiskFull naming ``folder`` when its file system has fewer than ``needed`` bytes."""
     try:

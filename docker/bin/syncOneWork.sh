@@ -14,7 +14,7 @@
 set -euo pipefail
 
 usage() {  # the header comment above, without its '# '
-    awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"
+    sed -n '2,/^[^#]/{/^#/s/^# \{0,1\}//p}' "$0"
 }
 
 replace_archive=0
