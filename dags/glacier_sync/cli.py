@@ -76,6 +76,7 @@ def cmd_run_once(args: argparse.Namespace) -> int:
 def cmd_process_bag(args: argparse.Namespace) -> int:
     """Debag and sync one bag zip from disk."""
     from glacier_sync.runner import Pipeline
+    from glacier_sync.states import State
 
     settings = _settings(args, archive_root=args.archive_root)
     if not args.zip.is_file():
@@ -98,7 +99,7 @@ def cmd_process_bag(args: argparse.Namespace) -> int:
             + (" and claimed by another run" if row.claimed_by else "")
             + "; nothing to do (`glacier-sync retry` to force another attempt)"
         )
-        return EXIT_OK if row.state == "synced" else EXIT_FAILED
+        return EXIT_OK if row.state == State.SYNCED else EXIT_FAILED
     return _print_outcomes([pipeline.process(pid)])
 
 

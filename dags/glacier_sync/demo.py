@@ -188,6 +188,7 @@ def setup(endpoint: str, state_dir: Path, works: int = 1) -> dict[str, str]:
 def summary(data_root: Path, work_id: str = DEMO_WORK) -> tuple[bool, str]:
     """Where the work landed, its progress row and each phase's seconds."""
     from glacier_sync.progress import ProgressStore
+    from glacier_sync.states import State
 
     store = ProgressStore(f"sqlite:///{data_root / 'progress.sqlite'}")
     rows = store.find([work_id])
@@ -206,7 +207,7 @@ def summary(data_root: Path, work_id: str = DEMO_WORK) -> tuple[bool, str]:
             phases[entry["event"].removesuffix(" done")] = entry["seconds"]
     lines.append("seconds per phase: " + ", ".join(f"{k} {v:.2f}" for k, v in phases.items()))
     lines.append("progress row: " + json.dumps(row.summary(), indent=2))
-    return row.state == "synced", "\n".join(lines)
+    return row.state == State.SYNCED, "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -9,9 +9,7 @@ from sqlalchemy import JSON, BigInteger, DateTime, Integer, String, Text
 from sqlalchemy.dialects import mysql
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-# States of a work, in order; ``failed`` keeps the phase that failed in ``failed_phase``.
-STATES = ("requested", "restored", "downloaded", "debagged", "synced", "failed")
-
+from glacier_sync.states import State
 
 # Microsecond timestamps everywhere (MySQL/MariaDB DATETIME drops them unless fsp=6).
 Timestamp = DateTime().with_variant(mysql.DATETIME(fsp=6), "mysql", "mariadb")
@@ -43,7 +41,7 @@ class Progress(Base):
     version_id: Mapped[str | None] = mapped_column(String(1024))
     size: Mapped[int | None] = mapped_column(BigInteger)
     local_path: Mapped[str | None] = mapped_column(Text)
-    state: Mapped[str] = mapped_column(String(16), default="restored", index=True)
+    state: Mapped[str] = mapped_column(String(16), default=State.RESTORED, index=True)
     failed_phase: Mapped[str | None] = mapped_column(String(16))
     restore_requested_at: Mapped[datetime | None] = mapped_column(Timestamp)
     restore_completed_at: Mapped[datetime | None] = mapped_column(Timestamp)

@@ -24,12 +24,12 @@ from glacier_sync.errors import (
     WorkNotFound,
 )
 from glacier_sync.events import RestoreEvent, dedup_key
-from glacier_sync.models import STATES, Progress, utcnow
+from glacier_sync.models import Progress, utcnow
 from glacier_sync.settings import mask_url
+from glacier_sync.states import PENDING, State, check_move
 
 log = logging.getLogger(__name__)
 
-PENDING_STATES = ("restored", "downloaded", "debagged", "failed")
 MIGRATIONS = Path(__file__).parent / "migrations"
 VERSION_TABLE = "glacier_sync_alembic_version"
 HEAD_REVISION = "0002"  # the newest file in migrations/versions (a test keeps them in step)
@@ -148,29 +148,25 @@ class ProgressStore:
             "queue": queue_name,
         }
         with self.session() as session:
-            row = session.scalar(select(Progress).where(Progress.dedup_key == record.dedup_key))
+            row = _by_key(session, record.dedup_key)
             if row is None:
-                row = Progress(
-                    dedup_key=record.dedup_key,
-                    work_id=record.work_id,
-                    source="s3",
-                    queue_name=queue_name,
-                    region=record.region,
-                    bucket=record.bucket,
-                    object_key=record.key,
-                    etag=record.etag,
-                    version_id=record.version_id,
-                    size=record.size,
-                    state="restored",
-                    restore_completed_at=when,
-                    attempts=0,
-                    history=[],
-                )
-                row.add_history("restore completed", **details)
-                session.add(row)
                 try:
-                    session.flush()
-                except IntegrityError:
+                    row = _new_row(
+                        session,
+                        record.dedup_key,
+                        record.work_id,
+                        record.key,
+                        State.RESTORED,
+                        ("restore completed", details),
+                        queue_name=queue_name,
+                        region=record.region,
+                        bucket=record.bucket,
+                        etag=record.etag,
+                        version_id=record.version_id,
+                        size=record.size,
+                        restore_completed_at=when,
+                    )
+                except IntegrityError:  # another run recorded the same object a moment ago
                     session.rollback()
                     return self._duplicate(record, details)
                 return row.id, "new"
@@ -178,19 +174,19 @@ class ProgressStore:
 
     def _duplicate(self, record: RestoreEvent, details: dict[str, Any]):
         with self.session() as session:
-            row = session.scalar(select(Progress).where(Progress.dedup_key == record.dedup_key))
+            row = _by_key(session, record.dedup_key)
             row.add_history("duplicate event", **details)
             return row.id, "duplicate"
 
     @staticmethod
     def _merge_existing(session: Session, row: Progress, when: datetime, details: dict[str, Any]):
-        if row.state == "requested":
-            row.state, row.restore_completed_at = "restored", when
+        if row.state == State.REQUESTED:
+            row.state, row.restore_completed_at = State.RESTORED, when
             row.add_history("restore completed", **details)
             return row.id, "new"
         newer = row.restore_completed_at is None or when > row.restore_completed_at
-        if row.state == "synced" and newer:
-            row.state, row.restore_completed_at, row.attempts = "restored", when, 0
+        if row.state == State.SYNCED and newer:
+            row.state, row.restore_completed_at, row.attempts = State.RESTORED, when, 0
             row.downloaded_at = row.debagged_at = row.cleaned_at = None
             row.failed_phase = row.last_error = None
             row.add_history("restored again after an earlier sync", **details)
@@ -204,24 +200,24 @@ class ProgressStore:
         """Record that a restore was requested (the row waits for its Completed event)."""
         with self.session() as session:
             dkey = dedup_key(bucket, key, etag)
-            row = session.scalar(select(Progress).where(Progress.dedup_key == dkey))
+            event = ("restore requested", {"outcome": outcome})
+            row = _by_key(session, dkey)
             if row is None:
-                row = Progress(
-                    dedup_key=dkey,
-                    work_id=work_id,
-                    source="s3",
+                row = _new_row(
+                    session,
+                    dkey,
+                    work_id,
+                    key,
+                    State.REQUESTED,
+                    event,
                     bucket=bucket,
                     region=region,
-                    object_key=key,
                     etag=etag,
-                    state="requested",
-                    attempts=0,
-                    history=[],
+                    restore_requested_at=utcnow(),
                 )
-                session.add(row)
-            row.restore_requested_at = utcnow()
-            row.add_history("restore requested", outcome=outcome)
-            session.flush()
+            else:
+                row.restore_requested_at = utcnow()
+                row.add_history(event[0], **event[1])
             return row.id
 
     def register_local(self, zip_path: Path, key: str, work_id: str) -> tuple[int, str]:
@@ -230,26 +226,23 @@ class ProgressStore:
         etag = f"local-{stat.st_size}-{stat.st_mtime_ns}"
         dkey = dedup_key("", str(zip_path.resolve()), etag)
         with self.session() as session:
-            row = session.scalar(select(Progress).where(Progress.dedup_key == dkey))
+            row = _by_key(session, dkey)
             if row is not None:
                 return row.id, "duplicate"
-            row = Progress(
-                dedup_key=dkey,
-                work_id=work_id,
+            row = _new_row(
+                session,
+                dkey,
+                work_id,
+                key,
+                State.RESTORED,
+                ("found on disk", {"path": str(zip_path)}),
                 source="local",
                 bucket="",
-                object_key=key,
                 etag=etag,
                 size=stat.st_size,
                 local_path=str(zip_path.resolve()),
-                state="restored",
                 restore_completed_at=utcnow(),
-                attempts=0,
-                history=[],
             )
-            row.add_history("found on disk", path=str(zip_path))
-            session.add(row)
-            session.flush()
             return row.id, "new"
 
     def known_local_paths(self) -> set[str]:
@@ -283,7 +276,7 @@ class ProgressStore:
             select(Progress.id, Progress.claimed_by, Progress.claimed_until)
             .where(
                 Progress.source == source,
-                Progress.state.in_(PENDING_STATES),
+                Progress.state.in_(PENDING),
                 or_(_claimable(run_id, now, max_attempts), local),
             )
             .order_by(Progress.id)
@@ -318,14 +311,14 @@ class ProgressStore:
         now = utcnow()
         with self.session() as session:
             row = session.get(Progress, pid, with_for_update=True)
-            if row is None or row.state not in PENDING_STATES:
+            if row is None or row.state not in PENDING:
                 return False
             previous = row.claimed_by
             result = session.execute(
                 update(Progress)
                 .where(
                     Progress.id == pid,
-                    Progress.state.in_(PENDING_STATES),
+                    Progress.state.in_(PENDING),
                     or_(
                         _claimable(run_id, now, max_attempts),
                         (Progress.claimed_by == dead_owner) & (Progress.attempts < max_attempts),
@@ -354,9 +347,9 @@ class ProgressStore:
             pid, run_id, lease, max_attempts, row.claimed_by
         ):
             return self.get(pid)
-        if row.state == "synced":
+        if row.state == State.SYNCED:
             return row
-        if row.state not in PENDING_STATES:
+        if row.state not in PENDING:
             raise GlacierSyncError(
                 f"work {row.work_id} (row {pid}) is {row.state}; it has no phase to run yet"
             )
@@ -414,12 +407,12 @@ class ProgressStore:
         otherwise); ``count_attempt`` adds one to the row's attempts.
         """
         details = fields.pop("details", {})
-        if "state" in fields and fields["state"] not in STATES:
-            raise ValueError(f"unknown state {fields['state']!r}; one of {', '.join(STATES)}")
         with self.session() as session:
             row = session.get(Progress, pid, with_for_update=True)
             if row is None:
                 raise WorkNotFound(f"no progress row with id {pid}")
+            if "state" in fields:
+                fields["state"] = check_move(row.state, fields["state"])
             if owner is not None and row.claimed_by != owner:
                 raise LostClaim(
                     f"work {row.work_id} (row {pid}): the claim of {owner} was taken over by "
@@ -450,10 +443,10 @@ class ProgressStore:
         query = (
             select(Progress)
             .where(
-                Progress.state != "synced",
+                Progress.state != State.SYNCED,
                 or_(
                     Progress.updated_at < now - older_than,
-                    (Progress.state == "failed") & (Progress.attempts >= max_attempts),
+                    (Progress.state == State.FAILED) & (Progress.attempts >= max_attempts),
                     Progress.claimed_by.is_not(None) & (Progress.claimed_until < now),
                     Progress.claimed_by.startswith(local_run_prefix(), autoescape=True),
                 ),
@@ -468,7 +461,7 @@ class ProgressStore:
         """Synced rows whose local files were not (all) removed yet: a crash cut the clean-up."""
         query = (
             select(Progress)
-            .where(Progress.state == "synced", Progress.cleaned_at.is_(None))
+            .where(Progress.state == State.SYNCED, Progress.cleaned_at.is_(None))
             .order_by(Progress.id)
             .limit(limit)
         )
@@ -481,9 +474,7 @@ class ProgressStore:
         with self.session() as session:
             rows = list(
                 session.scalars(
-                    select(Progress).where(
-                        Progress.work_id == work_id, Progress.state.in_(PENDING_STATES)
-                    )
+                    select(Progress).where(Progress.work_id == work_id, Progress.state.in_(PENDING))
                 )
             )
             if not rows:
@@ -500,11 +491,42 @@ class ProgressStore:
             return [row.id for row in rows]
 
 
+def _by_key(session: Session, dkey: str) -> Progress | None:
+    """The row of one object version (its dedup key), or None."""
+    return session.scalar(select(Progress).where(Progress.dedup_key == dkey))
+
+
+def _new_row(
+    session: Session,
+    dkey: str,
+    work_id: str,
+    object_key: str,
+    state: State,
+    event: tuple[str, dict[str, Any]],
+    **fields: Any,
+) -> Progress:
+    """Insert a new row (S3 source unless ``fields`` say otherwise) with its first event."""
+    fields.setdefault("source", "s3")
+    row = Progress(
+        dedup_key=dkey,
+        work_id=work_id,
+        object_key=object_key,
+        state=state,
+        attempts=0,
+        history=[],
+        **fields,
+    )
+    row.add_history(event[0], **event[1])
+    session.add(row)
+    session.flush()
+    return row
+
+
 def _stuck(row: Progress, now: datetime, older_than: timedelta, max_attempts: int) -> bool:
     """The row needs attention: untouched too long, out of attempts, or its claimant is dead."""
     return (
         row.updated_at < now - older_than
-        or (row.state == "failed" and row.attempts >= max_attempts)
+        or (row.state == State.FAILED and row.attempts >= max_attempts)
         or (row.claimed_until is not None and row.claimed_until < now)
         or is_dead_local_run(row.claimed_by)
     )

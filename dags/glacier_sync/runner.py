@@ -39,6 +39,7 @@ from glacier_sync.lease import Heartbeat
 from glacier_sync.models import Progress, utcnow
 from glacier_sync.progress import ProgressStore
 from glacier_sync.settings import QueueSource, Settings
+from glacier_sync.states import State
 from glacier_sync.sync import archive_parent_for_key, sync_work
 from glacier_sync.workspace import verified_work_folder
 
@@ -229,7 +230,7 @@ class Pipeline:
         spends an attempt unless it is transient (the environment's fault, not the work's).
         """
         row = self.store.acquire(pid, self.run_id, self.lease, self.settings.max_attempts)
-        if row.state == "synced":
+        if row.state == State.SYNCED:
             log.info("work %s (row %s): already synced; %s skipped", row.work_id, pid, name)
             return row
         started = time.monotonic()
@@ -274,7 +275,7 @@ class Pipeline:
                 release=release,
                 owner=self.run_id,
                 count_attempt=not transient,
-                state="failed",
+                state=State.FAILED,
                 failed_phase=name,
                 last_error=error,
                 details={"error": error[:2000], "run": self.run_id, "transient": transient},
@@ -303,7 +304,7 @@ class Pipeline:
                 self.settings.download_chunk_mb,
                 row.version_id,
             )
-            fields: dict[str, Any] = {"state": "downloaded", "local_path": str(target)}
+            fields: dict[str, Any] = {"state": State.DOWNLOADED, "local_path": str(target)}
             if fetched or row.downloaded_at is None:
                 fields["downloaded_at"] = utcnow()
             fields["details"] = {"path": str(target), "skipped": None if fetched else "complete"}
@@ -317,7 +318,7 @@ class Pipeline:
         vouches for it); return the fields to record."""
         work_root, zip_path = self.settings.work_dir, local_zip_path(self.settings, row)
         if verified_work_folder(work_root, row.work_id, row.id, zip_path):
-            return {"state": "debagged", "details": {"skipped": "already debagged"}}
+            return {"state": State.DEBAGGED, "details": {"skipped": "already debagged"}}
         workspace.forget_debag(work_root, row.work_id)
         result = debag(
             zip_path, work_root, row.work_id, self.settings.free_space_margin_mb * 1024 * 1024
@@ -335,7 +336,7 @@ class Pipeline:
         workspace.write_marker(work_root, row.work_id, marker)
         faults.checkpoint("debag:marked")
         return {
-            "state": "debagged",
+            "state": State.DEBAGGED,
             "debagged_at": utcnow(),
             "details": {
                 "files": result.files,
@@ -384,7 +385,7 @@ class Pipeline:
                 raise
             faults.checkpoint("sync:after-script")
             fields: dict[str, Any] = {
-                "state": "synced",
+                "state": State.SYNCED,
                 "synced_at": utcnow(),
                 "archive_path": str(result.archive_path),
                 "details": {"archive_path": str(result.archive_path), "log": str(result.log_file)},
@@ -400,7 +401,7 @@ class Pipeline:
 
     def clean(self, row: Progress) -> None:
         """Remove a synced work's local files (after the sync is recorded) and record it."""
-        if row.state != "synced" or row.cleaned_at is not None:
+        if row.state != State.SYNCED or row.cleaned_at is not None:
             return
         zip_path = local_zip_path(self.settings, row)
         keep = self.settings.keep_zip_after_sync or not zip_path.is_relative_to(
