@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from helpers import DEFAULT_FILES, make_bag_dir, make_bag_zip, zip_dir
 
-from glacier_sync.errors import NoRestoredWork, ProgressDatabaseError
+from glacier_sync.errors import ArchiveUnavailable, NoRestoredWork, ProgressDatabaseError
 from glacier_sync.runner import Pipeline
 from glacier_sync.settings import load_settings
 
@@ -91,6 +91,15 @@ def test_malformed_body_stays_for_the_dead_letter_queue(world, settings):
     pipeline.poll_queues()  # past maxReceiveCount=2 the queue moves them to the DLQ
     assert world.queue_count() == 0
     assert world.queue_count(world.dlq_url) == 2
+
+
+def test_poll_task_refuses_an_unmounted_archive_before_taking_messages(world, dirs, settings):
+    _restored(world, dirs)
+    queued = world.queue_count()
+    missing = settings.model_copy(update={"archive_root": dirs["archive"] / "not-mounted"})
+    with pytest.raises(ArchiveUnavailable, match="is the archive volume mounted"):
+        Pipeline(missing).poll()
+    assert world.queue_count() == queued and Pipeline(settings).store.find() == []
 
 
 def test_empty_queue_raises_for_the_poll_task(world, settings):

@@ -196,7 +196,9 @@ class Pipeline:
         )
 
     def poll(self) -> list[int]:
-        """Poll the queues and claim pending works; raise NoRestoredWork when there is none."""
+        """Poll the queues and claim pending works; raise NoRestoredWork when there is none,
+        ArchiveUnavailable (before taking any message) when the archive root fails its checks."""
+        self.archive_root()
         self.finish_cleanups()
         report = self.poll_queues()
         ids = self.claim("s3")
@@ -484,6 +486,7 @@ class Pipeline:
 
     def scan_incoming(self) -> list[int]:
         """Register bag zips dropped by hand into the incoming folder; claim the local works."""
+        self.archive_root()
         self.finish_cleanups()
         incoming = self.settings.incoming_dir
         known = self.store.known_local_paths()
