@@ -32,7 +32,8 @@ FILES["sources/notes.txt"] = b"scanned 2026\n"
 POINTS = [
     ("poll:recorded", 1),  # recorded, message not deleted yet
     ("download:chunk", 1),  # inside the download
-    ("download:renamed", 1),  # zip in place, its completion record not yet
+    ("download:recorded", 1),  # completion record written, zip not renamed yet
+    ("download:renamed", 1),  # zip and record in place, download not recorded
     ("progress:before-commit", 2),  # inside the "download done" update
     ("debag:member", 3),  # inside the extraction
     ("debag:placed", 1),  # work folder in place, no marker yet

@@ -6,6 +6,7 @@ import os
 import shutil
 import socket
 import subprocess
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from glacier_sync.archive import (
     sweep_staging,
     verify_archive_root,
 )
+from glacier_sync.claimants import is_dead_local_run, local_run_id, process_start
 from glacier_sync.errors import ArchiveUnavailable, DiskFull, SyncError
 from glacier_sync.settings import DEFAULT_SYNC_COMMAND
 from glacier_sync.sync import archive_parent_for_key, job_environment, sync_work
@@ -212,23 +214,45 @@ def test_job_environment_names(tmp_path, monkeypatch):
     )
 
 
-def _live_pid_staging_name(work_id: str) -> str:
-    return f".{work_id}.syncing.{socket.gethostname().split('.')[0]}.{os.getpid()}"
+def _staging_name(work_id: str, start: int | None = None) -> str:
+    """A staging name of this process (``start`` None: its real start time)."""
+    start = process_start(os.getpid()) if start is None else start
+    return f".{work_id}.syncing.{socket.gethostname().split('.')[0]}.{os.getpid()}.{start}"
 
 
 def test_sweep_removes_dead_staging_keeps_live_and_puts_back_an_interrupted_replace(tmp_path):
     parent = tmp_path / "Archive0" / "00"
     dead = parent / ".W1.syncing.otherhost.4242"
     previous = parent / ".W1.replaced.otherhost.4242"
-    live = parent / _live_pid_staging_name("W1")
+    live = parent / _staging_name("W1")
+    reused_pid = parent / _staging_name("W1", start=1)  # same pid, another (dead) process
     neighbour = parent / ".W2.syncing.otherhost.1"
-    for folder in (dead, previous, live, neighbour):
+    for folder in (dead, previous, live, reused_pid, neighbour):
         (folder / "images").mkdir(parents=True)
     (previous / "images" / "p1.txt").write_text("the archived copy")
     removed = sweep_staging(parent, "W1")
-    assert removed == [dead]
+    assert sorted(removed) == sorted([dead, reused_pid])
     assert (parent / "W1" / "images" / "p1.txt").read_text() == "the archived copy"
     assert live.is_dir() and neighbour.is_dir(), "a running sync and other works are left alone"
+
+
+def test_a_dead_local_claimant_is_recognised_even_when_its_pid_is_reused():
+    own = local_run_id()
+    assert not is_dead_local_run(own), "this process is alive"
+    host, rest = own.removeprefix("glacier-sync@").split(":", 1)
+    pid = rest.split(".", 1)[0]
+    assert is_dead_local_run(f"glacier-sync@{host}:{pid}.1:abcd"), "same pid, other start"
+    assert is_dead_local_run(f"glacier-sync@{host}:999999999.5:abcd"), "no such process"
+    assert not is_dead_local_run("glacier-sync@otherhost:1.1:abcd"), "another host: trusted"
+    assert not is_dead_local_run("airflow:manual__2026"), "an Airflow run: its lease decides"
+    zombie = subprocess.Popen(["true"])
+    for _ in range(100):  # exited, not reaped: a zombie is a dead process
+        if Path(f"/proc/{zombie.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
+            break
+        time.sleep(0.05)
+    start = process_start(zombie.pid)
+    assert is_dead_local_run(f"glacier-sync@{host}:{zombie.pid}.{start}:abcd")
+    zombie.wait()
 
 
 def test_archive_root_checks(tmp_path):

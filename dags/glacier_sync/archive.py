@@ -18,7 +18,7 @@ from glacier_sync.errors import ArchiveUnavailable, DiskFull
 
 log = logging.getLogger(__name__)
 
-# Staging names of the default sync script: .<work>.syncing.<host>.<pid>, .<work>.replaced....
+# Staging names of the default sync script: .<work>.syncing.<host>.<pid>.<start>, and .replaced.
 STAGING_KINDS = ("syncing", "replaced")
 
 
@@ -90,12 +90,14 @@ def require_room(folder: Path, needed: int, what: str) -> None:
         )
 
 
-def _staging_owner_alive(name: str) -> bool:
-    """True when a staging name ends with this host and a live pid (a running sync)."""
-    parts = name.split(".")
-    if len(parts) < 2 or not parts[-1].isdigit():
+def _staging_owner_alive(name: str, prefix: str) -> bool:
+    """True when a staging name (``<prefix><host>.<pid>[.<start>]``) belongs to a process that
+    still runs on this host."""
+    owner = name.removeprefix(prefix).split(".")
+    if len(owner) < 2 or owner[0] != this_host() or not owner[1].isdigit():
         return False
-    return parts[-2] == this_host() and pid_alive(int(parts[-1]))
+    start = int(owner[2]) if len(owner) > 2 and owner[2].isdigit() else None
+    return pid_alive(int(owner[1]), start)
 
 
 def sweep_staging(parent: Path, work_id: str) -> list[Path]:
@@ -108,13 +110,15 @@ def sweep_staging(parent: Path, work_id: str) -> list[Path]:
     if not parent.is_dir():
         return removed
     dest = parent / work_id
-    for previous in sorted(parent.glob(f".{work_id}.replaced.*")):
-        if not dest.exists() and not _staging_owner_alive(previous.name):
+    replaced = f".{work_id}.replaced."
+    for previous in sorted(parent.glob(f"{replaced}*")):
+        if not dest.exists() and not _staging_owner_alive(previous.name, replaced):
             os.rename(previous, dest)  # a swap cut between its two renames: the old copy back
             log.warning("work %s: %s put back from %s", work_id, dest, previous)
     for kind in STAGING_KINDS:
-        for path in parent.glob(f".{work_id}.{kind}.*"):
-            if _staging_owner_alive(path.name):
+        prefix = f".{work_id}.{kind}."
+        for path in parent.glob(f"{prefix}*"):
+            if _staging_owner_alive(path.name, prefix):
                 log.warning("work %s: %s belongs to a running sync; left alone", work_id, path)
                 continue
             try:

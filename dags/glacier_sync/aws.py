@@ -160,6 +160,17 @@ def is_complete_download(target: Path, etag: str, size: int | None) -> bool:
     return meta.get("etag") == etag and meta.get("size") == on_disk and size in (None, on_disk)
 
 
+def _write_record(target: Path, record: dict[str, Any]) -> None:
+    """Write ``<name>.download.json`` through a temporary file (never left empty or half)."""
+    path = _sidecar(target)
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        tmp.write_text(json.dumps(record), encoding="utf-8")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def remove_download(target: Path) -> None:
     """Delete a downloaded zip and its completion record."""
     for path in (target, _sidecar(target)):
@@ -214,6 +225,7 @@ def download_object(
     target.parent.mkdir(parents=True, exist_ok=True)
     for stale in target.parent.glob(f".{target.name}.part*"):  # earlier, killed tries
         stale.unlink(missing_ok=True)
+    remove_download(target)  # an incomplete or other version's zip: make room, trust nothing
     _require_room(target.parent, size, work_id, bucket, key)
     partial = target.with_name(f".{target.name}.part")
     config = TransferConfig(
@@ -237,12 +249,12 @@ def download_object(
                 f"work {work_id}: downloaded {partial.stat().st_size} bytes of s3://{bucket}/{key}"
                 f", expected {size}; retry the download"
             )
+        # The completion record first (atomically), then the zip under its real name: a record
+        # without its zip, or a zip without its record, is never taken for a complete download.
+        _write_record(target, {"bucket": bucket, "key": key, "etag": real_etag, "size": size})
+        faults.checkpoint("download:recorded")
         os.replace(partial, target)
         faults.checkpoint("download:renamed")
-        _sidecar(target).write_text(
-            json.dumps({"bucket": bucket, "key": key, "etag": real_etag, "size": size}),
-            encoding="utf-8",
-        )
     except ClientError as exc:
         if _error_code(exc) in ("InvalidObjectState", "403"):
             raise _not_restored(work_id, bucket, key, restore) from exc

@@ -1,7 +1,8 @@
 """Who holds a claim: run ids that name their host and process, so a dead one is recognised.
 
-A ``glacier-sync`` command claims works as ``glacier-sync@<host>:<pid>:<nonce>``. When that host
-is this host and the process is gone, the claim is dead at once: a re-run after a crash takes
+A ``glacier-sync`` command claims works as ``glacier-sync@<host>:<pid>.<start>:<nonce>`` (``start``:
+the process's start time, so a reused pid is not taken for the dead process). When that host is
+this host and that process is gone, the claim is dead at once: a re-run after a crash takes
 the work over without waiting for the lease to run out. Any other claimant (an Airflow run,
 another host) is trusted until its lease runs out.
 """
@@ -12,8 +13,9 @@ import os
 import re
 import socket
 import uuid
+from pathlib import Path
 
-_LOCAL_RUN = re.compile(r"^glacier-sync@(?P<host>[^:]+):(?P<pid>\d+):")
+_LOCAL_RUN = re.compile(r"^glacier-sync@(?P<host>[^:]+):(?P<pid>\d+)(?:\.(?P<start>\d+))?:")
 
 
 def this_host() -> str:
@@ -22,8 +24,9 @@ def this_host() -> str:
 
 
 def local_run_id() -> str:
-    """A run id for a command run on this host: ``glacier-sync@<host>:<pid>:<nonce>``."""
-    return f"glacier-sync@{this_host()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+    """A run id for a command run on this host: ``glacier-sync@<host>:<pid>.<start>:<nonce>``."""
+    pid = os.getpid()
+    return f"glacier-sync@{this_host()}:{pid}.{process_start(pid) or 0}:{uuid.uuid4().hex[:8]}"
 
 
 def local_run_prefix() -> str:
@@ -31,15 +34,35 @@ def local_run_prefix() -> str:
     return f"glacier-sync@{this_host()}:"
 
 
-def pid_alive(pid: int) -> bool:
-    """True when a process with this id exists on this host."""
+def _stat_fields(pid: int) -> list[str] | None:
+    """Fields 3… of ``/proc/<pid>/stat`` (after the name, which may hold spaces), or None."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+
+
+def process_start(pid: int) -> int | None:
+    """The start time of process ``pid`` (clock ticks since boot), None when it does not exist."""
+    fields = _stat_fields(pid)
+    return int(fields[19]) if fields else None  # field 22
+
+
+def pid_alive(pid: int, start: int | None = None) -> bool:
+    """True when process ``pid`` runs on this host: not a zombie (killed, not yet reaped) and,
+    given ``start``, the one that started then (a pid given to a new process does not count)."""
+    fields = _stat_fields(pid)
+    if fields is None:
+        try:
+            os.kill(pid, 0)  # no /proc: ask the kernel
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
         return True
-    return True
+    if fields[0] in ("Z", "X"):
+        return False
+    return not start or int(fields[19]) == start
 
 
 def is_dead_local_run(run_id: str | None) -> bool:
@@ -47,4 +70,5 @@ def is_dead_local_run(run_id: str | None) -> bool:
     match = _LOCAL_RUN.match(run_id or "")
     if not match or match["host"] != this_host():
         return False
-    return int(match["pid"]) != os.getpid() and not pid_alive(int(match["pid"]))
+    pid, start = int(match["pid"]), int(match["start"] or 0)
+    return not pid_alive(pid, start)

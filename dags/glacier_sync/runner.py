@@ -27,6 +27,7 @@ from glacier_sync.bags import debag
 from glacier_sync.claimants import local_run_id
 from glacier_sync.errors import (
     ConfigError,
+    DiskFull,
     GlacierSyncError,
     LostClaim,
     MalformedMessage,
@@ -263,7 +264,7 @@ class Pipeline:
     def _record_failure(self, row: Progress, name: str, exc: Exception, release: bool) -> None:
         transient = is_transient(exc)
         error = str(exc) if isinstance(exc, GlacierSyncError) else f"{type(exc).__name__}: {exc}"
-        log.error(
+        log.info(
             "work %s: %s failed%s: %s",
             row.work_id,
             name,
@@ -322,9 +323,12 @@ class Pipeline:
         if verified_work_folder(work_root, row.work_id, row.id, zip_path):
             return {"state": State.DEBAGGED, "details": {"skipped": "already debagged"}}
         workspace.forget_debag(work_root, row.work_id)
-        result = debag(
-            zip_path, work_root, row.work_id, self.settings.free_space_margin_mb * 1024 * 1024
-        )
+        try:
+            result = debag(
+                zip_path, work_root, row.work_id, self.settings.free_space_margin_mb * 1024 * 1024
+            )
+        except DiskFull as exc:
+            raise DiskFull(f"work {row.work_id}: {exc}") from exc
         faults.checkpoint("debag:placed")
         stat = zip_path.stat()
         marker = workspace.DebagMarker(
@@ -368,10 +372,11 @@ class Pipeline:
             created = ensure_parent(root, parent)
             try:
                 sweep_staging(parent, row.work_id)
-                marker = workspace.read_marker(work_root, row.work_id)
                 copying = self.settings.sync_replace_archive or not (parent / row.work_id).exists()
-                if marker and copying:
-                    require_room(parent, marker.bytes, f"work {row.work_id}")
+                if copying:
+                    require_room(
+                        parent, workspace.disk_usage(work_root / row.work_id), f"work {row.work_id}"
+                    )
                 faults.checkpoint("sync:before-script")
                 result = sync_work(
                     self.settings.sync_command,
@@ -473,7 +478,7 @@ class Pipeline:
             outcome = self.process(claimed[0])
             outcomes.append(outcome)
             if outcome.transient:
-                log.error("stopping this run: %s", outcome.error)
+                log.warning("work %s: transient failure; this run stops here", outcome.work_id)
                 break
         return outcomes
 

@@ -76,6 +76,15 @@ def forget_debag(work_root: Path, work_id: str) -> None:
     marker_path(work_root, work_id).unlink(missing_ok=True)
 
 
+def disk_usage(path: Path) -> int:
+    """Bytes a copy of the tree at ``path`` takes on disk (allocated blocks, folders too)."""
+    total = 0
+    for folder, dirs, files in os.walk(path):
+        for name in (*dirs, *files):
+            total += os.lstat(os.path.join(folder, name)).st_blocks * 512
+    return total
+
+
 def remove_tree(path: Path) -> None:
     """Delete a folder bottom-up (a fault point after each file, for the crash tests)."""
     if not path.exists() and not path.is_symlink():

@@ -8,7 +8,7 @@
 # given), verifies the copy byte for byte, then appends the work id to successWorkList.
 # Idempotent: an identical archived copy is left as it is. An archived work that differs is
 # refused unless -A (archive) / -W (web) allows replacing it; the new copy is built beside it as
-# .<work>.syncing.<host>.<pid> and renamed into place whole. archiveParent must exist (nothing is
+# .<work>.syncing.<host>.<pid>.<start> and renamed into place whole. archiveParent must exist (nothing is
 # created above the work's folder). Exit 0 only on success.
 # Reads syncLogDateTimeFile (a summary line is appended) when set.
 set -euo pipefail
@@ -51,7 +51,9 @@ fi
 work_id=$(basename "$work_path")
 
 host=${HOSTNAME:-$(uname -n)}
-tag="${host%%.*}.$$"
+read -r -a proc_stat < "/proc/$$/stat" 2>/dev/null || proc_stat=()
+# <host>.<pid>.<start time>: the pipeline tells a dead sync's staging from a live one's by these
+tag="${host%%.*}.$$.${proc_stat[21]:-0}"
 staging=""
 
 # Remove this run's staging copy when the script ends early (a failed cp, a refused check).
