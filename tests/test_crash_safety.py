@@ -47,6 +47,7 @@ POINTS = [
     ("progress:before-commit", 4),  # inside the "sync done" update
     ("sync:recorded", 1),  # recorded, clean-up not started
     ("cleanup:file", 3),  # inside the clean-up: work folder half deleted
+    ("cleanup:folder", 1),  # inside the clean-up: one empty incoming folder of two removed
     ("progress:before-commit", 5),  # inside the "cleaned" update
 ]
 

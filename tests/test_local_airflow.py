@@ -282,10 +282,13 @@ def test_browser_login_and_finished_run(services):
         browser.quit()
 
 
-def test_status_shows_running_services(services):
+def test_status_shows_each_service_with_its_live_pid(services):
     result = run(services["env"], "status")
     assert result.returncode == 0
+    lines = {line.split()[0]: line.split()[1:] for line in result.stdout.splitlines() if line}
     for name in ("api-server", "scheduler", "dag-processor", "triggerer"):
-        assert f"{name}" in result.stdout
-    assert result.stdout.count("running") >= 4
+        state, _, pid = lines[name]
+        assert state == "running" and alive(int(pid)), (name, lines[name])
+        assert int((services["home"] / "run" / f"{name}.pid").read_text()) == int(pid)
+    assert lines["moto"] == ["stopped"], "the tests' own moto server is not one of its services"
     assert json.loads((services["home"] / "local-passwords.json").read_text())["tester"]

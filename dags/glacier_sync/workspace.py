@@ -106,17 +106,21 @@ def remove_tree(path: Path) -> None:
 
 
 def remove_empty_parents(path: Path, stop: Path) -> None:
-    """Remove the empty folders from ``path`` up to (not including) ``stop``."""
+    """Remove the empty folders from ``path`` up to (not including) ``stop``, starting from the
+    deepest one that still exists (a clean-up cut short may have removed the first ones)."""
     try:
         path.relative_to(stop)
     except ValueError:
         return
     current = path
-    while current != stop and current.is_dir():
+    while current != stop and not current.exists():
+        current = current.parent
+    while current != stop:
         try:
             current.rmdir()
         except OSError:
             return
+        faults.checkpoint("cleanup:folder")
         current = current.parent
 
 
