@@ -5,7 +5,7 @@
 #   --build-dir DIR       the build folder (COMPOSE_BUILD_DIR; default: <checkout>/build/compose)
 #   --rebuild             wipe the build folder first (otherwise files are added to it)
 #   --sync-scripts DIR    folder with syncOneWork.sh and friends (the archive's own scripts);
-#                         default: the project's docker/bin
+#                         default: the project's src/glacier_sync/sync_scripts
 #   --requirements FILE   extra pip requirements merged with requirements/base.lock (repeatable;
 #                         a version conflict stops the build naming both files)
 #   --config-dir DIR      a config folder to put in the image at CONFIG_ROOT (e.g. the audit
@@ -22,7 +22,7 @@ set -euo pipefail
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 build_dir=${COMPOSE_BUILD_DIR:-$repo/build/compose}
 rebuild=0
-sync_scripts=$repo/docker/bin
+sync_scripts=$repo/src/glacier_sync/sync_scripts
 config_dir=""
 extra_reqs=()
 prepare_only=0
@@ -87,15 +87,20 @@ say "building the wheelhouse in $build_dir/wheels"
 mkdir -p "$build_dir/wheels"
 "$venv/bin/python" -m pip wheel -q --disable-pip-version-check -r "$build_dir/$PY_REQS" \
     -w "$build_dir/wheels" 2> >(grep -v "is ignored: it is neither" >&2)
+say "building the pipeline's own wheel (the glacier_sync library and its Airflow glue)"
+rm -f "$build_dir/wheels"/glacier_sync-*.whl
+"$venv/bin/python" -m pip wheel -q --disable-pip-version-check --no-deps "$repo" \
+    -w "$build_dir/wheels" 2> >(grep -v "is ignored: it is neither" >&2)
 
 say "copying DAGs, scripts and config"
 rm -rf "$build_dir/dags" "$build_dir/sync-scripts" "$build_dir/config" "$build_dir/docker"
 mkdir -p "$build_dir/docker" "$build_dir/config"
 (cd "$repo" && tar --exclude=__pycache__ -cf - dags) | tar -C "$build_dir" -xf -
 cp -a "$sync_scripts" "$build_dir/sync-scripts"
-[ -f "$build_dir/sync-scripts/syncOneWork.sh" ] || cp "$repo/docker/bin/syncOneWork.sh" "$build_dir/sync-scripts/"
+default_sync=$repo/src/glacier_sync/sync_scripts/syncOneWork.sh
+[ -f "$build_dir/sync-scripts/syncOneWork.sh" ] || cp "$default_sync" "$build_dir/sync-scripts/"
 if [ -n "$config_dir" ]; then cp -a "$config_dir/." "$build_dir/config/"; fi
-cp "$repo/docker/entrypoint.sh" "$repo/docker/glacier-sync" "$build_dir/docker/"
+cp "$repo/docker/entrypoint.sh" "$build_dir/docker/"
 cp "$repo/Dockerfile-bdrc" "$repo/bdrc-docker-compose.yml" "$build_dir/"
 
 cat > "$build_dir/build.env" <<ENV

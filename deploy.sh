@@ -188,14 +188,26 @@ fi
 
 # ---- code and configuration ---------------------------------------------------------------
 act cp "$repo/bdrc-docker-compose.yml" "$dest/docker-compose.yaml"
+# update_dags: make dags/ mirror the repository's in place, so a running stack's bind mount keeps
+# seeing it; each changed file is written beside its name, then renamed (it appears whole).
+update_dags() {
+    local src=$repo/dags dst=$dest/dags rel
+    (cd "$src" && find . -name __pycache__ -prune -o -type f -print) | while read -r rel; do
+        cmp -s "$src/$rel" "$dst/$rel" && continue
+        mkdir -p "$(dirname "$dst/$rel")"
+        cp -p "$src/$rel" "$dst/$rel.deploying" && mv -f "$dst/$rel.deploying" "$dst/$rel"
+    done
+    (cd "$dst" && find . -name __pycache__ -prune -o -type f -print) | while read -r rel; do
+        [ -e "$src/$rel" ] || rm -f "$dst/$rel"
+    done
+    (cd "$dst" && find . -mindepth 1 -type d ! -name __pycache__ -print) | sort -r \
+        | while read -r rel; do [ -d "$src/$rel" ] || rm -rf "${dst:?}/$rel"; done
+}
 if [ "$dry_run" -eq 1 ]; then
-    echo "would: replace $dest/dags with $repo/dags"
+    echo "would: update $dest/dags in place from $repo/dags"
 else
-    rm -rf "$dest/dags.new"
-    (cd "$repo" && tar --exclude=__pycache__ -cf - dags) | (mkdir -p "$dest/dags.new" && tar -C "$dest/dags.new" --strip-components=1 -xf -)
-    rm -rf "$dest/dags.old"
-    mv "$dest/dags" "$dest/dags.old" && mv "$dest/dags.new" "$dest/dags" && rm -rf "$dest/dags.old"
-    say "dags/: updated from $repo/dags"
+    update_dags
+    say "dags/: updated in place from $repo/dags"
 fi
 if [ -n "$pipeline_config" ]; then
     act cp "$pipeline_config" "$dest/config/glacier-sync.toml"

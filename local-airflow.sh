@@ -92,7 +92,6 @@ airflow_env() {
     export AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT=${TRIGGER_LOG_PORT:-8794}
     export AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL=${DAG_REFRESH_SECONDS:-30}
     export AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK=False
-    export PYTHONPATH=$repo/dags${PYTHONPATH:+:$PYTHONPATH}
     if [ -n "${GLACIER_SYNC_ENV_FILE:-}" ]; then
         [ -f "$GLACIER_SYNC_ENV_FILE" ] || die "GLACIER_SYNC_ENV_FILE $GLACIER_SYNC_ENV_FILE does not exist"
         # shellcheck disable=SC1090
@@ -303,7 +302,7 @@ demo() {
     wait_http "http://127.0.0.1:$DEMO_MOTO_PORT/moto-api/" moto "$DEMO_DIR/moto.log" 60
     step="create bucket, queues and notification; upload and restore the sample bag"
     say "3/6 $step"
-    "$venv/bin/python" -m glacier_sync.demo setup --endpoint "http://127.0.0.1:$DEMO_MOTO_PORT" \
+    "$venv/bin/python" "$repo/tools/demo_world.py" setup --endpoint "http://127.0.0.1:$DEMO_MOTO_PORT" \
         --state-dir "$DEMO_DIR" --works "$DEMO_WORKS" --env-file "$DEMO_DIR/glacier-sync.env"
     export GLACIER_SYNC_ENV_FILE=$DEMO_DIR/glacier-sync.env
     step="prepare the Airflow metadata database"
@@ -318,7 +317,7 @@ demo() {
         || { grep -E "ERROR|error|Traceback" "$DEMO_DIR/dag-test.log" | tail -n 20 >&2; false; }
     step="check the archive and the progress database"
     say "6/6 $step"
-    "$venv/bin/python" -m glacier_sync.demo summary --data-root "$DEMO_DIR/data"
+    "$venv/bin/python" "$repo/tools/demo_world.py" summary --data-root "$DEMO_DIR/data"
     trap - EXIT
     say "demo finished in $((SECONDS - started)) s"
     if [ "$serve" -eq 1 ]; then
@@ -326,7 +325,7 @@ demo() {
         scheduler_up
         say "open http://127.0.0.1:$AIRFLOW_PORT and log in as admin (password: $("$venv/bin/python" -c 'import json,sys; print(json.load(open(sys.argv[1])).get("admin", "see -a"))' "$passwords_file"))"
         say "sqs_scheduled_dag runs against the moto server; restore more with:"
-        echo "    $venv/bin/python -m glacier_sync.demo setup --endpoint http://127.0.0.1:$DEMO_MOTO_PORT --state-dir $DEMO_DIR --env-file $DEMO_DIR/glacier-sync.env"
+        echo "    $venv/bin/python $repo/tools/demo_world.py setup --endpoint http://127.0.0.1:$DEMO_MOTO_PORT --state-dir $DEMO_DIR --env-file $DEMO_DIR/glacier-sync.env"
         say "stop everything with: ./local-airflow.sh stop"
     else
         stop_service moto

@@ -34,7 +34,7 @@ import zipfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "dags"))
+sys.path.insert(0, str(REPO / "tools"))
 
 CONTENDERS = ["glacier_sync", "unzip+sha512sum", "extract+bagit", "sha512 floor"]
 

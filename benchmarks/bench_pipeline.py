@@ -27,13 +27,13 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO / "dags"), str(REPO / "tests")]
+sys.path[:0] = [str(REPO / "tools"), str(REPO / "tests")]
 BIN = Path(sys.executable).parent
 
 from airflow_rest import AirflowApi  # noqa: E402
+from demo_world import setup  # noqa: E402
 from helpers import free_port, moto_server  # noqa: E402
 
-from glacier_sync.demo import setup  # noqa: E402
 from glacier_sync.progress import ProgressStore  # noqa: E402
 
 

@@ -40,11 +40,12 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "dags"))
+sys.path.insert(0, str(REPO / "tools"))
 BIN = Path(sys.executable).parent
 
+from demo_world import World, create_world, settings_env, write_bag_zip  # noqa: E402
+
 from glacier_sync.claimants import this_host  # noqa: E402
-from glacier_sync.demo import World, create_world, settings_env, write_bag_zip  # noqa: E402
 from glacier_sync.faults import FAULT_FILE_ENV  # noqa: E402
 
 # Fault points (glacier_sync.faults and the default sync script) and the highest pass number
@@ -499,7 +500,7 @@ def fault_points() -> dict[str, int]:
     """The fault points the library and the default sync script pass, with their pass bounds
     (the run ids, staging names and points change as the library does: read them)."""
     points = set()
-    for source in (REPO / "dags" / "glacier_sync").glob("*.py"):
+    for source in (REPO / "src" / "glacier_sync").glob("*.py"):
         points |= set(re.findall(r'checkpoint\("([^"]+)"\)', source.read_text(encoding="utf-8")))
     script = SYNC_SCRIPT.read_text(encoding="utf-8")
     points |= {f"sync:{name}" for name in re.findall(r"^\s*fault_point ([\w-]+)", script, re.M)}

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "dags"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
 
 from helpers import aws_env, make_world, moto_server  # noqa: E402
 

@@ -15,8 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import bagit
-
-from glacier_sync.demo import World, create_world, settings_env
+from demo_world import World, create_world, settings_env
 
 REPO = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent

@@ -79,9 +79,10 @@ def test_fresh_deploy_layout_env_and_secrets(inputs):
     assert (dest / "docker-compose.yaml").read_text() == (
         REPO / "bdrc-docker-compose.yml"
     ).read_text()
-    assert (dest / "dags" / "sqs_scheduled_dag.py").is_file()
-    assert (dest / "dags" / "glacier_sync" / "runner.py").is_file()
-    assert not list((dest / "dags").rglob("__pycache__"))
+    assert sorted(p.name for p in (dest / "dags").iterdir()) == [
+        "down_scheduled_dag.py",
+        "sqs_scheduled_dag.py",
+    ], "DAG files only: the library is installed in the image, no build artefacts"
     assert (dest / "config" / "glacier-sync.toml").read_text() == CONFIG
     secrets = dest / "secrets"
     assert sorted(p.name for p in secrets.iterdir()) == [
@@ -133,11 +134,22 @@ def test_redeploy_keeps_secrets_data_and_hand_edits(inputs):
     (dest / "data" / "incoming" / "W1.bag.zip").write_bytes(b"keep me")
     (dest / "logs" / "old.log").write_text("keep me")
     (dest / "dags" / "stale_dag.py").write_text("# removed upstream")
+    (dest / "dags" / "glacier_sync" / "__pycache__").mkdir(parents=True)  # an older layout
+    (dest / "dags" / "glacier_sync" / "runner.py").write_text("# the library moved to src/")
+    (dest / "dags" / "sqs_scheduled_dag.py").write_text("# an older version")
+    folder = (dest / "dags").stat().st_ino
     assert deploy(*_args(inputs)).returncode == 0
     assert _digest(dest / "secrets") == secrets_before
     assert (dest / "data" / "incoming" / "W1.bag.zip").read_bytes() == b"keep me"
     assert (dest / "logs" / "old.log").read_text() == "keep me"
-    assert not (dest / "dags" / "stale_dag.py").exists(), "dags/ mirrors the repository"
+    assert (dest / "dags").stat().st_ino == folder, "updated in place: a bind mount still sees it"
+    assert sorted(p.name for p in (dest / "dags").iterdir()) == [
+        "down_scheduled_dag.py",
+        "sqs_scheduled_dag.py",
+    ], "dags/ mirrors the repository: stale files and the old library folder are gone"
+    assert (dest / "dags" / "sqs_scheduled_dag.py").read_text() == (
+        REPO / "dags" / "sqs_scheduled_dag.py"
+    ).read_text()
     env_file = dest / ".env"
     env_file.write_text(
         env_file.read_text().replace("AIRFLOW_UI_PORT=8080", "AIRFLOW_UI_PORT=9090")
@@ -354,8 +366,11 @@ def test_build_folder_holds_scripts_config_and_merged_requirements(tmp_path):
     assert "apache-airflow==3.3.2" in merged
     assert any(line.startswith("six") and ">=1.0" in line and "==" in line for line in merged)
     wheels = {p.name.split("-")[0].lower() for p in (build / "wheels").iterdir()}
-    assert {"apache_airflow", "boto3", "bagit", "six"} <= wheels
-    assert (build / "dags" / "sqs_scheduled_dag.py").is_file()
+    assert {"apache_airflow", "boto3", "bagit", "six", "glacier_sync"} <= wheels
+    assert sorted(p.name for p in (build / "dags").iterdir()) == [
+        "down_scheduled_dag.py",
+        "sqs_scheduled_dag.py",
+    ]
     assert (build / "Dockerfile-bdrc").is_file() and (build / "bdrc-docker-compose.yml").is_file()
     env = dict(line.split("=", 1) for line in (build / "build.env").read_text().splitlines())
     assert env["COMPOSE_BUILD_DIR"] == str(build) and env["PY_REQS"] == "requirements.txt"

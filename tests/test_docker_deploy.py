@@ -16,9 +16,8 @@ from pathlib import Path
 
 import pytest
 from airflow_rest import AirflowApi
+from demo_world import World, create_world
 from helpers import REPO, free_port, make_bag_zip
-
-from glacier_sync.demo import World, create_world
 
 pytestmark = pytest.mark.docker
 PROJECT = "bdrc-e2e"

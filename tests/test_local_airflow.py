@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 from airflow_rest import AirflowApi
+from demo_world import settings_env
 from helpers import REPO, free_port, make_bag_zip, make_world
 
-from glacier_sync.demo import settings_env
 from glacier_sync.progress import ProgressStore
 
 pytestmark = pytest.mark.airflow

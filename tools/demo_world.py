@@ -1,7 +1,7 @@
 """The demo's world on an S3/SQS emulator: a bucket, restore queues, a sample bag, its restore.
 
-Used by ``local-airflow.sh demo`` (``python -m glacier_sync.demo``) and by the tests. Talks to
-the emulator only (fake credentials); never to AWS.
+Used by ``local-airflow.sh demo`` (``python tools/demo_world.py``), the tests and the benchmarks;
+kept out of the shipped package. Talks to the emulator only (fake credentials); never to AWS.
 """
 
 from __future__ import annotations
@@ -211,8 +211,8 @@ def summary(data_root: Path, work_id: str = DEMO_WORK) -> tuple[bool, str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m glacier_sync.demo setup|summary``."""
-    parser = argparse.ArgumentParser(prog="python -m glacier_sync.demo")
+    """``python tools/demo_world.py setup|summary``."""
+    parser = argparse.ArgumentParser(prog="python tools/demo_world.py")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("setup", help="create the emulator world and restore the sample bag")
     p.add_argument("--endpoint", required=True)

@@ -29,7 +29,8 @@ from glacier_sync.errors import ConfigError
 
 ENV_PREFIX = "GLACIER_SYNC_"
 CONFIG_ENV_VAR = "GLACIER_SYNC_CONFIG"
-DEFAULT_SYNC_COMMAND = Path(__file__).resolve().parents[2] / "docker" / "bin" / "syncOneWork.sh"
+# The default sync script ships with the package; the archive's own replaces it (sync_command).
+DEFAULT_SYNC_COMMAND = Path(__file__).resolve().parent / "sync_scripts" / "syncOneWork.sh"
 _EVENT_PATTERN = re.compile(r"^[A-Za-z0-9]+(:[A-Za-z0-9*]+)?$")
 _JSON_EXAMPLES = {
     "queues": '\'[{"name": "tbrc", "queue_url": "https://sqs...", "region": "us-east-1"}]\'',
