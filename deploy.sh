@@ -279,7 +279,7 @@ COMPOSE_PROJECT_NAME=bdrc-${env_name}
 ENV
 )
 if [ -f "$env_file" ] && [ "$force" -eq 0 ]; then
-    if [ -f "$stamp" ] && sha256sum --status -c "$stamp" 2>/dev/null; then
+    if [ -f "$stamp" ] && (cd "$dest" && sha256sum --status -c "$stamp" 2>/dev/null); then
         act_write=1
     else
         say ".env: edited by hand since the last deploy; kept (use --force to regenerate it)"

@@ -162,6 +162,17 @@ def test_redeploy_keeps_secrets_data_and_hand_edits(inputs):
     assert _digest(dest / "secrets") == secrets_before, "--force never replaces secrets"
 
 
+def test_redeploy_from_another_folder_applies_a_changed_option(inputs, tmp_path, monkeypatch):
+    """The .env stamp is checked against the destination's .env wherever deploy.sh runs from."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    assert deploy(*_args(inputs)).returncode == 0
+    again = deploy(*_args(inputs, "--ui-port", "9191"))
+    assert again.returncode == 0 and "edited by hand" not in again.stdout, again.stdout
+    assert "AIRFLOW_UI_PORT=9191" in (inputs["dest"] / ".env").read_text()
+
+
 def test_dev_and_prod_env_differ_only_where_they_must(inputs, tmp_path):
     assert deploy(*_args(inputs)).returncode == 0
     prod_inputs = {**inputs, "dest": tmp_path / "prod"}
