@@ -24,17 +24,14 @@ import random
 import re
 import shutil
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 import zipfile
 from collections import Counter
-from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -43,7 +40,13 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tools"))
 BIN = Path(sys.executable).parent
 
-from demo_world import World, create_world, settings_env, write_bag_zip  # noqa: E402
+from demo_world import (  # noqa: E402
+    World,
+    create_world,
+    moto_server,
+    settings_env,
+    write_bag_zip,
+)
 
 from glacier_sync.claimants import this_host  # noqa: E402
 from glacier_sync.faults import FAULT_FILE_ENV  # noqa: E402
@@ -219,44 +222,6 @@ class Verdict:
 
 
 # -- the emulator ---------------------------------------------------------------------------
-def free_port() -> int:
-    """A free TCP port on 127.0.0.1."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@contextmanager
-def moto_server(log_file: Path) -> Iterator[str]:
-    """A moto server process on 127.0.0.1; yields its endpoint URL, stops it afterwards."""
-    port = free_port()
-    with log_file.open("w") as log:
-        proc = subprocess.Popen(
-            [str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    endpoint = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                urllib.request.urlopen(endpoint + "/moto-api/", timeout=1)  # noqa: S310
-                break
-            except OSError:
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    raise RuntimeError(f"moto server did not start; see {log_file}") from None
-                time.sleep(0.2)
-        yield endpoint
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
 # -- bags -----------------------------------------------------------------------------------
 def random_files(rng: random.Random, small: bool) -> dict[str, bytes]:
     """Payload files of one bag: a few to ~40 files, 1 KB-300 KB in all (tiny with --small)."""

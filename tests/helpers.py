@@ -4,18 +4,18 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
-import subprocess
 import sys
-import time
-import urllib.request
 import zipfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import bagit
-from demo_world import World, create_world, settings_env
+from demo_world import (  # free_port and moto_server: the tests import them from here
+    World,
+    create_world,
+    free_port,  # noqa: F401
+    moto_server,  # noqa: F401
+    settings_env,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
@@ -73,40 +73,6 @@ def make_bag_zip(
     """A bag zip ``<root>/<work_id>.bag.zip``."""
     bag_dir = make_bag_dir(root, work_id, files)
     return zip_dir(bag_dir, root / f"{work_id}.bag.zip", **zip_options)
-
-
-def free_port() -> int:
-    """A free TCP port on 127.0.0.1."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@contextmanager
-def moto_server(log_file: Path) -> Iterator[str]:
-    """A real moto server process on 127.0.0.1; yields its endpoint URL."""
-    port = free_port()
-    with log_file.open("w") as log:
-        proc = subprocess.Popen(
-            [str(VENV_BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    endpoint = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                urllib.request.urlopen(endpoint + "/moto-api/", timeout=1)  # noqa: S310
-                break
-            except OSError:
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    raise RuntimeError(f"moto server did not start; see {log_file}") from None
-                time.sleep(0.2)
-        yield endpoint
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
 
 
 def aws_env() -> dict[str, str]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import configparser
-import errno
 import json
 import logging
 import os
@@ -13,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from glacier_sync import faults
-from glacier_sync.errors import ConfigError, DiskFull, DownloadError
+from glacier_sync.errors import ConfigError, DiskFull, DownloadError, is_disk_full
 
 if TYPE_CHECKING:
     import boto3
@@ -262,7 +261,7 @@ def download_object(
             f"work {work_id}: download of s3://{bucket}/{key} failed: {exc}"
         ) from exc
     except OSError as exc:
-        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        if is_disk_full(exc):
             raise DiskFull(
                 f"work {work_id}: no space left in {target.parent} while downloading "
                 f"s3://{bucket}/{key} ({size} bytes); free space there, the download starts "

@@ -8,7 +8,6 @@ passed. The zip itself is never modified or deleted here.
 from __future__ import annotations
 
 import contextlib
-import errno
 import hashlib
 import logging
 import os
@@ -24,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from glacier_sync import faults
-from glacier_sync.errors import BagError, DiskFull
+from glacier_sync.errors import BagError, DiskFull, is_disk_full
 
 log = logging.getLogger(__name__)
 
@@ -370,7 +369,7 @@ def _extract_payload(zf, payload, root, bag, dest: Path) -> tuple[list[str], int
         try:
             size, digests = _extract_hashing(zf, info, target, tuple(hashes))
         except OSError as exc:
-            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            if is_disk_full(exc):
                 raise DiskFull(
                     f"no space left in {dest.parent.parent} while extracting {path} "
                     f"({info.file_size} bytes); free space there, the debag starts again on the "
@@ -440,7 +439,7 @@ def debag(zip_path: Path, work_root: Path, work_id: str, free_space_margin: int 
                 try:
                     target.write_bytes(_read_small(zf, info))
                 except OSError as exc:
-                    if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                    if not is_disk_full(exc):
                         raise
                     raise DiskFull(
                         f"no space left in {work_root} while writing the tag file "

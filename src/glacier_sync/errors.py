@@ -74,6 +74,11 @@ class AttemptsExhausted(GlacierSyncError):
     """The work failed ``max_attempts`` times; only an operator's retry brings it back."""
 
 
+def is_disk_full(exc: OSError) -> bool:
+    """True for "no space left on device" and "disk quota exceeded"."""
+    return exc.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
 _TRANSIENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.ETIMEDOUT, errno.ESTALE}
 _TRANSIENT_AWS_CODES = {
     "SlowDown",
