@@ -272,11 +272,33 @@ def test_browser_login_and_finished_run(services):
         browser.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
         wait.until(lambda b: "/auth/login" not in b.current_url)
         browser.get(f"{base}/dags/sqs_scheduled_dag/runs/{run_id}")
-        wait.until(lambda b: "sync_debagged" in b.page_source or "success" in b.page_source)
-        wait.until(lambda b: run_id in b.page_source or "manual__" in b.page_source)
+        tasks = [
+            "get_restored_object_messages",
+            "download_from_messages",
+            "debag_downloads",
+            "sync_debagged",
+        ]
+
+        def task_rows(b) -> dict[str, str]:
+            """Task id -> its row's text, from the run's Task Instances table (read in one
+            script call: the page re-renders while it loads)."""
+            table = b.execute_script(
+                "return Array.from(document.querySelectorAll('tbody tr')).map("
+                "r => Array.from(r.querySelectorAll('td')).map(c => c.innerText))"
+            )
+            rows = {}
+            for cells in table:
+                cells = [c.replace("\n", "") for c in cells]
+                for task_id in set(tasks) & set(cells):
+                    rows[task_id] = " ".join(cells)
+            return rows if len(rows) == len(tasks) else False
+
+        rows = wait.until(task_rows)
         browser.save_screenshot(str(ARTIFACTS / "sqs_scheduled_dag-run.png"))
-        assert "sqs_scheduled_dag" in browser.page_source
-        assert "success" in browser.page_source.lower()
+        for task_id, text in rows.items():
+            assert "Success" in text, f"{task_id}: {text}"
+        page = browser.execute_script("return document.body.innerText")
+        assert run_id in page and "Success" in page.split(run_id)[-1][:200], page[:2000]
     finally:
         browser.save_screenshot(str(ARTIFACTS / "last-browser-page.png"))
         browser.quit()
