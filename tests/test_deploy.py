@@ -213,7 +213,21 @@ def test_profile_section_absent(inputs):
     inputs["config"].write_text(CONFIG.replace('profile = "default"', 'profile = "nlm"'))
     result = deploy(*_args(inputs))
     assert result.returncode == 1
-    assert "uses AWS profile [nlm]" in result.stderr and "no such section" in result.stderr
+    assert "uses AWS profile [nlm]" in result.stderr and "has no [nlm] section" in result.stderr
+    assert not inputs["dest"].exists()
+
+
+def test_invalid_toml_and_ini_are_named_before_anything_is_written(inputs):
+    inputs["config"].write_text('[[queues]]\nname = "tbrc\n')
+    result = deploy(*_args(inputs))
+    assert result.returncode == 1 and len(result.stderr.splitlines()) == 1
+    assert f"deploy.sh: {inputs['config']} is not valid TOML: " in result.stderr
+    inputs["config"].write_text(CONFIG)
+    inputs["creds"].write_text(CREDS.replace("[default]\n", ""))
+    result = deploy(*_args(inputs))
+    assert result.returncode == 1 and len(result.stderr.splitlines()) == 1
+    assert f"deploy.sh: AWS credentials file {inputs['creds']} is not valid INI" in result.stderr
+    assert "not-a-real-secret" not in result.stderr and "AKIATEST" not in result.stderr
     assert not inputs["dest"].exists()
 
 
