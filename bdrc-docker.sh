@@ -32,7 +32,7 @@ export SYNC_SCRIPTS_HOME=${SYNC_SCRIPTS_HOME:-/opt/bdrc/sync-scripts}
 export CONFIG_ROOT=${CONFIG_ROOT:-/home/airflow/.config}
 export PY_REQS=requirements.txt
 
-usage() { sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,/^[^#]/{/^#/s/^# \{0,1\}//p}' "$0"; }
 die() { echo "bdrc-docker.sh: $*" >&2; exit 1; }
 say() { echo "==> $*"; }
 

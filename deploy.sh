@@ -31,7 +31,7 @@ repo=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 dest="" env_name=dev arch_root="" sync_uid="" aws_credentials="" db_config=""
 pipeline_config="" endpoint="" image=bdrc-airflow:latest ui_port=8080 dry_run=0 force=0
 
-usage() { sed -n '2,29p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,/^[^#]/{/^#/s/^# \{0,1\}//p}' "$0"; }
 die() { echo "deploy.sh: $*" >&2; exit 1; }
 # tool SUBCOMMAND ARG...: glacier_sync.deploytools, stdlib only (the host's python3, no venv).
 tool() { PYTHONPATH="$repo/src" PYTHONDONTWRITEBYTECODE=1 python3 -m glacier_sync.deploytools "$@"; }

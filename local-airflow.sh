@@ -46,7 +46,7 @@ passwords_file=$AIRFLOW_HOME/local-passwords.json
 secrets_file=$AIRFLOW_HOME/local-secrets.env
 venv=""
 
-usage() { sed -n '2,33p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,/^[^#]/{/^#/s/^# \{0,1\}//p}' "$0"; }
 say() { printf '==> %s\n' "$*"; }
 die() { printf 'local-airflow.sh: %s\n' "$*" >&2; exit 1; }
 

@@ -1,4 +1,4 @@
-"""deploy.sh and the requirement merge of bdrc-docker.sh (no Docker engine needed)."""
+"""deploy.sh, the -h of the shell scripts, bdrc-docker.sh's build folder (no Docker engine)."""
 
 from __future__ import annotations
 
@@ -68,6 +68,31 @@ def _args(inputs, *extra, env="dev"):
 
 def _digest(folder: Path) -> dict[str, str]:
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())}
+
+
+@pytest.mark.parametrize(
+    ("script", "last_line"),
+    [
+        ("deploy.sh", "on every re-deploy. Data, logs and the archive are never deleted."),
+        (
+            "local-airflow.sh",
+            '(mode 0600). Without -a, an "admin" user with a generated password is created.',
+        ),
+        (
+            "bdrc-docker.sh",
+            "build needs no PyPI access. Works with `docker compose` (v2) and "
+            "`docker-compose` (1.29).",
+        ),
+    ],
+)
+def test_help_is_exactly_the_header_comment(script, last_line):
+    result = subprocess.run(
+        ["bash", str(REPO / script), "-h"], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith(f"{script} - ") and lines[-1] == last_line
+    assert not any(line.startswith(("set -", "#")) for line in lines), result.stdout
 
 
 def test_fresh_deploy_layout_env_and_secrets(inputs):
