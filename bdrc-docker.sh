@@ -6,8 +6,9 @@
 #   --rebuild             wipe the build folder first (otherwise files are added to it)
 #   --sync-scripts DIR    folder with syncOneWork.sh and friends (the archive's own scripts);
 #                         default: the project's src/glacier_sync/sync_scripts
-#   --requirements FILE   extra pip requirements merged with requirements/base.lock (repeatable;
-#                         a version conflict stops the build naming both files)
+#   --requirements FILE   extra pip requirements resolved together with requirements/base.lock
+#                         by uv (repeatable; requirement lines only, no pip options); a conflict,
+#                         direct or through dependencies, stops the build naming the files
 #   --config-dir DIR      a config folder to put in the image at CONFIG_ROOT (e.g. the audit
 #                         tool's settings folder; never your whole ~/.config)
 #   --base-image IMAGE    BASE_IMAGE (default python:3.11-slim-bookworm)
@@ -32,7 +33,7 @@ export SYNC_SCRIPTS_HOME=${SYNC_SCRIPTS_HOME:-/opt/bdrc/sync-scripts}
 export CONFIG_ROOT=${CONFIG_ROOT:-/home/airflow/.config}
 export PY_REQS=requirements.txt
 
-usage() { sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,/^[^#]/{/^#/s/^# \{0,1\}//p}' "$0"; }
 die() { echo "bdrc-docker.sh: $*" >&2; exit 1; }
 say() { echo "==> $*"; }
 
@@ -51,8 +52,20 @@ while [ $# -gt 0 ]; do
     esac
 done
 
+# reject_pip_options FILE: requirement lines only; pip options (-r, -e, --index-url, ...) would
+# reach past the file or change where packages come from.
+reject_pip_options() {
+    local file=$1 hit option
+    hit=$(grep -m1 -nE '^[[:space:]]*-' "$file") || return 0
+    read -r option _ <<< "${hit#*:}"
+    die "--requirements $file line ${hit%%:*}: pip options ($option) are not supported; list the requirements themselves"
+}
+
 [ -f "$sync_scripts/syncOneWork.sh" ] || die "--sync-scripts $sync_scripts has no syncOneWork.sh"
-for req in "${extra_reqs[@]}"; do [ -f "$req" ] || die "--requirements $req does not exist"; done
+for req in "${extra_reqs[@]}"; do
+    [ -f "$req" ] || die "--requirements $req does not exist"
+    reject_pip_options "$req"
+done
 if [ -n "$config_dir" ]; then
     [ -d "$config_dir" ] || die "--config-dir $config_dir is not a folder"
     case "$(cd "$config_dir" && pwd)" in
@@ -70,6 +83,37 @@ compose() {
     fi
 }
 
+# resolve_requirements OUT: requirements/base.lock and the --requirements files resolved together
+# by uv into pinned requirements; a conflict, direct or through dependencies, stops the build
+# with uv's explanation. Without --requirements, OUT is base.lock itself.
+resolve_requirements() {
+    local out=$1 base=$repo/requirements/base.lock why files
+    if [ ${#extra_reqs[@]} -eq 0 ]; then
+        cp "$base" "$out"
+        return 0
+    fi
+    # COLUMNS: uv's explanation unwrapped, one line per cause.
+    if why=$(COLUMNS=1000 "$venv/bin/uv" pip compile --quiet --python-version 3.11 \
+        --custom-compile-command "bdrc-docker.sh (requirements/base.lock + --requirements files)" \
+        "$base" "${extra_reqs[@]}" -o "$out.new" 2>&1); then
+        mv -f "$out.new" "$out"
+        return 0
+    fi
+    rm -f "$out.new"
+    files="requirements/base.lock and $(printf '%s, ' "${extra_reqs[@]}")"
+    files=${files%, }
+    case "$why" in
+        *"No solution found"*)
+            echo "bdrc-docker.sh: requirements do not resolve: $files ask for versions that cannot go together; make them agree (uv's explanation below)" >&2 ;;
+        *"parse requirement"*)
+            echo "bdrc-docker.sh: --requirements: a line is not a requirement (one 'name[extras] specifier' a line); uv names the file below" >&2 ;;
+        *)
+            echo "bdrc-docker.sh: uv pip compile failed on $files (uv's message below)" >&2 ;;
+    esac
+    printf '%s\n' "$why" >&2
+    exit 1
+}
+
 venv=$(bash "$repo/scripts/ensure-venv.sh")
 if [ "$rebuild" -eq 1 ] && [ -d "$build_dir" ]; then
     say "wiping $build_dir"
@@ -79,9 +123,8 @@ mkdir -p "$build_dir"
 build_dir=$(cd "$build_dir" && pwd)
 export COMPOSE_BUILD_DIR=$build_dir
 
-say "merging requirements"
-"$venv/bin/python" "$repo/scripts/merge_requirements.py" "$build_dir/$PY_REQS" \
-    "$repo/requirements/base.lock" "${extra_reqs[@]}" || die "requirements do not merge (above)"
+say "resolving requirements (requirements/base.lock${extra_reqs[*]:+ and --requirements})"
+resolve_requirements "$build_dir/$PY_REQS"
 
 say "building the wheelhouse in $build_dir/wheels"
 mkdir -p "$build_dir/wheels"

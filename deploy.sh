@@ -31,8 +31,12 @@ repo=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 dest="" env_name=dev arch_root="" sync_uid="" aws_credentials="" db_config=""
 pipeline_config="" endpoint="" image=bdrc-airflow:latest ui_port=8080 dry_run=0 force=0
 
-usage() { sed -n '2,29p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,/^[^#]/{/^#/s/^# \{0,1\}//p}' "$0"; }
 die() { echo "deploy.sh: $*" >&2; exit 1; }
+# tool SUBCOMMAND ARG...: glacier_sync.deploytools, stdlib only (the host's python3, no venv).
+tool() { PYTHONPATH="$repo/src" PYTHONDONTWRITEBYTECODE=1 python3 -m glacier_sync.deploytools "$@"; }
+# check SUBCOMMAND ARG...: a deploytools check; its one-line error becomes deploy.sh's.
+check() { local why; why=$(tool "$@" 2>&1) || die "$why"; }
 say() { echo "==> $*"; }
 act() { if [ "$dry_run" -eq 1 ]; then echo "would: $*"; else "$@"; fi; }
 
@@ -79,8 +83,7 @@ if [ -n "$endpoint" ] && ! [[ $endpoint =~ ^https?:// ]]; then
 fi
 if [ -n "$pipeline_config" ]; then
     [ -f "$pipeline_config" ] || die "--pipeline-config $pipeline_config does not exist"
-    python3 -c 'import sys, tomllib; tomllib.load(open(sys.argv[1], "rb"))' "$pipeline_config" \
-        2>/dev/null || die "--pipeline-config $pipeline_config is not valid TOML"
+    check check-toml "$pipeline_config"
 fi
 if [ -n "$db_config" ]; then
     [ -f "$db_config" ] || die "--db-config $db_config does not exist"
@@ -90,31 +93,7 @@ fi
 if [ -n "$aws_credentials" ]; then
     [ -f "$aws_credentials" ] || die "--aws-credentials $aws_credentials does not exist"
     # Every profile the pipeline config names must be a section of the credentials file.
-    python3 - "$aws_credentials" "${pipeline_config:-}" <<'PY' || exit 1
-import configparser, sys, tomllib
-creds, config = sys.argv[1], sys.argv[2]
-parser = configparser.ConfigParser()
-try:
-    parser.read(creds, encoding="utf-8")
-except configparser.Error as exc:
-    sys.exit(f"deploy.sh: --aws-credentials {creds} is not valid INI: {exc}")
-if not parser.sections():
-    sys.exit(f"deploy.sh: --aws-credentials {creds} has no [profile] section")
-for name in parser.sections():
-    missing = [k for k in ("aws_access_key_id", "aws_secret_access_key") if not parser[name].get(k)]
-    if missing:
-        sys.exit(f"deploy.sh: --aws-credentials {creds} [{name}] lacks {', '.join(missing)}")
-if config:
-    data = tomllib.load(open(config, "rb"))
-    queues = list(data.get("queues", []))
-    for profile in (data.get("profiles") or {}).values():
-        queues += profile.get("queues", [])
-    for queue in queues:
-        profile = queue.get("profile") or "default"
-        if not queue.get("aws_conn_id") and not parser.has_section(profile):
-            sys.exit(f"deploy.sh: queue {queue.get('name')!r} uses AWS profile [{profile}] "
-                     f"but {creds} has no such section; add it or fix the queue's profile")
-PY
+    check check-aws-credentials "$aws_credentials" ${pipeline_config:+"$pipeline_config"}
 fi
 if [ -e "$dest" ] && [ ! -d "$dest" ]; then die "--dest $dest exists and is not a folder"; fi
 if [ "$(id -u)" -ne 0 ] && [ "$sync_uid" != "$(id -u)" ] && [ "$dry_run" -eq 0 ]; then
@@ -133,8 +112,8 @@ if [ -z "$arch_root" ]; then
     act mkdir -p "$arch_root"
 fi
 
-random_secret() { python3 -c 'import secrets; print(secrets.token_urlsafe(32))'; }
-fernet_key() { python3 -c 'import base64, os; print(base64.urlsafe_b64encode(os.urandom(32)).decode())'; }
+random_secret() { tool secret; }
+fernet_key() { tool fernet-key; }
 
 # write_secret NAME GENERATOR|--from FILE: created once (generated) or copied from FILE.
 write_secret() {
@@ -162,8 +141,8 @@ if [ "$dry_run" -eq 0 ]; then
     (umask 077
      printf 'postgresql+psycopg2://airflow:%s@postgres:5432/airflow' \
          "$(cat "$dest/secrets/postgres_password")" > "$dest/secrets/airflow_db_url"
-     python3 -c 'import json, sys; print(json.dumps({sys.argv[1]: open(sys.argv[2]).read().strip()}))' \
-         admin "$dest/secrets/airflow_admin_password" > "$dest/secrets/simple_auth_passwords.json")
+     tool set-password "$dest/secrets/simple_auth_passwords.json" admin \
+         < "$dest/secrets/airflow_admin_password")
 fi
 if [ -n "$aws_credentials" ]; then
     write_secret aws --from "$aws_credentials"

@@ -46,7 +46,7 @@ passwords_file=$AIRFLOW_HOME/local-passwords.json
 secrets_file=$AIRFLOW_HOME/local-secrets.env
 venv=""
 
-usage() { sed -n '2,33p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,/^[^#]/{/^#/s/^# \{0,1\}//p}' "$0"; }
 say() { printf '==> %s\n' "$*"; }
 die() { printf 'local-airflow.sh: %s\n' "$*" >&2; exit 1; }
 
@@ -54,17 +54,19 @@ ensure_venv() {
     [ -n "$venv" ] || venv=$(bash "$repo/scripts/ensure-venv.sh")
 }
 
+# tool SUBCOMMAND ARG...: glacier_sync.deploytools of this checkout (after ensure_venv).
+tool() { PYTHONPATH="$repo/src" "$venv/bin/python" -m glacier_sync.deploytools "$@"; }
+
 # The secrets every component must share; generated once per AIRFLOW_HOME, never printed.
 ensure_secrets() {
     mkdir -p "$AIRFLOW_HOME" "$run_dir" "$service_logs"
     if [ ! -s "$secrets_file" ]; then
-        (umask 077; "$venv/bin/python" - > "$secrets_file" <<'PY'
-import secrets
-from cryptography.fernet import Fernet
-print(f"export AIRFLOW__CORE__FERNET_KEY='{Fernet.generate_key().decode()}'")
-print(f"export AIRFLOW__API_AUTH__JWT_SECRET='{secrets.token_urlsafe(48)}'")
-PY
-        )
+        local fernet_key jwt_secret
+        fernet_key=$(tool fernet-key)
+        jwt_secret=$(tool secret 48)
+        (umask 077
+         printf "export AIRFLOW__CORE__FERNET_KEY='%s'\nexport AIRFLOW__API_AUTH__JWT_SECRET='%s'\n" \
+             "$fernet_key" "$jwt_secret" > "$secrets_file")
     fi
     # shellcheck disable=SC1090
     . "$secrets_file"
@@ -72,8 +74,7 @@ PY
 
 ensure_users() {
     if [ ! -s "$users_file" ]; then
-        add_user admin "$("$venv/bin/python" -c 'import secrets; print(secrets.token_urlsafe(12))')" \
-            "admin@localhost" quiet
+        add_user admin "$(tool secret 12)" "admin@localhost" quiet
     fi
 }
 
@@ -130,17 +131,7 @@ add_user() {
     grep -v "^$user:" "$users_file" > "$users_file.tmp" || true
     echo "$user:admin" >> "$users_file.tmp"
     mv "$users_file.tmp" "$users_file"
-    (umask 077; USERNAME=$user PASSWORD=$password FILE=$passwords_file "$venv/bin/python" - <<'PY'
-import json, os
-path = os.environ["FILE"]
-data = json.load(open(path)) if os.path.exists(path) and os.path.getsize(path) else {}
-data[os.environ["USERNAME"]] = os.environ["PASSWORD"]
-tmp = path + ".tmp"
-with open(tmp, "w") as handle:
-    json.dump(data, handle)
-os.replace(tmp, path)
-PY
-    )
+    printf '%s' "$password" | tool set-password "$passwords_file" "$user"   # stdin, not argv
     chmod 600 "$passwords_file"
     echo "$user $email" >> "$AIRFLOW_HOME/local-user-emails.txt"
     if [ "${4:-}" = quiet ]; then
@@ -201,22 +192,14 @@ stop_service() {
     rm -f "$run_dir/$name.pid"
 }
 
-port_free() {
-    # SO_REUSEADDR as servers use it: only a listening socket makes the port busy, not the
-    # TIME_WAIT connections a just-stopped server leaves behind.
-    "$venv/bin/python" -c 'import socket,sys; s=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind(("127.0.0.1", int(sys.argv[1]))); s.listen()' "$1" 2>/dev/null
-}
+# port_free PORT: nothing listens on 127.0.0.1:PORT (TIME_WAIT leftovers do not count).
+port_free() { tool port-free "$1"; }
 
 # wait_http URL SERVICE LOG [SECONDS]: until URL answers; fail early if the service died.
 wait_http() {
     local url=$1 name=$2 log=$3 seconds=${4:-120}
-    for _ in $(seq "$seconds"); do
-        if "$venv/bin/python" -c "import urllib.request,sys; urllib.request.urlopen(sys.argv[1], timeout=2)" "$url" 2>/dev/null; then
-            return 0
-        fi
-        is_running "$name" || { tail -n 20 "$log" >&2; die "$name exited; see $log"; }
-        sleep 1
-    done
+    tool wait-url "$url" "$seconds" --pid "$(pid_of "$name")" && return 0
+    is_running "$name" || { tail -n 20 "$log" >&2; die "$name exited; see $log"; }
     die "$name did not answer at $url within ${seconds}s; see $log"
 }
 
@@ -323,7 +306,7 @@ demo() {
     if [ "$serve" -eq 1 ]; then
         web_up
         scheduler_up
-        say "open http://127.0.0.1:$AIRFLOW_PORT and log in as admin (password: $("$venv/bin/python" -c 'import json,sys; print(json.load(open(sys.argv[1])).get("admin", "see -a"))' "$passwords_file"))"
+        say "open http://127.0.0.1:$AIRFLOW_PORT and log in as admin (password: $(tool get-password "$passwords_file" admin 2>/dev/null || echo "see -a"))"
         say "sqs_scheduled_dag runs against the moto server; restore more with:"
         echo "    $venv/bin/python $repo/tools/demo_world.py setup --endpoint http://127.0.0.1:$DEMO_MOTO_PORT --state-dir $DEMO_DIR --env-file $DEMO_DIR/glacier-sync.env"
         say "stop everything with: ./local-airflow.sh stop"

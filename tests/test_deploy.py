@@ -1,4 +1,4 @@
-"""deploy.sh and the requirement merge of bdrc-docker.sh (no Docker engine needed)."""
+"""deploy.sh, the -h of the shell scripts, bdrc-docker.sh's build folder (no Docker engine)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ import json
 import os
 import stat
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -68,6 +67,31 @@ def _args(inputs, *extra, env="dev"):
 
 def _digest(folder: Path) -> dict[str, str]:
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())}
+
+
+@pytest.mark.parametrize(
+    ("script", "last_line"),
+    [
+        ("deploy.sh", "on every re-deploy. Data, logs and the archive are never deleted."),
+        (
+            "local-airflow.sh",
+            '(mode 0600). Without -a, an "admin" user with a generated password is created.',
+        ),
+        (
+            "bdrc-docker.sh",
+            "build needs no PyPI access. Works with `docker compose` (v2) and "
+            "`docker-compose` (1.29).",
+        ),
+    ],
+)
+def test_help_is_exactly_the_header_comment(script, last_line):
+    result = subprocess.run(
+        ["bash", str(REPO / script), "-h"], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith(f"{script} - ") and lines[-1] == last_line
+    assert not any(line.startswith(("set -", "#")) for line in lines), result.stdout
 
 
 def test_fresh_deploy_layout_env_and_secrets(inputs):
@@ -224,7 +248,21 @@ def test_profile_section_absent(inputs):
     inputs["config"].write_text(CONFIG.replace('profile = "default"', 'profile = "nlm"'))
     result = deploy(*_args(inputs))
     assert result.returncode == 1
-    assert "uses AWS profile [nlm]" in result.stderr and "no such section" in result.stderr
+    assert "uses AWS profile [nlm]" in result.stderr and "has no [nlm] section" in result.stderr
+    assert not inputs["dest"].exists()
+
+
+def test_invalid_toml_and_ini_are_named_before_anything_is_written(inputs):
+    inputs["config"].write_text('[[queues]]\nname = "tbrc\n')
+    result = deploy(*_args(inputs))
+    assert result.returncode == 1 and len(result.stderr.splitlines()) == 1
+    assert f"deploy.sh: {inputs['config']} is not valid TOML: " in result.stderr
+    inputs["config"].write_text(CONFIG)
+    inputs["creds"].write_text(CREDS.replace("[default]\n", ""))
+    result = deploy(*_args(inputs))
+    assert result.returncode == 1 and len(result.stderr.splitlines()) == 1
+    assert f"deploy.sh: AWS credentials file {inputs['creds']} is not valid INI" in result.stderr
+    assert "not-a-real-secret" not in result.stderr and "AKIATEST" not in result.stderr
     assert not inputs["dest"].exists()
 
 
@@ -258,69 +296,10 @@ def test_prod_requirements(inputs):
     assert result.returncode == 1 and "is for dev" in result.stderr
 
 
-# -- requirement merge (bdrc-docker.sh) ---------------------------------------------------
+# -- bdrc-docker.sh: requirements resolved by uv, the build folder ------------------------------
+# (no Docker engine needed with --prepare-only; uv reaches PyPI)
 
-MERGE = REPO / "scripts" / "merge_requirements.py"
-
-
-def merge(tmp_path, *contents):
-    files = []
-    for index, text in enumerate(contents):
-        path = tmp_path / f"req{index}.txt"
-        path.write_text(text)
-        files.append(path)
-    out = tmp_path / "merged.txt"
-    result = subprocess.run(
-        [sys.executable, str(MERGE), str(out), *map(str, files)], capture_output=True, text=True
-    )
-    return result, out
-
-
-def test_merge_combines_compatible_requirements(tmp_path):
-    result, out = merge(
-        tmp_path,
-        "boto3==1.44.5\nrequests>=2.0  # via x\n",
-        "Requests[socks]<3\nBoto3>=1.40\nbdrc-audit==0.3\n",
-    )
-    assert result.returncode == 0, result.stderr
-    lines = out.read_text().splitlines()[1:]
-    assert "boto3==1.44.5,>=1.40" in lines or "boto3>=1.40,==1.44.5" in lines
-    assert any(
-        line.startswith("requests[socks]") and "<3" in line and ">=2.0" in line for line in lines
-    )
-    assert "bdrc-audit==0.3" in lines
-
-
-@pytest.mark.parametrize(
-    ("first", "second"),
-    [
-        ("boto3==1.44.5\n", "boto3==1.40.0\n"),
-        ("boto3==1.44.5\n", "boto3<1.40\n"),
-        ("boto3>=2\n", "boto3<1.5\n"),
-    ],
-)
-def test_merge_conflict_names_both_files(tmp_path, first, second):
-    result, out = merge(tmp_path, first, second)
-    assert result.returncode == 1 and not out.exists()
-    assert "req0.txt:1" in result.stderr and "req1.txt:1" in result.stderr
-    assert "conflicting requirements for boto3" in result.stderr
-
-
-def test_merge_rejects_pip_options_and_garbage(tmp_path):
-    result, _ = merge(tmp_path, "-r other.txt\n")
-    assert result.returncode == 1 and "pip options" in result.stderr
-    result, _ = merge(tmp_path, "not a requirement ===\n")
-    assert result.returncode == 1 and "not a requirement" in result.stderr
-
-
-def test_base_lock_merges_with_itself(tmp_path):
-    lock = (REPO / "requirements" / "base.lock").read_text()
-    result, out = merge(tmp_path, lock, lock)
-    assert result.returncode == 0, result.stderr
-    assert "apache-airflow==3.3.2" in out.read_text().splitlines()
-
-
-# -- bdrc-docker.sh: the build folder (no Docker engine needed with --prepare-only) -----------
+BASE_LOCK = REPO / "requirements" / "base.lock"
 
 
 def build_script(*args):
@@ -332,18 +311,90 @@ def build_script(*args):
     )
 
 
-def test_build_folder_conflicting_requirements_stop_before_building(tmp_path):
-    extra = tmp_path / "audit-requirements.txt"
-    extra.write_text("boto3<1.40\n")
-    result = build_script(
-        "--build-dir", tmp_path / "build", "--requirements", extra, "--prepare-only"
-    )
+def pins(text: str) -> dict[str, str]:
+    """name -> version of each `name==version` line of a requirements file."""
+    out = {}
+    for line in text.splitlines():
+        if line and not line.lstrip().startswith("#"):
+            name, version = line.split("==")
+            out[name] = version
+    return out
+
+
+def prepare_with(tmp_path, *contents):
+    """bdrc-docker.sh --prepare-only with one --requirements file per text."""
+    files = []
+    for index, text in enumerate(contents):
+        path = tmp_path / f"extra{index}.txt"
+        path.write_text(text)
+        files.append(path)
+    args = [x for path in files for x in ("--requirements", path)]
+    return build_script("--build-dir", tmp_path / "build", *args, "--prepare-only"), files
+
+
+@pytest.mark.parametrize("conflict", ["boto3==1.40.0", "boto3<1.40", "Boto3>=2"])
+def test_conflicting_requirements_stop_before_building(tmp_path, conflict):
+    result, [extra] = prepare_with(tmp_path, f"six>=1.0  # the audit tool\n{conflict}\n")
     assert result.returncode == 1
-    assert "requirements/base.lock" in result.stderr and str(extra) in result.stderr
+    assert (
+        f"bdrc-docker.sh: requirements do not resolve: requirements/base.lock and {extra} "
+        in result.stderr
+    ), result.stderr
+    boto3 = pins(BASE_LOCK.read_text())["boto3"]
+    assert f"boto3=={boto3} and {conflict.lower()}" in result.stderr, "uv's explanation follows"
+    assert not (tmp_path / "build" / "wheels").exists()
+    assert not (tmp_path / "build" / "requirements.txt").exists()
+
+
+def test_indirect_conflict_with_a_dependency_of_airflow(tmp_path):
+    """sqlmodel 0.0.8 needs pydantic<2; base.lock pins Airflow's pydantic 2."""
+    result, [extra] = prepare_with(tmp_path, "sqlmodel==0.0.8\n")
+    assert result.returncode == 1
+    assert f"requirements do not resolve: requirements/base.lock and {extra} " in result.stderr
+    pydantic = pins(BASE_LOCK.read_text())["pydantic"]
+    assert "sqlmodel==0.0.8 depends on pydantic>=1.8.2,<2.0.0" in result.stderr
+    assert f"you require pydantic=={pydantic}" in result.stderr
     assert not (tmp_path / "build" / "wheels").exists()
 
 
-def test_build_folder_holds_scripts_config_and_merged_requirements(tmp_path):
+def test_conflict_between_two_extra_files_names_both(tmp_path):
+    result, [first, second] = prepare_with(tmp_path, "pysocks==1.7.1\n", "PySocks<1.7\n")
+    assert result.returncode == 1
+    assert (
+        f"requirements do not resolve: requirements/base.lock and {first}, {second} "
+        in result.stderr
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("-r other.txt\n", "line 1: pip options (-r) are not supported"),
+        (
+            "six\n  --index-url https://token@example.org/simple\n",
+            "line 2: pip options (--index-url) are not supported",
+        ),
+        ("-e ./audit-tool\n", "line 1: pip options (-e) are not supported"),
+    ],
+)
+def test_pip_options_are_refused(tmp_path, text, message):
+    result, [extra] = prepare_with(tmp_path, text)
+    assert result.returncode == 1
+    assert result.stderr == (
+        f"bdrc-docker.sh: --requirements {extra} {message}; list the requirements themselves\n"
+    )
+    assert not (tmp_path / "build").exists(), "refused before anything is made"
+
+
+def test_garbage_is_refused_naming_the_file(tmp_path):
+    result, [extra] = prepare_with(tmp_path, "six\nnot a requirement ===\n")
+    assert result.returncode == 1
+    assert "bdrc-docker.sh: --requirements: a line is not a requirement" in result.stderr
+    assert f"Couldn't parse requirement in `{extra}`" in result.stderr
+    assert not (tmp_path / "build" / "requirements.txt").exists()
+
+
+def test_build_folder_holds_scripts_config_and_resolved_requirements(tmp_path):
     scripts = tmp_path / "archive-scripts"
     scripts.mkdir()
     (scripts / "syncOneWork.sh").write_text("#!/bin/bash\necho the archive's own\n")
@@ -352,7 +403,7 @@ def test_build_folder_holds_scripts_config_and_merged_requirements(tmp_path):
     config.mkdir()
     (config / "audit.properties").write_text("db=archive\n")
     extra = tmp_path / "audit-requirements.txt"
-    extra.write_text("six>=1.0\n")
+    extra.write_text("six>=1.0\nRequests[socks]<3  # proxies\nBoto3>=1.40\n")
     build = tmp_path / "build"
     build.mkdir()
     (build / "stale.txt").write_text("from an earlier build")
@@ -366,6 +417,8 @@ def test_build_folder_holds_scripts_config_and_merged_requirements(tmp_path):
         config,
         "--requirements",
         extra,
+        "--requirements",
+        BASE_LOCK,  # the lock again: it resolves with itself
         "--prepare-only",
     )
     assert result.returncode == 0, result.stdout + result.stderr
@@ -373,11 +426,12 @@ def test_build_folder_holds_scripts_config_and_merged_requirements(tmp_path):
     assert "the archive's own" in (build / "sync-scripts" / "syncOneWork.sh").read_text()
     assert (build / "sync-scripts" / "syncAnything.sh").is_file()
     assert (build / "config" / "audit.properties").read_text() == "db=archive\n"
-    merged = (build / "requirements.txt").read_text().splitlines()
-    assert "apache-airflow==3.3.2" in merged
-    assert any(line.startswith("six") and ">=1.0" in line and "==" in line for line in merged)
+    resolved, base = pins((build / "requirements.txt").read_text()), pins(BASE_LOCK.read_text())
+    assert resolved["apache-airflow"] == "3.3.2"
+    assert base.items() <= resolved.items(), "every pin of base.lock is kept"
+    assert set(resolved) - set(base) == {"pysocks"}, "requests[socks] brings PySocks, pinned"
     wheels = {p.name.split("-")[0].lower() for p in (build / "wheels").iterdir()}
-    assert {"apache_airflow", "boto3", "bagit", "six", "glacier_sync"} <= wheels
+    assert {"apache_airflow", "boto3", "bagit", "six", "pysocks", "glacier_sync"} <= wheels
     assert sorted(p.name for p in (build / "dags").iterdir()) == [
         "down_scheduled_dag.py",
         "sqs_scheduled_dag.py",

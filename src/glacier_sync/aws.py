@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import configparser
 import json
 import logging
 import os
@@ -12,7 +11,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from glacier_sync import faults
-from glacier_sync.errors import ConfigError, DiskFull, DownloadError, is_disk_full
+from glacier_sync.credentials import profile_credentials, read_credentials
+from glacier_sync.errors import DiskFull, DownloadError, is_disk_full
 
 if TYPE_CHECKING:
     import boto3
@@ -41,21 +41,7 @@ def profile_session(settings: Settings, profile: str | None, region: str) -> bot
     path = settings.aws_credentials_file
     if not path.is_file() or path.stat().st_size == 0:
         return boto3.Session(profile_name=profile, region_name=region)
-    parser = configparser.ConfigParser()
-    try:
-        parser.read(path, encoding="utf-8")
-    except configparser.Error as exc:
-        raise ConfigError(f"AWS credentials file {path} is not valid INI: {exc}") from exc
-    section = profile or "default"
-    if not parser.has_section(section):
-        raise ConfigError(
-            f"AWS credentials file {path} has no [{section}] section; add it, or set the queue's "
-            f"`profile` to one of: {', '.join(parser.sections()) or '(none)'}"
-        )
-    values = parser[section]
-    missing = [k for k in ("aws_access_key_id", "aws_secret_access_key") if not values.get(k)]
-    if missing:
-        raise ConfigError(f"AWS credentials file {path} [{section}] lacks {', '.join(missing)}")
+    values = profile_credentials(read_credentials(path), path, profile)
     return boto3.Session(
         aws_access_key_id=values["aws_access_key_id"],
         aws_secret_access_key=values["aws_secret_access_key"],
