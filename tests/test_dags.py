@@ -109,13 +109,22 @@ def test_a_failing_work_does_not_fail_its_siblings(airflow_home, world, dirs):
         zip_dir(bad_dir, dirs["bags"] / "W1BAD.bag.zip"),
     )
     _restore(world, dirs, "W1GOOD", "Archive0/08/W1GOOD/W1GOOD.bag.zip")
-    env = glacier_env(world, dirs["data"], dirs["archive"], GLACIER_SYNC_TASK_RETRIES=0)
+    # Task retries on (as by default): a bad bag is a permanent failure, tried once.
+    env = glacier_env(
+        world,
+        dirs["data"],
+        dirs["archive"],
+        GLACIER_SYNC_TASK_RETRIES=2,
+        GLACIER_SYNC_TASK_RETRY_DELAY_SECONDS=1,
+    )
     dag_test(airflow_home, "sqs_scheduled_dag.py", env)
     state, tasks = last_run(airflow_home, "sqs_scheduled_dag")
     assert state == "failed"
     rows = _rows(dirs)
     assert rows["W1GOOD"].state == "synced" and rows["W1BAD"].state == "failed"
     assert "notes.txt: sha512 mismatch" in rows["W1BAD"].last_error
+    assert rows["W1BAD"].attempts == 1, "failed once: no Airflow retry of a bad bag"
+    assert rows["W1BAD"].claimed_by is None, "released for an operator's retry"
     debag_states = sorted(s for (t, _), s in tasks.items() if t == "debag_downloads")
     sync_states = sorted(s for (t, _), s in tasks.items() if t == "sync_debagged")
     assert debag_states == ["failed", "success"]

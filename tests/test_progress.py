@@ -297,3 +297,35 @@ def test_unknown_state_is_refused(store):
     with pytest.raises(ValueError, match="unknown state 'done'"):
         store.update_row(pid, "x", state="done")
     assert store.get(pid).state == "restored"
+
+
+def test_two_rows_of_one_work_are_never_held_by_two_runs(store):
+    """The work folder and the archive target are the work's: one claimant per work."""
+    first, _ = store.record_event(_event(etag="v1"), "q", "m1")
+    second, _ = store.record_event(_event(etag="v2"), "q", "m2")
+    assert store.claim("run-a", "s3", 1, HOUR, 3, ids=[first]) == [first]
+    assert store.claim("run-b", "s3", 10, HOUR, 3) == [], "the work is held by run-a"
+    with pytest.raises(WorkBusy):
+        store.acquire(second, "run-b", HOUR, 3)
+    assert store.claim("run-a", "s3", 10, HOUR, 3) == [first, second], "its own run may"
+    store.release(first, "run-a")
+    store.release(second, "run-a")
+    assert store.claim("run-b", "s3", 1, HOUR, 3, ids=[second]) == [second]
+
+
+def test_a_late_write_of_a_dead_claimant_is_a_lost_claim_even_after_the_sync(store):
+    pid, _ = store.record_event(_event(), "q", "m")
+    assert store.claim("dead-run", "s3", 1, timedelta(seconds=-1), 3) == [pid]
+    assert store.claim("next-run", "s3", 1, HOUR, 3) == [pid]
+    store.update_row(pid, "sync done", owner="next-run", state="synced")
+    with pytest.raises(LostClaim, match="taken over by next-run"):
+        store.update_row(pid, "debag failed", owner="dead-run", state="failed")
+
+
+def test_mark_cleaned_only_for_the_sync_that_was_cleaned(store):
+    pid, _ = store.record_event(_event(), "q", "m")
+    store.update_row(pid, "sync done", state="synced", synced_at=parse_event_time("2026-11-01"))
+    stale = store.get(pid)
+    store.record_event(_event(time="2026-12-01T00:00:00Z"), "q", "m2")  # reopened
+    assert not store.mark_cleaned(pid, stale.synced_at), "the reopened row is not cleaned"
+    assert store.get(pid).cleaned_at is None

@@ -283,3 +283,29 @@ def test_ensure_parent_creates_group_folders_below_the_root_only(tmp_path):
     (tmp_path / "Archive1").write_text("not a folder")
     with pytest.raises(ArchiveUnavailable, match="is not a folder"):
         ensure_parent(tmp_path, tmp_path / "Archive1" / "00")
+
+
+def test_environment_failures_are_transient_work_failures_are_not():
+    from botocore.exceptions import ClientError, EndpointConnectionError, NoCredentialsError
+    from s3transfer.exceptions import RetriesExceededError
+
+    from glacier_sync.errors import BagError, SyncTimeout, is_transient
+
+    def client_error(code):
+        return ClientError({"Error": {"Code": code, "Message": code}}, "GetObject")
+
+    for exc in (
+        EndpointConnectionError(endpoint_url="http://x"),
+        NoCredentialsError(),
+        RetriesExceededError(EndpointConnectionError(endpoint_url="http://x")),
+        client_error("SlowDown"),
+        client_error("503"),
+        client_error("504"),
+        client_error("ExpiredToken"),
+        OSError(30, "Read-only file system"),
+        DiskFull("full"),
+        SyncTimeout("slow"),
+    ):
+        assert is_transient(exc), exc
+    for exc in (BagError("bad bag"), client_error("NoSuchKey"), SyncError("refused"), ValueError()):
+        assert not is_transient(exc), exc

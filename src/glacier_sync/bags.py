@@ -13,12 +13,14 @@ import logging
 import os
 import queue
 import re
+import secrets
 import shutil
 import stat
 import threading
 import unicodedata
 import zipfile
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -411,8 +413,19 @@ def _place(staging: Path, payload_dir: Path, tag_dir: Path, work_root: Path, wor
     return final
 
 
-def debag(zip_path: Path, work_root: Path, work_id: str, free_space_margin: int = 0) -> DebagResult:
-    """Validate ``zip_path`` and extract it to ``<work_root>/<work_id>``; raise BagError if bad."""
+def debag(
+    zip_path: Path,
+    work_root: Path,
+    work_id: str,
+    free_space_margin: int = 0,
+    before_place: Callable[[], None] | None = None,
+) -> DebagResult:
+    """Validate ``zip_path`` and extract it to ``<work_root>/<work_id>``; raise BagError if bad.
+
+    ``before_place`` is called (and may raise) just before the validated folder replaces the
+    work folder. The staging folder is this call's own (``.debag-<work>.<nonce>``); staging of
+    earlier, killed tries of the work is removed first.
+    """
     zip_path, work_root = Path(zip_path), Path(work_root)
     if not zip_path.is_file():
         raise BagError(f"bag zip {zip_path} does not exist")
@@ -427,8 +440,9 @@ def debag(zip_path: Path, work_root: Path, work_id: str, free_space_margin: int 
         raise _undecodable_name(zip_path, exc) from None
     with zf:
         root, payload, tags, oxum = _precheck(zip_path, zf, work_root, free_space_margin)
-        staging = work_root / f".debag-{work_id}"  # one per work: a killed try's is reused
-        shutil.rmtree(staging, ignore_errors=True)
+        for stale in [work_root / f".debag-{work_id}", *work_root.glob(f".debag-{work_id}.*")]:
+            shutil.rmtree(stale, ignore_errors=True)
+        staging = work_root / f".debag-{work_id}.{secrets.token_hex(4)}"
         tag_dir = staging / f"{work_id}.bag"
         payload_dir = staging / "payload"
         try:
@@ -457,6 +471,8 @@ def debag(zip_path: Path, work_root: Path, work_id: str, free_space_margin: int 
                 raise BagError(
                     f"refused {zip_path.name}: the bag is invalid; nothing was kept", problems
                 )
+            if before_place is not None:
+                before_place()
             final = _place(staging, payload_dir, tag_dir, work_root, work_id)
         finally:
             shutil.rmtree(staging, ignore_errors=True)

@@ -70,6 +70,10 @@ class LostClaim(TransientError):
     """This run's claim on the work expired and another run took it over."""
 
 
+class SyncTimeout(TransientError):
+    """The sync script ran past ``sync_timeout_seconds`` (a slow archive volume, say)."""
+
+
 class AttemptsExhausted(GlacierSyncError):
     """The work failed ``max_attempts`` times; only an operator's retry brings it back."""
 
@@ -79,7 +83,15 @@ def is_disk_full(exc: OSError) -> bool:
     return exc.errno in (errno.ENOSPC, errno.EDQUOT)
 
 
-_TRANSIENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.ETIMEDOUT, errno.ESTALE}
+_TRANSIENT_ERRNOS = {
+    errno.ENOSPC,
+    errno.EDQUOT,
+    errno.EIO,
+    errno.ETIMEDOUT,
+    errno.ESTALE,
+    errno.EROFS,
+    errno.ENOTCONN,
+}
 _TRANSIENT_AWS_CODES = {
     "SlowDown",
     "Throttling",
@@ -88,8 +100,15 @@ _TRANSIENT_AWS_CODES = {
     "RequestTimeoutException",
     "InternalError",
     "ServiceUnavailable",
-    "503",
+    "TooManyRequests",
+    "RequestTimeTooSkewed",
+    "ExpiredToken",
+    "ExpiredTokenException",
+    "429",
     "500",
+    "502",
+    "503",
+    "504",
 }
 
 
@@ -102,6 +121,8 @@ _TRANSIENT_AWS_ERRORS = {
     "ProxyConnectionError",
     "ResponseStreamingError",
     "IncompleteReadError",
+    "RetriesExceededError",
+    "NoCredentialsError",
 }
 
 
@@ -126,5 +147,5 @@ def is_transient(exc: BaseException) -> bool:
             code = str(response.get("Error", {}).get("Code", ""))
             if code in _TRANSIENT_AWS_CODES:
                 return True
-        current = current.__cause__
+        current = current.__cause__ or getattr(current, "last_exception", None)
     return False

@@ -148,7 +148,7 @@ class ProgressStore:
             "queue": queue_name,
         }
         with self.session() as session:
-            row = _by_key(session, record.dedup_key)
+            row = _by_key(session, record.dedup_key, lock=True)
             if row is None:
                 try:
                     row = _new_row(
@@ -306,32 +306,38 @@ class ProgressStore:
         max_attempts: int,
         dead_owner: str | None = None,
     ) -> bool:
-        """One conditional UPDATE: take the row when it is pending and free for ``run_id`` (or
-        held by ``dead_owner``, a run of this host whose process is gone)."""
+        """Take the row when it is pending and free for ``run_id`` (or held by ``dead_owner``, a
+        run of this host whose process is gone), and no other row of the same work is held.
+
+        The rows of the work are locked first (``FOR UPDATE``; SQLite: ``BEGIN IMMEDIATE``), so
+        two runs never hold two rows of one work: the work folder and the archive target are
+        the work's, not the row's.
+        """
         now = utcnow()
         with self.session() as session:
-            row = session.get(Progress, pid, with_for_update=True)
-            if row is None or row.state not in PENDING:
+            first = session.get(Progress, pid)
+            if first is None or first.state not in PENDING:
+                return False
+            siblings = session.scalars(
+                select(Progress)
+                .where(Progress.work_id == first.work_id)
+                .with_for_update()
+                .execution_options(populate_existing=True)
+            ).all()
+            row = next(r for r in siblings if r.id == pid)
+            if row.state not in PENDING:
+                return False
+            free = row.claimed_until is None or row.claimed_until < now
+            mine = row.claimed_by == run_id
+            dead = dead_owner is not None and row.claimed_by == dead_owner
+            if not (mine or ((free or dead) and row.attempts < max_attempts)):
+                return False
+            if any(_held_by_another(other, run_id, now) for other in siblings if other is not row):
                 return False
             previous = row.claimed_by
-            result = session.execute(
-                update(Progress)
-                .where(
-                    Progress.id == pid,
-                    Progress.state.in_(PENDING),
-                    or_(
-                        _claimable(run_id, now, max_attempts),
-                        (Progress.claimed_by == dead_owner) & (Progress.attempts < max_attempts),
-                    ),
-                )
-                .values(claimed_by=run_id, claimed_until=now + lease, updated_at=now)
-                .execution_options(synchronize_session=False)
-            )
-            if result.rowcount != 1:
-                return False
+            row.claimed_by, row.claimed_until, row.updated_at = run_id, now + lease, now
             if previous and previous != run_id:
-                session.refresh(row)
-                reason = "its process is gone" if dead_owner else "its lease ran out"
+                reason = "its process is gone" if dead else "its lease ran out"
                 row.add_history("claim taken over", previous=previous, reason=reason)
             return True
 
@@ -357,6 +363,11 @@ class ProgressStore:
             raise WorkBusy(
                 f"work {row.work_id} (row {pid}) is being processed by {row.claimed_by} (lease "
                 f"until {row.claimed_until:%Y-%m-%d %H:%M:%S} UTC); it is tried again later"
+            )
+        if self.work_is_held(row.work_id, run_id):
+            raise WorkBusy(
+                f"work {row.work_id} (row {pid}) is being processed by another run (through "
+                "another row of the same work); it is tried again later"
             )
         raise AttemptsExhausted(
             f"work {row.work_id} (row {pid}) failed {row.attempts} times ({row.failed_phase}: "
@@ -411,13 +422,13 @@ class ProgressStore:
             row = session.get(Progress, pid, with_for_update=True)
             if row is None:
                 raise WorkNotFound(f"no progress row with id {pid}")
-            if "state" in fields:
-                fields["state"] = check_move(row.state, fields["state"])
             if owner is not None and row.claimed_by != owner:
                 raise LostClaim(
                     f"work {row.work_id} (row {pid}): the claim of {owner} was taken over by "
                     f"{row.claimed_by or 'nobody'} (its lease ran out); {event!r} is not recorded"
                 )
+            if "state" in fields:
+                fields["state"] = check_move(row.state, fields["state"])
             for name, value in fields.items():
                 setattr(row, name, value)
             if count_attempt:
@@ -457,6 +468,26 @@ class ProgressStore:
             rows = list(session.scalars(query))
         return [row for row in rows if _stuck(row, now, older_than, max_attempts)]
 
+    def mark_cleaned(self, pid: int, synced_at: datetime | None) -> bool:
+        """Record the clean-up of the sync at ``synced_at``; False when the row moved on (a
+        newer restore reopened it) or another run recorded it first."""
+        with self.session() as session:
+            row = session.get(Progress, pid, with_for_update=True)
+            if row is None or row.state != State.SYNCED or row.cleaned_at is not None:
+                return False
+            if row.synced_at != synced_at:
+                return False
+            row.cleaned_at = utcnow()
+            row.add_history("cleaned")
+            return True
+
+    def work_is_held(self, work_id: str, run_id: str) -> bool:
+        """True when a row of ``work_id`` is held by a live claim of another run."""
+        now = utcnow()
+        with self.session() as session:
+            rows = session.scalars(select(Progress).where(Progress.work_id == work_id))
+            return any(_held_by_another(row, run_id, now) for row in rows)
+
     def needs_cleanup(self, limit: int = 100) -> list[Progress]:
         """Synced rows whose local files were not (all) removed yet: a crash cut the clean-up."""
         query = (
@@ -474,7 +505,9 @@ class ProgressStore:
         with self.session() as session:
             rows = list(
                 session.scalars(
-                    select(Progress).where(Progress.work_id == work_id, Progress.state.in_(PENDING))
+                    select(Progress)
+                    .where(Progress.work_id == work_id, Progress.state.in_(PENDING))
+                    .with_for_update()
                 )
             )
             if not rows:
@@ -491,9 +524,10 @@ class ProgressStore:
             return [row.id for row in rows]
 
 
-def _by_key(session: Session, dkey: str) -> Progress | None:
-    """The row of one object version (its dedup key), or None."""
-    return session.scalar(select(Progress).where(Progress.dedup_key == dkey))
+def _by_key(session: Session, dkey: str, lock: bool = False) -> Progress | None:
+    """The row of one object version (its dedup key), or None; ``lock``: FOR UPDATE."""
+    query = select(Progress).where(Progress.dedup_key == dkey)
+    return session.scalar(query.with_for_update() if lock else query)
 
 
 def _new_row(
@@ -530,6 +564,12 @@ def _stuck(row: Progress, now: datetime, older_than: timedelta, max_attempts: in
         or (row.claimed_until is not None and row.claimed_until < now)
         or is_dead_local_run(row.claimed_by)
     )
+
+
+def _held_by_another(row: Progress, run_id: str, now: datetime) -> bool:
+    """The row is held by a live claim of another run."""
+    live = row.claimed_until is not None and row.claimed_until >= now
+    return live and row.claimed_by != run_id and not is_dead_local_run(row.claimed_by)
 
 
 def _claimable(run_id: str, now: datetime, max_attempts: int):

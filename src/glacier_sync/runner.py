@@ -219,6 +219,15 @@ class Pipeline:
         return ids
 
     # -- phases ---------------------------------------------------------------------------
+    def _still_mine(self, row: Progress, step: str) -> None:
+        """Renew the claim now; raise LostClaim when another run took the work over (before a
+        step that cannot be undone: placing a work folder, running the sync)."""
+        if not self.store.renew(row.id, self.run_id, self.lease):
+            raise LostClaim(
+                f"work {row.work_id}: this run's claim was taken over before {step}; the other "
+                "run finishes the work"
+            )
+
     def _phase(
         self,
         pid: int,
@@ -325,7 +334,11 @@ class Pipeline:
         workspace.forget_debag(work_root, row.work_id)
         try:
             result = debag(
-                zip_path, work_root, row.work_id, self.settings.free_space_margin_mb * 1024 * 1024
+                zip_path,
+                work_root,
+                row.work_id,
+                self.settings.free_space_margin_mb * 1024 * 1024,
+                before_place=lambda: self._still_mine(row, "placing the work folder"),
             )
         except DiskFull as exc:
             raise DiskFull(f"work {row.work_id}: {exc}") from exc
@@ -378,6 +391,7 @@ class Pipeline:
                         parent, workspace.disk_usage(work_root / row.work_id), f"work {row.work_id}"
                     )
                 faults.checkpoint("sync:before-script")
+                self._still_mine(row, "the sync")
                 result = sync_work(
                     self.settings.sync_command,
                     work_root / row.work_id,
@@ -403,17 +417,22 @@ class Pipeline:
 
         row = self._phase(pid, "sync", action, release=True, release_on_failure=release_on_failure)
         faults.checkpoint("sync:recorded")
-        self.clean(row)
+        self._clean_quietly(row)
         return pid
 
     def clean(self, row: Progress) -> None:
-        """Remove a synced work's local files (after the sync is recorded) and record it."""
+        """Remove a synced work's local files (after the sync is recorded) and record it.
+
+        Left alone while another run holds the work (a newer restore of it is on its way: the
+        files are its now); recorded only for the sync that was cleaned.
+        """
         if row.state != State.SYNCED or row.cleaned_at is not None:
             return
+        if self.store.work_is_held(row.work_id, self.run_id):
+            return
         zip_path = local_zip_path(self.settings, row)
-        keep = self.settings.keep_zip_after_sync or not zip_path.is_relative_to(
-            self.settings.incoming_dir
-        )
+        incoming = self.settings.incoming_dir.resolve()
+        keep = self.settings.keep_zip_after_sync or not zip_path.resolve().is_relative_to(incoming)
         workspace.clean_work(
             self.settings.work_dir,
             row.work_id,
@@ -421,15 +440,19 @@ class Pipeline:
             self.settings.incoming_dir,
             self.settings.logs_dir,
         )
-        self.store.update_row(row.id, "cleaned", cleaned_at=utcnow())
+        self.store.mark_cleaned(row.id, row.synced_at)
+
+    def _clean_quietly(self, row: Progress) -> None:
+        """Clean up; a failure is logged (the work is synced; the next run cleans again)."""
+        try:
+            self.clean(row)
+        except OSError as exc:
+            log.warning("work %s: clean-up failed (%s); tried again later", row.work_id, exc)
 
     def finish_cleanups(self) -> None:
         """Finish the clean-up of synced works that a crash interrupted."""
         for row in self.store.needs_cleanup():
-            try:
-                self.clean(row)
-            except OSError as exc:
-                log.warning("work %s: clean-up failed (%s); tried again later", row.work_id, exc)
+            self._clean_quietly(row)
 
     def _queue_for(self, row: Progress) -> QueueSource:
         for queue in self.settings.queues:

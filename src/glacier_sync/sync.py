@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 
-from glacier_sync.errors import DiskFull, SyncError
+from glacier_sync.errors import DiskFull, SyncError, SyncTimeout
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +106,7 @@ def sync_work(
         try:
             proc = subprocess.run(
                 argv,
+                stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 env=env,
@@ -114,7 +115,7 @@ def sync_work(
                 preexec_fn=_die_with_parent,
             )
         except subprocess.TimeoutExpired as exc:
-            raise SyncError(
+            raise SyncTimeout(
                 f"work {work_id}: sync timed out after {timeout} s; see {log_file}"
             ) from exc
         out.write(f"=== exit status {proc.returncode}\n")

@@ -7,6 +7,7 @@ folder is trusted only while its marker says it is the complete payload of this 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -94,15 +95,15 @@ def remove_tree(path: Path) -> None:
         return
     for folder, dirs, files in os.walk(path, topdown=False):
         for name in files:
-            os.unlink(os.path.join(folder, name))
+            with contextlib.suppress(FileNotFoundError):  # another clean-up got there first
+                os.unlink(os.path.join(folder, name))
             faults.checkpoint("cleanup:file")
         for name in dirs:
             full = os.path.join(folder, name)
-            if os.path.islink(full):
-                os.unlink(full)
-            else:
-                os.rmdir(full)
-    os.rmdir(path)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(full) if os.path.islink(full) else os.rmdir(full)
+    with contextlib.suppress(FileNotFoundError):
+        os.rmdir(path)
 
 
 def remove_empty_parents(path: Path, stop: Path) -> None:
@@ -136,11 +137,12 @@ def clean_work(
     the zip (when given) with its record and partial downloads, and empty incoming folders."""
     forget_debag(work_root, work_id)
     remove_tree(work_root / work_id)
-    shutil.rmtree(debag_staging_path(work_root, work_id), ignore_errors=True)
+    for staging in [debag_staging_path(work_root, work_id), *work_root.glob(f".debag-{work_id}.*")]:
+        shutil.rmtree(staging, ignore_errors=True)
     if zip_path is not None:
         for path in partial_downloads(zip_path):
             path.unlink(missing_ok=True)
         remove_download(zip_path)
         remove_empty_parents(zip_path.parent, incoming)
-    for stale in logs.glob(f"sync/*/tmp/{work_id}-*.success"):
+    for stale in logs.glob(f"sync/*/tmp/{work_id}-[0-9]*.success"):
         stale.unlink(missing_ok=True)

@@ -10,10 +10,10 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from airflow.sdk import get_current_context, task
-from airflow.sdk.exceptions import AirflowSkipException
+from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from glacier_sync.aws import ProfileClients
-from glacier_sync.errors import NoRestoredWork
+from glacier_sync.errors import NoRestoredWork, is_transient
 from glacier_sync.runner import Pipeline
 from glacier_sync.settings import QueueSource, Settings, load_settings
 
@@ -97,10 +97,20 @@ def scan_incoming(settings: Settings) -> list[int]:
 
 
 def run_phase(settings: Settings, phase: str, progress_id: int) -> int:
-    """Run one phase (download, debag or sync) for one work of this run."""
+    """Run one phase (download, debag or sync) for one work of this run.
+
+    A failure of the work itself (a bad bag, a missing key, a refused sync) fails the task at
+    once: a retry would meet the same bag. A transient one (the environment's) is retried.
+    """
     run_id, final = _context()
     pipeline = make_pipeline(settings, run_id)
-    return getattr(pipeline, phase)(progress_id, release_on_failure=final)
+    try:
+        return getattr(pipeline, phase)(progress_id, release_on_failure=final)
+    except Exception as exc:
+        if is_transient(exc):
+            raise
+        pipeline.store.release(progress_id, pipeline.run_id)
+        raise AirflowFailException(f"{phase} failed (not retried): {exc}") from exc
 
 
 def dag_arguments(settings: Settings, schedule: str | None, doc: str | None) -> dict[str, Any]:
