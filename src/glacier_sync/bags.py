@@ -26,6 +26,7 @@ from pathlib import Path, PurePosixPath
 
 from glacier_sync import faults
 from glacier_sync.errors import BagError, DiskFull, is_disk_full
+from glacier_sync.workspace import debag_stagings
 
 log = logging.getLogger(__name__)
 
@@ -440,7 +441,7 @@ def debag(
         raise _undecodable_name(zip_path, exc) from None
     with zf:
         root, payload, tags, oxum = _precheck(zip_path, zf, work_root, free_space_margin)
-        for stale in [work_root / f".debag-{work_id}", *work_root.glob(f".debag-{work_id}.*")]:
+        for stale in debag_stagings(work_root, work_id):  # killed tries of this work
             shutil.rmtree(stale, ignore_errors=True)
         staging = work_root / f".debag-{work_id}.{secrets.token_hex(4)}"
         tag_dir = staging / f"{work_id}.bag"

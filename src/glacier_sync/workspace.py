@@ -38,9 +38,10 @@ def marker_path(work_root: Path, work_id: str) -> Path:
     return work_root / f".{work_id}.debagged.json"
 
 
-def debag_staging_path(work_root: Path, work_id: str) -> Path:
-    """The one staging folder of a work's debag (reused, so a killed try leaves no pile)."""
-    return work_root / f".debag-{work_id}"
+def debag_stagings(work_root: Path, work_id: str) -> list[Path]:
+    """Every staging folder of a work's debag: ``.debag-<work>.<nonce>`` (one per try) and the
+    ``.debag-<work>`` of older versions."""
+    return [work_root / f".debag-{work_id}", *work_root.glob(f".debag-{work_id}.*")]
 
 
 def write_marker(work_root: Path, work_id: str, marker: DebagMarker) -> None:
@@ -137,7 +138,7 @@ def clean_work(
     the zip (when given) with its record and partial downloads, and empty incoming folders."""
     forget_debag(work_root, work_id)
     remove_tree(work_root / work_id)
-    for staging in [debag_staging_path(work_root, work_id), *work_root.glob(f".debag-{work_id}.*")]:
+    for staging in debag_stagings(work_root, work_id):
         shutil.rmtree(staging, ignore_errors=True)
     if zip_path is not None:
         for path in partial_downloads(zip_path):
