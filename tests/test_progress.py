@@ -57,14 +57,14 @@ def _server_url(kind: str) -> str:
     return f"mysql+pymysql://root@127.0.0.1:3306/{name}?charset=utf8mb4"
 
 
+def _database_url(kind: str, tmp_path: Path) -> str:
+    """A SQLite file in ``tmp_path``, or a fresh database on the local server."""
+    return f"sqlite:///{tmp_path}/progress.sqlite" if kind == "sqlite" else _server_url(kind)
+
+
 @pytest.fixture(params=["sqlite", "postgresql", "mariadb"])
 def store(request, tmp_path) -> ProgressStore:
-    url = (
-        f"sqlite:///{tmp_path}/progress.sqlite"
-        if request.param == "sqlite"
-        else _server_url(request.param)
-    )
-    store = ProgressStore(url)
+    store = ProgressStore(_database_url(request.param, tmp_path))
     yield store
     store.engine.dispose()
 
@@ -96,11 +96,7 @@ def old_url(request, tmp_path) -> str:
 
     from glacier_sync.progress import MIGRATIONS
 
-    url = (
-        f"sqlite:///{tmp_path}/old.sqlite"
-        if request.param == "sqlite"
-        else _server_url(request.param)
-    )
+    url = _database_url(request.param, tmp_path)
     engine = create_engine(url)
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
