@@ -238,3 +238,20 @@ def test_downloads_under_a_relative_data_root_are_not_taken_for_drops(
     assert outcomes[0].ok and (dirs["data"] / "incoming" / KEY).is_file()
     assert pipeline.scan_incoming() == [], "the downloaded zip is not a hand-dropped bag"
     assert len(pipeline.store.find()) == 1
+
+
+def test_a_group_folder_that_vanishes_during_the_sync_is_transient(world, dirs, settings, tmp_path):
+    """Another work's failed sync may remove an empty group folder this sync is about to use."""
+    _restored(world, dirs)
+    script = tmp_path / "vanishing.sh"
+    script.write_text(
+        'while getopts "Aa:s:" o; do case $o in a) p=$OPTARG;; esac; done\n'
+        'rmdir "$p"; echo "$p does not exist" >&2; exit 2\n'
+    )
+    pipeline = Pipeline(settings.model_copy(update={"sync_command": script}))
+    _, outcomes = pipeline.run_once()
+    assert outcomes[0].transient and "vanished during the sync" in outcomes[0].error
+    row = pipeline.store.find(["W1NLM4700"])[0]
+    assert (row.state, row.attempts) == ("failed", 0), "no attempt spent"
+    _, outcomes = Pipeline(settings).run_once()
+    assert outcomes[0].ok

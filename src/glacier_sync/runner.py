@@ -26,6 +26,7 @@ from glacier_sync.archive import (
 from glacier_sync.bags import debag
 from glacier_sync.claimants import local_run_id
 from glacier_sync.errors import (
+    ArchiveUnavailable,
     ConfigError,
     DiskFull,
     GlacierSyncError,
@@ -401,7 +402,12 @@ class Pipeline:
                     db_config=self.settings.sync_db_config,
                     timeout=self.settings.sync_timeout_seconds,
                 )
-            except Exception:
+            except Exception as exc:
+                if not parent.is_dir():  # another work's failed sync removed its empty folder
+                    raise ArchiveUnavailable(
+                        f"work {row.work_id}: {parent} vanished during the sync (another work's "
+                        "failed sync removed it while empty); tried again on the next run"
+                    ) from exc
                 remove_if_empty(created)
                 raise
             faults.checkpoint("sync:after-script")
