@@ -50,6 +50,7 @@ from demo_world import (  # noqa: E402
 
 from glacier_sync.claimants import this_host  # noqa: E402
 from glacier_sync.faults import FAULT_FILE_ENV  # noqa: E402
+from glacier_sync.settings import DEFAULT_SYNC_COMMAND  # noqa: E402
 
 # Fault points (glacier_sync.faults and the default sync script) and the highest pass number
 # drawn for each: a run passes some points once per work, others once per file or per commit.
@@ -73,7 +74,7 @@ FAULT_POINTS: dict[str, int] = {
 }
 DEFAULT_PASSES = 3
 NOT_PASSED = {"sync:swapping"}
-SYNC_SCRIPT = REPO / "docker" / "bin" / "syncOneWork.sh"
+SYNC_SCRIPT = DEFAULT_SYNC_COMMAND
 CAMPAIGN_MESSAGES_PER_RUN = 25
 CLEAN_MESSAGES_PER_RUN = 100
 VISIBILITY_SECONDS = 2
