@@ -156,6 +156,14 @@ def _write_record(target: Path, record: dict[str, Any]) -> None:
         tmp.unlink(missing_ok=True)
 
 
+def remove_partial_downloads(target: Path) -> None:
+    """Delete the temporary files of download tries of ``target`` (this version's ``.part`` and
+    the randomly suffixed names of older versions)."""
+    if target.parent.is_dir():
+        for path in target.parent.glob(f".{target.name}.part*"):
+            path.unlink(missing_ok=True)
+
+
 def remove_download(target: Path) -> None:
     """Delete a downloaded zip and its completion record."""
     for path in (target, _sidecar(target)):
@@ -208,8 +216,7 @@ def download_object(
     ):
         raise _not_restored(work_id, bucket, key, restore)
     target.parent.mkdir(parents=True, exist_ok=True)
-    for stale in target.parent.glob(f".{target.name}.part*"):  # earlier, killed tries
-        stale.unlink(missing_ok=True)
+    remove_partial_downloads(target)  # earlier, killed tries
     remove_download(target)  # an incomplete or other version's zip: make room, trust nothing
     _require_room(target.parent, size, work_id, bucket, key)
     partial = target.with_name(f".{target.name}.part")

@@ -78,6 +78,13 @@ def open_store(settings: Settings) -> ProgressStore:
     return ProgressStore(settings.database_url(), auto_migrate=settings.progress_db_auto_migrate)
 
 
+def _lost_claim(row: Progress, when: str) -> LostClaim:
+    return LostClaim(
+        f"work {row.work_id}: this run's claim was taken over {when}; the other run finishes "
+        "the work"
+    )
+
+
 def local_zip_path(settings: Settings, row: Progress) -> Path:
     """Where a row's zip is (or will be) on disk: incoming/<key> for S3 objects."""
     if row.local_path:
@@ -224,10 +231,7 @@ class Pipeline:
         """Renew the claim now; raise LostClaim when another run took the work over (before a
         step that cannot be undone: placing a work folder, running the sync)."""
         if not self.store.renew(row.id, self.run_id, self.lease):
-            raise LostClaim(
-                f"work {row.work_id}: this run's claim was taken over before {step}; the other "
-                "run finishes the work"
-            )
+            raise _lost_claim(row, f"before {step}")
 
     def _phase(
         self,
@@ -251,10 +255,7 @@ class Pipeline:
             with Heartbeat(self.store, pid, self.run_id, self.lease) as beat:
                 fields = action(row)
             if beat.lost:
-                raise LostClaim(
-                    f"work {row.work_id}: this run's claim was taken over during {name}; the "
-                    "other run finishes the work"
-                )
+                raise _lost_claim(row, f"during {name}")
         except Exception as exc:
             self._record_failure(row, name, exc, release_on_failure)
             raise
@@ -377,12 +378,9 @@ class Pipeline:
             root = self.archive_root()
             parent = archive_parent_for_key(root, row.object_key, row.work_id)
             work_root = self.settings.work_dir
-            redone: dict[str, Any] = {}
-            if not verified_work_folder(
-                work_root, row.work_id, row.id, local_zip_path(self.settings, row)
-            ):
-                log.warning("work %s: work folder not verified; debagging again", row.work_id)
-                redone = self._debag_fields(row)
+            redone = self._debag_fields(row)  # extracts again only when not vouched for
+            if "debagged_at" in redone:
+                log.warning("work %s: work folder was not verified; debagged again", row.work_id)
             created = ensure_parent(root, parent)
             try:
                 sweep_staging(parent, row.work_id)

@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from glacier_sync import faults
-from glacier_sync.aws import remove_download
+from glacier_sync.aws import remove_download, remove_partial_downloads
 
 log = logging.getLogger(__name__)
 
@@ -126,11 +126,6 @@ def remove_empty_parents(path: Path, stop: Path) -> None:
         current = current.parent
 
 
-def partial_downloads(target: Path) -> list[Path]:
-    """Temporary files of earlier download tries of ``target``."""
-    return sorted(target.parent.glob(f".{target.name}.part*")) if target.parent.is_dir() else []
-
-
 def clean_work(
     work_root: Path, work_id: str, zip_path: Path | None, incoming: Path, logs: Path
 ) -> None:
@@ -141,8 +136,7 @@ def clean_work(
     for staging in debag_stagings(work_root, work_id):
         shutil.rmtree(staging, ignore_errors=True)
     if zip_path is not None:
-        for path in partial_downloads(zip_path):
-            path.unlink(missing_ok=True)
+        remove_partial_downloads(zip_path)
         remove_download(zip_path)
         remove_empty_parents(zip_path.parent, incoming)
     for stale in logs.glob(f"sync/*/tmp/{work_id}-[0-9]*.success"):
