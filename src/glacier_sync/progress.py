@@ -451,19 +451,7 @@ class ProgressStore:
         """Unsynced rows untouched for ``older_than``, failed past their attempts, or held by a
         dead claimant (a claim whose lease ran out)."""
         now = utcnow()
-        query = (
-            select(Progress)
-            .where(
-                Progress.state != State.SYNCED,
-                or_(
-                    Progress.updated_at < now - older_than,
-                    (Progress.state == State.FAILED) & (Progress.attempts >= max_attempts),
-                    Progress.claimed_by.is_not(None) & (Progress.claimed_until < now),
-                    Progress.claimed_by.startswith(local_run_prefix(), autoescape=True),
-                ),
-            )
-            .order_by(Progress.id)
-        )
+        query = select(Progress).where(Progress.state != State.SYNCED).order_by(Progress.id)
         with self.session() as session:
             rows = list(session.scalars(query))
         return [row for row in rows if _stuck(row, now, older_than, max_attempts)]
