@@ -1,12 +1,17 @@
 #!/usr/bin/env bash
-# deploy.sh - lay out a dev or production instance of the pipeline's Compose stack.
+# deploy.sh - lay out, re-deploy and operate a dev or production instance of the Compose stack.
 #
-# Usage: ./deploy.sh --dest DIR [options]
+# Usage: ./deploy.sh --dest DIR [options]            lay out a new instance, or re-deploy one
+#        ./deploy.sh user --dest DIR COMMAND ...      users and roles of the UI (--auth fab)
+#        ./deploy.sh backup --dest DIR [--out FILE]   back up both databases of a running stack
+#        ./deploy.sh restore --dest DIR --from FILE   restore such a backup into an instance
+#        (./deploy.sh user|backup|restore -h for theirs)
+#
 #   --dest DIR               the instance folder (created); holds .env, docker-compose.yaml,
 #                            secrets/, dags/, config/, logs/, data/, processing/, plugins/
 #   --env dev|prod           which instance (default dev)
-#   --arch-root PATH         the archive root, mounted as /mnt (must exist; prod: required;
-#                            dev default: DIR/archive)
+#   --arch-root PATH         the archive root, mounted as /mnt (must exist and be writable by
+#                            the sync user; prod: required; dev default: DIR/archive)
 #   --sync-uid N             uid of the archive's sync user: the tasks run as it and it owns
 #                            secrets/ (default: the user running deploy.sh, also under sudo)
 #   --aws-credentials FILE   AWS credentials, INI with one section per profile
@@ -18,27 +23,46 @@
 #                            once it exists)
 #   --aws-endpoint-url URL   an S3/SQS emulator instead of AWS (dev only)
 #   --image NAME             the image built by bdrc-docker.sh (default bdrc-airflow:latest)
-#   --ui-port N              UI port on 127.0.0.1 (default 8080 dev, 8080 prod)
+#   --postgres-image NAME    the metadata database's image (default postgres:16-bookworm)
+#   --redis-image NAME       the Celery broker's image (default redis:7-bookworm)
+#   --auth simple|fab        sign-in: fab (users and roles; prod default) or simple (one admin,
+#                            dev default)
+#   --admin-user NAME        the UI's admin user (default admin; kept from the last deploy)
+#   --project-name NAME      the Compose project (default bdrc-ENV-<DIR's name>; kept once set)
+#   --ui-port N              UI port on 127.0.0.1 (default 8080)
 #   --dry-run                check the inputs and print what would be done; change nothing
 #   --force                  overwrite a hand-edited .env (secrets and data are never replaced)
 #   -h, --help               this help
 #
-# Secrets (fernet key, JWT secret, admin and PostgreSQL passwords) are generated once and kept
-# on every re-deploy. Data, logs and the archive are never deleted.
+# Secrets (fernet key, JWT and API secrets, admin and PostgreSQL passwords) are generated once
+# and kept on every re-deploy. Data, logs, the databases and the archive are never deleted.
 set -euo pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+case "${1:-}" in
+    user|backup|restore) exec bash "$repo/scripts/stack-admin.sh" "$@" ;;
+esac
+
 dest="" env_name=dev arch_root="" sync_uid="" aws_credentials="" db_config=""
 pipeline_config="" endpoint="" image=bdrc-airflow:latest ui_port=8080 dry_run=0 force=0
+postgres_image=${POSTGRES_IMAGE:-postgres:16-bookworm} redis_image=${REDIS_IMAGE:-redis:7-bookworm}
+auth="" admin_user="" project=""
+readonly FAB_MANAGER=airflow.providers.fab.auth_manager.fab_auth_manager.FabAuthManager
+readonly SIMPLE_MANAGER=airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager
 
 usage() { sed -n '2,/^[^#]/{/^#/s/^# \{0,1\}//p}' "$0"; }
-die() { echo "deploy.sh: $*" >&2; exit 1; }
+# die: a usage or settings error (exit 2); fail: the machine refuses (exit 1).
+die() { echo "deploy.sh: $*" >&2; exit 2; }
+fail() { echo "deploy.sh: $*" >&2; exit 1; }
 # tool SUBCOMMAND ARG...: glacier_sync.deploytools, stdlib only (the host's python3, no venv).
 tool() { PYTHONPATH="$repo/src" PYTHONDONTWRITEBYTECODE=1 python3 -m glacier_sync.deploytools "$@"; }
 # check SUBCOMMAND ARG...: a deploytools check; its one-line error becomes deploy.sh's.
 check() { local why; why=$(tool "$@" 2>&1) || die "$why"; }
 say() { echo "==> $*"; }
 act() { if [ "$dry_run" -eq 1 ]; then echo "would: $*"; else "$@"; fi; }
+# env_value NAME: NAME's value in the instance's current .env (empty when absent).
+env_value() { [ -f "$dest/.env" ] && sed -n "s/^$1=//p" "$dest/.env" | tail -n 1 || true; }
+docker_up() { command -v docker >/dev/null && docker info >/dev/null 2>&1; }
 
 need_value() { [ $# -ge 2 ] && [ -n "$2" ] || die "$1 needs a value (see -h)"; }
 while [ $# -gt 0 ]; do
@@ -52,6 +76,11 @@ while [ $# -gt 0 ]; do
         --pipeline-config) need_value "$@"; pipeline_config=$2; shift 2 ;;
         --aws-endpoint-url) need_value "$@"; endpoint=$2; shift 2 ;;
         --image) need_value "$@"; image=$2; shift 2 ;;
+        --postgres-image) need_value "$@"; postgres_image=$2; shift 2 ;;
+        --redis-image) need_value "$@"; redis_image=$2; shift 2 ;;
+        --auth) need_value "$@"; auth=$2; shift 2 ;;
+        --admin-user) need_value "$@"; admin_user=$2; shift 2 ;;
+        --project-name) need_value "$@"; project=$2; shift 2 ;;
         --ui-port) need_value "$@"; ui_port=$2; shift 2 ;;
         --dry-run) dry_run=1; shift ;;
         --force) force=1; shift ;;
@@ -61,56 +90,117 @@ while [ $# -gt 0 ]; do
 done
 
 # ---- check every input before touching anything -------------------------------------------
-[ -n "$dest" ] || die "--dest DIR is required (see -h)"
-case "$env_name" in dev|prod) ;; *) die "--env must be dev or prod, not '$env_name'" ;; esac
-[ -n "$sync_uid" ] || sync_uid=${SUDO_UID:-$(id -u)}
-[[ $sync_uid =~ ^[0-9]+$ ]] || die "--sync-uid must be a numeric uid, not '$sync_uid'"
-[[ $ui_port =~ ^[0-9]+$ ]] || die "--ui-port must be a number, not '$ui_port'"
-if [ "$sync_uid" = 0 ]; then
-    echo "deploy.sh: warning: the tasks will run as root (uid 0); give --sync-uid N" >&2
-fi
-if [ "$env_name" = prod ]; then
-    [ -n "$arch_root" ] || die "prod needs --arch-root PATH (the archive root, mounted as /mnt)"
-    [ -n "$aws_credentials" ] || die "prod needs --aws-credentials FILE"
-    [ -z "$endpoint" ] || die "--aws-endpoint-url is for dev (an emulator); prod talks to AWS"
-fi
-if [ -n "$arch_root" ]; then
-    [ -d "$arch_root" ] || die "--arch-root $arch_root does not exist; create it or fix the path"
-    arch_root=$(cd "$arch_root" && pwd)
-fi
-if [ -n "$endpoint" ] && ! [[ $endpoint =~ ^https?:// ]]; then
-    die "--aws-endpoint-url must be an http(s) URL, not '$endpoint'"
-fi
-if [ -n "$pipeline_config" ]; then
-    [ -f "$pipeline_config" ] || die "--pipeline-config $pipeline_config does not exist"
-    check check-toml "$pipeline_config"
-fi
-if [ -n "$db_config" ]; then
-    [ -f "$db_config" ] || die "--db-config $db_config does not exist"
-    grep -qE '^[a-z0-9+]+://' "$db_config" \
-        || die "--db-config $db_config must hold a database URL such as postgresql+psycopg2://user:pw@host/db"
-fi
-if [ -n "$aws_credentials" ]; then
-    [ -f "$aws_credentials" ] || die "--aws-credentials $aws_credentials does not exist"
-    # Every profile the pipeline config names must be a section of the credentials file.
-    check check-aws-credentials "$aws_credentials" ${pipeline_config:+"$pipeline_config"}
-fi
-if [ -e "$dest" ] && [ ! -d "$dest" ]; then die "--dest $dest exists and is not a folder"; fi
-if [ "$(id -u)" -ne 0 ] && [ "$sync_uid" != "$(id -u)" ] && [ "$dry_run" -eq 0 ]; then
-    die "secrets must belong to uid $sync_uid: run deploy.sh as root (sudo) or as that user"
-fi
+check_inputs() {
+    [ -n "$dest" ] || die "--dest DIR is required (see -h)"
+    case "$env_name" in dev|prod) ;; *) die "--env must be dev or prod, not '$env_name'" ;; esac
+    [ -n "$sync_uid" ] || sync_uid=${SUDO_UID:-$(id -u)}
+    [[ $sync_uid =~ ^[0-9]+$ ]] || die "--sync-uid must be a numeric uid, not '$sync_uid'"
+    [[ $ui_port =~ ^[0-9]+$ ]] || die "--ui-port must be a number, not '$ui_port'"
+    if [ "$sync_uid" = 0 ]; then
+        echo "deploy.sh: warning: the tasks will run as root (uid 0); give --sync-uid N" >&2
+    fi
+    if [ "$env_name" = prod ]; then
+        [ -n "$arch_root" ] || die "prod needs --arch-root PATH (the archive root, mounted as /mnt)"
+        [ -n "$aws_credentials" ] || die "prod needs --aws-credentials FILE"
+        [ -z "$endpoint" ] || die "--aws-endpoint-url is for dev (an emulator); prod talks to AWS"
+    fi
+    if [ -n "$arch_root" ]; then
+        [ -d "$arch_root" ] || die "--arch-root $arch_root does not exist; create it or fix the path"
+        arch_root=$(cd "$arch_root" && pwd)
+    fi
+    if [ -n "$endpoint" ] && ! [[ $endpoint =~ ^https?:// ]]; then
+        die "--aws-endpoint-url must be an http(s) URL, not '$endpoint'"
+    fi
+    if [ -n "$pipeline_config" ]; then
+        [ -f "$pipeline_config" ] || die "--pipeline-config $pipeline_config does not exist"
+        check check-toml "$pipeline_config"
+    fi
+    if [ -n "$db_config" ]; then
+        [ -f "$db_config" ] || die "--db-config $db_config does not exist"
+        grep -qE '^[a-z0-9+]+://' "$db_config" \
+            || die "--db-config $db_config must hold a database URL such as postgresql+psycopg2://user:pw@host/db"
+    fi
+    if [ -n "$aws_credentials" ]; then
+        [ -f "$aws_credentials" ] || die "--aws-credentials $aws_credentials does not exist"
+        # Every profile the pipeline config names must be a section of the credentials file.
+        check check-aws-credentials "$aws_credentials" ${pipeline_config:+"$pipeline_config"}
+    fi
+    if [ -e "$dest" ] && [ ! -d "$dest" ]; then die "--dest $dest exists and is not a folder"; fi
+    if [ "$(id -u)" -ne 0 ] && [ "$sync_uid" != "$(id -u)" ] && [ "$dry_run" -eq 0 ]; then
+        die "secrets must belong to uid $sync_uid: run deploy.sh as root (sudo) or as that user"
+    fi
+}
+
+# choose_names: auth manager, admin and project name; given options win, then the instance's
+# current .env (a re-deploy keeps them), then the defaults.
+choose_names() {
+    if [ -d "$dest" ]; then dest=$(cd "$dest" && pwd); else dest=$(realpath -m "$dest"); fi
+    local kept_auth
+    kept_auth=$(env_value AIRFLOW_AUTH)
+    auth=${auth:-${kept_auth:-$([ "$env_name" = prod ] && echo fab || echo simple)}}
+    case "$auth" in
+        fab) auth_manager=$FAB_MANAGER ;;
+        simple) auth_manager=$SIMPLE_MANAGER ;;
+        *) die "--auth must be simple or fab, not '$auth'" ;;
+    esac
+    if [ "$env_name" = prod ] && [ "$auth" = simple ]; then
+        echo "deploy.sh: warning: prod with --auth simple: one shared admin, no roles (use fab)" >&2
+    fi
+    old_admin=$(env_value AIRFLOW_ADMIN_USER)
+    admin_user=${admin_user:-${old_admin:-admin}}
+    [[ $admin_user =~ ^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$ ]] \
+        || die "--admin-user '$admin_user': use letters, digits and . _ @ - (at most 64)"
+    local base
+    base=$(basename "$dest" | tr 'A-Z' 'a-z' | tr -c 'a-z0-9_\n-' '-')
+    project=${project:-$(env_value COMPOSE_PROJECT_NAME)}
+    project=${project:-bdrc-$env_name-$base}
+    [[ $project =~ ^[a-z0-9][a-z0-9_-]*$ ]] \
+        || die "--project-name '$project': lowercase letters, digits, - and _ only"
+}
+
+# check_project_free: no other destination runs (or ran) a Compose project of this name; its
+# `down -v` would otherwise remove our containers and volumes, and ours theirs.
+check_project_free() {
+    docker_up || return 0
+    local dirs other
+    dirs=$(docker ps -a --filter "label=com.docker.compose.project=$project" \
+        --format '{{.Label "com.docker.compose.project.working_dir"}}' | sort -u)
+    while read -r other; do
+        [ -z "$other" ] || [ "$other" = "$dest" ] && continue
+        die "Compose project '$project' belongs to the instance in $other; give this one another --project-name"
+    done <<< "$dirs"
+    if [ -z "$dirs" ] && [ ! -f "$dest/.env" ] \
+        && docker volume inspect "${project}_postgres-db" >/dev/null 2>&1; then
+        die "a database volume ${project}_postgres-db exists (another instance's?); give --project-name, or remove the volume if it is garbage"
+    fi
+}
+
+# check_archive_writable: the sync user can write the archive root (a warning: a mount may
+# come later, and the pipeline refuses to sync into an unusable root anyway).
+check_archive_writable() {
+    [ -n "$arch_root" ] && [ "$(id -u)" -eq 0 ] && [ "$sync_uid" != 0 ] || return 0
+    setpriv --reuid="$sync_uid" --regid=0 --clear-groups test -w "$arch_root" 2>/dev/null \
+        || echo "deploy.sh: warning: uid $sync_uid cannot write the archive root $arch_root; syncs will fail until it can (chown or chmod it)" >&2
+}
+
+check_inputs
+choose_names
+check_project_free
 
 # ---- lay out the instance ---------------------------------------------------------------------
 act mkdir -p "$dest"
-dest=$(cd "$dest" 2>/dev/null && pwd || echo "$dest")
-say "${env_name} instance in $dest"
+say "${env_name} instance in $dest (Compose project $project, sign-in: $auth)"
 for sub in logs dags plugins processing data config secrets; do
     act mkdir -p "$dest/$sub"
 done
 if [ -z "$arch_root" ]; then
     arch_root=$dest/archive
-    act mkdir -p "$arch_root"
+    if [ ! -d "$arch_root" ]; then
+        act mkdir -p "$arch_root"
+        [ "$(id -u)" -ne 0 ] || act chown "$sync_uid:0" "$arch_root"
+    fi
 fi
+check_archive_writable
 
 random_secret() { tool secret; }
 fernet_key() { tool fernet-key; }
@@ -132,65 +222,87 @@ write_secret() {
     fi
 }
 
-write_secret postgres_password random_secret
-write_secret airflow_fernet_key fernet_key
-write_secret airflow_jwt_secret random_secret
-write_secret airflow_admin_password random_secret
-# Derived secrets: the metadata DB URL and the UI passwords file (SimpleAuthManager's JSON).
-if [ "$dry_run" -eq 0 ]; then
-    (umask 077
-     printf 'postgresql+psycopg2://airflow:%s@postgres:5432/airflow' \
-         "$(cat "$dest/secrets/postgres_password")" > "$dest/secrets/airflow_db_url"
-     tool set-password "$dest/secrets/simple_auth_passwords.json" admin \
-         < "$dest/secrets/airflow_admin_password")
-fi
-if [ -n "$aws_credentials" ]; then
-    write_secret aws --from "$aws_credentials"
-elif [ ! -e "$dest/secrets/aws" ]; then
-    act touch "$dest/secrets/aws"   # empty: boto3's normal chain (instance role, ...)
-    say "secrets/aws: empty (no --aws-credentials: the normal AWS chain is used)"
-fi
-if [ -n "$db_config" ]; then
-    write_secret progress_db_url --from "$db_config"
-elif [ ! -s "$dest/secrets/progress_db_url" ] && [ "$dry_run" -eq 0 ]; then
-    (umask 077; printf 'postgresql+psycopg2://airflow:%s@postgres:5432/glacier_sync\n' \
-        "$(cat "$dest/secrets/postgres_password")" > "$dest/secrets/progress_db_url")
-    say "secrets/progress_db_url: the stack's PostgreSQL, database glacier_sync"
-fi
-if [ "$dry_run" -eq 0 ]; then
-    chmod 0700 "$dest/secrets"
-    chmod 0600 "$dest/secrets"/*
-    if [ "$(id -u)" -eq 0 ]; then
-        chown "$sync_uid:0" "$dest/secrets" "$dest/secrets"/*
+write_secrets() {
+    write_secret postgres_password random_secret
+    write_secret airflow_fernet_key fernet_key
+    write_secret airflow_jwt_secret random_secret
+    write_secret airflow_api_secret_key random_secret
+    write_secret airflow_admin_password random_secret
+    # Derived: the metadata DB URL. (The sign-in reads airflow_admin_password itself; the
+    # passwords file of older deploys is not used any more.)
+    if [ "$dry_run" -eq 0 ]; then
+        (umask 077
+         printf 'postgresql+psycopg2://airflow:%s@postgres:5432/airflow' \
+             "$(cat "$dest/secrets/postgres_password")" > "$dest/secrets/airflow_db_url")
+        rm -f "$dest/secrets/simple_auth_passwords.json"
     fi
-fi
+    if [ -n "$aws_credentials" ]; then
+        write_secret aws --from "$aws_credentials"
+    elif [ ! -e "$dest/secrets/aws" ]; then
+        act touch "$dest/secrets/aws"   # empty: boto3's normal chain (instance role, ...)
+        say "secrets/aws: empty (no --aws-credentials: the normal AWS chain is used)"
+    fi
+    if [ -n "$db_config" ]; then
+        write_secret progress_db_url --from "$db_config"
+    elif [ ! -s "$dest/secrets/progress_db_url" ] && [ "$dry_run" -eq 0 ]; then
+        (umask 077; printf 'postgresql+psycopg2://airflow:%s@postgres:5432/glacier_sync\n' \
+            "$(cat "$dest/secrets/postgres_password")" > "$dest/secrets/progress_db_url")
+        say "secrets/progress_db_url: the stack's PostgreSQL, database glacier_sync"
+    fi
+    if [ "$dry_run" -eq 0 ]; then
+        chmod 0700 "$dest/secrets"
+        chmod 0600 "$dest/secrets"/*
+        if [ "$(id -u)" -eq 0 ]; then
+            chown "$sync_uid:0" "$dest/secrets" "$dest/secrets"/*
+        fi
+    fi
+}
+write_secrets
 
 # ---- code and configuration ---------------------------------------------------------------
-act cp "$repo/bdrc-docker-compose.yml" "$dest/docker-compose.yaml"
+changed_compose=0
+if ! cmp -s "$repo/bdrc-docker-compose.yml" "$dest/docker-compose.yaml"; then
+    changed_compose=1
+    act cp "$repo/bdrc-docker-compose.yml" "$dest/docker-compose.yaml.deploying"
+    act mv -f "$dest/docker-compose.yaml.deploying" "$dest/docker-compose.yaml"
+fi
+
+# dag_files ROOT: the DAG files below ROOT (no caches, build artefacts or hidden files).
+dag_files() {
+    (cd "$1" && find . \( -name __pycache__ -o -name '*.egg-info' -o -name '.*' ! -name . \) \
+        -prune -o -type f -print)
+}
+
 # update_dags: make dags/ mirror the repository's in place, so a running stack's bind mount keeps
 # seeing it; each changed file is written beside its name, then renamed (it appears whole).
 update_dags() {
     local src=$repo/dags dst=$dest/dags rel
-    (cd "$src" && find . -name __pycache__ -prune -o -type f -print) | while read -r rel; do
+    changed_dags=0
+    while read -r rel; do
         cmp -s "$src/$rel" "$dst/$rel" && continue
         mkdir -p "$(dirname "$dst/$rel")"
         cp -p "$src/$rel" "$dst/$rel.deploying" && mv -f "$dst/$rel.deploying" "$dst/$rel"
-    done
-    (cd "$dst" && find . -name __pycache__ -prune -o -type f -print) | while read -r rel; do
-        [ -e "$src/$rel" ] || rm -f "$dst/$rel"
-    done
+        chmod a+r "$dst/$rel"
+        changed_dags=1
+    done < <(dag_files "$src")
+    while read -r rel; do
+        [ -e "$src/$rel" ] || { rm -f "$dst/$rel"; changed_dags=1; }
+    done < <(cd "$dst" && find . -type f ! -path '*/__pycache__/*' -print)
     (cd "$dst" && find . -mindepth 1 -type d ! -name __pycache__ -print) | sort -r \
         | while read -r rel; do [ -d "$src/$rel" ] || rm -rf "${dst:?}/$rel"; done
 }
+changed_dags=0
 if [ "$dry_run" -eq 1 ]; then
     echo "would: update $dest/dags in place from $repo/dags"
 else
     update_dags
-    say "dags/: updated in place from $repo/dags"
+    say "dags/: $([ "$changed_dags" -eq 1 ] && echo "updated in place from $repo/dags" || echo unchanged)"
 fi
 if [ -n "$pipeline_config" ]; then
-    act cp "$pipeline_config" "$dest/config/glacier-sync.toml"
-    say "config/glacier-sync.toml: from $pipeline_config"
+    if ! cmp -s "$pipeline_config" "$dest/config/glacier-sync.toml"; then
+        act cp "$pipeline_config" "$dest/config/glacier-sync.toml"
+        say "config/glacier-sync.toml: from $pipeline_config"
+    fi
 elif [ ! -e "$dest/config/glacier-sync.toml" ] && [ "$dry_run" -eq 0 ]; then
     cat > "$dest/config/glacier-sync.toml" <<'TOML'
 # Settings of the restore pipeline (docs/configuration.md). The stack sets data_root,
@@ -208,7 +320,7 @@ fi
 
 # ---- .env ---------------------------------------------------------------------------------
 env_file=$dest/.env
-stamp=$dest/.env.deployed.sha256
+deployed=$dest/.env.deployed   # the .env as deploy.sh last wrote it: hand edits are the diff
 new_env=$(cat <<ENV
 # Generated by deploy.sh for the ${env_name} instance. Edit by hand if you must: deploy.sh keeps
 # your edits unless run with --force. Secrets are not here: they are files in secrets/.
@@ -218,7 +330,9 @@ DEPLOY_ENV=${env_name}
 # The image built by bdrc-docker.sh.
 BDRC_IMAGE=${image}
 # The PostgreSQL image of the metadata database.
-POSTGRES_IMAGE=${POSTGRES_IMAGE:-postgres:16-bookworm}
+POSTGRES_IMAGE=${postgres_image}
+# The Redis image of the Celery broker (profile "celery" only).
+REDIS_IMAGE=${redis_image}
 # uid of the archive's sync user: the Airflow processes (and the tasks) run as it.
 SYNC_ACCESS_UID=${sync_uid}
 # The archive root on this machine, mounted as /mnt in the containers.
@@ -227,7 +341,7 @@ ARCH_ROOT=${arch_root}
 DATA_DIR=./data
 # Airflow's task and service logs.
 LOGS_DIR=./logs
-# The DAG files (updated by deploy.sh).
+# The DAG files (updated in place by deploy.sh).
 DAGS_DIR=./dags
 # Airflow plugins.
 PLUGINS_DIR=./plugins
@@ -247,47 +361,114 @@ AIRFLOW_UI_BIND=127.0.0.1
 AIRFLOW_UI_PORT=${ui_port}
 # The URL users open (links in the UI and in logs).
 AIRFLOW_BASE_URL=http://localhost:${ui_port}
-# Admin user of the UI (its password: secrets/airflow_admin_password).
-AIRFLOW_ADMIN_USER=admin
+# Sign-in: fab (users and roles: deploy.sh user) or simple (one admin, development only).
+AIRFLOW_AUTH=${auth}
+# The auth manager class that goes with AIRFLOW_AUTH.
+AIRFLOW_AUTH_MANAGER=${auth_manager}
+# Admin user of the UI (its password: secrets/airflow_admin_password). Change it with
+# deploy.sh --admin-user NAME, then docker compose up -d.
+AIRFLOW_ADMIN_USER=${admin_user}
 # New DAGs start paused; unpause them in the UI once the settings are right.
 DAGS_PAUSED_AT_CREATION=True
 # Seconds between scans of the dags folder.
 DAG_REFRESH_SECONDS=60
-# Compose project name (container and volume names).
-COMPOSE_PROJECT_NAME=bdrc-${env_name}
+# Compose project name (container and volume names); unique on this machine.
+COMPOSE_PROJECT_NAME=${project}
 ENV
 )
-if [ -f "$env_file" ] && [ "$force" -eq 0 ]; then
-    if [ -f "$stamp" ] && (cd "$dest" && sha256sum --status -c "$stamp" 2>/dev/null); then
-        act_write=1
-    else
-        say ".env: edited by hand since the last deploy; kept (use --force to regenerate it)"
-        act_write=0
+
+# env_status: new, same, deployed (as deploy.sh last wrote it) or edited (by hand since).
+env_status() {
+    if [ ! -f "$env_file" ]; then echo new
+    elif [ "$(cat "$env_file")" = "$new_env" ]; then echo same
+    elif [ -f "$deployed" ] && cmp -s "$deployed" "$env_file"; then echo deployed
+    elif [ ! -f "$deployed" ] && [ -f "$env_file.deployed.sha256" ] \
+        && (cd "$dest" && sha256sum --status -c .env.deployed.sha256 2>/dev/null); then echo deployed
+    else echo edited
     fi
-else
-    act_write=1
-fi
-if [ "$act_write" -eq 1 ]; then
+}
+
+write_env() {
+    local status
+    status=$(env_status)
+    changed_env=0
+    if [ "$status" = same ]; then
+        say ".env: unchanged"
+        return 0
+    fi
+    if [ "$status" = edited ] && [ "$force" -eq 0 ]; then
+        say ".env: edited by hand since the last deploy; kept (--force replaces it). Your edits:"
+        if [ -f "$deployed" ]; then diff -u --label deployed --label .env "$deployed" "$env_file" | tail -n +3 || true
+        else echo "    (no copy of the deployed .env to compare with)"; fi
+        say "what this deploy would change in .env (apply by hand, or re-run with --force):"
+        diff -u --label .env --label new "$env_file" <(printf '%s\n' "$new_env") | tail -n +3 || true
+        return 0
+    fi
     if [ "$dry_run" -eq 1 ]; then
         echo "would: write $env_file:"
         echo "$new_env" | sed 's/^/    /'
-    else
-        printf '%s\n' "$new_env" > "$env_file"
-        (cd "$dest" && sha256sum .env > "$stamp")
-        say ".env: written"
+        return 0
     fi
+    if [ "$status" != new ]; then
+        say ".env: changes"
+        diff -u --label .env --label new "$env_file" <(printf '%s\n' "$new_env") | tail -n +3 || true
+    fi
+    printf '%s\n' "$new_env" > "$env_file.deploying"
+    mv -f "$env_file.deploying" "$env_file"
+    cp "$env_file" "$deployed"
+    rm -f "$env_file.deployed.sha256"
+    changed_env=1
+    say ".env: written"
+}
+changed_env=0
+write_env
+if [ "$dry_run" -eq 0 ]; then   # a kept hand-edited .env is what the stack will use
+    admin_user=$(env_value AIRFLOW_ADMIN_USER) ui_port=$(env_value AIRFLOW_UI_PORT)
+    project=$(env_value COMPOSE_PROJECT_NAME) auth=$(env_value AIRFLOW_AUTH)
 fi
 if [ "$(id -u)" -eq 0 ] && [ "$dry_run" -eq 0 ]; then
     chown "$sync_uid:0" "$dest/logs" "$dest/data" "$dest/processing" "$dest/plugins"
 fi
 
-cat <<NEXT
+# ---- what to run next -----------------------------------------------------------------------
+stack_running() {
+    docker_up && [ -n "$(docker ps -q --filter "label=com.docker.compose.project=$project")" ]
+}
+
+next_steps_new() {
+    cat <<NEXT
 
 Next steps:
   1. Build the image if not done:   ./bdrc-docker.sh
   2. Add your queues:               \$EDITOR $dest/config/glacier-sync.toml
   3. Start the stack:               cd $dest && docker compose up -d   (or docker-compose up -d)
-  4. Open the UI:                   http://127.0.0.1:${ui_port}  user admin, password in
+  4. Open the UI:                   http://127.0.0.1:${ui_port}  user $admin_user, password in
                                     $dest/secrets/airflow_admin_password
   5. Unpause sqs_scheduled_dag in the UI. Re-run deploy.sh to update the DAGs; secrets are kept.
 NEXT
+}
+
+next_steps_running() {
+    echo
+    echo "Next steps (the stack $project is running):"
+    if [ "$changed_env" -eq 1 ] || [ "$changed_compose" -eq 1 ]; then
+        echo "  cd $dest && docker compose up -d   (or docker-compose up -d)"
+        echo "  recreates the services whose settings changed; airflow-init runs first (migrations)."
+    else
+        echo "  nothing to restart."
+    fi
+    if [ "$changed_dags" -eq 1 ]; then
+        echo "  The changed DAGs are read by the dag-processor within DAG_REFRESH_SECONDS ($(env_value DAG_REFRESH_SECONDS) s)."
+    fi
+    if [ "$auth" = fab ] && [ -n "$old_admin" ] && [ "$old_admin" != "$admin_user" ]; then
+        echo "  The admin is now $admin_user; $old_admin still exists: ./deploy.sh user --dest $dest remove $old_admin"
+    fi
+}
+
+if [ "$dry_run" -eq 1 ]; then
+    exit 0
+elif stack_running; then
+    next_steps_running
+else
+    next_steps_new
+fi

@@ -14,8 +14,17 @@ add_user() {
 add_user "$(id -u)"
 if [ "$(id -u)" = 0 ] && [ -n "${SYNC_ACCESS_UID:-}" ]; then add_user "$SYNC_ACCESS_UID"; fi
 
-# SimpleAuthManager opens its passwords file for writing: give it a private copy of the secret.
-if [ -s /run/secrets/simple_auth_passwords ]; then
-    (umask 077; cp /run/secrets/simple_auth_passwords /tmp/simple-auth-passwords.json)
-fi
+# SimpleAuthManager (dev) reads its users' passwords from a JSON file it may write: give it a
+# private one holding the admin's password (the airflow_admin_password secret), under the admin
+# name of .env, so that it never generates a password and prints it to the log.
+write_simple_passwords() {
+    local file=${AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE:-/tmp/simple-auth-passwords.json}
+    case "${AIRFLOW__CORE__AUTH_MANAGER:-}" in *SimpleAuthManager) ;; *) return 0 ;; esac
+    [ -s /run/secrets/airflow_admin_password ] || return 0
+    (umask 077
+     python3 -c 'import json, sys; print(json.dumps({sys.argv[1]: open(sys.argv[2]).read().strip()}))' \
+         "${AIRFLOW_ADMIN_USER:-admin}" /run/secrets/airflow_admin_password > "$file.$$"
+     mv -f "$file.$$" "$file")
+}
+write_simple_passwords
 exec "$@"

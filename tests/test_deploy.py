@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import stat
 import subprocess
@@ -72,7 +71,11 @@ def _digest(folder: Path) -> dict[str, str]:
 @pytest.mark.parametrize(
     ("script", "last_line"),
     [
-        ("deploy.sh", "on every re-deploy. Data, logs and the archive are never deleted."),
+        (
+            "deploy.sh",
+            "and kept on every re-deploy. Data, logs, the databases and the archive are never "
+            "deleted.",
+        ),
         (
             "local-airflow.sh",
             '(mode 0600). Without -a, an "admin" user with a generated password is created.',
@@ -111,13 +114,13 @@ def test_fresh_deploy_layout_env_and_secrets(inputs):
     secrets = dest / "secrets"
     assert sorted(p.name for p in secrets.iterdir()) == [
         "airflow_admin_password",
+        "airflow_api_secret_key",
         "airflow_db_url",
         "airflow_fernet_key",
         "airflow_jwt_secret",
         "aws",
         "postgres_password",
         "progress_db_url",
-        "simple_auth_passwords.json",
     ]
     for path in [secrets, *secrets.iterdir()]:
         mode = stat.S_IMODE(path.stat().st_mode)
@@ -132,8 +135,6 @@ def test_fresh_deploy_layout_env_and_secrets(inputs):
     assert (secrets / "airflow_db_url").read_text().strip() == (
         f"postgresql+psycopg2://airflow:{password}@postgres:5432/airflow"
     )
-    admin = (secrets / "airflow_admin_password").read_text().strip()
-    assert json.loads((secrets / "simple_auth_passwords.json").read_text()) == {"admin": admin}
     import base64
 
     assert len(base64.urlsafe_b64decode((secrets / "airflow_fernet_key").read_text().strip())) == 32
@@ -211,7 +212,74 @@ def test_dev_and_prod_env_differ_only_where_they_must(inputs, tmp_path):
 
     dev, prod = parse(inputs["dest"] / ".env"), parse(prod_inputs["dest"] / ".env")
     assert set(dev) == set(prod)
-    assert {k for k in dev if dev[k] != prod[k]} == {"DEPLOY_ENV", "COMPOSE_PROJECT_NAME"}
+    assert {k for k in dev if dev[k] != prod[k]} == {
+        "DEPLOY_ENV",
+        "COMPOSE_PROJECT_NAME",
+        "AIRFLOW_AUTH",
+        "AIRFLOW_AUTH_MANAGER",
+    }
+    assert (dev["AIRFLOW_AUTH"], prod["AIRFLOW_AUTH"]) == ("simple", "fab")
+    assert prod["AIRFLOW_AUTH_MANAGER"].endswith(".FabAuthManager")
+    assert (dev["COMPOSE_PROJECT_NAME"], prod["COMPOSE_PROJECT_NAME"]) == (
+        "bdrc-dev-instance",
+        "bdrc-prod-prod",
+    )
+
+
+def _env(dest: Path) -> dict[str, str]:
+    lines = (dest / ".env").read_text().splitlines()
+    return dict(line.split("=", 1) for line in lines if line and not line.startswith("#"))
+
+
+def test_names_are_kept_on_redeploy_and_options_win(inputs):
+    """Project name, sign-in and admin stay what the instance has unless an option changes them."""
+    assert deploy(*_args(inputs, "--project-name", "archive-a", "--auth", "fab")).returncode == 0
+    again = deploy(*_args(inputs, "--admin-user", "opsadmin"))
+    assert again.returncode == 0, again.stderr
+    env = _env(inputs["dest"])
+    assert (env["COMPOSE_PROJECT_NAME"], env["AIRFLOW_AUTH"]) == ("archive-a", "fab")
+    assert env["AIRFLOW_ADMIN_USER"] == "opsadmin"
+    assert "user opsadmin" in again.stdout
+    assert "-BDRC_IMAGE" not in again.stdout and "+AIRFLOW_ADMIN_USER=opsadmin" in again.stdout
+    for bad, message in [
+        (("--auth", "ldap"), "--auth must be simple or fab"),
+        (("--project-name", "Bad Name"), "lowercase letters, digits"),
+        (("--admin-user", "-x"), "--admin-user '-x'"),
+    ]:
+        result = deploy(*_args(inputs, *bad))
+        assert result.returncode == 2 and message in result.stderr, result.stderr
+    assert _env(inputs["dest"]) == env, "a refused re-deploy changes nothing"
+
+
+def test_hand_edit_is_shown_with_what_the_deploy_would_change(inputs):
+    assert deploy(*_args(inputs)).returncode == 0
+    env_file = inputs["dest"] / ".env"
+    env_file.write_text(
+        env_file.read_text().replace("DAG_REFRESH_SECONDS=60", "DAG_REFRESH_SECONDS=30")
+    )
+    kept = deploy(*_args(inputs, "--image", "bdrc-airflow:2"))
+    assert kept.returncode == 0, kept.stderr
+    mine, theirs = kept.stdout.split("what this deploy would change")
+    assert "-DAG_REFRESH_SECONDS=60\n+DAG_REFRESH_SECONDS=30" in mine
+    assert "-BDRC_IMAGE=bdrc-airflow:latest\n+BDRC_IMAGE=bdrc-airflow:2" in theirs
+    assert _env(inputs["dest"])["BDRC_IMAGE"] == "bdrc-airflow:latest", "the hand edit is kept"
+    forced = deploy(*_args(inputs, "--image", "bdrc-airflow:2", "--force"))
+    assert forced.returncode == 0 and _env(inputs["dest"])["BDRC_IMAGE"] == "bdrc-airflow:2"
+    again = deploy(*_args(inputs, "--image", "bdrc-airflow:2"))
+    assert ".env: unchanged" in again.stdout and "edited by hand" not in again.stdout
+
+
+def test_build_artefacts_and_hidden_files_never_reach_dags(inputs, tmp_path):
+    assert deploy(*_args(inputs)).returncode == 0
+    dags = inputs["dest"] / "dags"
+    (dags / "glacier_sync.egg-info").mkdir()
+    (dags / "glacier_sync.egg-info" / "PKG-INFO").write_text("Name: glacier-sync")
+    (dags / ".sqs_scheduled_dag.py.deploying").write_text("half a file")
+    assert deploy(*_args(inputs)).returncode == 0
+    assert sorted(p.name for p in dags.iterdir()) == [
+        "down_scheduled_dag.py",
+        "sqs_scheduled_dag.py",
+    ]
 
 
 def test_dry_run_changes_nothing(inputs):
@@ -240,14 +308,14 @@ def test_each_input_error_is_named_before_anything_is_written(inputs, change, me
     args.update(change)
     argv = [x for k, v in args.items() if v is not None for x in (k, v)]
     result = deploy(*argv)
-    assert result.returncode == 1 and message in result.stderr, result.stderr
+    assert result.returncode == 2 and message in result.stderr, result.stderr
     assert not inputs["dest"].exists()
 
 
 def test_profile_section_absent(inputs):
     inputs["config"].write_text(CONFIG.replace('profile = "default"', 'profile = "nlm"'))
     result = deploy(*_args(inputs))
-    assert result.returncode == 1
+    assert result.returncode == 2
     assert "uses AWS profile [nlm]" in result.stderr and "has no [nlm] section" in result.stderr
     assert not inputs["dest"].exists()
 
@@ -255,12 +323,12 @@ def test_profile_section_absent(inputs):
 def test_invalid_toml_and_ini_are_named_before_anything_is_written(inputs):
     inputs["config"].write_text('[[queues]]\nname = "tbrc\n')
     result = deploy(*_args(inputs))
-    assert result.returncode == 1 and len(result.stderr.splitlines()) == 1
+    assert result.returncode == 2 and len(result.stderr.splitlines()) == 1
     assert f"deploy.sh: {inputs['config']} is not valid TOML: " in result.stderr
     inputs["config"].write_text(CONFIG)
     inputs["creds"].write_text(CREDS.replace("[default]\n", ""))
     result = deploy(*_args(inputs))
-    assert result.returncode == 1 and len(result.stderr.splitlines()) == 1
+    assert result.returncode == 2 and len(result.stderr.splitlines()) == 1
     assert f"deploy.sh: AWS credentials file {inputs['creds']} is not valid INI" in result.stderr
     assert "not-a-real-secret" not in result.stderr and "AKIATEST" not in result.stderr
     assert not inputs["dest"].exists()
@@ -269,12 +337,12 @@ def test_invalid_toml_and_ini_are_named_before_anything_is_written(inputs):
 def test_bad_credentials_and_db_config(inputs, tmp_path):
     inputs["creds"].write_text("[default]\naws_access_key_id = AKIA\n")
     result = deploy(*_args(inputs))
-    assert result.returncode == 1 and "lacks aws_secret_access_key" in result.stderr
+    assert result.returncode == 2 and "lacks aws_secret_access_key" in result.stderr
     inputs["creds"].write_text(CREDS)
     db = tmp_path / "db"
     db.write_text("host=db user=x\n")
     result = deploy(*_args(inputs, "--db-config", db))
-    assert result.returncode == 1 and "must hold a database URL" in result.stderr
+    assert result.returncode == 2 and "must hold a database URL" in result.stderr
     db.write_text("mysql+pymysql://u:pw@db/progress\n")
     assert deploy(*_args(inputs, "--db-config", db)).returncode == 0
     assert (inputs["dest"] / "secrets" / "progress_db_url").read_text() == db.read_text()
@@ -291,9 +359,9 @@ def test_prod_requirements(inputs):
         "--aws-credentials",
         inputs["creds"],
     )
-    assert result.returncode == 1 and "prod needs --arch-root" in result.stderr
+    assert result.returncode == 2 and "prod needs --arch-root" in result.stderr
     result = deploy(*_args(inputs, "--aws-endpoint-url", "http://moto:5000", env="prod"))
-    assert result.returncode == 1 and "is for dev" in result.stderr
+    assert result.returncode == 2 and "is for dev" in result.stderr
 
 
 # -- bdrc-docker.sh: requirements resolved by uv, the build folder ------------------------------

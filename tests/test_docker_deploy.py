@@ -1,6 +1,10 @@
-"""End to end: build the image, deploy a dev instance, run the Compose stack, archive a work.
+"""End to end on a real Docker engine: build, deploy, run, re-deploy, upgrade, kill, back up,
+restore into a second instance, sign in with roles, roll back.
 
-Needs a Docker engine (scripts/run-tests.sh starts one when it can). Stand-in base images are
+The tests run in order on two Compose stacks that live for the whole module (each step needs the
+state the previous one left): stack A (dev, SimpleAuthManager, with a moto S3/SQS server) starts
+on the *previous* image (this code without its newest progress-database migration) and is
+upgraded; stack B (FAB sign-in) receives A's backup and is rolled back. Stand-in base images are
 built locally (tests/docker/build-test-images.sh): there is no registry to pull from.
 """
 
@@ -10,8 +14,11 @@ import hashlib
 import json
 import os
 import shutil
+import stat
 import subprocess
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -20,16 +27,44 @@ from demo_world import World, create_world
 from helpers import REPO, free_port, make_bag_zip
 
 pytestmark = pytest.mark.docker
-PROJECT = "bdrc-e2e"
 SYNC_UID = 4242
-SERVICES = (
+NEW_IMAGE, OLD_IMAGE = "bdrc-airflow:e2e-test", "bdrc-airflow:e2e-previous"
+AIRFLOW_SERVICES = (
     "postgres",
     "airflow-apiserver",
     "airflow-scheduler",
     "airflow-dag-processor",
     "airflow-triggerer",
-    "moto",
 )
+PROBE_DAG = '''"""A DAG added by a re-deploy of the running stack (tests/test_docker_deploy.py)."""
+from airflow.sdk import dag, task
+
+
+@dag(schedule=None, tags=["e2e"])
+def e2e_probe():
+    @task
+    def hello():
+        return 1
+
+    hello()
+
+
+e2e_probe()
+'''
+# The previous release, as far as the progress database goes: this code without its newest
+# migration (run inside the image by tests/docker/previous-image/Dockerfile).
+DROP_NEWEST_MIGRATION = """
+import re
+from pathlib import Path
+import glacier_sync.progress as progress
+versions = sorted(Path(progress.__file__).parent.glob("migrations/versions/0*.py"))
+newest, previous = versions[-1], versions[-2].name.split("_")[0]
+newest.unlink()
+source = Path(progress.__file__)
+head = f'HEAD_REVISION = "{previous}"'
+source.write_text(re.sub(r'^HEAD_REVISION = "\\d+"', head, source.read_text(), flags=re.M))
+print("previous image: without", newest.name, "head", previous)
+"""
 
 
 def _docker_client():
@@ -50,35 +85,55 @@ def compose_cmd() -> list[str]:
     return ["docker", "compose"] if probe.returncode == 0 else ["docker-compose"]
 
 
-class Stack:
-    """One deployed instance and its Compose project."""
+def run(cmd: list[str], *, timeout: int = 900, check: bool = True, **kwargs):
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, **kwargs)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed:\n{result.stdout[-4000:]}\n{result.stderr}")
+    return result
 
-    def __init__(self, dest: Path, override: Path) -> None:
-        self.dest, self.override = dest, override
+
+class Stack:
+    """One deployed instance and its Compose project (plus an optional override file)."""
+
+    def __init__(self, dest: Path, project: str, ui_port: int, override: Path | None = None):
+        self.dest, self.project, self.ui_port, self.override = dest, project, ui_port, override
+        self.services = AIRFLOW_SERVICES + (("moto",) if override else ())
+
+    def files(self) -> list[str]:
+        files = ["-f", str(self.dest / "docker-compose.yaml")]
+        return files + (["-f", str(self.override)] if self.override else [])
 
     def compose(self, *args: str, check: bool = True, timeout: int = 900):
-        cmd = [
-            *compose_cmd(),
-            "-p",
-            PROJECT,
-            "-f",
-            str(self.dest / "docker-compose.yaml"),
-            "-f",
-            str(self.override),
-            *args,
-        ]
-        result = subprocess.run(cmd, cwd=self.dest, capture_output=True, text=True, timeout=timeout)
-        if check and result.returncode != 0:
-            raise AssertionError(f"{' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
-        return result
+        cmd = [*compose_cmd(), "-p", self.project, *self.files(), *args]
+        return run(cmd, cwd=self.dest, check=check, timeout=timeout)
+
+    def admin(self, *args: str, stdin: str | None = None, check: bool = True):
+        """``deploy.sh user|backup|restore ... --dest DEST`` with this stack's compose files."""
+        env = {**os.environ, "COMPOSE_FILE": os.pathsep.join(self.files()[1::2])}
+        cmd = ["bash", str(REPO / "deploy.sh"), args[0], "--dest", str(self.dest), *args[1:]]
+        return run(cmd, input=stdin, env=env, check=check, timeout=600)
+
+    def exec(self, *args: str, check: bool = True):
+        return self.compose("exec", "-T", "airflow-scheduler", *args, check=check)
+
+    def status(self, *works: str) -> dict[str, dict]:
+        rows = json.loads(self.exec("glacier-sync", "status", *works, "--json").stdout)
+        return {row["work_id"]: row for row in rows}
 
     def containers(self, client) -> dict[str, object]:
         found = client.containers.list(
-            all=True, filters={"label": f"com.docker.compose.project={PROJECT}"}
+            all=True, filters={"label": f"com.docker.compose.project={self.project}"}
         )
         return {c.labels["com.docker.compose.service"]: c for c in found}
 
-    def wait_healthy(self, client, timeout: float = 420) -> None:
+    def started_at(self, client) -> dict[str, str]:
+        return {
+            name: c.attrs["State"]["StartedAt"]
+            for name, c in self.containers(client).items()
+            if name != "airflow-init"
+        }
+
+    def wait_healthy(self, client, timeout: float = 480) -> None:
         deadline = time.monotonic() + timeout
         while True:
             states = {}
@@ -88,75 +143,95 @@ class Stack:
                 states[name] = health or container.status
                 if name == "airflow-init" and container.status == "exited":
                     code = container.attrs["State"]["ExitCode"]
-                    assert code == 0, f"airflow-init exited {code}"
+                    assert code == 0, f"airflow-init exited {code}:\n{self.logs('airflow-init')}"
                     states[name] = "done"
-            if all(states.get(s) in ("healthy", "running") for s in SERVICES) and all(
-                states.get(s) == "healthy" for s in SERVICES if s != "moto"
+            if all(states.get(s) == "healthy" for s in AIRFLOW_SERVICES) and all(
+                states.get(s) == "running" for s in self.services if s not in AIRFLOW_SERVICES
             ):
                 return
-            assert time.monotonic() < deadline, f"not healthy in time: {states}"
+            assert time.monotonic() < deadline, f"{self.project} not healthy in time: {states}"
             time.sleep(5)
 
-    def logs(self) -> str:
-        """Every service's logs (also saved in test-artifacts/docker-e2e-logs.txt)."""
-        text = self.compose("logs", "--no-color", "--tail", "300", check=False).stdout
-        artifacts = REPO / "test-artifacts"
-        artifacts.mkdir(exist_ok=True)
-        (artifacts / "docker-e2e-logs.txt").write_text(text)
+    def api(self, user: str | None = None, password: str | None = None) -> AirflowApi:
+        env = dict(
+            line.split("=", 1)
+            for line in (self.dest / ".env").read_text().splitlines()
+            if line and not line.startswith("#")
+        )
+        password = password or (self.dest / "secrets" / "airflow_admin_password").read_text()
+        return AirflowApi(
+            f"http://127.0.0.1:{self.ui_port}", user or env["AIRFLOW_ADMIN_USER"], password.strip()
+        )
+
+    def logs(self, *services: str) -> str:
+        """Service logs (every service's are also saved in test-artifacts/)."""
+        text = self.compose("logs", "--no-color", "--tail", "300", *services, check=False).stdout
+        if not services:
+            artifacts = REPO / "test-artifacts"
+            artifacts.mkdir(exist_ok=True)
+            (artifacts / f"docker-e2e-{self.project}.txt").write_text(text)
         return text
 
 
-def _deploy(dest: Path, inputs: dict, image: str, ui_port: int) -> None:
-    env = {**os.environ, "POSTGRES_IMAGE": "bdrc-test/postgres:15"}
-    result = subprocess.run(
+def _checkout(tmp: Path) -> Path:
+    """A copy of the deployment files of this checkout, to change a DAG in (the repo stays)."""
+    copy = tmp / "checkout"
+    ignore = shutil.ignore_patterns("__pycache__", "*.egg-info")
+    for name in ("dags", "src", "scripts"):
+        shutil.copytree(REPO / name, copy / name, ignore=ignore)
+    for name in ("deploy.sh", "bdrc-docker-compose.yml"):
+        shutil.copy2(REPO / name, copy / name)
+    return copy
+
+
+def deploy(checkout: Path, dest: Path, inputs: dict, *extra: str, check: bool = True):
+    return run(
         [
             "bash",
-            str(REPO / "deploy.sh"),
+            str(checkout / "deploy.sh"),
             "--dest",
             str(dest),
             "--env",
             "dev",
-            "--arch-root",
-            str(inputs["archive"]),
             "--sync-uid",
             str(SYNC_UID),
             "--aws-credentials",
             str(inputs["creds"]),
             "--pipeline-config",
             str(inputs["config"]),
-            "--aws-endpoint-url",
-            "http://moto:5000",
-            "--image",
-            image,
-            "--ui-port",
-            str(ui_port),
+            "--postgres-image",
+            "bdrc-test/postgres:15",
+            *extra,
         ],
-        capture_output=True,
-        text=True,
-        env=env,
+        check=check,
         timeout=120,
     )
-    assert result.returncode == 0, result.stdout + result.stderr
 
 
-def _digest(folder: Path) -> dict[str, str]:
-    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())}
+def _http_status(url: str, method: str = "GET", token: str | None = None, body=None) -> int:
+    headers = {"Content-Type": "application/json"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(url, data=data, method=method, headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310
+            return response.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
 
 
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory):
-    client = _docker_client()
-    started = time.monotonic()
-    build = subprocess.run(
-        ["bash", str(REPO / "tests" / "docker" / "build-test-images.sh")],
-        capture_output=True,
-        text=True,
-        timeout=1800,
-    )
-    assert build.returncode == 0, build.stdout + build.stderr
-    tmp = tmp_path_factory.mktemp("docker-e2e")
-    image = "bdrc-airflow:e2e-test"
-    built = subprocess.run(
+def _tree(folder: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
+def _build_images(tmp: Path) -> None:
+    run(["bash", str(REPO / "tests" / "docker" / "build-test-images.sh")], timeout=1800)
+    run(
         [
             "bash",
             str(REPO / "bdrc-docker.sh"),
@@ -166,32 +241,51 @@ def stack(tmp_path_factory):
             "--base-image",
             "bdrc-test/bookworm-python:3.11",
             "--image",
-            image,
+            NEW_IMAGE,
         ],
-        capture_output=True,
-        text=True,
         timeout=2400,
     )
-    assert built.returncode == 0, built.stdout[-5000:] + built.stderr[-5000:]
+    context = tmp / "previous-image"
+    context.mkdir()
+    (context / "drop_newest_migration.py").write_text(DROP_NEWEST_MIGRATION)
+    (context / "Dockerfile").write_text(
+        f"FROM {NEW_IMAGE}\nUSER 0\nCOPY drop_newest_migration.py /tmp/\n"
+        "RUN python /tmp/drop_newest_migration.py && rm /tmp/drop_newest_migration.py\n"
+        "USER 50000:0\n"
+    )
+    run(["docker", "build", "-q", "-t", OLD_IMAGE, str(context)], timeout=600)
+
+
+def _archive(tmp: Path, name: str) -> Path:
+    archive = tmp / name
+    archive.mkdir()
+    os.chown(archive, SYNC_UID, 0)  # as an operator does: the sync user writes the archive
+    return archive
+
+
+@pytest.fixture(scope="module")
+def e2e(tmp_path_factory):
+    client = _docker_client()
+    started = time.monotonic()
+    tmp = tmp_path_factory.mktemp("docker-e2e")
+    _build_images(tmp)
     creds = tmp / "aws-credentials"
     creds.write_text(
         "[default]\naws_access_key_id = testing\naws_secret_access_key = testing\n"
         "region_name = us-east-1\n"
     )
     config = tmp / "glacier-sync.toml"
+    # Only the runs the tests trigger (no schedule); short leases and retry delays, so that a
+    # killed scheduler's work is taken over within a minute.
     config.write_text(
+        'sqs_schedule = "None"\nsqs_wait_seconds = 2\nclaim_lease_minutes = 0.5\n'
+        "task_retries = 3\ntask_retry_delay_seconds = 5\n"
         '[[queues]]\nname = "e2e"\n'
         'queue_url = "http://moto:5000/123456789012/restores"\n'
         'region = "us-east-1"\nbucket = "archive.e2e.example"\nprofile = "default"\n'
     )
-    # Only the run the test triggers: no scheduled run races it for the work.
-    config.write_text('sqs_schedule = "None"\nsqs_wait_seconds = 2\n' + config.read_text())
-    archive = tmp / "archive"
-    archive.mkdir()
-    inputs = {"creds": creds, "config": config, "archive": archive}
+    inputs = {"creds": creds, "config": config}
     ui_port, moto_port = free_port(), free_port()
-    dest = tmp / "instance"
-    _deploy(dest, inputs, image, ui_port)
     override = tmp / "docker-compose.test.yaml"
     override.write_text(f"""version: "3.9"
 services:
@@ -199,92 +293,307 @@ services:
     image: bdrc-test/moto:5.2.5
     ports:
       - "127.0.0.1:{moto_port}:5000"
+  airflow-scheduler:
+    environment:
+      GLACIER_SYNC_FAULT_FILE: /opt/airflow/data/fault
+      AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT: "45"
+      AIRFLOW__SCHEDULER__ORPHANED_TASKS_CHECK_INTERVAL: "20"
 """)
-    stack = Stack(dest, override)
+    archive = _archive(tmp, "archive-a")
+    stack = Stack(tmp / "instance-a", "bdrc-e2e-a", ui_port, override)
+    result = deploy(
+        REPO,
+        stack.dest,
+        inputs,
+        "--arch-root",
+        str(archive),
+        "--aws-endpoint-url",
+        "http://moto:5000",
+        "--image",
+        OLD_IMAGE,
+        "--ui-port",
+        str(ui_port),
+        "--project-name",
+        stack.project,
+    )
+    assert "Compose project bdrc-e2e-a" in result.stdout
+    state = {
+        "client": client,
+        "a": stack,
+        "inputs": inputs,
+        "archive": archive,
+        "moto": f"http://127.0.0.1:{moto_port}",
+        "tmp": tmp,
+        "stacks": [stack],
+    }
     stack.compose("down", "-v", "--remove-orphans", check=False)
     try:
         stack.compose("up", "-d")
         stack.wait_healthy(client)
-        yield {
-            "stack": stack,
-            "client": client,
-            "dest": dest,
-            "inputs": inputs,
-            "image": image,
-            "ui_port": ui_port,
-            "moto": f"http://127.0.0.1:{moto_port}",
-            "tmp": tmp,
-            "started": started,
-        }
+        yield state
     except BaseException:
         print(stack.logs())
         raise
     finally:
-        stack.compose("down", "-v", "--remove-orphans", check=False)
+        for each in state["stacks"]:
+            if os.environ.get("KEEP_E2E_LOGS", "1") == "1":
+                each.logs()
+            each.compose("down", "-v", "--remove-orphans", check=False)
         print(f"docker end-to-end: {time.monotonic() - started:.0f} s in all")
 
 
-def _api(stack) -> AirflowApi:
-    password = (stack["dest"] / "secrets" / "airflow_admin_password").read_text().strip()
-    return AirflowApi(f"http://127.0.0.1:{stack['ui_port']}", "admin", password)
+def _needs(e2e, *keys: str) -> None:
+    missing = [k for k in keys if k not in e2e]
+    if missing:
+        pytest.skip(f"needs the state an earlier test left ({', '.join(missing)})")
 
 
-def _world(stack) -> World:
-    world = create_world(stack["moto"], bucket="archive.e2e.example", queue="restores")
+def _world(e2e) -> World:
+    world = create_world(e2e["moto"], bucket="archive.e2e.example", queue="restores")
     assert world.queue_url.endswith("/123456789012/restores")
     return world
 
 
-def test_restore_event_is_archived_by_the_compose_stack(stack):
+def _restore(e2e, work: str) -> Path:
+    zip_path = make_bag_zip(
+        e2e["tmp"] / "bags", work, files={"a.txt": b"A" * 3000, "b/c.txt": b"C"}
+    )
+    key = f"Archive0/00/{work}/{work}.bag.zip"
+    world = _world(e2e)
+    world.upload_archived(zip_path, key)
+    world.restore(key)
+    return e2e["archive"] / "Archive0" / "00" / work
+
+
+def _leftovers(archive: Path) -> list[str]:
+    """Anything half-written: staging copies, replaced copies, partial names."""
+    return [
+        str(p.relative_to(archive))
+        for p in archive.rglob("*")
+        if any(mark in p.name for mark in (".syncing.", ".replaced.", ".partial", ".part"))
+    ]
+
+
+def test_restore_event_is_archived_by_the_compose_stack(e2e):
+    stack = e2e["a"]
     try:
-        world = _world(stack)
-        zip_path = make_bag_zip(stack["tmp"] / "bags", "W1E2E")
-        key = "Archive0/00/W1E2E/W1E2E.bag.zip"
-        world.upload_archived(zip_path, key)
-        world.restore(key)
-        api = _api(stack)
+        archived = _restore(e2e, "W1E2E")
+        api = stack.api()
         api.wait_for_dag("sqs_scheduled_dag")
         api.unpause("sqs_scheduled_dag")
         run_id = api.trigger("sqs_scheduled_dag")
-        run = api.wait_for_run("sqs_scheduled_dag", run_id, timeout=420)
-        assert run["state"] == "success", api.task_states("sqs_scheduled_dag", run_id)
-        archived = stack["inputs"]["archive"] / "Archive0" / "00" / "W1E2E"
+        result = api.wait_for_run("sqs_scheduled_dag", run_id, timeout=420)
+        assert result["state"] == "success", api.task_states("sqs_scheduled_dag", run_id)
         files = [p for p in archived.rglob("*") if p.is_file()]
         assert files and (archived / "W1E2E.bag" / "bagit.txt").is_file()
         assert {p.stat().st_uid for p in [archived, *files]} == {SYNC_UID}
-        status = stack["stack"].compose(
-            "exec", "-T", "airflow-scheduler", "glacier-sync", "status", "W1E2E", "--json"
-        )
-        row = json.loads(status.stdout)[0]
+        row = stack.status("W1E2E")["W1E2E"]
         assert row["state"] == "synced" and row["archive_path"] == "/mnt/Archive0/00/W1E2E"
-        stack["run_id"] = run_id
+        assert row.get("archive_host_path", str(archived)) == str(archived)
+        incoming = stack.dest / "data" / "incoming"
+        left = list(incoming.rglob("*")) if incoming.exists() else []
+        assert left == [], "nothing stays in incoming/ after a sync, not even empty folders"
+        assert "Password for user" not in stack.logs("airflow-apiserver")
+        e2e["run_id"], e2e["w1"] = run_id, _tree(archived)
     except BaseException:
-        print(stack["stack"].logs())
+        print(stack.logs())
         raise
 
 
-def test_redeploy_and_restart_keep_secrets_metadata_and_archive(stack):
-    if "run_id" not in stack:
-        pytest.skip("needs the archived work of the previous test")
-    dest = stack["dest"]
-    secrets_before = _digest(dest / "secrets")
-    archived = stack["inputs"]["archive"] / "Archive0" / "00" / "W1E2E"
-    archive_before = sorted(p.relative_to(archived) for p in archived.rglob("*"))
-    _deploy(dest, stack["inputs"], stack["image"], stack["ui_port"])
-    assert _digest(dest / "secrets") == secrets_before
+def test_redeploy_shows_a_new_dag_without_restart_then_upgrade_and_admin_rename(e2e):
+    """A re-deploy of the running stack: the new DAG file appears in the running containers
+    (same bind mount) with no restart; a new image and admin name are applied by `up -d`,
+    where airflow-init migrates the progress database once, keeping rows and runs."""
+    _needs(e2e, "run_id")
+    stack, client = e2e["a"], e2e["client"]
+    started = stack.started_at(client)
+    checkout = _checkout(e2e["tmp"])
+    (checkout / "dags" / "e2e_probe.py").write_text(PROBE_DAG)
+    before = stack.exec("glacier-sync", "db", "current").stdout
+    result = deploy(
+        checkout,
+        stack.dest,
+        e2e["inputs"],
+        "--arch-root",
+        str(e2e["archive"]),
+        "--aws-endpoint-url",
+        "http://moto:5000",
+        "--image",
+        NEW_IMAGE,
+        "--ui-port",
+        str(stack.ui_port),
+        "--admin-user",
+        "opsadmin",
+    )
+    assert "edited by hand" not in result.stdout, result.stdout
+    assert "the stack bdrc-e2e-a is running" in result.stdout
+    assert "docker compose up -d" in result.stdout and "DAG_REFRESH_SECONDS" in result.stdout
+    env = (stack.dest / ".env").read_text()
+    assert f"BDRC_IMAGE={NEW_IMAGE}" in env and "AIRFLOW_ADMIN_USER=admin\n" not in env
     try:
-        stack["stack"].compose("down")
-        stack["stack"].compose("up", "-d")
-        stack["stack"].wait_healthy(stack["client"])
-        api = _api(stack)
-        run = api.run("sqs_scheduled_dag", stack["run_id"])
-        assert run["state"] == "success", "the metadata database survived"
-        assert sorted(p.relative_to(archived) for p in archived.rglob("*")) == archive_before
-        status = stack["stack"].compose(
-            "exec", "-T", "airflow-scheduler", "glacier-sync", "status", "W1E2E", "--json"
-        )
-        assert json.loads(status.stdout)[0]["state"] == "synced"
+        api = stack.api(user="admin")  # the running stack still has the old admin name
+        api.wait_for_dag("e2e_probe", timeout=240)
+        assert stack.started_at(client) == started, "the new DAG needed no restart"
+
+        stack.compose("up", "-d")
+        stack.wait_healthy(client)
+        password = (stack.dest / "secrets" / "airflow_admin_password").read_text()
+        assert stack.api(user="opsadmin").run("sqs_scheduled_dag", e2e["run_id"])["state"] == (
+            "success"
+        ), "the metadata database kept the run"
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            stack.api(user="admin", password=password)
+        assert refused.value.code == 401
+        logs = stack.logs()
+        assert password.strip() not in logs and "Password for user" not in logs
+        after = stack.exec("glacier-sync", "db", "current").stdout
+        assert before != after and "up to date" in after.lower(), (before, after)
+        row = stack.status("W1E2E")["W1E2E"]
+        assert row["state"] == "synced", "the progress rows survived the migration"
+        assert _tree(e2e["archive"] / "Archive0" / "00" / "W1E2E") == e2e["w1"]
+        e2e["upgraded"] = True
     except BaseException:
-        print(stack["stack"].logs())
+        print(stack.logs())
         raise
-    shutil.rmtree(stack["tmp"] / "bags", ignore_errors=True)
+
+
+def test_scheduler_killed_in_the_middle_of_a_sync(e2e):
+    """`docker kill` of the scheduler (which runs the tasks) while the sync script has copied
+    half-way: after `up -d` the work is archived exactly once and nothing half-written stays."""
+    _needs(e2e, "upgraded")
+    stack, client = e2e["a"], e2e["client"]
+    fault = stack.dest / "data" / "fault"
+    try:
+        archived = _restore(e2e, "W2E2E")
+        fault.write_text("sync:copied pause\n")
+        api = stack.api()
+        run_id = api.trigger("sqs_scheduled_dag")
+        paused = fault.with_name("fault.paused")
+        deadline = time.monotonic() + 300
+        while not paused.exists():
+            assert time.monotonic() < deadline, api.task_states("sqs_scheduled_dag", run_id)
+            time.sleep(1)
+        staging = [p.name for p in archived.parent.iterdir() if ".syncing." in p.name]
+        assert staging and not archived.exists(), "paused with a half-made copy in the archive"
+        stack.containers(client)["airflow-scheduler"].kill()
+        paused.unlink()
+        stack.compose("up", "-d")
+        stack.wait_healthy(client)
+        result = api.wait_for_run("sqs_scheduled_dag", run_id, timeout=600)
+        assert result["state"] == "success", api.task_states("sqs_scheduled_dag", run_id)
+        assert (archived / "W2E2E.bag" / "data" / "a.txt").read_bytes() == b"A" * 3000
+        assert sorted(p.name for p in archived.parent.iterdir()) == ["W1E2E", "W2E2E"]
+        assert _leftovers(e2e["archive"]) == []
+        assert stack.status("W2E2E")["W2E2E"]["state"] == "synced"
+        e2e["w2"] = _tree(archived)
+    except BaseException:
+        print(stack.logs())
+        raise
+
+
+def test_backup_then_restore_into_a_second_instance_with_fab_roles(e2e):
+    _needs(e2e, "w2")
+    a, client, tmp = e2e["a"], e2e["client"], e2e["tmp"]
+    backup = tmp / "backups" / "a.tar"
+    made = a.admin("backup", "--out", str(backup))
+    assert "backup written" in made.stdout
+    assert stat.S_IMODE(backup.stat().st_mode) == 0o600
+
+    clash = deploy(
+        REPO, tmp / "instance-c", e2e["inputs"], "--project-name", a.project, check=False
+    )
+    assert clash.returncode == 2 and f"belongs to the instance in {a.dest}" in clash.stderr
+    assert not (tmp / "instance-c").exists()
+
+    b = Stack(tmp / "instance-b", "bdrc-e2e-b", free_port())
+    archive_b = _archive(tmp, "archive-b")
+    deploy(
+        REPO,
+        b.dest,
+        e2e["inputs"],
+        "--arch-root",
+        str(archive_b),
+        "--image",
+        NEW_IMAGE,
+        "--ui-port",
+        str(b.ui_port),
+        "--auth",
+        "fab",
+        "--project-name",
+        b.project,
+    )
+    e2e["stacks"].append(b)
+    e2e["archive_b"] = archive_b
+    try:
+        b.compose("up", "-d")
+        b.wait_healthy(client)
+        restored = b.admin("restore", "--from", str(backup))
+        assert "restored" in restored.stdout, restored.stdout + restored.stderr
+        b.wait_healthy(client)
+        api = b.api()
+        assert api.run("sqs_scheduled_dag", e2e["run_id"])["state"] == "success"
+        rows = b.status("W1E2E", "W2E2E")
+        assert {w: r["state"] for w, r in rows.items()} == {"W1E2E": "synced", "W2E2E": "synced"}
+        mine = {c.labels["com.docker.compose.project"] for c in b.containers(client).values()}
+        assert mine == {b.project} and a.containers(client), "two instances side by side"
+
+        base = f"http://127.0.0.1:{b.ui_port}"
+        assert _http_status(f"{base}/api/v2/dags") == 401
+        b.admin("user", "add", "viewer1", "--role", "Viewer", stdin="viewer-pass-1\n")
+        b.admin("user", "add", "op1", "--role", "Op", stdin="op-pass-123\n")
+        listed = json.loads(b.admin("user", "list").stdout)
+        assert {u["username"]: u["roles"] for u in listed}["viewer1"] == ["Viewer"]
+        dag = f"{base}/api/v2/dags/down_scheduled_dag"
+        viewer = b.api(user="viewer1", password="viewer-pass-1").token
+        operator = b.api(user="op1", password="op-pass-123").token
+        assert _http_status(dag, token=viewer) == 200
+        assert _http_status(dag, "PATCH", viewer, {"is_paused": False}) == 403
+        assert _http_status(f"{dag}/dagRuns", "POST", viewer, {"logical_date": None}) == 403
+        assert _http_status(dag, "PATCH", operator, {"is_paused": False}) == 200
+        assert _http_status(f"{dag}/dagRuns", "POST", operator, {"logical_date": None}) == 200
+        refused = b.admin("user", "remove", "admin", check=False)
+        assert refused.returncode == 2 and "last Admin" in refused.stderr
+        e2e["b"] = b
+    except BaseException:
+        print(b.logs())
+        raise
+
+
+def test_rollback_to_the_previous_image(e2e):
+    """Documented in docs/upgrading.md: downgrade the progress database with the new image,
+    then deploy the previous one."""
+    _needs(e2e, "b")
+    b, client = e2e["b"], e2e["client"]
+    previous = run(
+        [
+            "docker",
+            "run",
+            "--rm",
+            "--entrypoint",
+            "python",
+            OLD_IMAGE,
+            "-c",
+            "import glacier_sync.progress as p; print(p.HEAD_REVISION)",
+        ]
+    ).stdout.strip()
+    try:
+        b.exec("glacier-sync", "db", "downgrade", previous)
+        deploy(
+            REPO,
+            b.dest,
+            e2e["inputs"],
+            "--arch-root",
+            str(e2e["archive_b"]),
+            "--image",
+            OLD_IMAGE,
+            "--ui-port",
+            str(b.ui_port),
+        )
+        b.compose("up", "-d")
+        b.wait_healthy(client)
+        assert previous in b.exec("glacier-sync", "db", "current").stdout
+        assert b.status("W1E2E")["W1E2E"]["state"] == "synced"
+        assert b.api().run("sqs_scheduled_dag", e2e["run_id"])["state"] == "success"
+    except BaseException:
+        print(b.logs())
+        raise
