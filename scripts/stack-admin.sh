@@ -23,7 +23,7 @@ set -euo pipefail
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 command=$1
 shift
-dest="" out="" from="" yes=0 args=()
+dest="" out="" from="" yes=0 args=() tmp=""
 
 usage() { sed -n '2,/^[^#]/{/^#/s/^# \{0,1\}//p}' "$0"; }
 die() { echo "deploy.sh $command: $*" >&2; exit 2; }
@@ -93,20 +93,19 @@ cmd_user() {
     [ "$(env_value AIRFLOW_AUTH)" = fab ] \
         || die "this instance signs in with one admin (--auth simple); re-deploy it with --auth fab for users and roles"
     running airflow-apiserver || fail "the stack's airflow-apiserver is not running: cd $dest && docker compose up -d"
+    # Airflow's start-up chatter off: the answer (or the one-line error) is what remains.
+    local run=(compose exec -T -e AIRFLOW__LOGGING__LOGGING_LEVEL=ERROR -e PYTHONWARNINGS=ignore
+               airflow-apiserver python -m glacier_sync_airflow.ui_users "${args[@]}")
     case "${args[0]}" in
-        add|set-password)
-            read_new_password | compose exec -T airflow-apiserver \
-                python -m glacier_sync_airflow.ui_users "${args[@]}" 2> >(grep -v '^\S*Z \[' >&2) ;;
-        *)
-            compose exec -T airflow-apiserver python -m glacier_sync_airflow.ui_users "${args[@]}" \
-                < /dev/null 2> >(grep -v '^\S*Z \[' >&2) ;;
+        add|set-password) read_new_password | "${run[@]}" ;;
+        *) "${run[@]}" < /dev/null ;;
     esac
 }
 
 # ---- backup -----------------------------------------------------------------------------------
 cmd_backup() {
     running postgres || fail "the stack's postgres is not running: cd $dest && docker compose up -d postgres"
-    local stamp tmp progress
+    local stamp progress
     stamp=$(date -u +%Y%m%dT%H%M%SZ)
     out=${out:-$dest/backups/$project-$stamp.tar}
     mkdir -p "$(dirname "$out")"
@@ -165,7 +164,7 @@ restore_db() {
 cmd_restore() {
     [ -n "$from" ] || die "--from FILE is required (a tar file made by deploy.sh backup)"
     [ -f "$from" ] || die "--from $from does not exist"
-    local tmp progress services
+    local progress services
     tmp=$(mktemp -d)
     trap 'rm -rf "$tmp"' EXIT
     tar -C "$tmp" -xf "$from" 2>/dev/null && [ -s "$tmp/airflow.pgdump" ] && [ -s "$tmp/manifest.txt" ] \
