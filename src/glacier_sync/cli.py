@@ -232,6 +232,67 @@ def cmd_retry(args: argparse.Namespace) -> int:
     return _print_outcomes(outcomes)
 
 
+def _open_unmigrated(args: argparse.Namespace):
+    """The settings' progress database, opened without migrating (UnknownRevision when a newer
+    glacier-sync migrated it), and its masked URL."""
+    from glacier_sync.progress import ProgressStore
+    from glacier_sync.settings import mask_url
+
+    url = _settings(args).database_url()
+    return ProgressStore(url, auto_migrate=False), mask_url(url)
+
+
+def cmd_db_current(args: argparse.Namespace) -> int:
+    """Print the database's schema revision and the newest this glacier-sync knows."""
+    from glacier_sync.progress import HEAD_REVISION
+
+    store, where = _open_unmigrated(args)
+    current = store.current_revision()
+    print(f"progress database: {where}")
+    print(f"revision:          {current or 'none (never migrated)'}")
+    print(f"newest known:      {HEAD_REVISION}")
+    if current == HEAD_REVISION:
+        print("up to date")
+    else:
+        print("upgrade due: run `glacier-sync db upgrade`")
+    return EXIT_OK
+
+
+def cmd_db_upgrade(args: argparse.Namespace) -> int:
+    """Migrate the progress database to the newest revision (nothing to do when current)."""
+    from glacier_sync.progress import HEAD_REVISION
+
+    store, where = _open_unmigrated(args)
+    before = store.current_revision()
+    if before == HEAD_REVISION:
+        print(f"progress database {where}: at revision {HEAD_REVISION} already; nothing to do")
+        return EXIT_OK
+    store.migrate()
+    print(
+        f"progress database {where}: upgraded from {before or 'an empty database'} to "
+        f"revision {HEAD_REVISION}"
+    )
+    return EXIT_OK
+
+
+def cmd_db_downgrade(args: argparse.Namespace) -> int:
+    """Take the progress database back to an older revision, for an older image."""
+    from glacier_sync.progress import require_known
+
+    require_known(args.revision)
+    store, where = _open_unmigrated(args)
+    before = store.downgrade(args.revision)
+    if before == args.revision:
+        print(f"progress database {where}: at revision {args.revision} already; nothing to do")
+        return EXIT_OK
+    print(
+        f"progress database {where}: downgraded from {before} to revision {args.revision}. "
+        "This glacier-sync migrates it up again whenever it opens it: deploy the older image "
+        "before the stack runs again"
+    )
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
     parser = argparse.ArgumentParser(
@@ -308,6 +369,32 @@ def build_parser() -> argparse.ArgumentParser:
         "--reset-only", action="store_true", help="only make it eligible for the next scheduled run"
     )
     p.set_defaults(func=cmd_retry)
+
+    p = sub.add_parser(
+        "db", help="the progress database's schema revision: current, upgrade, downgrade"
+    )
+    db = p.add_subparsers(dest="db_command", required=True, metavar="ACTION")
+    q = db.add_parser(
+        "current",
+        parents=[common],
+        help="print the database's revision and the newest this glacier-sync knows",
+    )
+    q.set_defaults(func=cmd_db_current)
+    q = db.add_parser(
+        "upgrade",
+        parents=[common],
+        help="migrate to the newest revision (nothing to do when current)",
+    )
+    q.set_defaults(func=cmd_db_upgrade)
+    q = db.add_parser(
+        "downgrade",
+        parents=[common],
+        help="migrate back to REV, so that an older image can run on the database",
+    )
+    q.add_argument(
+        "revision", metavar="REV", help="the newest revision of the older image, e.g. 0002"
+    )
+    q.set_defaults(func=cmd_db_downgrade)
     return parser
 
 
