@@ -310,3 +310,27 @@ def test_a_database_newer_than_this_glacier_sync_is_a_one_line_error(tmp_path):
         result = gs(*command, "--data-dir", data)
         assert (result.returncode, result.stderr) == (2, expected), command
     assert _revision(data) == "0004"
+
+
+def test_status_shows_the_archive_host_path_when_told_the_host_root(tmp_path):
+    archive = tmp_path / "archive"
+    archive.mkdir()
+    zip_path = make_bag_zip(tmp_path, "W1HOST")
+    key = "Archive0/00/W1HOST/W1HOST.bag.zip"
+    assert process_bag(zip_path, archive, tmp_path / "data", "--key", key).returncode == 0
+    base = {k: v for k, v in os.environ.items() if not k.startswith("GLACIER_SYNC_")}
+    env = {**base, "GLACIER_SYNC_ARCHIVE_ROOT": str(archive)}
+    container_path = str(archive / "Archive0" / "00" / "W1HOST")
+    args = ("status", "W1HOST", "--data-dir", tmp_path / "data")
+
+    row = json.loads(gs(*args, "--json", env=env).stdout)[0]
+    assert row["archive_path"] == container_path and "archive_host_path" not in row
+    table = gs(*args, env=env).stdout
+    assert f"archive: {container_path}\n" in table and "host:" not in table
+
+    host = {**env, "GLACIER_SYNC_ARCHIVE_HOST_ROOT": "/srv/archive"}
+    row = json.loads(gs(*args, "--json", env=host).stdout)[0]
+    assert row["archive_path"] == container_path
+    assert row["archive_host_path"] == "/srv/archive/Archive0/00/W1HOST"
+    table = gs(*args, env=host).stdout
+    assert f"archive: {container_path} (host: /srv/archive/Archive0/00/W1HOST)" in table

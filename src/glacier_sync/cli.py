@@ -9,11 +9,14 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
+# The host's path of the archive root (the Compose stack sets it): `status` shows both paths.
+ARCHIVE_HOST_ROOT_ENV = "GLACIER_SYNC_ARCHIVE_HOST_ROOT"
 
 
 def _settings(args: argparse.Namespace, **overrides: Any):
@@ -118,8 +121,15 @@ def cmd_status(args: argparse.Namespace) -> int:
     if args.works and not rows:
         print(f"no progress row for {', '.join(args.works)}", file=sys.stderr)
         return EXIT_FAILED
+    host_root = os.environ.get(ARCHIVE_HOST_ROOT_ENV, "").strip() or None
     if args.json:
-        print(json.dumps([r.summary() for r in rows], indent=2))
+        summaries = [r.summary() for r in rows]
+        if host_root:
+            for summary in summaries:
+                summary["archive_host_path"] = _host_path(
+                    summary["archive_path"], settings.archive_root, host_root
+                )
+        print(json.dumps(summaries, indent=2))
         return EXIT_OK
     print(f"{'ID':>5}  {'WORK':<16} {'STATE':<10} {'PHASE':<9} {'TRIES':>5}  {'UPDATED':<19}  KEY")
     for row in rows:
@@ -131,7 +141,22 @@ def cmd_status(args: argparse.Namespace) -> int:
             print(f"       error: {row.last_error}")
         if row.claimed_by and (args.works or args.stuck):
             print(f"       {_claim_note(row)}")
+        if row.archive_path and args.works:
+            host = host_root and _host_path(row.archive_path, settings.archive_root, host_root)
+            print(f"       archive: {row.archive_path}" + (f" (host: {host})" if host else ""))
     return EXIT_OK
+
+
+def _host_path(archive_path: str | None, archive_root: Path | None, host_root: str) -> str | None:
+    """``archive_path`` (a path in the container) with the container's archive root replaced by
+    the host's; None when there is no path or it lies outside the archive root."""
+    if not archive_path or archive_root is None:
+        return None
+    try:
+        relative = Path(archive_path).relative_to(archive_root)
+    except ValueError:
+        return None
+    return str(Path(host_root) / relative)
 
 
 def _claim_note(row) -> str:
