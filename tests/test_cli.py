@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import subprocess
 import time
 import zipfile
@@ -11,7 +12,18 @@ import zipfile
 import pytest
 from helpers import DEFAULT_FILES, VENV_BIN, glacier_env, make_bag_dir, make_bag_zip, zip_dir
 
-SUBCOMMANDS = ["check-config", "run-once", "process-bag", "status", "request-restore", "retry"]
+SUBCOMMANDS = [
+    "check-config",
+    "run-once",
+    "process-bag",
+    "status",
+    "request-restore",
+    "retry",
+    "db",
+    "db current",
+    "db upgrade",
+    "db downgrade",
+]
 
 
 def gs(*args, env=None, cwd=None):
@@ -33,7 +45,7 @@ def process_bag(zip_path, archive, data_dir, *extra):
 
 @pytest.mark.parametrize("sub", SUBCOMMANDS)
 def test_help_on_every_subcommand(sub):
-    result = gs(sub, "--help")
+    result = gs(*sub.split(), "--help")
     assert result.returncode == 0 and "usage: glacier-sync " + sub in result.stdout
 
 
@@ -212,3 +224,113 @@ def test_retry_without_archive_root_claims_nothing(tmp_path):
     assert result.returncode == 2 and "GLACIER_SYNC_ARCHIVE_ROOT" in result.stderr
     row = json.loads(gs("status", "W1BAD", "--json", "--data-dir", tmp_path / "data").stdout)[0]
     assert row["claimed_by"] is None and row["attempts"] == 1 and row["state"] == "failed"
+
+
+def _revision(data_dir) -> str:
+    with sqlite3.connect(data_dir / "progress.sqlite") as conn:
+        return conn.execute("SELECT version_num FROM glacier_sync_alembic_version").fetchone()[0]
+
+
+def _index_names(data_dir) -> set[str]:
+    with sqlite3.connect(data_dir / "progress.sqlite") as conn:
+        rows = conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'").fetchall()
+    return {name for (name,) in rows}
+
+
+INDEX = "ix_glacier_sync_progress_state_cleaned_at"
+
+
+def test_db_current_upgrade_and_downgrade(tmp_path):
+    data = tmp_path / "data"
+    empty = gs("db", "current", "--data-dir", data)
+    assert empty.returncode == 0, empty.stderr
+    assert "revision:          none" in empty.stdout and "newest known:      0003" in empty.stdout
+    assert "upgrade due: run `glacier-sync db upgrade`" in empty.stdout
+    up = gs("db", "upgrade", "--data-dir", data)
+    assert up.returncode == 0, up.stderr
+    assert "upgraded from an empty database to revision 0003" in up.stdout
+    assert _revision(data) == "0003" and INDEX in _index_names(data)
+    again = gs("db", "upgrade", "--data-dir", data)
+    assert again.returncode == 0 and "at revision 0003 already; nothing to do" in again.stdout
+    current = gs("db", "current", "--data-dir", data)
+    assert "revision:          0003" in current.stdout and "up to date" in current.stdout
+
+    down = gs("db", "downgrade", "0002", "--data-dir", data)
+    assert down.returncode == 0, down.stderr
+    assert "downgraded from 0003 to revision 0002" in down.stdout
+    assert _revision(data) == "0002" and INDEX not in _index_names(data)
+    current = gs("db", "current", "--data-dir", data)
+    assert "revision:          0002" in current.stdout and "upgrade due" in current.stdout
+    assert _revision(data) == "0002", "`db current` migrates nothing"
+
+    unknown = gs("db", "downgrade", "0009", "--data-dir", data)
+    assert unknown.returncode == 2 and unknown.stdout == ""
+    assert unknown.stderr == (
+        "error: unknown revision '0009': this glacier-sync knows 0001, 0002, 0003 "
+        "(see `glacier-sync db current`)\n"
+    )
+    forward = gs("db", "downgrade", "0003", "--data-dir", data)
+    assert forward.returncode == 2 and "older than 0003" in forward.stderr
+    assert gs("db", "downgrade", "--data-dir", data).returncode == 2, "REV is required"
+    assert gs("db", "upgrade", "--data-dir", data).returncode == 0
+    assert _revision(data) == "0003" and INDEX in _index_names(data)
+
+
+def test_db_upgrade_when_current_does_no_alembic_work(tmp_path):
+    assert gs("db", "upgrade", "--data-dir", tmp_path).returncode == 0
+    code = (
+        "import sys; from glacier_sync.cli import main; "
+        f"code = main(['db', 'upgrade', '--data-dir', {str(tmp_path)!r}]); "
+        "print(code, [m for m in sys.modules if m.startswith('alembic')])"
+    )
+    out = subprocess.run([str(VENV_BIN / "python"), "-c", code], capture_output=True, text=True)
+    assert out.stdout.splitlines()[-1] == "0 []", out.stdout + out.stderr
+
+
+def test_a_database_newer_than_this_glacier_sync_is_a_one_line_error(tmp_path):
+    """A rollback without downgrade: every command refuses, exit 2, and migrates nothing."""
+    data = tmp_path / "data"
+    assert gs("db", "upgrade", "--data-dir", data).returncode == 0
+    with sqlite3.connect(data / "progress.sqlite") as conn:
+        conn.execute("UPDATE glacier_sync_alembic_version SET version_num = '0004'")
+    expected = (
+        f"error: progress database sqlite:///{data}/progress.sqlite is at revision 0004, newer "
+        "than this glacier-sync (0003): deploy the newer image again, or run "
+        "`glacier-sync db downgrade 0003` with it before rolling back\n"
+    )
+    for command in (
+        ["status"],
+        ["status", "--stuck"],
+        ["check-config", "--connect"],
+        ["retry", "W1", "--reset-only"],
+        ["db", "current"],
+        ["db", "upgrade"],
+        ["db", "downgrade", "0002"],
+    ):
+        result = gs(*command, "--data-dir", data)
+        assert (result.returncode, result.stderr) == (2, expected), command
+    assert _revision(data) == "0004"
+
+
+def test_status_shows_the_archive_host_path_when_told_the_host_root(tmp_path):
+    archive = tmp_path / "archive"
+    archive.mkdir()
+    zip_path = make_bag_zip(tmp_path, "W1HOST")
+    key = "Archive0/00/W1HOST/W1HOST.bag.zip"
+    assert process_bag(zip_path, archive, tmp_path / "data", "--key", key).returncode == 0
+    base = {k: v for k, v in os.environ.items() if not k.startswith("GLACIER_SYNC_")}
+    env = {**base, "GLACIER_SYNC_ARCHIVE_ROOT": str(archive)}
+    container_path = str(archive / "Archive0" / "00" / "W1HOST")
+    args = ("status", "W1HOST", "--data-dir", tmp_path / "data")
+
+    row = json.loads(gs(*args, "--json", env=env).stdout)[0]
+    assert row["archive_path"] == container_path and "archive_host_path" not in row
+    table = gs(*args, env=env).stdout
+    assert f"archive: {container_path}\n" in table and "host:" not in table
+
+    host = {**env, "GLACIER_SYNC_ARCHIVE_HOST_ROOT": "/srv/archive"}
+    row = json.loads(gs(*args, "--json", env=host).stdout)[0]
+    assert row["archive_path"] == container_path
+    assert row["archive_host_path"] == "/srv/archive/Archive0/00/W1HOST"
+    table = gs(*args, env=host).stdout
+    assert f"archive: {container_path} (host: /srv/archive/Archive0/00/W1HOST)" in table

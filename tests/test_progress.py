@@ -10,17 +10,20 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine, text
+from sqlalchemy import create_engine, inspect, text
 
 from glacier_sync.errors import (
     AttemptsExhausted,
+    ConfigError,
     LostClaim,
     ProgressDatabaseError,
+    UnknownRevision,
     WorkBusy,
     WorkNotFound,
+    is_transient,
 )
 from glacier_sync.events import parse_message_body
-from glacier_sync.progress import ProgressStore, parse_event_time
+from glacier_sync.progress import HEAD_REVISION, ProgressStore, known_revisions, parse_event_time
 
 SAMPLE = json.loads((Path(__file__).parent / "data" / "objectrestore-completed.json").read_text())
 
@@ -77,7 +80,11 @@ def test_head_revision_constant_matches_the_migrations():
 
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
-    assert ScriptDirectory.from_config(config).get_current_head() == HEAD_REVISION
+    scripts = ScriptDirectory.from_config(config)
+    assert scripts.get_current_head() == HEAD_REVISION
+    walked = [script.revision for script in scripts.walk_revisions()]
+    assert known_revisions() == tuple(reversed(walked)), "the files, read without Alembic"
+    assert known_revisions()[-1] == HEAD_REVISION
 
 
 def test_migration_creates_table_and_is_repeatable(store):
@@ -85,24 +92,59 @@ def test_migration_creates_table_and_is_repeatable(store):
     store.migrate()
     with store.engine.connect() as conn:
         version = conn.execute(text("SELECT version_num FROM glacier_sync_alembic_version"))
-        assert version.scalar() == "0002"
+        assert version.scalar() == HEAD_REVISION == "0003"
 
 
-@pytest.fixture(params=["sqlite", "postgresql", "mariadb"])
-def old_url(request, tmp_path) -> str:
-    """A database at revision 0001 holding one synced and one pending row."""
+def test_model_and_migrations_agree(store):
+    """Autogenerate finds nothing to add or drop: models.py and migrations/ describe one schema."""
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+
+    from glacier_sync.models import Base
+
+    with store.engine.connect() as conn:
+        context = MigrationContext.configure(conn, opts={"version_table": VERSION_TABLE})
+        assert compare_metadata(context, Base.metadata) == []
+
+
+VERSION_TABLE = "glacier_sync_alembic_version"
+INDEX = "ix_glacier_sync_progress_state_cleaned_at"
+
+
+def _migrate_to(connection, revision: str) -> None:
+    """Alembic's upgrade to ``revision`` on ``connection`` (as an older image would leave it)."""
     from alembic import command
     from alembic.config import Config
 
     from glacier_sync.progress import MIGRATIONS
 
-    url = _database_url(request.param, tmp_path)
-    engine = create_engine(url)
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
+    config.attributes["connection"] = connection
+    command.upgrade(config, revision)
+
+
+def _set_revision(url: str, revision: str) -> None:
+    """Write ``revision`` into the version table, as a newer glacier-sync would have."""
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(text(f"UPDATE {VERSION_TABLE} SET version_num = :r"), {"r": revision})
+    engine.dispose()
+
+
+def _indexes(store: ProgressStore) -> dict[str, list[str]]:
+    """The progress table's indexes as the database reports them: name -> columns."""
+    indexes = inspect(store.engine).get_indexes("glacier_sync_progress")
+    return {index["name"]: index["column_names"] for index in indexes}
+
+
+@pytest.fixture(params=["sqlite", "postgresql", "mariadb"])
+def old_url(request, tmp_path) -> str:
+    """A database at revision 0001 holding one synced and one pending row."""
+    url = _database_url(request.param, tmp_path)
+    engine = create_engine(url)
     with engine.begin() as connection:
-        config.attributes["connection"] = connection
-        command.upgrade(config, "0001")
+        _migrate_to(connection, "0001")
         for i, state in enumerate(("synced", "restored")):
             connection.execute(
                 text(
@@ -124,11 +166,137 @@ def old_url(request, tmp_path) -> str:
 
 def test_upgrade_from_0001_keeps_rows_and_marks_old_syncs_cleaned(old_url):
     store = ProgressStore(old_url)
-    assert store.current_revision() == "0002"
+    assert store.current_revision() == "0003"
     rows = {row.work_id: row for row in store.find()}
     assert rows["W0"].state == "synced" and rows["W0"].cleaned_at is not None
     assert rows["W1"].state == "restored" and rows["W1"].cleaned_at is None
     assert store.needs_cleanup() == []
+    store.engine.dispose()
+
+
+ROWS_0002 = [  # (work, state, cleaned_at): synced and cleaned, synced not cleaned, pending
+    ("W0", "synced", "2026-11-01 01:00:00"),
+    ("W1", "synced", None),
+    ("W2", "restored", None),
+]
+
+
+@pytest.fixture(params=["sqlite", "postgresql", "mariadb"])
+def url_0002(request, tmp_path) -> str:
+    """A database at revision 0002 (the previous image's) with rows and their history."""
+    url = _database_url(request.param, tmp_path)
+    engine = create_engine(url)
+    with engine.begin() as connection:
+        _migrate_to(connection, "0002")
+        for i, (work, state, cleaned) in enumerate(ROWS_0002):
+            history = json.dumps([{"at": "2026-11-01T00:00:00", "event": f"event of {work}"}])
+            connection.execute(
+                text(
+                    "INSERT INTO glacier_sync_progress (dedup_key, work_id, source, bucket, "
+                    "object_key, state, attempts, history, synced_at, cleaned_at, created_at, "
+                    "updated_at) VALUES (:k, :w, 's3', 'b', :key, :state, 1, :history, :at, "
+                    ":cleaned, :at, :at)"
+                ),
+                {
+                    "k": f"k{i}",
+                    "w": work,
+                    "key": f"{work}.bag.zip",
+                    "state": state,
+                    "history": history,
+                    "cleaned": cleaned,
+                    "at": "2026-11-01 00:00:00",
+                },
+            )
+    engine.dispose()
+    return url
+
+
+def _rows_as_0002_wrote_them(store: ProgressStore) -> list[tuple]:
+    return [
+        (row.work_id, row.state, row.cleaned_at and f"{row.cleaned_at:%Y-%m-%d %H:%M:%S}")
+        for row in store.find()
+    ]
+
+
+def test_upgrade_from_0002_keeps_rows_and_history_and_creates_the_index(url_0002):
+    store = ProgressStore(url_0002)
+    assert store.current_revision() == "0003"
+    assert _indexes(store)[INDEX] == ["state", "cleaned_at"]
+    assert _rows_as_0002_wrote_them(store) == ROWS_0002
+    assert [row.history[0]["event"] for row in store.find()] == [
+        "event of W0",
+        "event of W1",
+        "event of W2",
+    ]
+    assert [row.work_id for row in store.needs_cleanup()] == ["W1"]
+    if store.url.startswith("sqlite"):  # the planner picks it for the clean-up check
+        with store.engine.connect() as conn:
+            plan = conn.exec_driver_sql(
+                "EXPLAIN QUERY PLAN SELECT id FROM glacier_sync_progress "
+                "WHERE state = 'synced' AND cleaned_at IS NULL ORDER BY id"
+            ).fetchall()
+        assert INDEX in " ".join(str(step) for step in plan)
+    store.engine.dispose()
+
+
+def test_downgrade_to_0002_drops_the_index_and_keeps_rows(url_0002):
+    store = ProgressStore(url_0002)
+    assert store.downgrade("0002") == "0003"
+    assert store.current_revision() == "0002"
+    assert INDEX not in _indexes(store)
+    assert "ix_glacier_sync_progress_state" in _indexes(store), "0001's indexes stay"
+    assert _rows_as_0002_wrote_them(store) == ROWS_0002
+    assert store.downgrade("0002") == "0002", "already there: nothing to do"
+    store.engine.dispose()
+    again = ProgressStore(url_0002)  # the newer image opens it: upgraded again
+    assert again.current_revision() == "0003" and INDEX in _indexes(again)
+    again.engine.dispose()
+
+
+def test_downgrade_refuses_unknown_and_forward_revisions(store):
+    with pytest.raises(ConfigError, match="unknown revision '0009': this glacier-sync knows 0001"):
+        store.downgrade("0009")
+    store.downgrade("0002")
+    with pytest.raises(ConfigError, match="at revision 0002, older than 0003: `glacier-sync db up"):
+        store.downgrade("0003")
+    assert store.current_revision() == "0002"
+
+
+@pytest.mark.parametrize("auto_migrate", [True, False])
+def test_a_database_newer_than_this_code_is_refused_untouched(store, auto_migrate):
+    store.record_event(_event(), "q", "m")
+    _set_revision(store.url, "0004")
+    with pytest.raises(UnknownRevision) as info:
+        ProgressStore(store.url, auto_migrate=auto_migrate)
+    message = str(info.value)
+    assert message.startswith("progress database ") and "\n" not in message
+    assert "is at revision 0004, newer than this glacier-sync (0003): deploy the newer image " in (
+        message
+    )
+    assert "run `glacier-sync db downgrade 0003` with it before rolling back" in message
+    assert isinstance(info.value, ConfigError) and not is_transient(info.value)
+    with pytest.raises(UnknownRevision):
+        store.migrate()
+    with pytest.raises(UnknownRevision):
+        store.downgrade("0002")
+    assert store.current_revision() == "0004", "nothing migrated"
+    assert INDEX in _indexes(store) and len(store.find()) == 1
+
+
+def test_a_revision_of_another_lineage_is_refused_too(store):
+    _set_revision(store.url, "ab12cd")
+    with pytest.raises(UnknownRevision, match="revision ab12cd, which this glacier-sync .newest"):
+        ProgressStore(store.url)
+    assert store.current_revision() == "ab12cd"
+
+
+def test_the_newer_revision_error_masks_the_password():
+    url = _server_url("postgresql").replace("postgres@", "postgres:topsecret@")
+    store = ProgressStore(url)
+    _set_revision(url, "0004")
+    with pytest.raises(UnknownRevision) as info:
+        ProgressStore(url)
+    assert "topsecret" not in str(info.value) and "postgres:***@" in str(info.value)
     store.engine.dispose()
 
 

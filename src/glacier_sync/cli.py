@@ -9,11 +9,14 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
+# The host's path of the archive root (the Compose stack sets it): `status` shows both paths.
+ARCHIVE_HOST_ROOT_ENV = "GLACIER_SYNC_ARCHIVE_HOST_ROOT"
 
 
 def _settings(args: argparse.Namespace, **overrides: Any):
@@ -118,8 +121,15 @@ def cmd_status(args: argparse.Namespace) -> int:
     if args.works and not rows:
         print(f"no progress row for {', '.join(args.works)}", file=sys.stderr)
         return EXIT_FAILED
+    host_root = os.environ.get(ARCHIVE_HOST_ROOT_ENV, "").strip() or None
     if args.json:
-        print(json.dumps([r.summary() for r in rows], indent=2))
+        summaries = [r.summary() for r in rows]
+        if host_root:
+            for summary in summaries:
+                summary["archive_host_path"] = _host_path(
+                    summary["archive_path"], settings.archive_root, host_root
+                )
+        print(json.dumps(summaries, indent=2))
         return EXIT_OK
     print(f"{'ID':>5}  {'WORK':<16} {'STATE':<10} {'PHASE':<9} {'TRIES':>5}  {'UPDATED':<19}  KEY")
     for row in rows:
@@ -131,7 +141,22 @@ def cmd_status(args: argparse.Namespace) -> int:
             print(f"       error: {row.last_error}")
         if row.claimed_by and (args.works or args.stuck):
             print(f"       {_claim_note(row)}")
+        if row.archive_path and args.works:
+            host = host_root and _host_path(row.archive_path, settings.archive_root, host_root)
+            print(f"       archive: {row.archive_path}" + (f" (host: {host})" if host else ""))
     return EXIT_OK
+
+
+def _host_path(archive_path: str | None, archive_root: Path | None, host_root: str) -> str | None:
+    """``archive_path`` (a path in the container) with the container's archive root replaced by
+    the host's; None when there is no path or it lies outside the archive root."""
+    if not archive_path or archive_root is None:
+        return None
+    try:
+        relative = Path(archive_path).relative_to(archive_root)
+    except ValueError:
+        return None
+    return str(Path(host_root) / relative)
 
 
 def _claim_note(row) -> str:
@@ -232,6 +257,67 @@ def cmd_retry(args: argparse.Namespace) -> int:
     return _print_outcomes(outcomes)
 
 
+def _open_unmigrated(args: argparse.Namespace):
+    """The settings' progress database, opened without migrating (UnknownRevision when a newer
+    glacier-sync migrated it), and its masked URL."""
+    from glacier_sync.progress import ProgressStore
+    from glacier_sync.settings import mask_url
+
+    url = _settings(args).database_url()
+    return ProgressStore(url, auto_migrate=False), mask_url(url)
+
+
+def cmd_db_current(args: argparse.Namespace) -> int:
+    """Print the database's schema revision and the newest this glacier-sync knows."""
+    from glacier_sync.progress import HEAD_REVISION
+
+    store, where = _open_unmigrated(args)
+    current = store.current_revision()
+    print(f"progress database: {where}")
+    print(f"revision:          {current or 'none (never migrated)'}")
+    print(f"newest known:      {HEAD_REVISION}")
+    if current == HEAD_REVISION:
+        print("up to date")
+    else:
+        print("upgrade due: run `glacier-sync db upgrade`")
+    return EXIT_OK
+
+
+def cmd_db_upgrade(args: argparse.Namespace) -> int:
+    """Migrate the progress database to the newest revision (nothing to do when current)."""
+    from glacier_sync.progress import HEAD_REVISION
+
+    store, where = _open_unmigrated(args)
+    before = store.current_revision()
+    if before == HEAD_REVISION:
+        print(f"progress database {where}: at revision {HEAD_REVISION} already; nothing to do")
+        return EXIT_OK
+    store.migrate()
+    print(
+        f"progress database {where}: upgraded from {before or 'an empty database'} to "
+        f"revision {HEAD_REVISION}"
+    )
+    return EXIT_OK
+
+
+def cmd_db_downgrade(args: argparse.Namespace) -> int:
+    """Take the progress database back to an older revision, for an older image."""
+    from glacier_sync.progress import require_known
+
+    require_known(args.revision)
+    store, where = _open_unmigrated(args)
+    before = store.downgrade(args.revision)
+    if before == args.revision:
+        print(f"progress database {where}: at revision {args.revision} already; nothing to do")
+        return EXIT_OK
+    print(
+        f"progress database {where}: downgraded from {before} to revision {args.revision}. "
+        "This glacier-sync migrates it up again whenever it opens it: deploy the older image "
+        "before the stack runs again"
+    )
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
     parser = argparse.ArgumentParser(
@@ -308,6 +394,32 @@ def build_parser() -> argparse.ArgumentParser:
         "--reset-only", action="store_true", help="only make it eligible for the next scheduled run"
     )
     p.set_defaults(func=cmd_retry)
+
+    p = sub.add_parser(
+        "db", help="the progress database's schema revision: current, upgrade, downgrade"
+    )
+    db = p.add_subparsers(dest="db_command", required=True, metavar="ACTION")
+    q = db.add_parser(
+        "current",
+        parents=[common],
+        help="print the database's revision and the newest this glacier-sync knows",
+    )
+    q.set_defaults(func=cmd_db_current)
+    q = db.add_parser(
+        "upgrade",
+        parents=[common],
+        help="migrate to the newest revision (nothing to do when current)",
+    )
+    q.set_defaults(func=cmd_db_upgrade)
+    q = db.add_parser(
+        "downgrade",
+        parents=[common],
+        help="migrate back to REV, so that an older image can run on the database",
+    )
+    q.add_argument(
+        "revision", metavar="REV", help="the newest revision of the older image, e.g. 0002"
+    )
+    q.set_defaults(func=cmd_db_downgrade)
     return parser
 
 

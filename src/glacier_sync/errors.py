@@ -13,6 +13,11 @@ class ConfigError(GlacierSyncError):
     """The settings are invalid; the message names the setting and the fix."""
 
 
+class UnknownRevision(ConfigError):
+    """The progress database is at a schema revision this glacier-sync does not know (a newer
+    image migrated it): nothing is read, written or migrated until the versions agree."""
+
+
 class NoRestoredWork(GlacierSyncError):
     """No restore event is waiting and no earlier work needs a retry (the poll task retries)."""
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, DateTime, Integer, String, Text
+from sqlalchemy import JSON, BigInteger, DateTime, Index, Integer, String, Text
 from sqlalchemy.dialects import mysql
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -28,6 +28,8 @@ class Progress(Base):
     """One restored object (one version of one bag zip) on its way to the archive."""
 
     __tablename__ = "glacier_sync_progress"
+    # Revision 0003: the clean-up check (state = 'synced' AND cleaned_at IS NULL) seeks, not scans.
+    __table_args__ = (Index("ix_glacier_sync_progress_state_cleaned_at", "state", "cleaned_at"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     dedup_key: Mapped[str] = mapped_column(String(64), unique=True)

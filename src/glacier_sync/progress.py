@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -17,9 +19,11 @@ from glacier_sync import faults
 from glacier_sync.claimants import is_dead_local_run, local_run_prefix
 from glacier_sync.errors import (
     AttemptsExhausted,
+    ConfigError,
     GlacierSyncError,
     LostClaim,
     ProgressDatabaseError,
+    UnknownRevision,
     WorkBusy,
     WorkNotFound,
 )
@@ -32,7 +36,41 @@ log = logging.getLogger(__name__)
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 VERSION_TABLE = "glacier_sync_alembic_version"
-HEAD_REVISION = "0002"  # the newest file in migrations/versions (a test keeps them in step)
+HEAD_REVISION = "0003"  # the newest file in migrations/versions (a test keeps them in step)
+
+
+@cache
+def known_revisions() -> tuple[str, ...]:
+    """The revisions of the files in migrations/versions, oldest first, read without Alembic.
+
+    Follows each file's ``down_revision`` from the first revision; a database at a revision
+    outside this list was migrated by a newer glacier-sync.
+    """
+    parents: dict[str, str | None] = {}
+    for path in (MIGRATIONS / "versions").glob("*.py"):
+        source = path.read_text(encoding="utf-8")
+        revision = re.search(r"^revision = [\"']([^\"']+)[\"']", source, re.MULTILINE)
+        if revision is None:
+            continue
+        down = re.search(r"^down_revision = [\"']([^\"']+)[\"']", source, re.MULTILINE)
+        parents[revision.group(1)] = down.group(1) if down else None
+    children = {parent: child for child, parent in parents.items()}
+    chain, current = [], children.get(None)
+    while current is not None:
+        chain.append(current)
+        current = children.get(current)
+    return tuple(chain)
+
+
+def require_known(revision: str) -> str:
+    """``revision`` when this glacier-sync has its migration file; ConfigError otherwise."""
+    known = known_revisions()
+    if revision not in known:
+        raise ConfigError(
+            f"unknown revision {revision!r}: this glacier-sync knows {', '.join(known)} "
+            "(see `glacier-sync db current`)"
+        )
+    return revision
 
 
 def parse_event_time(value: str | None) -> datetime | None:
@@ -91,28 +129,79 @@ class ProgressStore:
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
         if auto_migrate:
             self.migrate()
+        else:
+            self.check_revision()
 
     def migrate(self) -> None:
-        """Bring the schema to the newest Alembic revision (safe when several run at once)."""
+        """Bring the schema to the newest Alembic revision (safe when several run at once).
+
+        When the database is current this is one query (Alembic is not even imported); a
+        database at a revision newer than this code knows raises UnknownRevision, untouched.
+        """
         if self._is_current():
             return
+        self._alembic("upgrade", HEAD_REVISION)
+
+    def downgrade(self, revision: str) -> str | None:
+        """Take the schema back to ``revision`` (so an older glacier-sync can run on it); return
+        the revision the database was at."""
+        require_known(revision)
+        current = self.check_revision()
+        known = known_revisions()
+        if current is None:
+            raise ConfigError(
+                f"progress database {mask_url(self.url)} has no revision yet: nothing to downgrade"
+            )
+        if known.index(current) < known.index(revision):
+            raise ConfigError(
+                f"progress database {mask_url(self.url)} is at revision {current}, older than "
+                f"{revision}: `glacier-sync db upgrade` migrates it forward"
+            )
+        if current != revision:
+            self._alembic("downgrade", revision)
+        return current
+
+    def _alembic(self, action: str, revision: str) -> None:
+        """Run Alembic's upgrade or downgrade to ``revision`` on this database."""
         from alembic import command
         from alembic.config import Config
+        from alembic.util import CommandError
 
         config = Config()
         config.set_main_option("script_location", str(MIGRATIONS))
         try:
             with self.engine.begin() as connection:
                 config.attributes["connection"] = connection
-                command.upgrade(config, "head")
-        except (OperationalError, IntegrityError) as exc:
-            if not self._is_current():
+                getattr(command, action)(config, revision)
+        except (OperationalError, IntegrityError, CommandError) as exc:
+            # Another process may have done the same upgrade at the same moment.
+            if action != "upgrade" or not self._is_current():
                 raise ProgressDatabaseError(
-                    f"migrating progress database {mask_url(self.url)} failed: {_reason(exc)}"
+                    f"{action} of progress database {mask_url(self.url)} to revision {revision} "
+                    f"failed: {_reason(exc)}"
                 ) from None
 
     def _is_current(self) -> bool:
-        return self.current_revision() == HEAD_REVISION
+        return self.check_revision() == HEAD_REVISION
+
+    def check_revision(self) -> str | None:
+        """The database's revision (None before the first migration); UnknownRevision when it
+        is one this glacier-sync has no migration file for (a newer image migrated it)."""
+        current = self.current_revision()
+        if current is None or current in known_revisions():
+            return current
+        head = known_revisions()[-1]
+        if current.isdigit() and head.isdigit() and int(current) > int(head):
+            raise UnknownRevision(
+                f"progress database {mask_url(self.url)} is at revision {current}, newer than "
+                f"this glacier-sync ({head}): deploy the newer image again, or run "
+                f"`glacier-sync db downgrade {head}` with it before rolling back"
+            )
+        raise UnknownRevision(
+            f"progress database {mask_url(self.url)} is at revision {current}, which this "
+            f"glacier-sync (newest {head}) does not know: deploy the image that migrated it, or "
+            f"run `glacier-sync db downgrade {head}` with that image"
+        )
 
     def current_revision(self) -> str | None:
         """The schema revision recorded in the database (None before the first migration)."""
