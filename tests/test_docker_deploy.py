@@ -577,7 +577,24 @@ def test_rollback_to_the_previous_image(e2e):
         ]
     ).stdout.strip()
     try:
-        b.exec("glacier-sync", "db", "downgrade", previous)
+        b.compose("stop")  # nothing of the new image may open (and migrate) the database now
+        b.compose("up", "-d", "postgres")
+        for _ in range(60):
+            ready = b.compose("exec", "-T", "postgres", "pg_isready", "-U", "airflow", check=False)
+            if ready.returncode == 0:
+                break
+            time.sleep(1)
+        downgraded = b.compose(
+            "run",
+            "--rm",
+            "--no-deps",
+            "airflow-scheduler",
+            "glacier-sync",
+            "db",
+            "downgrade",
+            previous,
+        )
+        assert f"to revision {previous}" in downgraded.stdout, downgraded.stdout
         deploy(
             REPO,
             b.dest,
