@@ -512,3 +512,30 @@ def test_build_folder_holds_scripts_config_and_resolved_requirements(tmp_path):
     )
     if (Path.home() / ".config").is_dir():
         assert whole_config.returncode == 1 and "not" in whole_config.stderr
+
+
+# -- deploy.sh user|backup|restore: what they refuse before touching Docker ---------------------
+
+
+def test_admin_subcommands_need_an_instance(tmp_path):
+    for sub in ("user", "backup", "restore"):
+        result = deploy(sub, "--dest", tmp_path / "nothing", "list")
+        assert result.returncode == 2, result.stderr
+        assert "is not an instance made by deploy.sh" in result.stderr
+        assert deploy(sub, "-h").stdout.startswith("deploy.sh user|backup|restore - ")
+
+
+def test_user_commands_need_fab_sign_in(inputs):
+    assert deploy(*_args(inputs)).returncode == 0
+    result = deploy("user", "--dest", inputs["dest"], "add", "alice", "--role", "Op")
+    assert result.returncode == 2 and "re-deploy it with --auth fab" in result.stderr
+
+
+def test_restore_refuses_what_is_not_a_backup(inputs, tmp_path):
+    assert deploy(*_args(inputs)).returncode == 0
+    bogus = tmp_path / "bogus.tar"
+    bogus.write_bytes(b"not a tar")
+    result = deploy("restore", "--dest", inputs["dest"], "--from", bogus)
+    assert result.returncode == 2 and "is not a backup made by deploy.sh backup" in result.stderr
+    result = deploy("restore", "--dest", inputs["dest"])
+    assert result.returncode == 2 and "--from FILE is required" in result.stderr
