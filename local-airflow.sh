@@ -143,10 +143,13 @@ add_user() {
 
 pid_of() { [ -f "$run_dir/$1.pid" ] && cat "$run_dir/$1.pid" || true; }
 
+# is_running NAME: its recorded process lives (a zombie, killed but not yet reaped, does not).
 is_running() {
-    local pid
+    local pid state
     pid=$(pid_of "$1")
-    [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null
+    [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null || return 1
+    state=$(sed 's/.*) //' "/proc/$pid/stat" 2>/dev/null | cut -d' ' -f1) || return 0
+    [ "$state" != Z ]
 }
 
 running_any() {

@@ -87,6 +87,7 @@ class Services:
         env_file = work / "glacier-sync.env"
         keep = {k: v for k, v in env.items() if k.startswith(("GLACIER_SYNC_", "AWS_"))}
         keep["GLACIER_SYNC_POLL_RETRIES"] = "0"
+        keep["GLACIER_SYNC_EVENT_DRIVEN"] = "false"  # only the run this measures
         env_file.write_text("".join(f"export {k}='{v}'\n" for k, v in keep.items()))
         self.env = {
             **{k: v for k, v in os.environ.items() if not k.startswith("GLACIER_SYNC_")},

@@ -70,3 +70,8 @@ class AirflowApi:
         """Every try of one task instance, oldest first."""
         path = f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/{map_index}/tries"
         return self._call("GET", path)["task_instances"]
+
+    def runs(self, dag_id: str) -> list[dict]:
+        """Every run of ``dag_id`` (up to 100), oldest first."""
+        path = f"/api/v2/dags/{dag_id}/dagRuns?limit=100&order_by=id"
+        return self._call("GET", path)["dag_runs"]

@@ -41,10 +41,10 @@ def _rows(dirs):
     return {r.work_id: r for r in store.find()}
 
 
-def test_dagbag_imports_both_dags_without_errors(airflow_home, world, dirs):
+def test_dagbag_imports_every_dag_without_errors(airflow_home, world, dirs):
     result = dagbag(airflow_home, glacier_env(world, dirs["data"], dirs["archive"]))
     assert result["errors"] == {}
-    assert result["dags"] == ["down_scheduled_dag", "sqs_scheduled_dag"]
+    assert result["dags"] == ["down_scheduled_dag", "sqs_event_dag", "sqs_scheduled_dag"]
 
 
 def test_invalid_settings_fail_the_dag_import_with_the_fix(airflow_home, world, dirs):
@@ -52,6 +52,7 @@ def test_invalid_settings_fail_the_dag_import_with_the_fix(airflow_home, world, 
     result = dagbag(airflow_home, env)
     assert set(result["errors"]) == {
         str(DAGS / "sqs_scheduled_dag.py"),
+        str(DAGS / "sqs_event_dag.py"),
         str(DAGS / "down_scheduled_dag.py"),
     }
     message = next(iter(result["errors"].values()))

@@ -121,6 +121,9 @@ def services(moto_endpoint, tmp_path_factory):
     settings = settings_env(world, data, archive)
     settings.update(
         GLACIER_SYNC_MAX_ACTIVE_RUNS="2",
+        # These tests trigger sqs_scheduled_dag by hand; the event-driven twin (tested in
+        # test_event_driven.py) stays paused so that it does not take their works.
+        GLACIER_SYNC_EVENT_DRIVEN="false",
         GLACIER_SYNC_POLL_RETRIES="0",
         GLACIER_SYNC_TASK_RETRY_DELAY_SECONDS="3",
         # No file there until test_killed_sync_task_is_finished_once_by_its_retry writes one.

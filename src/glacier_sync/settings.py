@@ -119,6 +119,9 @@ class Settings(BaseSettings):
     sqs_schedule: str | None = "@hourly"
     down_schedule: str | None = None
     max_active_runs: int = Field(default=1, ge=1)
+    event_driven: bool = True
+    event_poll_seconds: float = Field(default=5, ge=1, le=300)
+    event_refire_seconds: float = Field(default=30, ge=5, le=3600)
 
     @classmethod
     def settings_customise_sources(

@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
-from airflow.sdk import get_current_context, task
+from airflow.sdk import get_current_context, task, task_group
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from glacier_sync.aws import ProfileClients
@@ -19,6 +19,8 @@ from glacier_sync.settings import QueueSource, Settings, load_settings
 
 __all__ = [
     "dag_arguments",
+    "restore_event_asset",
+    "restore_tasks",
     "load_settings",
     "make_pipeline",
     "phase_task",
@@ -113,8 +115,8 @@ def run_phase(settings: Settings, phase: str, progress_id: int) -> int:
         raise AirflowFailException(f"{phase} failed (not retried): {exc}") from exc
 
 
-def dag_arguments(settings: Settings, schedule: str | None, doc: str | None) -> dict[str, Any]:
-    """The arguments both DAGs share: no catch-up, runs and retries from the settings."""
+def dag_arguments(settings: Settings, schedule: Any, doc: str | None) -> dict[str, Any]:
+    """The arguments the DAGs share: no catch-up, runs and retries from the settings."""
     return {
         "schedule": schedule,
         "start_date": datetime(2025, 1, 1),
@@ -137,3 +139,42 @@ def phase_task(settings: Settings, phase: str, task_id: str):
 
     run.__doc__ = PHASE_DOCS[phase]
     return task(task_id=task_id)(run)
+
+
+def restore_tasks(settings: Settings, **poll_arguments: Any) -> None:
+    """The tasks of a restore run (call inside a DAG): poll, then per work download, debag, sync.
+
+    ``poll_arguments`` go to the poll task (its retries while no event waits, for the
+    scheduled DAG). Each work's three phases are a mapped task-group instance of its own, so one
+    bad work fails alone.
+    """
+
+    @task(task_id="get_restored_object_messages", **poll_arguments)
+    def get_restored_object_messages() -> list[int]:
+        """Record the waiting restore events; return the progress ids of this run's works."""
+        return poll_restored_works(settings)
+
+    download = phase_task(settings, "download", "download_from_messages")
+    debag = phase_task(settings, "debag", "debag_downloads")
+    sync = phase_task(settings, "sync", "sync_debagged")
+
+    @task_group(group_id="process_work", prefix_group_id=False)
+    def process_work(progress_id: int) -> None:
+        """One work's phases; each mapped instance of the group runs on its own."""
+        sync(debag(download(progress_id)))
+
+    process_work.expand(progress_id=get_restored_object_messages())
+
+
+def restore_event_asset(settings: Settings):
+    """The asset the restore queues' watcher updates; ``sqs_event_dag`` is scheduled on it."""
+    from airflow.sdk import Asset, AssetWatcher
+
+    from glacier_sync_airflow.watcher import ASSET_URI, RestoreQueueWatcher
+
+    watcher = RestoreQueueWatcher(settings.event_poll_seconds, settings.event_refire_seconds)
+    return Asset(
+        name="glacier_sync_restore_queues",
+        uri=ASSET_URI,
+        watchers=[AssetWatcher(name="glacier_sync_restore_queue_watcher", trigger=watcher)],
+    )

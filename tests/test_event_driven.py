@@ -1,0 +1,177 @@
+"""Event-driven runs under local-airflow.sh's real services, against the moto server.
+
+The watcher (glacier_sync_airflow.watcher) runs in the triggerer and never takes a message; the
+runs it starts poll, record and only then delete, as the scheduled DAG does. Nothing here
+triggers a run by hand.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import pytest
+from airflow_rest import AirflowApi
+from demo_world import settings_env
+from helpers import make_bag_zip, make_world
+from test_local_airflow import alive, run, script_env
+
+from glacier_sync.progress import ProgressStore
+
+pytestmark = pytest.mark.airflow
+DAG = "sqs_event_dag"
+MAX_PER_RUN = 5
+
+
+@pytest.fixture(scope="module")
+def event_services(moto_endpoint, tmp_path_factory):
+    """UI + scheduler + dag-processor + triggerer with the event-driven path on (the default)."""
+    tmp = tmp_path_factory.mktemp("event-driven")
+    world = make_world(moto_endpoint)
+    data, archive = tmp / "data", tmp / "archive"
+    archive.mkdir()
+    settings = settings_env(world, data, archive)
+    settings.update(
+        GLACIER_SYNC_EVENT_POLL_SECONDS="2",
+        GLACIER_SYNC_EVENT_REFIRE_SECONDS="10",
+        GLACIER_SYNC_MAX_MESSAGES_PER_RUN=str(MAX_PER_RUN),
+        GLACIER_SYNC_SQS_WAIT_SECONDS="1",
+        GLACIER_SYNC_TASK_RETRY_DELAY_SECONDS="3",
+        GLACIER_SYNC_SQS_SCHEDULE="None",
+    )
+    settings.pop("GLACIER_SYNC_EVENT_DRIVEN", None)  # the default: on
+    env_file = tmp / "glacier-sync.env"
+    env_file.write_text("".join(f"export {k}='{v}'\n" for k, v in settings.items()))
+    env = script_env(tmp, GLACIER_SYNC_ENV_FILE=str(env_file))
+    home = tmp / "airflow-home"
+    try:
+        for args in (
+            ["-r"],
+            ["-a", "tester", "tester-pw-123", "tester@example.org"],
+            ["-w", "-u"],
+            ["-s", "-u"],
+        ):
+            result = run(env, *args)
+            assert result.returncode == 0, (args, result.stdout, result.stderr)
+        api = AirflowApi(f"http://127.0.0.1:{env['AIRFLOW_PORT']}", "tester", "tester-pw-123")
+        dag = api.wait_for_dag(DAG)
+        assert dag["is_paused"] is False, "on by default: nobody unpauses it"
+        yield {
+            "api": api,
+            "world": world,
+            "data": data,
+            "archive": archive,
+            "env": env,
+            "home": home,
+            "tmp": tmp,
+        }
+    except BaseException:
+        for log in sorted((home / "logs" / "services").glob("*.log")):
+            print(f"===== {log.name}\n{log.read_text()[-4000:]}")
+        raise
+    finally:
+        stop = run(env, "stop")
+        assert stop.returncode == 0, stop.stderr
+
+
+def _seed(services, work_ids) -> float:
+    """Restore each work (its event lands in the queue); return when the last was sent."""
+    for work_id in work_ids:
+        zip_path = make_bag_zip(services["tmp"] / "bags", work_id)
+        key = f"Archive5/{work_id[-2:]}/{work_id}/{work_id}.bag.zip"
+        services["world"].upload_archived(zip_path, key)
+        services["world"].restore(key)
+    return time.monotonic()
+
+
+def _rows(services):
+    store = ProgressStore(f"sqlite:///{services['data']}/progress.sqlite")
+    return {r.work_id: r for r in store.find()}
+
+
+def _wait_synced(services, work_ids, timeout: float = 300) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        rows = _rows(services)
+        if all(w in rows and rows[w].state == "synced" for w in work_ids):
+            return rows
+        if time.monotonic() > deadline:
+            states = {w: rows[w].state if w in rows else None for w in work_ids}
+            runs = [(r["run_id"], r["state"]) for r in services["api"].runs(DAG)]
+            raise AssertionError(f"not synced in {timeout} s: {states}; runs {runs}")
+        time.sleep(1)
+
+
+def _queue_empty(services) -> bool:
+    sqs = services["world"].client("sqs")
+    attributes = sqs.get_queue_attributes(
+        QueueUrl=services["world"].queue_url,
+        AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
+    )["Attributes"]
+    return all(int(v) == 0 for v in attributes.values())
+
+
+def _archived_once(services, rows, work_ids) -> None:
+    for work_id in work_ids:
+        events = [h["event"] for h in rows[work_id].history]
+        assert events.count("sync done") == 1, (work_id, events)
+        parent = services["archive"] / "Archive5" / work_id[-2:]
+        assert (parent / work_id / "images").is_dir()
+        assert not [p.name for p in parent.iterdir() if p.name.startswith(".")], "no staging"
+
+
+def test_an_event_starts_a_run_within_seconds(event_services):
+    sent = _seed(event_services, ["W1EVT01"])
+    rows = _wait_synced(event_services, ["W1EVT01"])
+    print(f"event -> archive: {time.monotonic() - sent:.1f} s")
+    runs = event_services["api"].runs(DAG)
+    assert runs and {r["run_type"] for r in runs} == {"asset_triggered"}, runs
+    _archived_once(event_services, rows, ["W1EVT01"])
+    assert _queue_empty(event_services), "the run deleted the message once it was recorded"
+
+
+def test_a_burst_is_gathered_into_a_few_bounded_runs(event_services):
+    api = event_services["api"]
+    before = len(api.runs(DAG))
+    works = [f"W1BUR{i:03d}" for i in range(12)]
+    _seed(event_services, works)
+    rows = _wait_synced(event_services, works)
+    _archived_once(event_services, rows, works)
+    runs = api.runs(DAG)[before:]
+    # max_messages_per_run=5 -> at least 3 runs carry the 12 works; re-fires while messages
+    # stay add at most a few that find the queue empty: never one run per event.
+    assert 3 <= len(runs) <= 8, [(r["run_id"], r["state"]) for r in runs]
+    assert all(r["state"] in ("success", "running", "queued") for r in runs), runs
+    assert _queue_empty(event_services)
+
+
+def _kill9(home, name: str) -> None:
+    pid = int((home / "run" / f"{name}.pid").read_text())
+    os.killpg(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while alive(pid):
+        assert time.monotonic() < deadline, f"{name} survived kill -9"
+        time.sleep(0.2)
+
+
+def test_killed_triggerer_and_scheduler_lose_nothing(event_services):
+    """kill -9 of the triggerer, then of the scheduler, while restore events wait: after a
+    restart every work is archived once and every message deleted once recorded."""
+    home, api = event_services["home"], event_services["api"]
+    _kill9(home, "triggerer")
+    before = len(api.runs(DAG))
+    works = [f"W1KTR{i:03d}" for i in range(3)]
+    _seed(event_services, works)
+    time.sleep(10)
+    assert len(api.runs(DAG)) == before, "no watcher, no run"
+    assert not _queue_empty(event_services), "the events wait in the queue, untouched"
+    _kill9(home, "scheduler")
+    restarted = run(event_services["env"], "-s", "-u")
+    assert restarted.returncode == 0, restarted.stderr
+    for name in ("triggerer", "scheduler"):
+        pid = int((home / "run" / f"{name}.pid").read_text())
+        assert alive(pid), f"{name} was started again:\n{restarted.stdout}"
+    rows = _wait_synced(event_services, works)
+    _archived_once(event_services, rows, works)
+    assert _queue_empty(event_services)
