@@ -43,10 +43,10 @@ case "${1:-}" in
     user|backup|restore) exec bash "$repo/scripts/stack-admin.sh" "$@" ;;
 esac
 
-dest="" env_name=dev arch_root="" sync_uid="" aws_credentials="" db_config=""
-pipeline_config="" endpoint="" image=bdrc-airflow:latest ui_port=8080 dry_run=0 force=0
-postgres_image=${POSTGRES_IMAGE:-postgres:16-bookworm} redis_image=${REDIS_IMAGE:-redis:7-bookworm}
-auth="" admin_user="" project=""
+# Options left empty are taken from the instance's .env on a re-deploy, else the defaults.
+dest="" env_name="" arch_root="" sync_uid="" aws_credentials="" db_config="" pipeline_config=""
+endpoint="" endpoint_given=0 image="" ui_port="" dry_run=0 force=0
+postgres_image=${POSTGRES_IMAGE:-} redis_image=${REDIS_IMAGE:-} auth="" admin_user="" project=""
 readonly FAB_MANAGER=airflow.providers.fab.auth_manager.fab_auth_manager.FabAuthManager
 readonly SIMPLE_MANAGER=airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager
 
@@ -62,6 +62,13 @@ say() { echo "==> $*"; }
 act() { if [ "$dry_run" -eq 1 ]; then echo "would: $*"; else "$@"; fi; }
 # env_value NAME: NAME's value in the instance's current .env (empty when absent).
 env_value() { [ -f "$dest/.env" ] && sed -n "s/^$1=//p" "$dest/.env" | tail -n 1 || true; }
+# deployed_value NAME: NAME as deploy.sh last wrote it (.env.deployed; older deploys: .env).
+# Re-deploys inherit these; hand edits of .env stay hand edits (reported, kept unless --force).
+deployed_value() {
+    local file=$dest/.env.deployed
+    [ -f "$file" ] || file=$dest/.env
+    [ -f "$file" ] && sed -n "s/^$1=//p" "$file" | tail -n 1 || true
+}
 docker_up() { command -v docker >/dev/null && docker info >/dev/null 2>&1; }
 
 need_value() { [ $# -ge 2 ] && [ -n "$2" ] || die "$1 needs a value (see -h)"; }
@@ -74,7 +81,7 @@ while [ $# -gt 0 ]; do
         --aws-credentials) need_value "$@"; aws_credentials=$2; shift 2 ;;
         --db-config) need_value "$@"; db_config=$2; shift 2 ;;
         --pipeline-config) need_value "$@"; pipeline_config=$2; shift 2 ;;
-        --aws-endpoint-url) need_value "$@"; endpoint=$2; shift 2 ;;
+        --aws-endpoint-url) need_value "$@"; endpoint=$2; endpoint_given=1; shift 2 ;;
         --image) need_value "$@"; image=$2; shift 2 ;;
         --postgres-image) need_value "$@"; postgres_image=$2; shift 2 ;;
         --redis-image) need_value "$@"; redis_image=$2; shift 2 ;;
@@ -90,9 +97,37 @@ while [ $# -gt 0 ]; do
 done
 
 # ---- check every input before touching anything -------------------------------------------
+
+# refuse_change OPTION VALUE NAME: an existing instance's NAME in .env changes only when the
+# option says so (a re-deploy that forgot it must not move the archive, the uid, ...).
+refuse_change() {
+    local kept
+    kept=$(deployed_value "$3")
+    [ -z "$kept" ] || [ "$kept" = "$2" ] || [ "$force" -eq 1 ] \
+        || die "$1 $2 would change this instance's $3 (now $kept); re-run with --force if you mean it"
+}
+
+# inherit_from_env: a re-deploy keeps what the instance has unless an option changes it.
+inherit_from_env() {
+    [ -f "$dest/.env" ] || return 0
+    env_name=${env_name:-$(deployed_value DEPLOY_ENV)}
+    if [ -n "$project" ]; then refuse_change --project-name "$project" COMPOSE_PROJECT_NAME; fi
+    arch_root=${arch_root:-$(deployed_value ARCH_ROOT)}
+    sync_uid=${sync_uid:-$(deployed_value SYNC_ACCESS_UID)}
+    image=${image:-$(deployed_value BDRC_IMAGE)}
+    postgres_image=${postgres_image:-$(deployed_value POSTGRES_IMAGE)}
+    redis_image=${redis_image:-$(deployed_value REDIS_IMAGE)}
+    ui_port=${ui_port:-$(deployed_value AIRFLOW_UI_PORT)}
+    [ "$endpoint_given" -eq 1 ] || endpoint=$(deployed_value AWS_ENDPOINT_URL)
+}
+
 check_inputs() {
     [ -n "$dest" ] || die "--dest DIR is required (see -h)"
+    inherit_from_env
+    env_name=${env_name:-dev} image=${image:-bdrc-airflow:latest} ui_port=${ui_port:-8080}
+    postgres_image=${postgres_image:-postgres:16-bookworm} redis_image=${redis_image:-redis:7-bookworm}
     case "$env_name" in dev|prod) ;; *) die "--env must be dev or prod, not '$env_name'" ;; esac
+    refuse_change --env "$env_name" DEPLOY_ENV
     [ -n "$sync_uid" ] || sync_uid=${SUDO_UID:-$(id -u)}
     [[ $sync_uid =~ ^[0-9]+$ ]] || die "--sync-uid must be a numeric uid, not '$sync_uid'"
     [[ $ui_port =~ ^[0-9]+$ ]] || die "--ui-port must be a number, not '$ui_port'"
@@ -101,7 +136,7 @@ check_inputs() {
     fi
     if [ "$env_name" = prod ]; then
         [ -n "$arch_root" ] || die "prod needs --arch-root PATH (the archive root, mounted as /mnt)"
-        [ -n "$aws_credentials" ] || die "prod needs --aws-credentials FILE"
+        [ -n "$aws_credentials" ] || [ -s "$dest/secrets/aws" ] || die "prod needs --aws-credentials FILE"
         [ -z "$endpoint" ] || die "--aws-endpoint-url is for dev (an emulator); prod talks to AWS"
     fi
     if [ -n "$arch_root" ]; then
@@ -136,7 +171,7 @@ check_inputs() {
 choose_names() {
     if [ -d "$dest" ]; then dest=$(cd "$dest" && pwd); else dest=$(realpath -m "$dest"); fi
     local kept_auth
-    kept_auth=$(env_value AIRFLOW_AUTH)
+    kept_auth=$(deployed_value AIRFLOW_AUTH)
     auth=${auth:-${kept_auth:-$([ "$env_name" = prod ] && echo fab || echo simple)}}
     case "$auth" in
         fab) auth_manager=$FAB_MANAGER ;;
@@ -146,13 +181,13 @@ choose_names() {
     if [ "$env_name" = prod ] && [ "$auth" = simple ]; then
         echo "deploy.sh: warning: prod with --auth simple: one shared admin, no roles (use fab)" >&2
     fi
-    old_admin=$(env_value AIRFLOW_ADMIN_USER)
+    old_admin=$(deployed_value AIRFLOW_ADMIN_USER)
     admin_user=${admin_user:-${old_admin:-admin}}
     [[ $admin_user =~ ^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$ ]] \
         || die "--admin-user '$admin_user': use letters, digits and . _ @ - (at most 64)"
     local base
     base=$(basename "$dest" | tr 'A-Z' 'a-z' | tr -c 'a-z0-9_\n-' '-')
-    project=${project:-$(env_value COMPOSE_PROJECT_NAME)}
+    project=${project:-$(deployed_value COMPOSE_PROJECT_NAME)}
     project=${project:-bdrc-$env_name-$base}
     [[ $project =~ ^[a-z0-9][a-z0-9_-]*$ ]] \
         || die "--project-name '$project': lowercase letters, digits, - and _ only"
@@ -161,15 +196,18 @@ choose_names() {
 # check_project_free: no other destination runs (or ran) a Compose project of this name; its
 # `down -v` would otherwise remove our containers and volumes, and ours theirs.
 check_project_free() {
-    docker_up || return 0
+    if ! docker_up; then
+        echo "deploy.sh: warning: Docker is unreachable from here: cannot check that no other instance uses the Compose project '$project'" >&2
+        return 0
+    fi
     local dirs other
     dirs=$(docker ps -a --filter "label=com.docker.compose.project=$project" \
         --format '{{.Label "com.docker.compose.project.working_dir"}}' | sort -u)
     while read -r other; do
-        [ -z "$other" ] || [ "$other" = "$dest" ] && continue
+        [ -z "$other" ] || [ "$other" -ef "$dest" ] && continue
         die "Compose project '$project' belongs to the instance in $other; give this one another --project-name"
     done <<< "$dirs"
-    if [ -z "$dirs" ] && [ ! -f "$dest/.env" ] \
+    if [ -z "$dirs" ] && [ "$(deployed_value COMPOSE_PROJECT_NAME)" != "$project" ] \
         && docker volume inspect "${project}_postgres-db" >/dev/null 2>&1; then
         die "a database volume ${project}_postgres-db exists (another instance's?); give --project-name, or remove the volume if it is garbage"
     fi
@@ -205,12 +243,22 @@ check_archive_writable
 random_secret() { tool secret; }
 fernet_key() { tool fernet-key; }
 
-# write_secret NAME GENERATOR|--from FILE: created once (generated) or copied from FILE.
+# write_secret NAME GENERATOR|--from FILE: created once (generated) or copied from FILE. A
+# changed copy is written into the same file (a running container's file secret is a bind
+# mount of it) and the services must be recreated to read it.
+changed_secrets=0
 write_secret() {
     local name=$1 target="$dest/secrets/$1"
     if [ "$2" = --from ]; then
-        act install -m 0600 "$3" "$target"
-        say "secrets/$name: from $3"
+        if cmp -s "$3" "$target"; then
+            say "secrets/$name: unchanged"
+        elif [ "$dry_run" -eq 1 ]; then
+            echo "would: copy $3 into secrets/$name"
+        else
+            (umask 077; cat "$3" > "$target")
+            [ ! -s "$target" ] || changed_secrets=1
+            say "secrets/$name: from $3"
+        fi
     elif [ -s "$target" ]; then
         say "secrets/$name: kept"
         return 0
@@ -252,9 +300,6 @@ write_secrets() {
     if [ "$dry_run" -eq 0 ]; then
         chmod 0700 "$dest/secrets"
         chmod 0600 "$dest/secrets"/*
-        if [ "$(id -u)" -eq 0 ]; then
-            chown "$sync_uid:0" "$dest/secrets" "$dest/secrets"/*
-        fi
     fi
 }
 write_secrets
@@ -300,7 +345,8 @@ else
 fi
 if [ -n "$pipeline_config" ]; then
     if ! cmp -s "$pipeline_config" "$dest/config/glacier-sync.toml"; then
-        act cp "$pipeline_config" "$dest/config/glacier-sync.toml"
+        # Readable by the sync user whatever the source's mode (it holds no secret).
+        act install -m 0644 "$pipeline_config" "$dest/config/glacier-sync.toml"
         say "config/glacier-sync.toml: from $pipeline_config"
     fi
 elif [ ! -e "$dest/config/glacier-sync.toml" ] && [ "$dry_run" -eq 0 ]; then
@@ -393,6 +439,8 @@ write_env() {
     status=$(env_status)
     changed_env=0
     if [ "$status" = same ]; then
+        [ -f "$deployed" ] || [ "$dry_run" -eq 1 ] || cp "$env_file" "$deployed"
+        rm -f "$env_file.deployed.sha256"
         say ".env: unchanged"
         return 0
     fi
@@ -408,6 +456,10 @@ write_env() {
         echo "would: write $env_file:"
         echo "$new_env" | sed 's/^/    /'
         return 0
+    fi
+    if [ "$status" = edited ]; then
+        cp -p "$env_file" "$env_file.before-force"
+        say ".env: your hand edits are replaced (--force); they are kept in .env.before-force"
     fi
     if [ "$status" != new ]; then
         say ".env: changes"
@@ -426,9 +478,16 @@ if [ "$dry_run" -eq 0 ]; then   # a kept hand-edited .env is what the stack will
     admin_user=$(env_value AIRFLOW_ADMIN_USER) ui_port=$(env_value AIRFLOW_UI_PORT)
     project=$(env_value COMPOSE_PROJECT_NAME) auth=$(env_value AIRFLOW_AUTH)
 fi
-if [ "$(id -u)" -eq 0 ] && [ "$dry_run" -eq 0 ]; then
-    chown "$sync_uid:0" "$dest/logs" "$dest/data" "$dest/processing" "$dest/plugins"
-fi
+# fix_ownership: the sync user of the .env the stack will use (a kept hand edit included) owns
+# the secrets and the writable mounts.
+fix_ownership() {
+    [ "$(id -u)" -eq 0 ] && [ "$dry_run" -eq 0 ] || return 0
+    local uid
+    uid=$(env_value SYNC_ACCESS_UID)
+    chown "$uid:0" "$dest/secrets" "$dest/secrets"/* \
+        "$dest/logs" "$dest/data" "$dest/processing" "$dest/plugins"
+}
+fix_ownership
 
 # ---- what to run next -----------------------------------------------------------------------
 stack_running() {
@@ -436,23 +495,29 @@ stack_running() {
 }
 
 next_steps_new() {
-    cat <<NEXT
-
-Next steps:
-  1. Build the image if not done:   ./bdrc-docker.sh
-  2. Add your queues:               \$EDITOR $dest/config/glacier-sync.toml
-  3. Start the stack:               cd $dest && docker compose up -d   (or docker-compose up -d)
-  4. Open the UI:                   http://127.0.0.1:${ui_port}  user $admin_user, password in
-                                    $dest/secrets/airflow_admin_password
-  5. Unpause sqs_scheduled_dag in the UI. Re-run deploy.sh to update the DAGs; secrets are kept.
-NEXT
+    local where
+    where=$(printf '%q' "$dest")
+    echo
+    echo "Next steps:"
+    echo "  1. Build the image if not done:   $(printf '%q' "$repo")/bdrc-docker.sh --image $image"
+    if [ -z "$pipeline_config" ] && ! grep -q '^\[\[queues\]\]' "$dest/config/glacier-sync.toml" 2>/dev/null; then
+        echo "  2. Add your queues:               \$EDITOR $where/config/glacier-sync.toml"
+    fi
+    echo "  3. Start the stack:               cd $where && docker compose up -d   (or docker-compose up -d)"
+    echo "  4. Open the UI:                   http://127.0.0.1:${ui_port}  user $admin_user, password in"
+    echo "                                    $where/secrets/airflow_admin_password"
+    echo "  5. Restore events start sqs_event_dag within seconds (on by default); sqs_scheduled_dag"
+    echo "     is the scheduled fallback. Re-run deploy.sh to update the DAGs; secrets are kept."
 }
 
 next_steps_running() {
     echo
     echo "Next steps (the stack $project is running):"
-    if [ "$changed_env" -eq 1 ] || [ "$changed_compose" -eq 1 ]; then
-        echo "  cd $dest && docker compose up -d   (or docker-compose up -d)"
+    if [ "$changed_secrets" -eq 1 ]; then
+        echo "  cd $(printf '%q' "$dest") && docker compose up -d --force-recreate   (or docker-compose ...)"
+        echo "  a secret changed: every service must be recreated to read it; airflow-init runs first."
+    elif [ "$changed_env" -eq 1 ] || [ "$changed_compose" -eq 1 ]; then
+        echo "  cd $(printf '%q' "$dest") && docker compose up -d   (or docker-compose up -d)"
         echo "  recreates the services whose settings changed; airflow-init runs first (migrations)."
     else
         echo "  nothing to restart."

@@ -245,12 +245,65 @@ def test_names_are_kept_on_redeploy_and_options_win(inputs):
     assert "-BDRC_IMAGE" not in again.stdout and "+AIRFLOW_ADMIN_USER=opsadmin" in again.stdout
     for bad, message in [
         (("--auth", "ldap"), "--auth must be simple or fab"),
-        (("--project-name", "Bad Name"), "lowercase letters, digits"),
+        (("--project-name", "archive-b"), "would change this instance's COMPOSE_PROJECT_NAME"),
+        (("--env", "prod"), "would change this instance's DEPLOY_ENV (now dev)"),
         (("--admin-user", "-x"), "--admin-user '-x'"),
     ]:
         result = deploy(*_args(inputs, *bad))
         assert result.returncode == 2 and message in result.stderr, result.stderr
     assert _env(inputs["dest"]) == env, "a refused re-deploy changes nothing"
+    fresh = deploy(
+        *_args({**inputs, "dest": inputs["dest"].parent / "fresh"}, "--project-name", "Bad Name")
+    )
+    assert fresh.returncode == 2 and "lowercase letters, digits" in fresh.stderr
+
+
+def test_a_redeploy_with_only_dest_keeps_every_option(inputs):
+    """`deploy.sh --dest DIR` again (an operator who forgot the options) changes nothing."""
+    first = _args(
+        inputs,
+        "--image",
+        "bdrc-airflow:7",
+        "--ui-port",
+        "9393",
+        "--aws-endpoint-url",
+        "http://moto:5000",
+        "--postgres-image",
+        "postgres:17-bookworm",
+    )
+    assert deploy(*first).returncode == 0
+    before = _env(inputs["dest"])
+    again = deploy("--dest", inputs["dest"])
+    assert again.returncode == 0, again.stderr
+    assert ".env: unchanged" in again.stdout
+    assert _env(inputs["dest"]) == before
+    assert before["SYNC_ACCESS_UID"] == "4242" and before["ARCH_ROOT"] == str(inputs["archive"])
+    if os.getuid() == 0:
+        assert (inputs["dest"] / "secrets" / "aws").stat().st_uid == 4242
+
+
+def test_a_kept_hand_edit_of_the_uid_decides_who_owns_the_secrets(inputs):
+    if os.getuid() != 0:
+        pytest.skip("chown needs root")
+    assert deploy(*_args(inputs)).returncode == 0
+    env_file = inputs["dest"] / ".env"
+    env_file.write_text(
+        env_file.read_text().replace("SYNC_ACCESS_UID=4242", "SYNC_ACCESS_UID=4343")
+    )
+    assert deploy(*_args(inputs)).returncode == 0
+    assert (inputs["dest"] / "secrets" / "aws").stat().st_uid == 4343
+    assert (inputs["dest"] / "data").stat().st_uid == 4343
+
+
+def test_a_changed_secret_is_written_in_place_and_asks_for_a_recreate(inputs):
+    assert deploy(*_args(inputs)).returncode == 0
+    aws = inputs["dest"] / "secrets" / "aws"
+    inode = aws.stat().st_ino
+    inputs["creds"].write_text(CREDS.replace("AKIATEST", "AKIANEW"))
+    again = deploy(*_args(inputs))
+    assert again.returncode == 0 and "AKIANEW" in aws.read_text()
+    assert aws.stat().st_ino == inode, "the running containers' bind mount sees the new content"
+    assert stat.S_IMODE(aws.stat().st_mode) == 0o600
 
 
 def test_hand_edit_is_shown_with_what_the_deploy_would_change(inputs):
@@ -523,7 +576,7 @@ def test_build_folder_holds_scripts_config_and_resolved_requirements(tmp_path):
 
 def test_admin_subcommands_need_an_instance(tmp_path):
     for sub in ("user", "backup", "restore"):
-        result = deploy(sub, "--dest", tmp_path / "nothing", "list")
+        result = deploy(sub, "--dest", tmp_path / "nothing", *(["list"] if sub == "user" else []))
         assert result.returncode == 2, result.stderr
         assert "is not an instance made by deploy.sh" in result.stderr
         assert deploy(sub, "-h").stdout.startswith("deploy.sh user|backup|restore - ")
@@ -543,3 +596,5 @@ def test_restore_refuses_what_is_not_a_backup(inputs, tmp_path):
     assert result.returncode == 2 and "is not a backup made by deploy.sh backup" in result.stderr
     result = deploy("restore", "--dest", inputs["dest"])
     assert result.returncode == 2 and "--from FILE is required" in result.stderr
+    result = deploy("backup", "--dest", inputs["dest"], "--ot", "x.tar")
+    assert result.returncode == 2 and "unknown option --ot" in result.stderr
