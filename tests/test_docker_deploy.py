@@ -29,6 +29,7 @@ from helpers import REPO, free_port, make_bag_zip
 pytestmark = pytest.mark.docker
 SYNC_UID = 4242
 NEW_IMAGE, OLD_IMAGE = "bdrc-airflow:e2e-test", "bdrc-airflow:e2e-previous"
+EVENT_DAG = "sqs_event_dag"  # on by default: restore events start its runs, nobody triggers
 AIRFLOW_SERVICES = (
     "postgres",
     "airflow-apiserver",
@@ -365,6 +366,19 @@ def _restore(e2e, work: str) -> Path:
     return e2e["archive"] / "Archive0" / "00" / work
 
 
+def _wait_event_run(api: AirflowApi, archived: Path, timeout: float) -> dict:
+    """The event-driven run that archived the work (started by the watcher, not by hand)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        runs = api.runs(EVENT_DAG)
+        done = [r for r in runs if r["state"] in ("success", "failed")]
+        if archived.exists() and done and all(r["state"] != "running" for r in runs[-1:]):
+            assert {r["run_type"] for r in runs} == {"asset_triggered"}, runs
+            return done[-1]
+        assert time.monotonic() < deadline, f"no event-driven run archived {archived}: {runs}"
+        time.sleep(3)
+
+
 def _leftovers(archive: Path) -> list[str]:
     """Anything half-written: staging copies, replaced copies, partial names."""
     return [
@@ -379,11 +393,11 @@ def test_restore_event_is_archived_by_the_compose_stack(e2e):
     try:
         archived = _restore(e2e, "W1E2E")
         api = stack.api()
-        api.wait_for_dag("sqs_scheduled_dag")
-        api.unpause("sqs_scheduled_dag")
-        run_id = api.trigger("sqs_scheduled_dag")
-        result = api.wait_for_run("sqs_scheduled_dag", run_id, timeout=420)
-        assert result["state"] == "success", api.task_states("sqs_scheduled_dag", run_id)
+        dag = api.wait_for_dag(EVENT_DAG)
+        assert dag["is_paused"] is False, "the event-driven path is on by default"
+        result = _wait_event_run(api, archived, timeout=420)
+        run_id = result["dag_run_id"]
+        assert result["state"] == "success", api.task_states(EVENT_DAG, run_id)
         files = [p for p in archived.rglob("*") if p.is_file()]
         assert files and (archived / "W1E2E.bag" / "bagit.txt").is_file()
         assert {p.stat().st_uid for p in [archived, *files]} == {SYNC_UID}
@@ -438,9 +452,9 @@ def test_redeploy_shows_a_new_dag_without_restart_then_upgrade_and_admin_rename(
         stack.compose("up", "-d")
         stack.wait_healthy(client)
         password = (stack.dest / "secrets" / "airflow_admin_password").read_text()
-        assert stack.api(user="opsadmin").run("sqs_scheduled_dag", e2e["run_id"])["state"] == (
-            "success"
-        ), "the metadata database kept the run"
+        assert stack.api(user="opsadmin").run(EVENT_DAG, e2e["run_id"])["state"] == ("success"), (
+            "the metadata database kept the run"
+        )
         with pytest.raises(urllib.error.HTTPError) as refused:
             stack.api(user="admin", password=password)
         assert refused.value.code == 401
@@ -467,20 +481,23 @@ def test_scheduler_killed_in_the_middle_of_a_sync(e2e):
         archived = _restore(e2e, "W2E2E")
         fault.write_text("sync:copied pause\n")
         api = stack.api()
-        run_id = api.trigger("sqs_scheduled_dag")
+        runs_before = len(api.runs(EVENT_DAG))
         paused = fault.with_name("fault.paused")
         deadline = time.monotonic() + 300
         while not paused.exists():
-            assert time.monotonic() < deadline, api.task_states("sqs_scheduled_dag", run_id)
+            assert time.monotonic() < deadline, api.runs(EVENT_DAG)[runs_before:]
             time.sleep(1)
+        running = [r for r in api.runs(EVENT_DAG)[runs_before:] if r["state"] == "running"]
+        assert len(running) == 1, running
         staging = [p.name for p in archived.parent.iterdir() if ".syncing." in p.name]
         assert staging and not archived.exists(), "paused with a half-made copy in the archive"
         stack.containers(client)["airflow-scheduler"].kill()
         paused.unlink()
         stack.compose("up", "-d")
         stack.wait_healthy(client)
-        result = api.wait_for_run("sqs_scheduled_dag", run_id, timeout=600)
-        assert result["state"] == "success", api.task_states("sqs_scheduled_dag", run_id)
+        run_id = running[0]["dag_run_id"]
+        result = api.wait_for_run(EVENT_DAG, run_id, timeout=600)
+        assert result["state"] == "success", api.task_states(EVENT_DAG, run_id)
         assert (archived / "a.txt").read_bytes() == b"A" * 3000
         assert sorted(p.name for p in archived.parent.iterdir()) == ["W1E2E", "W2E2E"]
         assert _leftovers(e2e["archive"]) == []
@@ -531,7 +548,7 @@ def test_backup_then_restore_into_a_second_instance_with_fab_roles(e2e):
         assert "restored" in restored.stdout, restored.stdout + restored.stderr
         b.wait_healthy(client)
         api = b.api()
-        assert api.run("sqs_scheduled_dag", e2e["run_id"])["state"] == "success"
+        assert api.run(EVENT_DAG, e2e["run_id"])["state"] == "success"
         rows = b.status("W1E2E", "W2E2E")
         assert {w: r["state"] for w, r in rows.items()} == {"W1E2E": "synced", "W2E2E": "synced"}
         mine = {c.labels["com.docker.compose.project"] for c in b.containers(client).values()}
@@ -610,7 +627,7 @@ def test_rollback_to_the_previous_image(e2e):
         b.wait_healthy(client)
         assert previous in b.exec("glacier-sync", "db", "current").stdout
         assert b.status("W1E2E")["W1E2E"]["state"] == "synced"
-        assert b.api().run("sqs_scheduled_dag", e2e["run_id"])["state"] == "success"
+        assert b.api().run(EVENT_DAG, e2e["run_id"])["state"] == "success"
     except BaseException:
         print(b.logs())
         raise
