@@ -144,7 +144,7 @@ def main() -> None:
     args = parser.parse_args()
     random.seed(7)
     results: dict[str, dict[str, list[float]]] = {}
-    with tempfile.TemporaryDirectory() as tmp, moto_server() as endpoint:
+    with tempfile.TemporaryDirectory() as tmp, moto_server(Path(tmp) / "moto.log") as endpoint:
         bench = Bench(Path(tmp), endpoint, args.retry_delay)
         api = bench.start()
         try:

@@ -16,11 +16,14 @@ from glacier_sync_airflow import dag_arguments, load_settings, restore_event_ass
 SETTINGS = load_settings()
 
 
-@dag(
-    dag_id="sqs_event_dag",
-    is_paused_upon_creation=not SETTINGS.event_driven,
+ARGUMENTS = {
     **dag_arguments(SETTINGS, [restore_event_asset(SETTINGS)], __doc__),
-)
+    # A second run may start while one works: it takes the messages the first left visible.
+    "max_active_runs": SETTINGS.event_max_active_runs,
+}
+
+
+@dag(dag_id="sqs_event_dag", is_paused_upon_creation=not SETTINGS.event_driven, **ARGUMENTS)
 def sqs_event_dag() -> None:
     """Restored bags to the archive, started by the restore queues' watcher."""
     restore_tasks(SETTINGS, retries=0)

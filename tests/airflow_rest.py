@@ -75,3 +75,8 @@ class AirflowApi:
         """Every run of ``dag_id`` (up to 100), oldest first."""
         path = f"/api/v2/dags/{dag_id}/dagRuns?limit=100&order_by=id"
         return self._call("GET", path)["dag_runs"]
+
+    def task_instances(self, dag_id: str, run_id: str) -> list[dict]:
+        """The run's task instances as the REST API gives them (with ``rendered_map_index``)."""
+        path = f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances"
+        return self._call("GET", path)["task_instances"]

@@ -125,8 +125,16 @@ def test_an_event_starts_a_run_within_seconds(event_services):
     sent = _seed(event_services, ["W1EVT01"])
     rows = _wait_synced(event_services, ["W1EVT01"])
     print(f"event -> archive: {time.monotonic() - sent:.1f} s")
-    runs = event_services["api"].runs(DAG)
+    api = event_services["api"]
+    runs = api.runs(DAG)
     assert runs and {r["run_type"] for r in runs} == {"asset_triggered"}, runs
+    labels = {
+        (t["task_id"], t["rendered_map_index"])
+        for run in runs
+        for t in api.task_instances(DAG, run["dag_run_id"])
+        if t["map_index"] >= 0
+    }
+    assert ("sync_debagged", "W1EVT01") in labels, "each mapped instance is named by its work"
     _archived_once(event_services, rows, ["W1EVT01"])
     assert _queue_empty(event_services), "the run deleted the message once it was recorded"
 

@@ -121,7 +121,8 @@ class Settings(BaseSettings):
     max_active_runs: int = Field(default=1, ge=1)
     event_driven: bool = True
     event_poll_seconds: float = Field(default=5, ge=1, le=300)
-    event_refire_seconds: float = Field(default=30, ge=5, le=3600)
+    event_refire_seconds: float = Field(default=10, ge=5, le=3600)
+    event_max_active_runs: int = Field(default=2, ge=1)
 
     @classmethod
     def settings_customise_sources(

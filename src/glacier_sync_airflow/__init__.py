@@ -6,6 +6,7 @@ imports nothing from Airflow.
 
 from __future__ import annotations
 
+import logging
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -16,6 +17,8 @@ from glacier_sync.aws import ProfileClients
 from glacier_sync.errors import NoRestoredWork, is_transient
 from glacier_sync.runner import Pipeline
 from glacier_sync.settings import QueueSource, Settings, load_settings
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "dag_arguments",
@@ -106,6 +109,7 @@ def run_phase(settings: Settings, phase: str, progress_id: int) -> int:
     """
     run_id, final = _context()
     pipeline = make_pipeline(settings, run_id)
+    _label_with_work(pipeline, progress_id)
     try:
         return getattr(pipeline, phase)(progress_id, release_on_failure=final)
     except Exception as exc:
@@ -113,6 +117,14 @@ def run_phase(settings: Settings, phase: str, progress_id: int) -> int:
             raise
         pipeline.store.release(progress_id, pipeline.run_id)
         raise AirflowFailException(f"{phase} failed (not retried): {exc}") from exc
+
+
+def _label_with_work(pipeline: Pipeline, progress_id: int) -> None:
+    """Name this mapped task instance in the UI by its work id (``map_index_template``)."""
+    try:
+        get_current_context()["work_id"] = pipeline.store.get(progress_id).work_id
+    except Exception:  # the label only; the phase reports a missing row itself
+        log.debug("no work id for progress row %s", progress_id, exc_info=True)
 
 
 def dag_arguments(settings: Settings, schedule: Any, doc: str | None) -> dict[str, Any]:
@@ -138,7 +150,8 @@ def phase_task(settings: Settings, phase: str, task_id: str):
         return run_phase(settings, phase, progress_id)
 
     run.__doc__ = PHASE_DOCS[phase]
-    return task(task_id=task_id)(run)
+    # Each mapped instance shows its work id in the UI, not [0], [1], ...
+    return task(task_id=task_id, map_index_template="{{ work_id }}")(run)
 
 
 def restore_tasks(settings: Settings, **poll_arguments: Any) -> None:

@@ -8,10 +8,11 @@ fires an event when some are waiting. The run it starts polls the queue like any
 receive, record every work in the progress database, and only then delete.
 
 It fires when the queues go from empty to holding messages, and again every
-``event_refire_seconds`` while messages stay (a run that failed, or events that arrived while a
-run was active and would otherwise wait for the next event). Runs are bounded by the DAG's
-``max_active_runs`` and each run's ``max_messages_per_run``, so a burst of events starts a few
-runs, not hundreds.
+``event_refire_seconds`` while messages stay visible. Messages a run has received are invisible
+(in flight) until it deletes them, so what stays visible is what no run took yet: the rest of a
+burst beyond ``max_messages_per_run``, events that came during a run, or the messages of a run
+that died. Runs are bounded by the DAG's ``max_active_runs`` (``event_max_active_runs``) and
+each run's ``max_messages_per_run``, so a burst of events starts a few runs, not hundreds.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ def waiting_messages(clients: Any, settings: Settings) -> dict[str, int]:
 class RestoreQueueWatcher(BaseEventTrigger):
     """Fires while the pipeline's restore queues hold visible messages (never receives one)."""
 
-    def __init__(self, poll_seconds: float = 5.0, refire_seconds: float = 60.0) -> None:
+    def __init__(self, poll_seconds: float = 5.0, refire_seconds: float = 10.0) -> None:
         super().__init__()
         self.poll_seconds = poll_seconds
         self.refire_seconds = refire_seconds
