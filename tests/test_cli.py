@@ -151,6 +151,36 @@ def _bad_bags(tmp_path):
     return out
 
 
+@pytest.mark.parametrize("move", ["true", "false"], ids=["rename", "copy"])
+def test_process_bag_on_a_current_database_does_no_migration_work(tmp_path, move):
+    """The usual case: the data root's database is current (no Alembic import), and the work
+    folder is renamed into an archive on the same file system (copied with the setting off)."""
+    data, archive = tmp_path / "data", tmp_path / "archive"
+    archive.mkdir()
+    assert gs("db", "upgrade", "--data-dir", data).returncode == 0
+    zip_path = make_bag_zip(tmp_path, "W1MOVE")
+    argv = ["process-bag", str(zip_path), "--archive-root", str(archive), "--data-dir", str(data)]
+    code = (
+        "import sys; from glacier_sync.cli import main; "
+        f"code = main({argv!r}); "
+        "print(code, [m for m in sys.modules if m.startswith('alembic')])"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GLACIER_SYNC_")}
+    env["GLACIER_SYNC_SYNC_MOVE_WORK"] = move
+    out = subprocess.run(
+        [str(VENV_BIN / "python"), "-c", code], capture_output=True, text=True, env=env
+    )
+    assert out.stdout.splitlines()[-1] == "0 []", out.stdout + out.stderr
+    for rel, content in DEFAULT_FILES.items():
+        assert (archive / "W1MOVE" / rel).read_bytes() == content
+    assert not (data / "work" / "W1MOVE").exists() and zip_path.is_file()
+    with sqlite3.connect(data / "progress.sqlite") as conn:
+        (history,) = conn.execute("SELECT history FROM glacier_sync_progress").fetchone()
+    history = json.loads(history)
+    sync = next(h for h in history if h["event"] == "sync done")
+    assert sync["moved"] is (move == "true")
+
+
 def test_process_bag_refuses_each_bad_bag(tmp_path):
     for name, zip_path, expected in _bad_bags(tmp_path):
         archive = tmp_path / name / "archive"

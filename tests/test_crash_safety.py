@@ -5,6 +5,10 @@ Each kill is deterministic: a fault point (glacier_sync.faults, and the same hoo
 sync script) sends SIGKILL to the whole process group the n-th time the run passes it. After the
 re-run, every work is synced once, each archived tree equals its bag (payload and tag files),
 nothing else is in the archive, and the data root holds no leftovers.
+
+The data root and the archive share a file system here, so by default the sync script renames
+the work folder into the archive (`sync_move_work`); the points of the sync and the clean-up are
+killed on the copy path too (`GLACIER_SYNC_SYNC_MOVE_WORK=false`).
 """
 
 from __future__ import annotations
@@ -46,10 +50,23 @@ POINTS = [
     ("sync:after-script", 1),  # script done, sync not recorded
     ("progress:before-commit", 4),  # inside the "sync done" update
     ("sync:recorded", 1),  # recorded, clean-up not started
-    ("cleanup:file", 3),  # inside the clean-up: work folder half deleted
     ("cleanup:folder", 1),  # inside the clean-up: one empty incoming folder of two removed
     ("progress:before-commit", 5),  # inside the "cleaned" update
 ]
+# The same instants on the copy path (the work folder copied into the archive, then deleted by
+# the clean-up); above, they are passed on the rename path (the work folder itself, renamed).
+COPY_POINTS = [
+    ("sync:before-script", 1),
+    ("sync:copied", 1),  # staging copy in the archive, not verified (bash)
+    ("sync:before-rename", 1),  # staging verified, not renamed (bash)
+    ("sync:renamed", 1),  # archive copy in place, success list not written (bash)
+    ("sync:after-script", 1),
+    ("progress:before-commit", 4),  # inside the "sync done" update
+    ("sync:recorded", 1),
+    ("cleanup:file", 3),  # inside the clean-up: work folder half deleted
+    ("cleanup:folder", 1),
+]
+COPY = {"GLACIER_SYNC_SYNC_MOVE_WORK": "false"}
 
 
 def _bag(dirs: dict[str, Path], work_id: str) -> Path:
@@ -98,8 +115,9 @@ def env_for(world, dirs, **extra) -> dict[str, str]:
     )
 
 
-def assert_all_archived_once(world, dirs) -> None:
-    """Every work synced once, archive == bags, nothing else anywhere, queue drained."""
+def assert_all_archived_once(world, dirs, moved: bool | None = None) -> None:
+    """Every work synced once, archive == bags, nothing else anywhere, queue drained; with
+    ``moved``, whether at least one work reached the archive by a rename (True) or none (False)."""
     archive_files = sorted(
         str(p.relative_to(dirs["archive"])) for p in dirs["archive"].rglob("*") if p.is_file()
     )
@@ -121,6 +139,9 @@ def assert_all_archived_once(world, dirs) -> None:
         assert row.cleaned_at is not None
         syncs = [h for h in row.history if h["event"] == "sync done"]
         assert len(syncs) == 1, f"{row.work_id} synced exactly once"
+    if moved is not None:
+        renamed = [h.get("moved") for r in rows for h in r.history if h["event"] == "sync done"]
+        assert any(renamed) is moved, renamed
     leftovers = [
         str(p.relative_to(dirs["data"]))
         for p in dirs["data"].rglob("*")
@@ -131,8 +152,15 @@ def assert_all_archived_once(world, dirs) -> None:
     assert leftovers == [], "no leftovers in the data root"
 
 
-@pytest.mark.parametrize(("point", "nth"), POINTS, ids=[f"{p}#{n}" for p, n in POINTS])
-def test_kill_at_every_instant_then_rerun(crash_world, dirs, tmp_path, point, nth):
+CASES = [(p, n, {}) for p, n in POINTS] + [(p, n, COPY) for p, n in COPY_POINTS]
+
+
+@pytest.mark.parametrize(
+    ("point", "nth", "mode"),
+    CASES,
+    ids=[f"{p}#{n}" + ("-copy" if mode else "") for p, n, mode in CASES],
+)
+def test_kill_at_every_instant_then_rerun(crash_world, dirs, tmp_path, point, nth, mode):
     fault = tmp_path / "fault"
     fault.write_text(f"{point} {nth}\n")
     killed = _run(
@@ -141,6 +169,7 @@ def test_kill_at_every_instant_then_rerun(crash_world, dirs, tmp_path, point, nt
             dirs,
             GLACIER_SYNC_FAULT_FILE=fault,
             GLACIER_SYNC_SQS_VISIBILITY_TIMEOUT=2,
+            **mode,
         ),
         "run-once",
     )
@@ -152,43 +181,79 @@ def test_kill_at_every_instant_then_rerun(crash_world, dirs, tmp_path, point, nt
     assert len(held) <= 1, "a crashed run holds at most the work it was on"
 
     time.sleep(2.5)  # the killed run's messages become visible again
-    env = env_for(crash_world, dirs)  # default settings: no fault, default lease
+    env = env_for(crash_world, dirs, **mode)  # no fault, default lease
     status = _run(env, "status", "--stuck")
     assert status.returncode == 0
     if held:
         assert "whose process is gone" in status.stdout, status.stdout
     rerun = _run(env, "run-once")
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
-    assert_all_archived_once(crash_world, dirs)
+    assert_all_archived_once(crash_world, dirs, moved=not mode)
     assert crash_world.queue_count() == 0, "every message deleted once recorded"
 
 
 def test_crash_during_cleanup_then_replace_never_truncates_the_archive(crash_world, dirs, tmp_path):
-    """The landed code's worst case: half-deleted work folder, then a retry with -A."""
+    """The landed code's worst case: half-deleted work folder, then a retry with -A (on the
+    copy path: on the rename path the clean-up has no work folder left to delete)."""
     fault = tmp_path / "fault"
     fault.write_text("cleanup:file 5\n")
-    killed = _run(env_for(crash_world, dirs, GLACIER_SYNC_FAULT_FILE=fault), "run-once")
+    killed = _run(env_for(crash_world, dirs, GLACIER_SYNC_FAULT_FILE=fault, **COPY), "run-once")
     assert killed.returncode == -signal.SIGKILL
     rerun = _run(env_for(crash_world, dirs, GLACIER_SYNC_SYNC_REPLACE_ARCHIVE="true"), "run-once")
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
     assert_all_archived_once(crash_world, dirs)
 
 
+@pytest.mark.parametrize("point", ["sync:swapping", "sync:renamed"])
+@pytest.mark.parametrize("mode", [{}, COPY], ids=["rename", "copy"])
 def test_kill_inside_a_replace_puts_the_old_copy_back_then_installs_the_new(
-    crash_world, dirs, tmp_path
+    crash_world, dirs, tmp_path, mode, point
 ):
     old = dirs["archive"] / "Archive0" / "01" / "W1CRASH1"
     (old / "images").mkdir(parents=True)
     (old / "images" / "I0000.tif").write_bytes(b"an older scan")
     fault = tmp_path / "fault"
-    fault.write_text("sync:swapping 1\n")
-    env = env_for(crash_world, dirs, GLACIER_SYNC_SYNC_REPLACE_ARCHIVE="true")
+    fault.write_text(f"{point} 1\n")
+    env = env_for(crash_world, dirs, GLACIER_SYNC_SYNC_REPLACE_ARCHIVE="true", **mode)
     killed = _run({**env, "GLACIER_SYNC_FAULT_FILE": str(fault)}, "run-once")
     assert killed.returncode == -signal.SIGKILL
-    assert not old.exists(), "killed between the two renames of the swap"
+    if point == "sync:swapping":
+        assert not old.exists(), "killed between the two renames of the swap"
+    else:
+        assert tree_of(old) == expected_tree(dirs, "W1CRASH1"), "the new copy is in place"
+    assert (dirs["data"] / "work" / "W1CRASH1").is_dir() is bool(mode), "renamed, or copied"
     rerun = _run(env, "run-once")
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
     assert_all_archived_once(crash_world, dirs)
+
+
+def test_a_kill_after_the_rename_leaves_the_work_in_staging_and_its_zip_is_debagged_again(
+    crash_world, dirs, tmp_path
+):
+    """Rename path: killed after the work folder became the staging folder, before it was put
+    in place: the archive has nothing of the work, the zip is kept, the next run sweeps the
+    staging folder, debags the zip again and renames the new work folder in."""
+    fault = tmp_path / "fault"
+    fault.write_text("sync:before-rename 1\n")
+    env = env_for(crash_world, dirs, GLACIER_SYNC_SQS_VISIBILITY_TIMEOUT=2)
+    killed = _run({**env, "GLACIER_SYNC_FAULT_FILE": str(fault)}, "run-once")
+    assert killed.returncode == -signal.SIGKILL, killed.stdout + killed.stderr
+    parent = dirs["archive"] / "Archive0" / "01"
+    stagings = list(parent.glob(".W1CRASH1.syncing.*"))
+    assert len(stagings) == 1 and tree_of(stagings[0]) == expected_tree(dirs, "W1CRASH1")
+    assert not (parent / "W1CRASH1").exists(), "nothing in the work's place in the archive"
+    assert not (dirs["data"] / "work" / "W1CRASH1").exists(), "the work folder was renamed"
+    assert (dirs["data"] / "incoming" / WORKS["W1CRASH1"]).is_file(), "the zip is kept"
+    time.sleep(2.5)
+    rerun = _run(env_for(crash_world, dirs), "run-once")
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    assert "removed" in rerun.stderr and "left by an interrupted sync" in rerun.stderr
+    assert_all_archived_once(crash_world, dirs, moved=True)
+    store = ProgressStore(f"sqlite:///{dirs['data'] / 'progress.sqlite'}")
+    row = store.find(["W1CRASH1"])[0]
+    store.engine.dispose()
+    debags = [h for h in row.history if h["event"] == "debag done" and not h.get("skipped")]
+    assert len(debags) == 2, "extracted again from the zip: the renamed folder is not trusted"
 
 
 def test_unmounted_archive_root_is_refused_and_nothing_is_touched(crash_world, dirs):

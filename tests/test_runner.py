@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -11,6 +13,7 @@ from helpers import DEFAULT_FILES, make_bag_dir, make_bag_zip, zip_dir
 from glacier_sync.errors import ArchiveUnavailable, NoRestoredWork, ProgressDatabaseError
 from glacier_sync.runner import Pipeline
 from glacier_sync.settings import load_settings
+from glacier_sync.workspace import read_marker, verified_work_folder, write_marker
 
 KEY = "Archive0/00/W1NLM4700/W1NLM4700.bag.zip"
 
@@ -255,3 +258,48 @@ def test_a_group_folder_that_vanishes_during_the_sync_is_transient(world, dirs, 
     assert (row.state, row.attempts) == ("failed", 0), "no attempt spent"
     _, outcomes = Pipeline(settings).run_once()
     assert outcomes[0].ok
+
+
+@pytest.mark.parametrize("move", [True, False], ids=["rename", "copy"])
+def test_the_marker_vouches_for_the_folder_the_debag_placed_only(dirs, settings, move):
+    """A work folder replaced by a copy (or recreated) is not trusted: it is debagged again; the
+    one the debag placed is renamed into the archive (or copied, with sync_move_work off)."""
+    zip_path = make_bag_zip(dirs["bags"], "W1MARK")
+    pipeline = Pipeline(settings.model_copy(update={"sync_move_work": move}))
+    pid = pipeline.register_bag(zip_path)
+    assert pipeline.claim("local", ids=[pid]) == [pid]
+    pipeline.debag(pid)
+    work_root, work = settings.work_dir, settings.work_dir / "W1MARK"
+    marker = read_marker(work_root, "W1MARK")
+    assert (marker.folder_dev, marker.folder_ino) == (work.stat().st_dev, work.stat().st_ino)
+    assert verified_work_folder(work_root, "W1MARK", pid, zip_path)
+    elsewhere = dataclasses.replace(marker, folder_dev=marker.folder_dev + 1)
+    write_marker(work_root, "W1MARK", elsewhere)
+    assert not verified_work_folder(work_root, "W1MARK", pid, zip_path), "this host: dev counts"
+    write_marker(work_root, "W1MARK", dataclasses.replace(elsewhere, folder_host="other-host"))
+    assert verified_work_folder(work_root, "W1MARK", pid, zip_path), "another host: inode only"
+    write_marker(work_root, "W1MARK", marker)
+    shutil.copytree(work, work_root / "W1MARK.copy")
+    shutil.rmtree(work)
+    (work_root / "W1MARK.copy").rename(work)
+    assert not verified_work_folder(work_root, "W1MARK", pid, zip_path), "same bytes, other folder"
+    placed = {}
+    original = pipeline._debag_fields
+
+    def spy(row):
+        fields = original(row)
+        placed["identity"] = (work.stat().st_dev, work.stat().st_ino)
+        placed["redone"] = "debagged_at" in fields
+        return fields
+
+    pipeline._debag_fields = spy
+    pipeline.sync(pid)
+    row = pipeline.store.get(pid)
+    assert row.state == "synced" and placed["redone"], "debagged again before the sync"
+    archived = dirs["archive"] / "W1MARK"
+    assert ((archived.stat().st_dev, archived.stat().st_ino) == placed["identity"]) is move
+    sync = next(h for h in row.history if h["event"] == "sync done")
+    assert sync["moved"] is move
+    for rel, content in DEFAULT_FILES.items():
+        assert (archived / rel).read_bytes() == content
+    assert not work.exists() and zip_path.is_file()

@@ -6,6 +6,8 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
+import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -60,6 +62,7 @@ def test_default_script_places_and_verifies_work(tmp_path):
     assert work.is_dir(), "the caller removes the work folder once the sync is recorded"
     assert "archived" in result.log_file.read_text()
     assert not list(parent.glob(".*")), "no staging folder left behind"
+    assert not result.moved, "copied: the script was not allowed to move the work folder"
 
 
 def test_default_script_creates_nothing_above_the_work(tmp_path):
@@ -309,3 +312,150 @@ def test_environment_failures_are_transient_work_failures_are_not():
         assert is_transient(exc), exc
     for exc in (BagError("bad bag"), client_error("NoSuchKey"), SyncError("refused"), ValueError()):
         assert not is_transient(exc), exc
+
+
+# -- the rename path (GLACIER_SYNC_MOVE_WORK=1: the work folder may become the archived copy) ----
+
+
+def _identity(path: Path) -> tuple[int, int]:
+    stat = path.stat()
+    return stat.st_dev, stat.st_ino
+
+
+def _run_script(*args, **env_extra) -> subprocess.CompletedProcess:
+    """The default script run directly, with GLACIER_SYNC_MOVE_WORK=1 and ``env_extra``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GLACIER_SYNC_")}
+    env.update({"GLACIER_SYNC_MOVE_WORK": "1", **{k: str(v) for k, v in env_extra.items()}})
+    return subprocess.run(
+        ["bash", str(DEFAULT_SYNC_COMMAND), *map(str, args)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def _python_wrapper(tmp_path: Path, after: str) -> Path:
+    """A GLACIER_SYNC_PYTHON that does the script's rename, then runs ``after`` (bash; $5 and
+    $6 are the rename's source and target)."""
+    wrapper = tmp_path / "python-wrapper"
+    wrapper.write_text(f'#!/usr/bin/env bash\n"{sys.executable}" "$@" || exit $?\n{after}\n')
+    wrapper.chmod(0o755)
+    return wrapper
+
+
+@pytest.fixture
+def other_fs(tmp_path):
+    """A folder on another file system than tmp_path (/dev/shm, or a tmpfs mounted here)."""
+    shm = Path("/dev/shm")
+    if shm.is_dir() and os.access(shm, os.W_OK) and _identity(shm)[0] != _identity(tmp_path)[0]:
+        folder = Path(tempfile.mkdtemp(prefix="glacier-sync-test-", dir=shm))
+        yield folder
+        shutil.rmtree(folder, ignore_errors=True)
+        return
+    if os.geteuid() != 0:
+        pytest.skip("no second file system: /dev/shm is missing and mounting a tmpfs needs root")
+    folder = tmp_path / "tmpfs"
+    folder.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(folder)], capture_output=True
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs: {mounted.stderr.decode().strip()}")
+    yield folder
+    subprocess.run(["umount", str(folder)], check=True)
+
+
+def test_move_work_renames_the_work_folder_into_the_archive(tmp_path):
+    work = _work(tmp_path)
+    before = _identity(work)
+    parent = tmp_path / "archive" / "Archive1" / "37"
+    parent.mkdir(parents=True)
+    result = sync_work(DEFAULT_SYNC_COMMAND, work, parent, tmp_path / "logs", move_work=True)
+    archived = parent / "W2KG209837"
+    assert result.moved and result.archive_path == archived
+    assert _identity(archived) == before, "the archived folder is the work folder, renamed"
+    assert not work.exists()
+    assert (archived / "images" / "p1.txt").read_text() == "page one"
+    assert (archived / "W2KG209837.bag" / "bagit.txt").is_file()
+    log = result.log_file.read_text()
+    assert "renamed, not copied" in log and f"{archived}: archived" in log
+    assert not list(parent.glob(".*")), "no staging folder left behind"
+
+
+def test_move_work_copies_to_another_file_system(tmp_path, other_fs):
+    work = _work(tmp_path)
+    parent = other_fs / "Archive1"
+    parent.mkdir()
+    result = sync_work(DEFAULT_SYNC_COMMAND, work, parent, tmp_path / "logs", move_work=True)
+    assert not result.moved and work.is_dir(), "a rename across file systems fails: copied"
+    assert (parent / "W2KG209837" / "images" / "p1.txt").read_text() == "page one"
+    assert "another file system?); copying it" in result.log_file.read_text()
+    assert not list(parent.glob(".*"))
+
+
+def test_without_a_rename_helper_the_script_copies(tmp_path):
+    work = _work(tmp_path)
+    parent = tmp_path / "archive"
+    parent.mkdir()
+    done = _run_script(
+        "-a", parent, "-s", tmp_path / "ok", work, GLACIER_SYNC_PYTHON=tmp_path / "no-python"
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert work.is_dir() and "copying it" in done.stdout
+    assert (parent / "W2KG209837" / "images" / "p1.txt").read_text() == "page one"
+    assert (tmp_path / "ok").read_text() == "W2KG209837\n"
+
+
+def test_a_refused_sync_after_the_rename_puts_the_work_folder_back(tmp_path):
+    work = _work(tmp_path)
+    before = _identity(work)
+    parent = tmp_path / "archive"
+    parent.mkdir()
+    dest = parent / "W2KG209837"
+    # Another sync installs a different copy right after this one renamed the work folder.
+    wrapper = _python_wrapper(tmp_path, f"[ -e {dest} ] || {{ mkdir {dest}; echo x > {dest}/x; }}")
+    done = _run_script("-a", parent, "-s", tmp_path / "ok", work, GLACIER_SYNC_PYTHON=wrapper)
+    assert done.returncode == 3 and "refusing to replace it" in done.stderr
+    assert _identity(work) == before, "the work folder is back where it was, the same folder"
+    assert (work / "images" / "p1.txt").read_text() == "page one"
+    assert sorted(p.name for p in dest.iterdir()) == ["x"], "the other copy stays whole"
+    assert not list(parent.glob(".W2KG209837.*")) and not (tmp_path / "ok").exists()
+
+
+def test_an_identical_copy_that_appears_during_a_move_is_success(tmp_path):
+    work = _work(tmp_path)
+    parent = tmp_path / "archive"
+    parent.mkdir()
+    dest = parent / "W2KG209837"
+    wrapper = _python_wrapper(tmp_path, f'[ -e {dest} ] || /bin/cp -a "$6" {dest}')
+    done = _run_script("-a", parent, "-s", tmp_path / "ok", work, GLACIER_SYNC_PYTHON=wrapper)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "archived meanwhile by another sync, identical" in done.stdout
+    assert work.is_dir(), "the work folder is put back; the caller removes it"
+    assert not list(parent.glob(".W2KG209837.*"))
+    assert (tmp_path / "ok").read_text() == "W2KG209837\n"
+
+
+def test_move_work_replaces_with_A_and_copies_when_a_web_copy_is_asked(tmp_path):
+    parent, web = tmp_path / "archive", tmp_path / "web"
+    parent.mkdir()
+    web.mkdir()
+    old = parent / "W2KG209837"
+    old.mkdir()
+    (old / "old.txt").write_text("an older copy")
+    work = _work(tmp_path)
+    refused = _run_script("-a", parent, "-s", tmp_path / "ok", work)
+    assert refused.returncode == 3 and work.is_dir(), "without -A: refused, nothing moved"
+    before = _identity(work)
+    replaced = _run_script("-A", "-a", parent, "-s", tmp_path / "ok", work)
+    assert replaced.returncode == 0, replaced.stdout + replaced.stderr
+    assert _identity(old) == before and not work.exists(), "the work folder, renamed in"
+    assert not (old / "old.txt").exists() and not list(parent.glob(".*"))
+    shutil.rmtree(old)
+    work = _work(tmp_path)
+    both = _run_script("-a", parent, "-w", web, "-s", tmp_path / "ok", work)
+    assert both.returncode == 0, both.stdout + both.stderr
+    assert work.is_dir() and "renamed" not in both.stdout, "-w needs the work folder: copied"
+    for copy in (parent / "W2KG209837", web / "W2KG209837"):
+        assert (copy / "images" / "p1.txt").read_text() == "page one"

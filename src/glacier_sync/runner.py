@@ -24,7 +24,7 @@ from glacier_sync.archive import (
     verify_archive_root,
 )
 from glacier_sync.bags import debag
-from glacier_sync.claimants import local_run_id
+from glacier_sync.claimants import local_run_id, this_host
 from glacier_sync.errors import (
     ArchiveUnavailable,
     ConfigError,
@@ -96,6 +96,14 @@ def local_zip_path(settings: Settings, row: Progress) -> Path:
             "refusing to write it outside the incoming folder"
         )
     return settings.incoming_dir / key
+
+
+def _same_device(a: Path, b: Path) -> bool:
+    """True when both paths exist on one device (a rename between them needs no room)."""
+    try:
+        return a.stat().st_dev == b.stat().st_dev
+    except OSError:
+        return False
 
 
 class Pipeline:
@@ -346,6 +354,7 @@ class Pipeline:
             raise DiskFull(f"work {row.work_id}: {exc}") from exc
         faults.checkpoint("debag:placed")
         stat = zip_path.stat()
+        folder = result.work_path.lstat()
         marker = workspace.DebagMarker(
             row.id,
             stat.st_size,
@@ -353,6 +362,9 @@ class Pipeline:
             result.files,
             result.bytes,
             list(result.algorithms),
+            folder.st_dev,
+            folder.st_ino,
+            this_host(),
         )
         workspace.write_marker(work_root, row.work_id, marker)
         faults.checkpoint("debag:marked")
@@ -378,27 +390,29 @@ class Pipeline:
             root = self.archive_root()
             parent = archive_parent_for_key(root, row.object_key, row.work_id)
             work_root = self.settings.work_dir
+            # Staging of a dead try first: it may be this work's folder, renamed there by a
+            # killed sync (then the folder is gone and is debagged again just below).
+            sweep_staging(parent, row.work_id)
             redone = self._debag_fields(row)  # extracts again only when not vouched for
             if "debagged_at" in redone:
                 log.warning("work %s: work folder was not verified; debagged again", row.work_id)
             created = ensure_parent(root, parent)
+            work = work_root / row.work_id
             try:
-                sweep_staging(parent, row.work_id)
                 copying = self.settings.sync_replace_archive or not (parent / row.work_id).exists()
-                if copying:
-                    require_room(
-                        parent, workspace.disk_usage(work_root / row.work_id), f"work {row.work_id}"
-                    )
+                if copying and not (self.settings.sync_move_work and _same_device(work, parent)):
+                    require_room(parent, workspace.disk_usage(work), f"work {row.work_id}")
                 faults.checkpoint("sync:before-script")
                 self._still_mine(row, "the sync")
                 result = sync_work(
                     self.settings.sync_command,
-                    work_root / row.work_id,
+                    work,
                     parent,
                     self.settings.logs_dir,
                     replace=self.settings.sync_replace_archive,
                     db_config=self.settings.sync_db_config,
                     timeout=self.settings.sync_timeout_seconds,
+                    move_work=self.settings.sync_move_work,
                 )
             except Exception as exc:
                 if not parent.is_dir():  # another work's failed sync removed its empty folder
@@ -413,7 +427,11 @@ class Pipeline:
                 "state": State.SYNCED,
                 "synced_at": utcnow(),
                 "archive_path": str(result.archive_path),
-                "details": {"archive_path": str(result.archive_path), "log": str(result.log_file)},
+                "details": {
+                    "archive_path": str(result.archive_path),
+                    "log": str(result.log_file),
+                    "moved": result.moved,
+                },
             }
             if "debagged_at" in redone:
                 fields["debagged_at"] = redone["debagged_at"]

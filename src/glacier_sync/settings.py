@@ -99,6 +99,7 @@ class Settings(BaseSettings):
     progress_db_auto_migrate: bool = True
     sync_command: Path = DEFAULT_SYNC_COMMAND
     sync_replace_archive: bool = False
+    sync_move_work: bool = True
     sync_db_config: Path | None = None
     sync_timeout_seconds: int = Field(default=6 * 3600, ge=1)
     keep_zip_after_sync: bool = False

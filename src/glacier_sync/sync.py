@@ -8,6 +8,7 @@ import logging
 import os
 import signal
 import subprocess
+import sys
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
@@ -19,11 +20,14 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class SyncResult:
-    """Where the work was archived and where its log is."""
+    """Where the work was archived, where its log is, and whether the work folder itself was
+    renamed into the archive (``moved``: the archived folder is the work folder, same device
+    and inode) rather than copied."""
 
     work_id: str
     archive_path: Path
     log_file: Path
+    moved: bool = False
 
 
 def archive_parent_for_key(archive_root: Path, key: str, work_id: str) -> Path:
@@ -74,12 +78,17 @@ def sync_work(
     db_config: Path | None = None,
     timeout: int = 6 * 3600,
     now: datetime | None = None,
+    move_work: bool = False,
 ) -> SyncResult:
     """Run ``bash command [-A] -a archive_parent -s success_list work_path``.
 
     The script's own exit status and its success list decide; output goes to a log file per
-    work (appended, never truncated). The work folder is left in place: the caller removes it
-    once the sync is recorded. The script dies with this process (no orphan keeps copying).
+    work (appended, never truncated). The script dies with this process (no orphan keeps
+    copying). The work folder is left in place (the caller removes it once the sync is
+    recorded) unless ``move_work``: then the script is told (``GLACIER_SYNC_MOVE_WORK=1``) that
+    it may rename the work folder into the archive instead of copying it, which the default
+    script does when both are on one file system; a script that ignores it copies. After a
+    failed sync the work folder is where it was (the default script puts it back).
     """
     work_id = work_path.name
     if not command.is_file():
@@ -98,7 +107,11 @@ def sync_work(
     if replace:
         argv.append("-A")
     argv += ["-a", str(archive_parent), "-s", str(success_list), str(work_path)]
-    env = job_environment(log_dir, now, db_config)
+    moves = {"GLACIER_SYNC_MOVE_WORK": "1" if move_work else "0"}
+    if move_work:
+        moves["GLACIER_SYNC_PYTHON"] = sys.executable
+    env = job_environment(log_dir, now, db_config, moves)
+    before = _identity(work_path)
     with log_file.open("a", encoding="utf-8") as out:
         out.write(f"=== {now.isoformat()} {' '.join(argv)}\n")
         out.flush()
@@ -127,17 +140,34 @@ def sync_work(
                 f"there, the sync is tried again on the next run. Log: {log_file}"
             )
         raise SyncError(
-            f"work {work_id}: sync command exited with status {proc.returncode}; the work folder "
-            f"{work_path} is kept. Log: {log_file}{_tail(log_file)}"
+            f"work {work_id}: sync command exited with status {proc.returncode}; "
+            f"{_work_folder_note(work_path)}. Log: {log_file}{_tail(log_file)}"
         )
     listed = success_list.read_text(encoding="utf-8").split() if success_list.exists() else []
     success_list.unlink(missing_ok=True)
     if work_id not in listed:
         raise SyncError(
             f"work {work_id}: sync command exited 0 but did not list the work in its success "
-            f"list; the work folder is kept. Log: {log_file}"
+            f"list; {_work_folder_note(work_path)}. Log: {log_file}"
         )
-    return SyncResult(work_id, archive_parent / work_id, log_file)
+    archived = archive_parent / work_id
+    moved = not work_path.exists() and before is not None and _identity(archived) == before
+    return SyncResult(work_id, archived, log_file, moved)
+
+
+def _work_folder_note(work_path: Path) -> str:
+    if work_path.is_dir():
+        return f"the work folder {work_path} is kept"
+    return f"the work folder {work_path} is gone; the next try debags the zip again"
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    """(device, inode) of ``path``; None when it is gone."""
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    return stat.st_dev, stat.st_ino
 
 
 def _load_prctl():

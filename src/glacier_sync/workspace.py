@@ -12,18 +12,23 @@ import json
 import logging
 import os
 import shutil
+import stat
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from glacier_sync import faults
 from glacier_sync.aws import remove_download, remove_partial_downloads
+from glacier_sync.claimants import this_host
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class DebagMarker:
-    """What a completed debag proved, tied to one progress row and one zip on disk."""
+    """What a completed debag proved, tied to one progress row, one zip on disk and one work
+    folder: its inode, and its device as seen from ``folder_host`` (device numbers of a network
+    file system differ from host to host). A folder put there by anything else is not vouched
+    for. Markers written before these were recorded carry None."""
 
     row_id: int
     zip_size: int
@@ -31,6 +36,9 @@ class DebagMarker:
     files: int
     bytes: int
     algorithms: list[str]
+    folder_dev: int | None = None
+    folder_ino: int | None = None
+    folder_host: str | None = None
 
 
 def marker_path(work_root: Path, work_id: str) -> Path:
@@ -64,13 +72,24 @@ def read_marker(work_root: Path, work_id: str) -> DebagMarker | None:
 def verified_work_folder(work_root: Path, work_id: str, row_id: int, zip_path: Path) -> bool:
     """True when the work folder is a complete debag of this row's zip (as it is on disk now)."""
     marker = read_marker(work_root, work_id)
-    if marker is None or marker.row_id != row_id or not (work_root / work_id).is_dir():
+    if marker is None or marker.row_id != row_id:
         return False
     try:
-        stat = zip_path.stat()
+        folder = (work_root / work_id).lstat()
+    except OSError:
+        return False
+    if not stat.S_ISDIR(folder.st_mode):
+        return False
+    if marker.folder_ino is not None:
+        if folder.st_ino != marker.folder_ino:
+            return False  # not the folder the debag placed (replaced, or moved and recreated)
+        if marker.folder_host == this_host() and folder.st_dev != marker.folder_dev:
+            return False
+    try:
+        zip_stat = zip_path.stat()
     except FileNotFoundError:
         return True  # the zip may be gone once synced; the marker still vouches for the folder
-    return (stat.st_size, stat.st_mtime_ns) == (marker.zip_size, marker.zip_mtime_ns)
+    return (zip_stat.st_size, zip_stat.st_mtime_ns) == (marker.zip_size, marker.zip_mtime_ns)
 
 
 def forget_debag(work_root: Path, work_id: str) -> None:

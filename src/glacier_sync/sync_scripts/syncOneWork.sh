@@ -5,11 +5,16 @@
 #   syncOneWork.sh [-A] [-W] [-a archiveParent] [-w webParent] [-s successWorkList] workPath
 #
 # Copies workPath to <archiveParent>/<basename workPath> (and to <webParent>/... when -w is
-# given), verifies the copy byte for byte, then appends the work id to successWorkList.
+# given), verifies the copy byte for byte (diff -r), then appends the work id to successWorkList.
 # Idempotent: an identical archived copy is left as it is. An archived work that differs is
 # refused unless -A (archive) / -W (web) allows replacing it; the new copy is built beside it as
 # .<work>.syncing.<host>.<pid>.<start> and renamed into place whole. archiveParent must exist (nothing is
 # created above the work's folder). Exit 0 only on success.
+# With GLACIER_SYNC_MOVE_WORK=1 (the caller's work folder is disposable) and no -w, workPath
+# itself becomes the staging folder when it is on the archive's file system: renamed, never
+# copied (GLACIER_SYNC_PYTHON, default python3, makes the one rename(2) call), and verified to be
+# the same folder (device and inode); elsewhere it is copied as above. A sync that fails after
+# that rename puts workPath back.
 # Reads syncLogDateTimeFile (a summary line is appended) when set.
 set -euo pipefail
 
@@ -55,10 +60,29 @@ read -r -a proc_stat < "/proc/$$/stat" 2>/dev/null || proc_stat=()
 # <host>.<pid>.<start time>: the pipeline tells a dead sync's staging from a live one's by these
 tag="${host%%.*}.$$.${proc_stat[21]:-0}"
 staging=""
+moved=0  # 1 while workPath itself is the staging folder (renamed, not copied)
+may_move=0
+if [ "${GLACIER_SYNC_MOVE_WORK:-0}" = 1 ] && [ -z "$web_parent" ]; then may_move=1; fi
 
-# Remove this run's staging copy when the script ends early (a failed cp, a refused check).
+# rename_only FROM TO: rename(2), nothing else. GNU mv copies and then deletes when FROM and TO
+# are on different file systems (or across project-quota or subvolume boundaries); a copy cut
+# short there would leave half of the work in each place. This fails instead, changing nothing.
+rename_only() {
+    "${GLACIER_SYNC_PYTHON:-python3}" -I -S -c \
+        'import os, sys; os.rename(sys.argv[1], sys.argv[2])' "$1" "$2" 2>/dev/null
+}
+
+# Remove this run's staging copy when the script ends early (a failed cp, a refused check);
+# a staging folder that is workPath itself, renamed, goes back to workPath instead.
 remove_staging() {
-    if [ -n "$staging" ] && [ -e "$staging" ]; then rm -rf -- "$staging"; fi
+    if [ -n "$staging" ] && [ -e "$staging" ]; then
+        if [ "$moved" -eq 1 ] && [ ! -e "$work_path" ] && rename_only "$staging" "$work_path"; then
+            echo "$work_path: put back from $staging"
+        else
+            rm -rf -- "$staging"
+        fi
+    fi
+    moved=0
 }
 trap remove_staging EXIT
 
@@ -93,7 +117,7 @@ install_new() {
         echo "$dest: archived"
         return 0
     fi
-    if [ -e "$dest" ] && same_tree "$work_path" "$dest"; then
+    if [ -e "$dest" ] && same_tree "$staging" "$dest"; then
         echo "$dest: archived meanwhile by another sync, identical; nothing to do"
         return 0
     fi
@@ -139,16 +163,38 @@ copy_one() {
     fi
     staging="$parent/.$work_id.syncing.$tag"
     rm -rf -- "$staging"
-    # cp dies with this script (a killed run leaves no copy growing in the archive).
-    if command -v setpriv >/dev/null 2>&1; then
-        setpriv --pdeathsig KILL -- cp -a -- "$src" "$staging"
-    else
-        cp -a -- "$src" "$staging"
+    local identity=""
+    if [ "$may_move" -eq 1 ]; then
+        identity=$(stat -c %d:%i -- "$src")
+        rename_only "$src" "$staging" || true
+        # decided by what is on disk, not by the exit status: the rename happened or it did not
+        if [ ! -e "$src" ] && [ -d "$staging" ]; then
+            moved=1
+        else
+            echo "$src: cannot be renamed into $parent (another file system?); copying it"
+        fi
     fi
-    fault_point copied
-    if ! diff -rq --no-dereference -- "$src" "$staging"; then
-        echo "syncOneWork.sh: verification of the copy in $staging failed" >&2
-        return 4
+    if [ "$moved" -eq 1 ]; then
+        fault_point copied  # the staging folder is complete (workPath itself), not verified
+        # Verified: the staging folder is the very folder workPath was (same device and inode),
+        # so every file in it is the one the caller wrote and checked; nothing was copied.
+        if [ "$(stat -c %d:%i -- "$staging")" != "$identity" ]; then
+            echo "syncOneWork.sh: $staging is not $src renamed (device:inode differ)" >&2
+            return 4
+        fi
+        echo "$src: moved to $staging (same file system: renamed, not copied)"
+    else
+        # cp dies with this script (a killed run leaves no copy growing in the archive).
+        if command -v setpriv >/dev/null 2>&1; then
+            setpriv --pdeathsig KILL -- cp -a -- "$src" "$staging"
+        else
+            cp -a -- "$src" "$staging"
+        fi
+        fault_point copied
+        if ! diff -rq --no-dereference -- "$src" "$staging"; then
+            echo "syncOneWork.sh: verification of the copy in $staging failed" >&2
+            return 4
+        fi
     fi
     fault_point before-rename
     if [ -e "$dest" ] && [ "$replace" -eq 1 ]; then
