@@ -12,10 +12,9 @@ import signal
 import time
 
 import pytest
-from airflow_rest import AirflowApi
 from demo_world import settings_env
 from helpers import make_bag_zip, make_world
-from test_local_airflow import alive, run, script_env
+from test_local_airflow import alive, run, running_services
 
 from glacier_sync.progress import ProgressStore
 
@@ -41,20 +40,7 @@ def event_services(moto_endpoint, tmp_path_factory):
         GLACIER_SYNC_SQS_SCHEDULE="None",
     )
     settings.pop("GLACIER_SYNC_EVENT_DRIVEN", None)  # the default: on
-    env_file = tmp / "glacier-sync.env"
-    env_file.write_text("".join(f"export {k}='{v}'\n" for k, v in settings.items()))
-    env = script_env(tmp, GLACIER_SYNC_ENV_FILE=str(env_file))
-    home = tmp / "airflow-home"
-    try:
-        for args in (
-            ["-r"],
-            ["-a", "tester", "tester-pw-123", "tester@example.org"],
-            ["-w", "-u"],
-            ["-s", "-u"],
-        ):
-            result = run(env, *args)
-            assert result.returncode == 0, (args, result.stdout, result.stderr)
-        api = AirflowApi(f"http://127.0.0.1:{env['AIRFLOW_PORT']}", "tester", "tester-pw-123")
+    with running_services(tmp, settings) as (env, api):
         dag = api.wait_for_dag(DAG)
         assert dag["is_paused"] is False, "on by default: nobody unpauses it"
         yield {
@@ -63,16 +49,9 @@ def event_services(moto_endpoint, tmp_path_factory):
             "data": data,
             "archive": archive,
             "env": env,
-            "home": home,
+            "home": tmp / "airflow-home",
             "tmp": tmp,
         }
-    except BaseException:
-        for log in sorted((home / "logs" / "services").glob("*.log")):
-            print(f"===== {log.name}\n{log.read_text()[-4000:]}")
-        raise
-    finally:
-        stop = run(env, "stop")
-        assert stop.returncode == 0, stop.stderr
 
 
 def _seed(services, work_ids) -> float:

@@ -6,6 +6,8 @@ import json
 import os
 import shutil
 import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -129,6 +131,24 @@ def services(moto_endpoint, tmp_path_factory):
         # No file there until test_killed_sync_task_is_finished_once_by_its_retry writes one.
         GLACIER_SYNC_FAULT_FILE=str(tmp / "fault"),
     )
+    with running_services(tmp, settings) as (env, api):
+        api.wait_for_dag("sqs_scheduled_dag")
+        api.unpause("sqs_scheduled_dag")
+        yield {
+            "api": api,
+            "world": world,
+            "data": data,
+            "archive": archive,
+            "env": env,
+            "home": tmp / "airflow-home",
+            "tmp": tmp,
+        }
+
+
+@contextmanager
+def running_services(tmp: Path, settings: dict[str, str]) -> Iterator[tuple[dict, AirflowApi]]:
+    """local-airflow.sh's UI, scheduler, dag-processor and triggerer on ``settings`` (a user
+    "tester"); every service log printed on failure; stopped after, leaving no process."""
     env_file = tmp / "glacier-sync.env"
     env_file.write_text("".join(f"export {k}='{v}'\n" for k, v in settings.items()))
     env = script_env(tmp, GLACIER_SYNC_ENV_FILE=str(env_file))
@@ -142,18 +162,7 @@ def services(moto_endpoint, tmp_path_factory):
         ):
             result = run(env, *args)
             assert result.returncode == 0, (args, result.stdout, result.stderr)
-        api = AirflowApi(f"http://127.0.0.1:{env['AIRFLOW_PORT']}", "tester", "tester-pw-123")
-        api.wait_for_dag("sqs_scheduled_dag")
-        api.unpause("sqs_scheduled_dag")
-        yield {
-            "api": api,
-            "world": world,
-            "data": data,
-            "archive": archive,
-            "env": env,
-            "home": home,
-            "tmp": tmp,
-        }
+        yield env, AirflowApi(f"http://127.0.0.1:{env['AIRFLOW_PORT']}", "tester", "tester-pw-123")
     except BaseException:
         for log in sorted((home / "logs" / "services").glob("*.log")):
             print(f"===== {log.name}\n{log.read_text()[-4000:]}")
