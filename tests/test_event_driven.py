@@ -13,10 +13,8 @@ import time
 
 import pytest
 from demo_world import settings_env
-from helpers import make_bag_zip, make_world
-from test_local_airflow import alive, run, running_services
-
-from glacier_sync.progress import ProgressStore
+from helpers import make_world
+from test_local_airflow import alive, rows_by_work, run, running_services, seed
 
 pytestmark = pytest.mark.airflow
 DAG = "sqs_event_dag"
@@ -54,25 +52,10 @@ def event_services(moto_endpoint, tmp_path_factory):
         }
 
 
-def _seed(services, work_ids) -> float:
-    """Restore each work (its event lands in the queue); return when the last was sent."""
-    for work_id in work_ids:
-        zip_path = make_bag_zip(services["tmp"] / "bags", work_id)
-        key = f"Archive5/{work_id[-2:]}/{work_id}/{work_id}.bag.zip"
-        services["world"].upload_archived(zip_path, key)
-        services["world"].restore(key)
-    return time.monotonic()
-
-
-def _rows(services):
-    store = ProgressStore(f"sqlite:///{services['data']}/progress.sqlite")
-    return {r.work_id: r for r in store.find()}
-
-
 def _wait_synced(services, work_ids, timeout: float = 300) -> dict:
     deadline = time.monotonic() + timeout
     while True:
-        rows = _rows(services)
+        rows = rows_by_work(services)
         if all(w in rows and rows[w].state == "synced" for w in work_ids):
             return rows
         if time.monotonic() > deadline:
@@ -101,7 +84,8 @@ def _archived_once(services, rows, work_ids) -> None:
 
 
 def test_an_event_starts_a_run_within_seconds(event_services):
-    sent = _seed(event_services, ["W1EVT01"])
+    seed(event_services, ["W1EVT01"])
+    sent = time.monotonic()
     rows = _wait_synced(event_services, ["W1EVT01"])
     print(f"event -> archive: {time.monotonic() - sent:.1f} s")
     api = event_services["api"]
@@ -122,7 +106,7 @@ def test_a_burst_is_gathered_into_a_few_bounded_runs(event_services):
     api = event_services["api"]
     before = len(api.runs(DAG))
     works = [f"W1BUR{i:03d}" for i in range(12)]
-    _seed(event_services, works)
+    seed(event_services, works)
     rows = _wait_synced(event_services, works)
     _archived_once(event_services, rows, works)
     runs = api.runs(DAG)[before:]
@@ -149,7 +133,7 @@ def test_killed_triggerer_and_scheduler_lose_nothing(event_services):
     _kill9(home, "triggerer")
     before = len(api.runs(DAG))
     works = [f"W1KTR{i:03d}" for i in range(3)]
-    _seed(event_services, works)
+    seed(event_services, works)
     time.sleep(10)
     assert len(api.runs(DAG)) == before, "no watcher, no run"
     assert not _queue_empty(event_services), "the events wait in the queue, untouched"

@@ -174,7 +174,8 @@ def running_services(tmp: Path, settings: dict[str, str]) -> Iterator[tuple[dict
         assert recorded and not [p for p in recorded if alive(p)], "stop leaves no process"
 
 
-def _seed(services, work_ids):
+def seed(services, work_ids) -> None:
+    """Restore each work on the services' moto world (its events land in the queue)."""
     for work_id in work_ids:
         zip_path = make_bag_zip(services["tmp"] / "bags", work_id)
         key = f"Archive5/{work_id[-2:]}/{work_id}/{work_id}.bag.zip"
@@ -182,32 +183,32 @@ def _seed(services, work_ids):
         services["world"].restore(key)
 
 
-def _rows(services):
+def rows_by_work(services):
     store = ProgressStore(f"sqlite:///{services['data']}/progress.sqlite")
     return {r.work_id: r for r in store.find()}
 
 
 def test_rest_trigger_carries_a_restore_to_the_archive(services):
-    _seed(services, ["W1REST01"])
+    seed(services, ["W1REST01"])
     api = services["api"]
     run_id = api.trigger("sqs_scheduled_dag")
     result = api.wait_for_run("sqs_scheduled_dag", run_id)
     assert result["state"] == "success", api.task_states("sqs_scheduled_dag", run_id)
     assert api.task_states("sqs_scheduled_dag", run_id)[("sync_debagged", 0)] == "success"
     assert (services["archive"] / "Archive5" / "01" / "W1REST01" / "images").is_dir()
-    assert _rows(services)["W1REST01"].state == "synced"
+    assert rows_by_work(services)["W1REST01"].state == "synced"
 
 
 def test_two_runs_side_by_side_archive_each_work_once(services):
     works = [f"W1PAR{i:03d}" for i in range(1, 7)]
-    _seed(services, works)
+    seed(services, works)
     api = services["api"]
     run_ids = [api.trigger("sqs_scheduled_dag"), api.trigger("sqs_scheduled_dag")]
     results = [api.wait_for_run("sqs_scheduled_dag", r) for r in run_ids]
     assert [r["state"] for r in results] == ["success", "success"]
     first, second = results
     assert first["start_date"] < second["end_date"] and second["start_date"] < first["end_date"]
-    rows = _rows(services)
+    rows = rows_by_work(services)
     for work_id in works:
         row = rows[work_id]
         assert row.state == "synced"
@@ -218,7 +219,7 @@ def test_two_runs_side_by_side_archive_each_work_once(services):
 def test_killed_sync_task_is_finished_once_by_its_retry(services):
     """kill -9 of the sync_debagged task process after the archive copy is in place and before
     the sync is recorded: the task's retry finds the identical copy and records it, once."""
-    _seed(services, ["W1KILL01"])
+    seed(services, ["W1KILL01"])
     fault = services["tmp"] / "fault"
     fault.write_text("sync:after-script 1 self\n")
     api = services["api"]
@@ -228,7 +229,7 @@ def test_killed_sync_task_is_finished_once_by_its_retry(services):
     assert result["state"] == "success", api.task_states("sqs_scheduled_dag", run_id)
     tries = api.task_tries("sqs_scheduled_dag", run_id, "sync_debagged", 0)
     assert [t["state"] for t in tries] == ["failed", "success"], tries
-    row = _rows(services)["W1KILL01"]
+    row = rows_by_work(services)["W1KILL01"]
     assert row.state == "synced" and row.cleaned_at is not None
     assert [h["event"] for h in row.history].count("sync done") == 1, row.history
     parent = services["archive"] / "Archive5" / "01"
@@ -252,7 +253,7 @@ def test_browser_login_and_finished_run(services):
     from selenium.webdriver.support import expected_conditions as ec
     from selenium.webdriver.support.ui import WebDriverWait
 
-    _seed(services, ["W1WEB01"])
+    seed(services, ["W1WEB01"])
     api = services["api"]
     run_id = api.trigger("sqs_scheduled_dag")
     assert api.wait_for_run("sqs_scheduled_dag", run_id)["state"] == "success"
