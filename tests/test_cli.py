@@ -274,20 +274,20 @@ def test_db_current_upgrade_and_downgrade(tmp_path):
     data = tmp_path / "data"
     empty = gs("db", "current", "--data-dir", data)
     assert empty.returncode == 0, empty.stderr
-    assert "revision:          none" in empty.stdout and "newest known:      0003" in empty.stdout
+    assert "revision:          none" in empty.stdout and "newest known:      0004" in empty.stdout
     assert "upgrade due: run `glacier-sync db upgrade`" in empty.stdout
     up = gs("db", "upgrade", "--data-dir", data)
     assert up.returncode == 0, up.stderr
-    assert "upgraded from an empty database to revision 0003" in up.stdout
-    assert _revision(data) == "0003" and INDEX in _index_names(data)
+    assert "upgraded from an empty database to revision 0004" in up.stdout
+    assert _revision(data) == "0004" and INDEX in _index_names(data)
     again = gs("db", "upgrade", "--data-dir", data)
-    assert again.returncode == 0 and "at revision 0003 already; nothing to do" in again.stdout
+    assert again.returncode == 0 and "at revision 0004 already; nothing to do" in again.stdout
     current = gs("db", "current", "--data-dir", data)
-    assert "revision:          0003" in current.stdout and "up to date" in current.stdout
+    assert "revision:          0004" in current.stdout and "up to date" in current.stdout
 
     down = gs("db", "downgrade", "0002", "--data-dir", data)
     assert down.returncode == 0, down.stderr
-    assert "downgraded from 0003 to revision 0002" in down.stdout
+    assert "downgraded from 0004 to revision 0002" in down.stdout
     assert _revision(data) == "0002" and INDEX not in _index_names(data)
     current = gs("db", "current", "--data-dir", data)
     assert "revision:          0002" in current.stdout and "upgrade due" in current.stdout
@@ -296,14 +296,14 @@ def test_db_current_upgrade_and_downgrade(tmp_path):
     unknown = gs("db", "downgrade", "0009", "--data-dir", data)
     assert unknown.returncode == 2 and unknown.stdout == ""
     assert unknown.stderr == (
-        "error: unknown revision '0009': this glacier-sync knows 0001, 0002, 0003 "
+        "error: unknown revision '0009': this glacier-sync knows 0001, 0002, 0003, 0004 "
         "(see `glacier-sync db current`)\n"
     )
     forward = gs("db", "downgrade", "0003", "--data-dir", data)
     assert forward.returncode == 2 and "older than 0003" in forward.stderr
     assert gs("db", "downgrade", "--data-dir", data).returncode == 2, "REV is required"
     assert gs("db", "upgrade", "--data-dir", data).returncode == 0
-    assert _revision(data) == "0003" and INDEX in _index_names(data)
+    assert _revision(data) == "0004" and INDEX in _index_names(data)
 
 
 def test_db_upgrade_when_current_does_no_alembic_work(tmp_path):
@@ -322,11 +322,11 @@ def test_a_database_newer_than_this_glacier_sync_is_a_one_line_error(tmp_path):
     data = tmp_path / "data"
     assert gs("db", "upgrade", "--data-dir", data).returncode == 0
     with sqlite3.connect(data / "progress.sqlite") as conn:
-        conn.execute("UPDATE glacier_sync_alembic_version SET version_num = '0004'")
+        conn.execute("UPDATE glacier_sync_alembic_version SET version_num = '0005'")
     expected = (
-        f"error: progress database sqlite:///{data}/progress.sqlite is at revision 0004, newer "
-        "than this glacier-sync (0003): deploy the newer image again, or run "
-        "`glacier-sync db downgrade 0003` with it before rolling back\n"
+        f"error: progress database sqlite:///{data}/progress.sqlite is at revision 0005, newer "
+        "than this glacier-sync (0004): deploy the newer image again, or run "
+        "`glacier-sync db downgrade 0004` with it before rolling back\n"
     )
     for command in (
         ["status"],
@@ -339,7 +339,7 @@ def test_a_database_newer_than_this_glacier_sync_is_a_one_line_error(tmp_path):
     ):
         result = gs(*command, "--data-dir", data)
         assert (result.returncode, result.stderr) == (2, expected), command
-    assert _revision(data) == "0004"
+    assert _revision(data) == "0005"
 
 
 def test_status_shows_the_archive_host_path_when_told_the_host_root(tmp_path):

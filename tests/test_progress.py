@@ -6,7 +6,7 @@ import json
 import os
 import threading
 import uuid
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -92,7 +92,7 @@ def test_migration_creates_table_and_is_repeatable(store):
     store.migrate()
     with store.engine.connect() as conn:
         version = conn.execute(text("SELECT version_num FROM glacier_sync_alembic_version"))
-        assert version.scalar() == HEAD_REVISION == "0003"
+        assert version.scalar() == HEAD_REVISION == "0004"
 
 
 def test_model_and_migrations_agree(store):
@@ -166,7 +166,7 @@ def old_url(request, tmp_path) -> str:
 
 def test_upgrade_from_0001_keeps_rows_and_marks_old_syncs_cleaned(old_url):
     store = ProgressStore(old_url)
-    assert store.current_revision() == "0003"
+    assert store.current_revision() == "0004"
     rows = {row.work_id: row for row in store.find()}
     assert rows["W0"].state == "synced" and rows["W0"].cleaned_at is not None
     assert rows["W1"].state == "restored" and rows["W1"].cleaned_at is None
@@ -212,15 +212,25 @@ def url_0002(request, tmp_path) -> str:
 
 
 def _rows_as_0002_wrote_them(store: ProgressStore) -> list[tuple]:
+    """The rows' 0002 columns, read in SQL (the model has columns a downgraded table lacks)."""
+    with store.engine.connect() as conn:
+        rows = conn.execute(
+            text("SELECT work_id, state, cleaned_at FROM glacier_sync_progress ORDER BY id")
+        ).all()
     return [
-        (row.work_id, row.state, row.cleaned_at and f"{row.cleaned_at:%Y-%m-%d %H:%M:%S}")
-        for row in store.find()
+        (work, state, cleaned and f"{_as_datetime(cleaned):%Y-%m-%d %H:%M:%S}")
+        for work, state, cleaned in rows
     ]
+
+
+def _as_datetime(value) -> datetime:
+    """SQLite hands a DATETIME back as text in raw SQL."""
+    return value if isinstance(value, datetime) else datetime.fromisoformat(str(value))
 
 
 def test_upgrade_from_0002_keeps_rows_and_history_and_creates_the_index(url_0002):
     store = ProgressStore(url_0002)
-    assert store.current_revision() == "0003"
+    assert store.current_revision() == "0004"
     assert _indexes(store)[INDEX] == ["state", "cleaned_at"]
     assert _rows_as_0002_wrote_them(store) == ROWS_0002
     assert [row.history[0]["event"] for row in store.find()] == [
@@ -241,7 +251,7 @@ def test_upgrade_from_0002_keeps_rows_and_history_and_creates_the_index(url_0002
 
 def test_downgrade_to_0002_drops_the_index_and_keeps_rows(url_0002):
     store = ProgressStore(url_0002)
-    assert store.downgrade("0002") == "0003"
+    assert store.downgrade("0002") == "0004"
     assert store.current_revision() == "0002"
     assert INDEX not in _indexes(store)
     assert "ix_glacier_sync_progress_state" in _indexes(store), "0001's indexes stay"
@@ -249,7 +259,7 @@ def test_downgrade_to_0002_drops_the_index_and_keeps_rows(url_0002):
     assert store.downgrade("0002") == "0002", "already there: nothing to do"
     store.engine.dispose()
     again = ProgressStore(url_0002)  # the newer image opens it: upgraded again
-    assert again.current_revision() == "0003" and INDEX in _indexes(again)
+    assert again.current_revision() == "0004" and INDEX in _indexes(again)
     again.engine.dispose()
 
 
@@ -265,21 +275,21 @@ def test_downgrade_refuses_unknown_and_forward_revisions(store):
 @pytest.mark.parametrize("auto_migrate", [True, False])
 def test_a_database_newer_than_this_code_is_refused_untouched(store, auto_migrate):
     store.record_event(_event(), "q", "m")
-    _set_revision(store.url, "0004")
+    _set_revision(store.url, "0005")
     with pytest.raises(UnknownRevision) as info:
         ProgressStore(store.url, auto_migrate=auto_migrate)
     message = str(info.value)
     assert message.startswith("progress database ") and "\n" not in message
-    assert "is at revision 0004, newer than this glacier-sync (0003): deploy the newer image " in (
+    assert "is at revision 0005, newer than this glacier-sync (0004): deploy the newer image " in (
         message
     )
-    assert "run `glacier-sync db downgrade 0003` with it before rolling back" in message
+    assert "run `glacier-sync db downgrade 0004` with it before rolling back" in message
     assert isinstance(info.value, ConfigError) and not is_transient(info.value)
     with pytest.raises(UnknownRevision):
         store.migrate()
     with pytest.raises(UnknownRevision):
         store.downgrade("0002")
-    assert store.current_revision() == "0004", "nothing migrated"
+    assert store.current_revision() == "0005", "nothing migrated"
     assert INDEX in _indexes(store) and len(store.find()) == 1
 
 
@@ -293,7 +303,7 @@ def test_a_revision_of_another_lineage_is_refused_too(store):
 def test_the_newer_revision_error_masks_the_password():
     url = _server_url("postgresql").replace("postgres@", "postgres:topsecret@")
     store = ProgressStore(url)
-    _set_revision(url, "0004")
+    _set_revision(url, "0005")
     with pytest.raises(UnknownRevision) as info:
         ProgressStore(url)
     assert "topsecret" not in str(info.value) and "postgres:***@" in str(info.value)
@@ -493,3 +503,22 @@ def test_mark_cleaned_only_for_the_sync_that_was_cleaned(store):
     store.record_event(_event(time="2026-12-01T00:00:00Z"), "q", "m2")  # reopened
     assert not store.mark_cleaned(pid, stale.synced_at), "the reopened row is not cleaned"
     assert store.get(pid).cleaned_at is None
+
+
+def test_upgrade_from_0003_adds_expiry_fixity_and_attention_and_downgrade_drops_them(url_0002):
+    """0004 on rows written before it: nothing held, no expiry, no evidence; down and up again."""
+    store = ProgressStore(url_0002)
+    rows = store.find()
+    assert [(r.needs_attention, r.restore_expires_at, r.fixity, r.failed_run) for r in rows] == [
+        (False, None, None, None)
+    ] * len(ROWS_0002)
+    assert store.downgrade("0003") == "0004"
+    with store.engine.connect() as conn:
+        columns = {c["name"] for c in inspect(conn).get_columns("glacier_sync_progress")}
+    assert not columns & {"restore_expires_at", "fixity", "needs_attention", "failed_run"}
+    assert _rows_as_0002_wrote_them(store) == ROWS_0002
+    store.engine.dispose()
+    again = ProgressStore(url_0002)
+    assert again.current_revision() == "0004"
+    assert _rows_as_0002_wrote_them(again) == ROWS_0002
+    again.engine.dispose()

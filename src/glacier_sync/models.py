@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, DateTime, Index, Integer, String, Text
+from sqlalchemy import JSON, BigInteger, Boolean, DateTime, Index, Integer, String, Text, false
 from sqlalchemy.dialects import mysql
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -55,6 +55,14 @@ class Progress(Base):
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     last_error: Mapped[str | None] = mapped_column(Text)
     history: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+    # Revision 0004: when S3 deletes the restored copy, what debag proved, and a permanent
+    # failure held for an operator (only ``failed_run``'s own cleared task may try it again).
+    restore_expires_at: Mapped[datetime | None] = mapped_column(Timestamp)
+    fixity: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    needs_attention: Mapped[bool] = mapped_column(
+        Boolean, default=False, server_default=false(), nullable=False
+    )
+    failed_run: Mapped[str | None] = mapped_column(String(255))
     claimed_by: Mapped[str | None] = mapped_column(String(255))
     claimed_until: Mapped[datetime | None] = mapped_column(Timestamp)
     created_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)
@@ -82,13 +90,16 @@ class Progress(Base):
             "etag": self.etag,
             "attempts": self.attempts,
             "last_error": self.last_error,
+            "needs_attention": self.needs_attention,
             "restore_requested_at": iso(self.restore_requested_at),
             "restore_completed_at": iso(self.restore_completed_at),
+            "restore_expires_at": iso(self.restore_expires_at),
             "downloaded_at": iso(self.downloaded_at),
             "debagged_at": iso(self.debagged_at),
             "synced_at": iso(self.synced_at),
             "cleaned_at": iso(self.cleaned_at),
             "archive_path": self.archive_path,
+            "fixity": self.fixity,
             "claimed_by": self.claimed_by,
             "claimed_until": iso(self.claimed_until),
             "updated_at": iso(self.updated_at),
