@@ -33,9 +33,7 @@ def upgrade() -> None:
         batch.add_column(sa.Column("restore_expires_at", Timestamp, nullable=True))
         batch.add_column(sa.Column("fixity", sa.JSON(), nullable=True))
         batch.add_column(
-            sa.Column(
-                "needs_attention", sa.Boolean(), nullable=False, server_default=sa.false()
-            )
+            sa.Column("needs_attention", sa.Boolean(), nullable=False, server_default=sa.false())
         )
         batch.add_column(sa.Column("failed_run", sa.String(255), nullable=True))
 
