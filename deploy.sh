@@ -25,6 +25,11 @@
 #   --image NAME             the image built by bdrc-docker.sh (default bdrc-airflow:latest)
 #   --postgres-image NAME    the metadata database's image (default postgres:16-bookworm)
 #   --redis-image NAME       the Celery broker's image (default redis:7-bookworm)
+#   --executor local|celery  where tasks run: LocalExecutor in the scheduler (default), or
+#                            CeleryExecutor workers with Redis (Compose profile "celery")
+#   --workers N              Celery workers on this machine (default 1; celery only)
+#   --flower on|off          Celery's monitoring UI on 127.0.0.1 (default off; celery only)
+#   --flower-port N          Flower's port on 127.0.0.1 (default 5555)
 #   --auth simple|fab        sign-in: fab (users and roles; prod default) or simple (one admin,
 #                            dev default)
 #   --admin-user NAME        the UI's admin user (default admin; kept from the last deploy)
@@ -47,6 +52,7 @@ esac
 dest="" env_name="" arch_root="" sync_uid="" aws_credentials="" db_config="" pipeline_config=""
 endpoint="" endpoint_given=0 image="" ui_port="" dry_run=0 force=0
 postgres_image=${POSTGRES_IMAGE:-} redis_image=${REDIS_IMAGE:-} auth="" admin_user="" project=""
+executor="" workers="" workers_given=0 flower="" flower_port=""
 readonly FAB_MANAGER=airflow.providers.fab.auth_manager.fab_auth_manager.FabAuthManager
 readonly SIMPLE_MANAGER=airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager
 
@@ -86,6 +92,10 @@ while [ $# -gt 0 ]; do
         --postgres-image) need_value "$@"; postgres_image=$2; shift 2 ;;
         --redis-image) need_value "$@"; redis_image=$2; shift 2 ;;
         --auth) need_value "$@"; auth=$2; shift 2 ;;
+        --executor) need_value "$@"; executor=$2; shift 2 ;;
+        --workers) need_value "$@"; workers=$2; workers_given=1; shift 2 ;;
+        --flower) need_value "$@"; flower=$2; shift 2 ;;
+        --flower-port) need_value "$@"; flower_port=$2; shift 2 ;;
         --admin-user) need_value "$@"; admin_user=$2; shift 2 ;;
         --project-name) need_value "$@"; project=$2; shift 2 ;;
         --ui-port) need_value "$@"; ui_port=$2; shift 2 ;;
@@ -107,6 +117,11 @@ refuse_change() {
         || die "$1 $2 would change this instance's $3 (now $kept); re-run with --force if you mean it"
 }
 
+# executor_name CLASS: local or celery for an AIRFLOW_EXECUTOR value (empty: empty).
+executor_name() {
+    case "$1" in CeleryExecutor) echo celery ;; LocalExecutor) echo local ;; *) echo "" ;; esac
+}
+
 # inherit_from_env: a re-deploy keeps what the instance has unless an option changes it.
 inherit_from_env() {
     [ -f "$dest/.env" ] || return 0
@@ -118,7 +133,34 @@ inherit_from_env() {
     postgres_image=${postgres_image:-$(deployed_value POSTGRES_IMAGE)}
     redis_image=${redis_image:-$(deployed_value REDIS_IMAGE)}
     ui_port=${ui_port:-$(deployed_value AIRFLOW_UI_PORT)}
+    executor=${executor:-$(executor_name "$(deployed_value AIRFLOW_EXECUTOR)")}
+    workers=${workers:-$(deployed_value CELERY_WORKERS)}
+    flower_port=${flower_port:-$(deployed_value FLOWER_PORT)}
+    if [ -z "$flower" ]; then
+        case ",$(deployed_value COMPOSE_PROFILES)," in *,flower,*) flower=on ;; esac
+    fi
+    instance_id=$(deployed_value GLACIER_SYNC_INSTANCE_ID)
     [ "$endpoint_given" -eq 1 ] || endpoint=$(deployed_value AWS_ENDPOINT_URL)
+}
+
+# check_executor: --executor, --workers and --flower agree (defaults: local, 1, off).
+check_executor() {
+    executor=${executor:-local} flower=${flower:-off} flower_port=${flower_port:-5555}
+    case "$executor" in local|celery) ;; *) die "--executor must be local or celery, not '$executor'" ;; esac
+    case "$flower" in on|off) ;; *) die "--flower must be on or off, not '$flower'" ;; esac
+    [[ $flower_port =~ ^[0-9]+$ ]] || die "--flower-port must be a number, not '$flower_port'"
+    if [ "$executor" = local ]; then
+        [ "$workers_given" -eq 0 ] || [ "$workers" = 1 ] || [ "$workers" = 0 ] \
+            || die "--workers $workers needs --executor celery (LocalExecutor runs the tasks in the scheduler)"
+        [ "$flower" = off ] || die "--flower on needs --executor celery"
+        workers=0
+    else
+        workers=${workers:-1}
+        [ "$workers" = 0 ] && workers=1
+        [[ $workers =~ ^[0-9]+$ ]] && [ "$workers" -le 64 ] \
+            || die "--workers must be a number of workers from 1 to 64, not '$workers'"
+    fi
+    [ -n "${instance_id:-}" ] || instance_id=$(tool instance-id)
 }
 
 check_inputs() {
@@ -127,6 +169,7 @@ check_inputs() {
     env_name=${env_name:-dev} image=${image:-bdrc-airflow:latest} ui_port=${ui_port:-8080}
     postgres_image=${postgres_image:-postgres:16-bookworm} redis_image=${redis_image:-redis:7-bookworm}
     case "$env_name" in dev|prod) ;; *) die "--env must be dev or prod, not '$env_name'" ;; esac
+    check_executor
     refuse_change --env "$env_name" DEPLOY_ENV
     [ -n "$sync_uid" ] || sync_uid=${SUDO_UID:-$(id -u)}
     [[ $sync_uid =~ ^[0-9]+$ ]] || die "--sync-uid must be a numeric uid, not '$sync_uid'"
@@ -276,6 +319,7 @@ write_secrets() {
     write_secret airflow_jwt_secret random_secret
     write_secret airflow_api_secret_key random_secret
     write_secret airflow_admin_password random_secret
+    write_secret flower_password random_secret
     # Derived: the metadata DB URL. (The sign-in reads airflow_admin_password itself; the
     # passwords file of older deploys is not used any more.)
     if [ "$dry_run" -eq 0 ]; then
@@ -365,6 +409,11 @@ TOML
 fi
 
 # ---- .env ---------------------------------------------------------------------------------
+# compose_profiles: the optional services of this instance, comma-separated.
+compose_profiles() {
+    [ "$executor" = celery ] || return 0
+    [ "$flower" = on ] && echo celery,flower || echo celery
+}
 env_file=$dest/.env
 deployed=$dest/.env.deployed   # the .env as deploy.sh last wrote it: hand edits are the diff
 new_env=$(cat <<ENV
@@ -399,8 +448,17 @@ CONFIG_DIR=./config
 SECRETS_DIR=./secrets
 # An S3/SQS emulator URL (dev only; empty: AWS itself).
 AWS_ENDPOINT_URL=${endpoint}
-# LocalExecutor, or CeleryExecutor with: docker compose --profile celery up -d
-AIRFLOW_EXECUTOR=LocalExecutor
+# Where tasks run: LocalExecutor (in the scheduler) or CeleryExecutor (deploy.sh --executor).
+AIRFLOW_EXECUTOR=$([ "$executor" = celery ] && echo CeleryExecutor || echo LocalExecutor)
+# Optional services: "celery" (Redis and the workers), "flower" (Celery's monitoring UI).
+COMPOSE_PROFILES=$(compose_profiles)
+# Celery workers on this machine (deploy.sh --workers N; 0 with LocalExecutor).
+CELERY_WORKERS=${workers}
+# Flower's port on 127.0.0.1 (user flower, password in secrets/flower_password).
+FLOWER_PORT=${flower_port}
+# This instance's id: data/ and processing/ carry it, so a worker that does not see them
+# (an unmounted shared folder on another machine) refuses to start.
+GLACIER_SYNC_INSTANCE_ID=${instance_id}
 # The UI binds to this address of the host (127.0.0.1: this machine only).
 AIRFLOW_UI_BIND=127.0.0.1
 # The UI's port on the host.
@@ -506,6 +564,10 @@ next_steps_new() {
     echo "  3. Start the stack:               cd $where && docker compose up -d   (or docker-compose up -d)"
     echo "  4. Open the UI:                   http://127.0.0.1:${ui_port}  user $admin_user, password in"
     echo "                                    $where/secrets/airflow_admin_password"
+    if [ "$flower" = on ]; then
+        echo "     Flower (Celery workers):      http://127.0.0.1:${flower_port}  user flower, password in"
+        echo "                                    $where/secrets/flower_password"
+    fi
     echo "  5. Restore events start sqs_event_dag within seconds (on by default); sqs_scheduled_dag"
     echo "     is the scheduled fallback. Re-run deploy.sh to update the DAGs; secrets are kept."
 }

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import stat
 import subprocess
 from pathlib import Path
@@ -120,6 +121,7 @@ def test_fresh_deploy_layout_env_and_secrets(inputs):
         "airflow_fernet_key",
         "airflow_jwt_secret",
         "aws",
+        "flower_password",
         "postgres_password",
         "progress_db_url",
     ]
@@ -219,6 +221,7 @@ def test_dev_and_prod_env_differ_only_where_they_must(inputs, tmp_path):
         "COMPOSE_PROJECT_NAME",
         "AIRFLOW_AUTH",
         "AIRFLOW_AUTH_MANAGER",
+        "GLACIER_SYNC_INSTANCE_ID",
     }
     assert (dev["AIRFLOW_AUTH"], prod["AIRFLOW_AUTH"]) == ("simple", "fab")
     assert prod["AIRFLOW_AUTH_MANAGER"].endswith(".FabAuthManager")
@@ -598,3 +601,57 @@ def test_restore_refuses_what_is_not_a_backup(inputs, tmp_path):
     assert result.returncode == 2 and "--from FILE is required" in result.stderr
     result = deploy("backup", "--dest", inputs["dest"], "--ot", "x.tar")
     assert result.returncode == 2 and "unknown option --ot" in result.stderr
+
+
+def _env(dest: Path) -> dict[str, str]:
+    return dict(
+        line.split("=", 1)
+        for line in (dest / ".env").read_text().splitlines()
+        if line and not line.startswith("#")
+    )
+
+
+def test_celery_executor_workers_and_flower_are_written_and_inherited(inputs):
+    first = deploy(*_args(inputs, "--executor", "celery", "--workers", "3", "--flower", "on"))
+    assert first.returncode == 0, first.stderr
+    env = _env(inputs["dest"])
+    assert env["AIRFLOW_EXECUTOR"] == "CeleryExecutor" and env["CELERY_WORKERS"] == "3"
+    assert env["COMPOSE_PROFILES"] == "celery,flower" and env["FLOWER_PORT"] == "5555"
+    assert "user flower, password in" in first.stdout
+    instance = env["GLACIER_SYNC_INSTANCE_ID"]
+    assert re.fullmatch(r"gs-[0-9a-f]{16}", instance)
+    assert (inputs["dest"] / "secrets" / "flower_password").stat().st_size >= 32
+
+    again = deploy(*_args(inputs))
+    assert again.returncode == 0 and ".env: unchanged" in again.stdout, again.stdout
+    assert _env(inputs["dest"]) == env, "a re-deploy keeps executor, workers, Flower and id"
+
+    fewer = deploy(*_args(inputs, "--workers", "2", "--flower", "off"))
+    assert fewer.returncode == 0, fewer.stderr
+    env = _env(inputs["dest"])
+    assert (env["CELERY_WORKERS"], env["COMPOSE_PROFILES"]) == ("2", "celery")
+    assert env["GLACIER_SYNC_INSTANCE_ID"] == instance, "the instance keeps its id"
+
+    local = deploy(*_args(inputs, "--executor", "local"))
+    assert local.returncode == 0, local.stderr
+    env = _env(inputs["dest"])
+    assert env["AIRFLOW_EXECUTOR"] == "LocalExecutor" and env["COMPOSE_PROFILES"] == ""
+    assert env["CELERY_WORKERS"] == "0"
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--executor", "kubernetes"], "--executor must be local or celery, not 'kubernetes'"),
+        (["--workers", "2"], "--workers 2 needs --executor celery"),
+        (["--flower", "on"], "--flower on needs --executor celery"),
+        (["--executor", "celery", "--workers", "many"], "--workers must be a number of workers"),
+        (["--executor", "celery", "--workers", "65"], "--workers must be a number of workers"),
+        (["--executor", "celery", "--flower", "yes"], "--flower must be on or off, not 'yes'"),
+    ],
+)
+def test_executor_options_refuse_bad_values_before_writing(inputs, extra, message):
+    result = deploy(*_args(inputs, *extra))
+    assert result.returncode == 2 and message in result.stderr, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert not inputs["dest"].exists()

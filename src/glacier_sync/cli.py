@@ -318,6 +318,32 @@ def cmd_db_downgrade(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_shared_mark(args: argparse.Namespace) -> int:
+    """Mark the shared folders with the instance id (airflow-init, once per `up`)."""
+    from glacier_sync.shared_storage import mark_shared_roots
+
+    written = mark_shared_roots(_settings(args))
+    for marker in written:
+        print(f"marked {marker.parent} for instance {marker.read_text().strip()}")
+    if not written:
+        print("shared folders: marked for this instance already")
+    return EXIT_OK
+
+
+def cmd_shared_check(args: argparse.Namespace) -> int:
+    """Exit 1 unless this machine sees the instance's shared folders (a worker's start)."""
+    from glacier_sync.shared_storage import check_shared_roots, shared_roots
+
+    settings = _settings(args)
+    if not settings.instance_id:
+        print("shared folders: not checked (instance_id is not set)")
+        return EXIT_OK
+    check_shared_roots(settings)
+    where = ", ".join(str(root) for root in shared_roots(settings).values())
+    print(f"shared folders: {where} belong to instance {settings.instance_id}")
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
     parser = argparse.ArgumentParser(
@@ -420,6 +446,22 @@ def build_parser() -> argparse.ArgumentParser:
         "revision", metavar="REV", help="the newest revision of the older image, e.g. 0002"
     )
     q.set_defaults(func=cmd_db_downgrade)
+
+    p = sub.add_parser(
+        "shared-folders",
+        help="mark or check the data and work folders every worker of the instance must share",
+    )
+    shared = p.add_subparsers(dest="shared_command", required=True, metavar="ACTION")
+    q = shared.add_parser(
+        "mark", parents=[common], help="write the instance id into each shared folder"
+    )
+    q.set_defaults(func=cmd_shared_mark)
+    q = shared.add_parser(
+        "check",
+        parents=[common],
+        help="exit 1 unless each shared folder carries this instance's id (a worker's start)",
+    )
+    q.set_defaults(func=cmd_shared_check)
     return parser
 
 

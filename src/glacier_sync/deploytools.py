@@ -4,6 +4,7 @@
 
     secret [NBYTES]                  a random URL-safe secret of NBYTES random bytes (default 32)
     fernet-key                       an Airflow fernet key (32 random bytes, URL-safe base64)
+    instance-id                      a new instance id (the mark of its shared folders)
     check-toml FILE                  FILE is valid TOML
     check-aws-credentials FILE [CONFIG]
                                      FILE is valid INI, every section has both keys, and each
@@ -43,6 +44,11 @@ from glacier_sync.errors import ConfigError
 def secret(nbytes: int = 32) -> str:
     """A random URL-safe text of ``nbytes`` random bytes."""
     return secrets.token_urlsafe(nbytes)
+
+
+def instance_id() -> str:
+    """A new instance id: ``gs-`` and 16 hex digits (``instance_id``'s pattern)."""
+    return f"gs-{secrets.token_hex(8)}"
 
 
 def fernet_key() -> str:
@@ -198,6 +204,7 @@ def _parser() -> argparse.ArgumentParser:
     cmd = sub.add_parser("secret", help="a random URL-safe secret")
     cmd.add_argument("nbytes", nargs="?", type=_positive, default=32, metavar="NBYTES")
     sub.add_parser("fernet-key", help="an Airflow fernet key")
+    sub.add_parser("instance-id", help="a new instance id")
     cmd = sub.add_parser("check-toml", help="FILE is valid TOML")
     cmd.add_argument("file", type=Path, metavar="FILE")
     cmd = sub.add_parser("check-aws-credentials", help="the credentials INI against CONFIG")
@@ -222,6 +229,7 @@ def _run(args: argparse.Namespace) -> int:
     commands: dict[str, Callable[[], Any]] = {
         "secret": lambda: print(secret(args.nbytes)),
         "fernet-key": lambda: print(fernet_key()),
+        "instance-id": lambda: print(instance_id()),
         "check-toml": lambda: load_toml(args.file),
         "check-aws-credentials": lambda: check_aws_credentials(args.file, args.config),
         "set-password": lambda: set_password(args.file, args.user, _stdin_password()),

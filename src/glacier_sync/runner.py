@@ -41,6 +41,7 @@ from glacier_sync.lease import Heartbeat
 from glacier_sync.models import Progress, utcnow
 from glacier_sync.progress import ProgressStore
 from glacier_sync.settings import QueueSource, Settings
+from glacier_sync.shared_storage import check_shared_roots
 from glacier_sync.states import State
 from glacier_sync.sync import archive_parent_for_key, sync_work
 from glacier_sync.workspace import verified_work_folder
@@ -216,6 +217,7 @@ class Pipeline:
         """Poll the queues and claim pending works; raise NoRestoredWork when there is none,
         ArchiveUnavailable (before taking any message) when the archive root fails its checks."""
         self.archive_root()
+        check_shared_roots(self.settings)
         self.finish_cleanups()
         report = self.poll_queues()
         ids = self.claim("s3")
@@ -260,6 +262,7 @@ class Pipeline:
             return row
         started = time.monotonic()
         try:
+            check_shared_roots(self.settings)  # this worker sees the instance's folders
             with Heartbeat(self.store, pid, self.run_id, self.lease) as beat:
                 fields = action(row)
             if beat.lost:
@@ -530,6 +533,7 @@ class Pipeline:
     def run_once(self) -> tuple[PollReport, list[WorkOutcome]]:
         """Check the archive, poll once, then carry the pending works through their phases."""
         self.archive_root()
+        check_shared_roots(self.settings)
         self.finish_cleanups()
         report = self.poll_queues()
         return report, self.process_pending("s3")

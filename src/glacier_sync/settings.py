@@ -124,6 +124,7 @@ class Settings(BaseSettings):
     event_poll_seconds: float = Field(default=5, ge=1, le=300)
     event_refire_seconds: float = Field(default=10, ge=5, le=3600)
     event_max_active_runs: int = Field(default=2, ge=1)
+    instance_id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
     @classmethod
     def settings_customise_sources(
@@ -148,6 +149,7 @@ class Settings(BaseSettings):
         "progress_db_url",
         "progress_db_url_file",
         "sync_db_config",
+        "instance_id",
         mode="before",
     )
     @classmethod

@@ -3,6 +3,7 @@
 #   bdrc-test/bookworm-python:3.11  Debian bookworm from debootstrap with Python 3.11
 #   bdrc-test/postgres:15           Debian's PostgreSQL honouring POSTGRES_* like the official one
 #   bdrc-test/moto:5.2.5            the moto S3/SQS server
+#   bdrc-test/redis:7               Debian's redis-server (the Celery broker)
 # Images that exist are reused; REBUILD=1 builds them again.
 set -euo pipefail
 
@@ -28,6 +29,10 @@ fi
 if ! exists bdrc-test/postgres:15; then
     echo "==> building bdrc-test/postgres:15"
     docker build -q -t bdrc-test/postgres:15 "$here/postgres" >/dev/null
+fi
+if ! exists bdrc-test/redis:7; then
+    echo "==> building bdrc-test/redis:7"
+    docker build -q -t bdrc-test/redis:7 "$here/redis" >/dev/null
 fi
 if ! exists bdrc-test/moto:5.2.5; then
     echo "==> building bdrc-test/moto:5.2.5"
