@@ -28,6 +28,7 @@
 #   --executor local|celery  where tasks run: LocalExecutor in the scheduler (default), or
 #                            CeleryExecutor workers with Redis (Compose profile "celery")
 #   --workers N              Celery workers on this machine (default 1; celery only)
+#   --worker-concurrency N   task processes per Celery worker (default 8)
 #   --flower on|off          Celery's monitoring UI on 127.0.0.1 (default off; celery only)
 #   --flower-port N          Flower's port on 127.0.0.1 (default 5555)
 #   --auth simple|fab        sign-in: fab (users and roles; prod default) or simple (one admin,
@@ -52,7 +53,7 @@ esac
 dest="" env_name="" arch_root="" sync_uid="" aws_credentials="" db_config="" pipeline_config=""
 endpoint="" endpoint_given=0 image="" ui_port="" dry_run=0 force=0
 postgres_image=${POSTGRES_IMAGE:-} redis_image=${REDIS_IMAGE:-} auth="" admin_user="" project=""
-executor="" workers="" workers_given=0 flower="" flower_port=""
+executor="" workers="" workers_given=0 concurrency="" flower="" flower_port=""
 readonly FAB_MANAGER=airflow.providers.fab.auth_manager.fab_auth_manager.FabAuthManager
 readonly SIMPLE_MANAGER=airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager
 
@@ -94,6 +95,7 @@ while [ $# -gt 0 ]; do
         --auth) need_value "$@"; auth=$2; shift 2 ;;
         --executor) need_value "$@"; executor=$2; shift 2 ;;
         --workers) need_value "$@"; workers=$2; workers_given=1; shift 2 ;;
+        --worker-concurrency) need_value "$@"; concurrency=$2; shift 2 ;;
         --flower) need_value "$@"; flower=$2; shift 2 ;;
         --flower-port) need_value "$@"; flower_port=$2; shift 2 ;;
         --admin-user) need_value "$@"; admin_user=$2; shift 2 ;;
@@ -136,6 +138,7 @@ inherit_from_env() {
     executor=${executor:-$(executor_name "$(deployed_value AIRFLOW_EXECUTOR)")}
     workers=${workers:-$(deployed_value CELERY_WORKERS)}
     flower_port=${flower_port:-$(deployed_value FLOWER_PORT)}
+    concurrency=${concurrency:-$(deployed_value CELERY_WORKER_CONCURRENCY)}
     if [ -z "$flower" ]; then
         case ",$(deployed_value COMPOSE_PROFILES)," in *,flower,*) flower=on ;; esac
     fi
@@ -146,6 +149,9 @@ inherit_from_env() {
 # check_executor: --executor, --workers and --flower agree (defaults: local, 1, off).
 check_executor() {
     executor=${executor:-local} flower=${flower:-off} flower_port=${flower_port:-5555}
+    concurrency=${concurrency:-8}
+    [[ $concurrency =~ ^[0-9]+$ ]] && [ "$concurrency" -ge 1 ] && [ "$concurrency" -le 256 ] \
+        || die "--worker-concurrency must be a number from 1 to 256, not '$concurrency'"
     case "$executor" in local|celery) ;; *) die "--executor must be local or celery, not '$executor'" ;; esac
     case "$flower" in on|off) ;; *) die "--flower must be on or off, not '$flower'" ;; esac
     [[ $flower_port =~ ^[0-9]+$ ]] || die "--flower-port must be a number, not '$flower_port'"
@@ -454,6 +460,8 @@ AIRFLOW_EXECUTOR=$([ "$executor" = celery ] && echo CeleryExecutor || echo Local
 COMPOSE_PROFILES=$(compose_profiles)
 # Celery workers on this machine (deploy.sh --workers N; 0 with LocalExecutor).
 CELERY_WORKERS=${workers}
+# Task processes per Celery worker (deploy.sh --worker-concurrency N).
+CELERY_WORKER_CONCURRENCY=${concurrency}
 # Flower's port on 127.0.0.1 (user flower, password in secrets/flower_password).
 FLOWER_PORT=${flower_port}
 # This instance's id: data/ and processing/ carry it, so a worker that does not see them

@@ -10,6 +10,7 @@ built locally (tests/docker/build-test-images.sh): there is no registry to pull 
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import os
@@ -96,9 +97,19 @@ def run(cmd: list[str], *, timeout: int = 900, check: bool = True, **kwargs):
 class Stack:
     """One deployed instance and its Compose project (plus an optional override file)."""
 
-    def __init__(self, dest: Path, project: str, ui_port: int, override: Path | None = None):
+    def __init__(
+        self,
+        dest: Path,
+        project: str,
+        ui_port: int,
+        override: Path | None = None,
+        workers: int = 0,
+    ):
         self.dest, self.project, self.ui_port, self.override = dest, project, ui_port, override
         self.services = AIRFLOW_SERVICES + (("moto",) if override else ())
+        # CeleryExecutor: Redis, Flower and the workers must be healthy too.
+        self.healthy = AIRFLOW_SERVICES + (("redis", "airflow-flower") if workers else ())
+        self.workers = workers
 
     def files(self) -> list[str]:
         files = ["-f", str(self.dest / "docker-compose.yaml")]
@@ -122,10 +133,17 @@ class Stack:
         return {row["work_id"]: row for row in rows}
 
     def containers(self, client) -> dict[str, object]:
+        """One container per service (the Celery workers: see ``worker_containers``)."""
         found = client.containers.list(
             all=True, filters={"label": f"com.docker.compose.project={self.project}"}
         )
         return {c.labels["com.docker.compose.service"]: c for c in found}
+
+    def worker_containers(self, client) -> list:
+        """The Celery worker replicas, running or not."""
+        labels = [f"com.docker.compose.project={self.project}"]
+        labels.append("com.docker.compose.service=airflow-worker")
+        return client.containers.list(all=True, filters={"label": labels})
 
     def started_at(self, client) -> dict[str, str]:
         return {
@@ -146,8 +164,14 @@ class Stack:
                     code = container.attrs["State"]["ExitCode"]
                     assert code == 0, f"airflow-init exited {code}:\n{self.logs('airflow-init')}"
                     states[name] = "done"
-            if all(states.get(s) == "healthy" for s in AIRFLOW_SERVICES) and all(
-                states.get(s) == "running" for s in self.services if s not in AIRFLOW_SERVICES
+            workers = self.worker_containers(client) if self.workers else []
+            for worker in workers:
+                worker.reload()
+            states["workers"] = [w.attrs["State"].get("Health", {}).get("Status") for w in workers]
+            if (
+                all(states.get(s) == "healthy" for s in self.healthy)
+                and all(states.get(s) == "running" for s in self.services if s not in self.healthy)
+                and states["workers"] == ["healthy"] * self.workers
             ):
                 return
             assert time.monotonic() < deadline, f"{self.project} not healthy in time: {states}"
@@ -255,6 +279,29 @@ def _build_images(tmp: Path) -> None:
         "USER 50000:0\n"
     )
     run(["docker", "build", "-q", "-t", OLD_IMAGE, str(context)], timeout=600)
+
+
+def _override_b(e2e) -> Path:
+    """Stack B's own moto server; its workers read the fault file; a killed worker's task is
+    found dead within a minute."""
+    port = free_port()
+    e2e["moto_b"] = f"http://127.0.0.1:{port}"
+    override = e2e["tmp"] / "docker-compose.test-b.yaml"
+    override.write_text(f"""version: "3.9"
+services:
+  moto:
+    image: bdrc-test/moto:5.2.5
+    ports:
+      - "127.0.0.1:{port}:5000"
+  airflow-scheduler:
+    environment:
+      AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT: "45"
+      AIRFLOW__SCHEDULER__ORPHANED_TASKS_CHECK_INTERVAL: "20"
+  airflow-worker:
+    environment:
+      GLACIER_SYNC_FAULT_FILE: /opt/airflow/data/fault
+""")
+    return override
 
 
 def _archive(tmp: Path, name: str) -> Path:
@@ -522,14 +569,17 @@ def test_backup_then_restore_into_a_second_instance_with_fab_roles(e2e):
     assert clash.returncode == 2 and f"belongs to the instance in {a.dest}" in clash.stderr
     assert not (tmp / "instance-c").exists()
 
-    b = Stack(tmp / "instance-b", "bdrc-e2e-b", free_port())
+    b = Stack(tmp / "instance-b", "bdrc-e2e-b", free_port(), _override_b(e2e), workers=3)
     archive_b = _archive(tmp, "archive-b")
+    flower_port = free_port()
     deploy(
         REPO,
         b.dest,
         e2e["inputs"],
         "--arch-root",
         str(archive_b),
+        "--aws-endpoint-url",
+        "http://moto:5000",
         "--image",
         NEW_IMAGE,
         "--ui-port",
@@ -538,9 +588,21 @@ def test_backup_then_restore_into_a_second_instance_with_fab_roles(e2e):
         "fab",
         "--project-name",
         b.project,
+        "--executor",
+        "celery",
+        "--workers",
+        "3",
+        "--worker-concurrency",
+        "4",
+        "--flower",
+        "on",
+        "--flower-port",
+        str(flower_port),
+        "--redis-image",
+        "bdrc-test/redis:7",
     )
     e2e["stacks"].append(b)
-    e2e["archive_b"] = archive_b
+    e2e["archive_b"], e2e["flower"] = archive_b, f"http://127.0.0.1:{flower_port}"
     try:
         b.compose("up", "-d")
         b.wait_healthy(client)
@@ -574,6 +636,116 @@ def test_backup_then_restore_into_a_second_instance_with_fab_roles(e2e):
     except BaseException:
         print(b.logs())
         raise
+
+
+SYNC_COUNTS = """
+import json
+from glacier_sync.runner import open_store
+from glacier_sync.settings import load_settings
+rows = open_store(load_settings()).find()
+print(json.dumps({r.work_id: [r.state, [h["event"] for h in r.history].count("sync done")]
+                  for r in rows}))
+"""
+
+
+def _flower(base: str, path: str, password: str | None = None) -> tuple[int, object]:
+    request = urllib.request.Request(base + path)
+    if password:
+        token = base64.b64encode(f"flower:{password}".encode()).decode()
+        request.add_header("Authorization", f"Basic {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310
+            return response.status, json.loads(response.read() or b"null")
+    except urllib.error.HTTPError as exc:
+        return exc.code, None
+
+
+BURST = 24  # works in the Celery burst (each: a download, a debag and a sync task)
+
+
+def test_celery_workers_share_a_burst_and_survive_a_killed_worker(e2e):
+    """Three Celery workers (healthy, seen by Flower) carry a burst of restore events; one is
+    `docker kill`ed while its sync has half-copied a work; the others finish every work, each
+    synced exactly once, nothing half-written. A worker that does not see the shared data
+    folder refuses to start."""
+    _needs(e2e, "b")
+    b, client, tmp = e2e["b"], e2e["client"], e2e["tmp"]
+    try:
+        password = (b.dest / "secrets" / "flower_password").read_text().strip()
+        assert _flower(e2e["flower"], "/api/workers")[0] == 401, "Flower asks for a password"
+        deadline = time.monotonic() + 120
+        while True:
+            status, workers = _flower(e2e["flower"], "/api/workers?refresh=1", password)
+            if status == 200 and len(workers or {}) == 3:
+                break
+            assert time.monotonic() < deadline, (status, workers)
+            time.sleep(5)
+
+        lonely = tmp / "lonely-data"
+        lonely.mkdir()
+        os.chown(lonely, SYNC_UID, 0)
+        refused = b.compose(
+            "run",
+            "--rm",
+            "--no-deps",
+            "-v",
+            f"{lonely}:/opt/airflow/data",
+            "airflow-worker",
+            check=False,
+        )
+        assert refused.returncode != 0 and "mount it here" in refused.stderr + refused.stdout
+        assert list(lonely.iterdir()) == [], "the refused worker wrote nothing"
+
+        world = create_world(e2e["moto_b"], bucket="archive.e2e.example", queue="restores")
+        fault = b.dest / "data" / "fault"
+        fault.write_text("sync:copied pause\n")
+        works = [f"W3CEL{i:03d}" for i in range(BURST)]
+        for work in works:
+            zip_path = make_bag_zip(tmp / "bags-b", work, files={"a.txt": work.encode() * 100})
+            key = f"Archive1/{work[-2:]}/{work}/{work}.bag.zip"
+            world.upload_archived(zip_path, key)
+            world.restore(key)
+        paused = fault.with_name("fault.paused")
+        deadline = time.monotonic() + 420
+        while not paused.exists():
+            assert time.monotonic() < deadline, "no sync reached the pause point"
+            time.sleep(1)
+        host = paused.read_text().split()[-1]
+        victims = [w for w in b.worker_containers(client) if w.attrs["Config"]["Hostname"] == host]
+        assert len(victims) == 1, (host, [w.name for w in b.worker_containers(client)])
+        victims[0].kill()
+        paused.unlink()
+
+        api = b.api()
+        deadline = time.monotonic() + 900
+        while True:
+            counts = json.loads(b.exec("python", "-c", SYNC_COUNTS).stdout)
+            done = [w for w in works if counts.get(w, [None])[0] == "synced"]
+            runs = api.runs(EVENT_DAG)
+            if len(done) == BURST and not [r for r in runs if r["state"] in ("running", "queued")]:
+                break
+            assert time.monotonic() < deadline, (len(done), counts, runs[-3:])
+            time.sleep(10)
+        assert {w: counts[w] for w in works} == {w: ["synced", 1] for w in works}
+        archive = e2e["archive_b"]
+        for work in works:
+            assert (archive / "Archive1" / work[-2:] / work / "a.txt").read_bytes() == (
+                work.encode() * 100
+            )
+        assert _leftovers(archive) == []
+        assert world.queue_count() == 0, "every event recorded and deleted"
+        served = {
+            w.attrs["Config"]["Hostname"]
+            for w in b.worker_containers(client)
+            if "Task" in (w.logs(tail=2000) or b"").decode(errors="replace")
+        }
+        assert len(served) >= 2, "the burst was spread over the workers"
+    except BaseException:
+        print(b.logs())
+        raise
+    finally:
+        b.compose("up", "-d")  # the killed worker back, for the rollback
+        b.wait_healthy(client)
 
 
 def test_rollback_to_the_previous_image(e2e):
