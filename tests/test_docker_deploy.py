@@ -2,10 +2,13 @@
 restore into a second instance, sign in with roles, roll back.
 
 The tests run in order on two Compose stacks that live for the whole module (each step needs the
-state the previous one left): stack A (dev, SimpleAuthManager, with a moto S3/SQS server) starts
-on the *previous* image (this code without its newest progress-database migration) and is
-upgraded; stack B (FAB sign-in) receives A's backup and is rolled back. Stand-in base images are
-built locally (tests/docker/build-test-images.sh): there is no registry to pull from.
+state the previous one left): stack A (dev, SimpleAuthManager, with a moto S3/SQS server) is
+deployed from the *previous release* (the commit before the newest progress-database migration:
+its deploy.sh, Compose file, DAGs and code, on this image's dependencies) and upgraded to this
+one; stack B (FAB sign-in, CeleryExecutor with three workers and Flower) receives A's backup,
+carries a burst through its workers while one is killed, and is rolled back to the previous
+release. Stand-in base images are built locally (tests/docker/build-test-images.sh): there is
+no registry to pull from.
 """
 
 from __future__ import annotations
@@ -53,19 +56,19 @@ def e2e_probe():
 
 e2e_probe()
 '''
-# The previous release, as far as the progress database goes: this code without its newest
-# migration (run inside the image by tests/docker/previous-image/Dockerfile).
-DROP_NEWEST_MIGRATION = """
-import re
-from pathlib import Path
-import glacier_sync.progress as progress
-versions = sorted(Path(progress.__file__).parent.glob("migrations/versions/0*.py"))
-newest, previous = versions[-1], versions[-2].name.split("_")[0]
-newest.unlink()
-source = Path(progress.__file__)
-head = f'HEAD_REVISION = "{previous}"'
-source.write_text(re.sub(r'^HEAD_REVISION = "\\d+"', head, source.read_text(), flags=re.M))
-print("previous image: without", newest.name, "head", previous)
+PREVIOUS_IMAGE_DOCKERFILE = f"""FROM {NEW_IMAGE}
+USER 0
+ARG SITE=/opt/airflow/venv/lib/python3.11/site-packages
+RUN rm -rf $SITE/glacier_sync $SITE/glacier_sync_airflow /opt/bdrc/sync-scripts/* \\
+    /opt/airflow/dags/*
+COPY src/glacier_sync/ $SITE/glacier_sync/
+COPY src/glacier_sync_airflow/ $SITE/glacier_sync_airflow/
+COPY src/glacier_sync/sync_scripts/ /opt/bdrc/sync-scripts/
+COPY dags/ /opt/airflow/dags/
+RUN python -m compileall -q $SITE/glacier_sync $SITE/glacier_sync_airflow \\
+    && chmod -R a+rX $SITE/glacier_sync $SITE/glacier_sync_airflow /opt/bdrc/sync-scripts \\
+        /opt/airflow/dags
+USER 50000:0
 """
 
 
@@ -270,15 +273,31 @@ def _build_images(tmp: Path) -> None:
         ],
         timeout=2400,
     )
-    context = tmp / "previous-image"
-    context.mkdir()
-    (context / "drop_newest_migration.py").write_text(DROP_NEWEST_MIGRATION)
-    (context / "Dockerfile").write_text(
-        f"FROM {NEW_IMAGE}\nUSER 0\nCOPY drop_newest_migration.py /tmp/\n"
-        "RUN python /tmp/drop_newest_migration.py && rm /tmp/drop_newest_migration.py\n"
-        "USER 50000:0\n"
+    context = _previous_release(tmp)
+    (context / "Dockerfile.previous").write_text(PREVIOUS_IMAGE_DOCKERFILE)
+    run(
+        ["docker", "build", "-q", "-f", str(context / "Dockerfile.previous"), "-t", OLD_IMAGE]
+        + [str(context)],
+        timeout=600,
     )
-    run(["docker", "build", "-q", "-t", OLD_IMAGE, str(context)], timeout=600)
+
+
+def _previous_release(tmp: Path) -> Path:
+    """The release before the newest progress-database migration: the tree of the parent of
+    the commit that added it (git archive), with its own DAGs, deploy.sh and Compose file."""
+    versions = sorted((REPO / "src" / "glacier_sync" / "migrations" / "versions").glob("0*.py"))
+    newest = str(versions[-1].relative_to(REPO))
+    added = run(
+        ["git", "-C", str(REPO), "log", "--diff-filter=A", "--format=%H", "-1", "--", newest]
+    ).stdout.strip()
+    assert added, f"{newest} is not committed: the previous release is the commit before it"
+    dest = tmp / "previous-release"
+    dest.mkdir()
+    tree = subprocess.run(
+        ["git", "-C", str(REPO), "archive", f"{added}^"], capture_output=True, check=True
+    )
+    subprocess.run(["tar", "-x", "-C", str(dest)], input=tree.stdout, check=True)
+    return dest
 
 
 def _override_b(e2e) -> Path:
@@ -350,7 +369,7 @@ services:
     archive = _archive(tmp, "archive-a")
     stack = Stack(tmp / "instance-a", "bdrc-e2e-a", ui_port, override)
     result = deploy(
-        REPO,
+        tmp / "previous-release",
         stack.dest,
         inputs,
         "--arch-root",
@@ -785,7 +804,7 @@ def test_rollback_to_the_previous_image(e2e):
         )
         assert f"to revision {previous}" in downgraded.stdout, downgraded.stdout
         deploy(
-            REPO,
+            e2e["tmp"] / "previous-release",
             b.dest,
             e2e["inputs"],
             "--arch-root",
@@ -795,6 +814,8 @@ def test_rollback_to_the_previous_image(e2e):
             "--ui-port",
             str(b.ui_port),
         )
+        # The previous release knows no Celery profile: it runs the LocalExecutor again.
+        b.workers, b.healthy = 0, AIRFLOW_SERVICES
         b.compose("up", "-d")
         b.wait_healthy(client)
         assert previous in b.exec("glacier-sync", "db", "current").stdout
