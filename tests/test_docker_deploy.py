@@ -729,7 +729,7 @@ def test_celery_workers_share_a_burst_and_survive_a_killed_worker(e2e):
         while not paused.exists():
             assert time.monotonic() < deadline, "no sync reached the pause point"
             time.sleep(1)
-        host = paused.read_text().split()[-1]
+        host = fault.with_name("fault.host").read_text().strip()
         victims = [w for w in b.worker_containers(client) if w.attrs["Config"]["Hostname"] == host]
         assert len(victims) == 1, (host, [w.name for w in b.worker_containers(client)])
         victims[0].kill()

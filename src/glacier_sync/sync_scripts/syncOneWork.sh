@@ -88,16 +88,16 @@ trap remove_staging EXIT
 
 # Test hook (docs/reliability.md): when the file named by GLACIER_SYNC_FAULT_FILE says
 # sync:<point>, mark it fired and kill the whole process group, as `kill -9` would; with
-# "sync:<point> pause", wait there (at most 10 minutes) while FILE.paused exists (its last
-# line names this host), so that a test can kill the container around the script.
+# "sync:<point> pause", wait there (at most 10 minutes) while FILE.paused exists (FILE.host
+# names this host), so that a test can kill the container around the script.
 fault_point() {
     local file=${GLACIER_SYNC_FAULT_FILE:-} words
     [ -n "$file" ] && [ -f "$file" ] || return 0
     read -r -a words < "$file" || true
     [ "${words[0]:-}" = "sync:$1" ] || return 0
     if [ "${words[1]:-}" = pause ]; then
+        echo "${HOSTNAME:-}" > "$file.host" 2>/dev/null || true  # which container waits
         mv -- "$file" "$file.paused" 2>/dev/null || return 0
-        echo "host ${HOSTNAME:-}" >> "$file.paused"  # which container or machine waits
         for _ in $(seq 600); do [ -e "$file.paused" ] || return 0; sleep 1; done
         return 0
     fi
