@@ -312,6 +312,20 @@ def test_browser_login_and_finished_run(services):
             assert "Success" in text, f"{task_id}: {text}"
         page = browser.execute_script("return document.body.innerText")
         assert run_id in page and "Success" in page.split(run_id)[-1][:200], page[:2000]
+
+        # The operator finds the work by its id: each mapped instance is labelled with it.
+        browser.get(f"{base}/dags/sqs_scheduled_dag/runs/{run_id}/tasks/sync_debagged/mapped")
+
+        def work_row(b) -> str | bool:
+            """The mapped instances table's row that names W1WEB01 (its text), once shown."""
+            table = b.execute_script(
+                "return Array.from(document.querySelectorAll('tbody tr')).map(r => r.innerText)"
+            )
+            return next((row for row in table if "W1WEB01" in row), False)
+
+        row = wait.until(work_row)
+        browser.save_screenshot(str(ARTIFACTS / "sqs_scheduled_dag-work-W1WEB01.png"))
+        assert "Success" in row, row
     finally:
         browser.save_screenshot(str(ARTIFACTS / "last-browser-page.png"))
         browser.quit()

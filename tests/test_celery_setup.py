@@ -1,0 +1,99 @@
+"""The locked Celery stack runs: the executor loads, a worker starts against the real Redis on
+127.0.0.1, answers the Compose healthcheck's ping, and stops warm on SIGTERM.
+
+The Docker end-to-end test runs three workers in containers; this catches a broken lock in
+seconds (celery 5.7 removed a function the celery provider imports: no worker could start).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+BIN = Path(sys.executable).parent
+LOAD_EXECUTOR = """
+from airflow.executors.executor_loader import ExecutorLoader
+[executor] = ExecutorLoader.init_executors()
+print(type(executor).__name__)
+"""
+# The healthcheck of airflow-worker in bdrc-docker-compose.yml.
+CELERY_APP = "airflow.providers.celery.executors.celery_executor.app"
+
+
+def _redis_up() -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", 6379), timeout=2):
+            return True
+    except OSError:
+        return False
+
+
+@pytest.fixture
+def airflow_env(tmp_path) -> dict[str, str]:
+    if not _redis_up():
+        if os.environ.get("CI"):
+            pytest.fail("Redis must run on 127.0.0.1:6379 in CI (the machine's own service)")
+        pytest.skip("no Redis on 127.0.0.1:6379")
+    return {
+        **os.environ,
+        "AIRFLOW_HOME": str(tmp_path),
+        "AIRFLOW__CORE__EXECUTOR": "CeleryExecutor",
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CELERY__BROKER_URL": "redis://127.0.0.1:6379/14",
+        "AIRFLOW__CELERY__RESULT_BACKEND": f"db+sqlite:///{tmp_path}/celery-results.db",
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{tmp_path}/airflow.db",
+    }
+
+
+def test_the_celery_executor_loads(airflow_env):
+    result = subprocess.run(
+        [sys.executable, "-c", LOAD_EXECUTOR],
+        capture_output=True,
+        text=True,
+        env=airflow_env,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip().splitlines()[-1] == "CeleryExecutor"
+
+
+def test_a_worker_starts_answers_the_healthcheck_and_stops_warm(airflow_env, tmp_path):
+    name = f"celery@gs-test-{os.getpid()}"
+    log = tmp_path / "worker.log"
+    with log.open("w") as out:
+        worker = subprocess.Popen(
+            [BIN / "airflow", "celery", "worker", "-c", "1", "-H", name.split("@")[1]],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=airflow_env,
+            start_new_session=True,
+        )
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert worker.poll() is None, f"the worker exited:\n{log.read_text()[-4000:]}"
+            ping = subprocess.run(
+                [BIN / "celery", "--app", CELERY_APP, "inspect", "ping", "-d", name],
+                capture_output=True,
+                text=True,
+                env=airflow_env,
+                timeout=60,
+            )
+            if ping.returncode == 0 and "pong" in ping.stdout:
+                break
+            assert time.monotonic() < deadline, (ping.stdout, log.read_text()[-4000:])
+            time.sleep(2)
+        worker.send_signal(signal.SIGTERM)  # what `docker compose stop` sends
+        assert worker.wait(timeout=60) == 0, log.read_text()[-4000:]
+        assert "warm shutdown" in log.read_text().lower()
+    finally:
+        if worker.poll() is None:
+            os.killpg(worker.pid, signal.SIGKILL)
+            worker.wait()
