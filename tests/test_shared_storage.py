@@ -120,4 +120,3 @@ def test_cli_mark_and_check_as_the_worker_start_uses_them(tmp_path: Path):
     assert checked.returncode == 0 and "belong to instance gs-00000000000000aa" in checked.stdout
     unset = _cli("shared-folders", "mark", "--data-dir", str(data), env={"GLACIER_SYNC_CONFIG": ""})
     assert unset.returncode == 2 and "instance_id is not set" in unset.stderr
-
