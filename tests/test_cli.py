@@ -23,6 +23,9 @@ SUBCOMMANDS = [
     "db current",
     "db upgrade",
     "db downgrade",
+    "shared-folders",
+    "shared-folders mark",
+    "shared-folders check",
 ]
 
 
@@ -364,3 +367,17 @@ def test_status_shows_the_archive_host_path_when_told_the_host_root(tmp_path):
     assert row["archive_host_path"] == "/srv/archive/Archive0/00/W1HOST"
     table = gs(*args, env=host).stdout
     assert f"archive: {container_path} (host: /srv/archive/Archive0/00/W1HOST)" in table
+
+
+def test_a_bad_bag_is_shown_as_needing_attention_until_retried(tmp_path):
+    bag_dir = make_bag_dir(tmp_path / "bags", "W1HELD")
+    (bag_dir / "data" / "images" / "I1_0001.tif").write_bytes(b"XXXX")
+    zip_path = zip_dir(bag_dir, tmp_path / "W1HELD.bag.zip")
+    archive, data = tmp_path / "archive", tmp_path / "data"
+    archive.mkdir()
+    assert process_bag(zip_path, archive, data).returncode == 1
+    stuck = gs("status", "--stuck", "--data-dir", data)
+    assert "W1HELD" in stuck.stdout and "needs attention: a permanent failure" in stuck.stdout
+    assert "`glacier-sync retry W1HELD`" in stuck.stdout
+    assert gs("retry", "W1HELD", "--reset-only", "--data-dir", data).returncode == 0
+    assert "needs attention" not in gs("status", "W1HELD", "--data-dir", data).stdout

@@ -133,6 +133,16 @@ def test_a_failing_work_does_not_fail_its_siblings(airflow_home, world, dirs):
     assert (dirs["archive"] / "Archive0" / "08" / "W1GOOD" / "images").is_dir()
     assert not (dirs["archive"] / "Archive0" / "07").exists()
     assert (dirs["data"] / "incoming" / "Archive0/07/W1BAD/W1BAD.bag.zip").is_file()
+    assert rows["W1BAD"].needs_attention and rows["W1BAD"].failed_run.startswith("airflow:")
+
+    # The next run delivers a new work and leaves the held one alone: it ends in success.
+    _restore(world, dirs, "W1NEXT", "Archive0/09/W1NEXT/W1NEXT.bag.zip")
+    dag_test(airflow_home, "sqs_scheduled_dag.py", env)
+    state, tasks = last_run(airflow_home, "sqs_scheduled_dag")
+    assert state == "success", tasks
+    assert sorted(s for (t, _), s in tasks.items() if t == "debag_downloads") == ["success"]
+    rows = _rows(dirs)
+    assert rows["W1NEXT"].state == "synced" and rows["W1BAD"].attempts == 1
 
 
 def test_poll_task_is_up_for_retry_on_an_empty_queue(airflow_home, world, dirs):

@@ -5,12 +5,19 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 from helpers import DEFAULT_FILES, make_bag_dir, make_bag_zip, zip_dir
 
-from glacier_sync.errors import ArchiveUnavailable, NoRestoredWork, ProgressDatabaseError
+from glacier_sync.errors import (
+    ArchiveUnavailable,
+    BagError,
+    NeedsAttention,
+    NoRestoredWork,
+    ProgressDatabaseError,
+)
 from glacier_sync.runner import Pipeline
 from glacier_sync.settings import load_settings
 from glacier_sync.workspace import read_marker, verified_work_folder, write_marker
@@ -157,8 +164,11 @@ def test_missing_object_is_recorded(world, settings):
             }
         )
     )
-    _, outcomes = Pipeline(settings).run_once()
+    pipeline = Pipeline(settings)
+    _, outcomes = pipeline.run_once()
     assert "does not exist" in outcomes[0].error
+    row = pipeline.store.find(["W1GONE"])[0]
+    assert row.needs_attention and row.failed_run == pipeline.run_id, "a missing key is held"
 
 
 def test_bad_bag_fails_alone_zip_kept_archive_untouched(world, dirs, settings):
@@ -181,6 +191,93 @@ def test_bad_bag_fails_alone_zip_kept_archive_untouched(world, dirs, settings):
     assert not (dirs["data"] / "work" / "W1BAD").exists()
     row = pipeline.store.find(["W1BAD"])[0]
     assert row.failed_phase == "debag" and "mismatch" in row.last_error
+    assert row.needs_attention and row.failed_run == pipeline.run_id and row.attempts == 1
+
+
+def _bad_bag(world, dirs, work_id="W1BAD", key="Archive0/03/W1BAD/W1BAD.bag.zip"):
+    bad_dir = make_bag_dir(dirs["bags"], work_id)
+    (bad_dir / "data" / "images" / "I1_0001.tif").write_bytes(b"XXXX")
+    world.upload_archived(zip_dir(bad_dir, dirs["bags"] / f"{work_id}.bag.zip"), key)
+    world.restore(key)
+
+
+def test_a_permanent_failure_is_held_until_an_operator_retries(world, dirs, settings):
+    """A bad bag fails once and stays put: later runs do not take it again (spending its
+    attempts and failing runs that deliver good works), `status --stuck` lists it, the run that
+    failed it may try again (its task cleared in the UI), an operator's retry frees it."""
+    _bad_bag(world, dirs)
+    first = Pipeline(settings, run_id="airflow:run-1")
+    _, outcomes = first.run_once()
+    assert [o.ok for o in outcomes] == [False]
+    pid = outcomes[0].progress_id
+    _restored(world, dirs, "W1GOOD", "Archive0/02/W1GOOD/W1GOOD.bag.zip")
+    later = Pipeline(settings, run_id="airflow:run-2")
+    _, outcomes = later.run_once()
+    assert [(o.work_id, o.ok) for o in outcomes] == [("W1GOOD", True)], "the held work is left"
+    row = later.store.get(pid)
+    assert (row.state, row.attempts, row.needs_attention) == ("failed", 1, True)
+    assert [r.work_id for r in later.store.stuck(timedelta(hours=24), 3)] == ["W1BAD"]
+
+    with pytest.raises(NeedsAttention, match="failed permanently in airflow:run-1 .debag: "):
+        later.debag(pid)
+    with pytest.raises(BagError):  # the failed run's own retry (Clear in the UI) tries again
+        first.debag(pid)
+    assert first.store.get(pid).attempts == 2
+
+    first.store.reset_for_retry("W1BAD")
+    row = first.store.get(pid)
+    assert (row.attempts, row.needs_attention, row.failed_run) == (0, False, None)
+    assert later.claim() == [pid], "free again for any run"
+
+
+def test_a_transient_failure_is_not_held(world, dirs, settings):
+    """The archive volume gone at the sync (the environment's fault): no attempt, no hold; the
+    next run takes the work and finishes it."""
+    _restored(world, dirs)
+    pipeline = Pipeline(settings, run_id="airflow:run-1")
+    [pid] = pipeline.poll()
+    pipeline.download(pid)
+    pipeline.debag(pid)
+    unmounted = dirs["archive"].with_name("archive-away")
+    dirs["archive"].rename(unmounted)
+    with pytest.raises(ArchiveUnavailable):
+        pipeline.sync(pid)
+    row = pipeline.store.get(pid)
+    assert (row.attempts, row.needs_attention, row.failed_run) == (0, False, None)
+    unmounted.rename(dirs["archive"])
+    later = Pipeline(settings, run_id="airflow:run-2")
+    assert later.claim() == [pid]
+    later.sync(pid)
+    assert later.store.get(pid).state == "synced"
+
+
+def test_a_new_restore_of_a_held_work_ends_the_hold(world, dirs, settings):
+    """A copy that expired before its download is held; the Completed event of a new restore
+    (a later event time) frees it, attempts reset."""
+    _bad_bag(world, dirs)
+    pipeline = Pipeline(settings)
+    _, [outcome] = pipeline.run_once()
+    row = pipeline.store.get(outcome.progress_id)
+    assert row.needs_attention
+    record = dataclasses.replace(_event_of(row), event_time="2099-01-01T00:00:00.000Z")
+    assert pipeline.store.record_event(record, "q", "m-2") == (row.id, "reopened")
+    row = pipeline.store.get(row.id)
+    assert (row.needs_attention, row.attempts, row.failed_run) == (False, 0, None)
+    assert row.history[-1]["event"] == "restored again; the work is tried again"
+
+
+def _event_of(row):
+    from glacier_sync.events import RestoreEvent
+
+    return RestoreEvent(
+        event_name="ObjectRestore:Completed",
+        region="us-east-1",
+        bucket=row.bucket,
+        key=row.object_key,
+        size=row.size,
+        etag=row.etag,
+        version_id=row.version_id,
+    )
 
 
 def test_failing_sync_script_keeps_work_then_retry_finishes(world, dirs, settings, tmp_path):

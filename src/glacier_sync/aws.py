@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from glacier_sync import faults
 from glacier_sync.credentials import profile_credentials, read_credentials
-from glacier_sync.errors import DiskFull, DownloadError, is_disk_full
+from glacier_sync.errors import DiskFull, DownloadError, ObjectUnavailable, is_disk_full
 
 if TYPE_CHECKING:
     import boto3
@@ -195,7 +195,7 @@ def download_object(
         head = s3.head_object(Bucket=bucket, Key=key, **extra)
     except ClientError as exc:
         if _error_code(exc) in ("404", "NoSuchKey", "NotFound"):
-            raise DownloadError(
+            raise ObjectUnavailable(
                 f"work {work_id}: s3://{bucket}/{key} does not exist (deleted or renamed since the "
                 "restore event); check the key, then `glacier-sync retry` or drop the event"
             ) from exc
@@ -203,7 +203,7 @@ def download_object(
     real_etag = str(head.get("ETag", "")).strip('"')
     size = int(head.get("ContentLength", 0))
     if etag and real_etag and real_etag != etag:
-        raise DownloadError(
+        raise ObjectUnavailable(
             f"work {work_id}: s3://{bucket}/{key} changed since the restore event (eTag "
             f"{real_etag}, event says {etag}); request a new restore for the current version"
         )
@@ -275,11 +275,11 @@ def _require_room(folder: Path, size: int, work_id: str, bucket: str, key: str) 
         )
 
 
-def _not_restored(work_id: str, bucket: str, key: str, restore: str | None) -> DownloadError:
+def _not_restored(work_id: str, bucket: str, key: str, restore: str | None) -> ObjectUnavailable:
     state = (
         "its restore is still in progress" if restore else "it is not restored or the copy expired"
     )
-    return DownloadError(
+    return ObjectUnavailable(
         f"work {work_id}: s3://{bucket}/{key} cannot be read: {state} (InvalidObjectState). "
         f"Run `glacier-sync request-restore {work_id}` (or --key '{key}') and wait for the "
         "ObjectRestore:Completed event"

@@ -139,6 +139,12 @@ def cmd_status(args: argparse.Namespace) -> int:
         )
         if row.last_error and (args.works or args.stuck):
             print(f"       error: {row.last_error}")
+        if row.needs_attention and (args.works or args.stuck):
+            print(
+                f"       needs attention: a permanent failure (in {row.failed_run}); no run takes "
+                f"it again until you fix the cause and run `glacier-sync retry {row.work_id}` "
+                "(or clear that run's failed task in the UI)"
+            )
         if row.claimed_by and (args.works or args.stuck):
             print(f"       {_claim_note(row)}")
         if row.archive_path and args.works:

@@ -26,11 +26,21 @@ class MalformedMessage(GlacierSyncError):
     """An SQS message body that is not an S3 event notification."""
 
 
+class PermanentError(GlacierSyncError):
+    """A failure of the work itself that no retry changes (a bag that fails validation, a key
+    that does not exist, a restored copy that expired): held for an operator."""
+
+
 class DownloadError(GlacierSyncError):
     """An object could not be downloaded from S3."""
 
 
-class BagError(GlacierSyncError):
+class ObjectUnavailable(DownloadError, PermanentError):
+    """The object is gone, changed since its event, or not (any more) restored: only a new
+    restore or an operator's fix helps."""
+
+
+class BagError(PermanentError):
     """A bag zip was refused; ``problems`` lists each failing file or check."""
 
     def __init__(self, message: str, problems: list[str] | None = None) -> None:
@@ -83,6 +93,11 @@ class AttemptsExhausted(GlacierSyncError):
     """The work failed ``max_attempts`` times; only an operator's retry brings it back."""
 
 
+class NeedsAttention(GlacierSyncError):
+    """The work failed permanently (a bad bag, a missing key): no run takes it again until an
+    operator retries it (``glacier-sync retry`` or Clear of the failed task in the UI)."""
+
+
 def is_disk_full(exc: OSError) -> bool:
     """True for "no space left on device" and "disk quota exceeded"."""
     return exc.errno in (errno.ENOSPC, errno.EDQUOT)
@@ -129,6 +144,12 @@ _TRANSIENT_AWS_ERRORS = {
     "RetriesExceededError",
     "NoCredentialsError",
 }
+
+
+def is_permanent(exc: BaseException) -> bool:
+    """True for a failure of the work itself (held for an operator, never retried by itself);
+    a transient cause in the chain wins (the environment may have caused it)."""
+    return isinstance(exc, PermanentError) and not is_transient(exc)
 
 
 def is_transient(exc: BaseException) -> bool:

@@ -22,6 +22,7 @@ from glacier_sync.errors import (
     ConfigError,
     GlacierSyncError,
     LostClaim,
+    NeedsAttention,
     ProgressDatabaseError,
     UnknownRevision,
     WorkBusy,
@@ -280,6 +281,11 @@ class ProgressStore:
             row.failed_phase = row.last_error = None
             row.add_history("restored again after an earlier sync", **details)
             return row.id, "reopened"
+        if row.needs_attention and newer:  # restored again: the hold (an expired copy, say) ends
+            row.restore_completed_at, row.attempts = when, 0
+            row.needs_attention, row.failed_run = False, None
+            row.add_history("restored again; the work is tried again", **details)
+            return row.id, "reopened"
         row.add_history("duplicate event", **details)
         return row.id, "duplicate"
 
@@ -419,7 +425,14 @@ class ProgressStore:
             free = row.claimed_until is None or row.claimed_until < now
             mine = row.claimed_by == run_id
             dead = dead_owner is not None and row.claimed_by == dead_owner
-            if not (mine or ((free or dead) and row.attempts < max_attempts)):
+            # A permanent failure is held for an operator: only the run that recorded it may
+            # try again (its failed task cleared in the UI), whatever its attempts.
+            retried_by_its_run = row.needs_attention and row.failed_run == run_id
+            if row.needs_attention and not (mine or retried_by_its_run):
+                return False
+            if not (
+                mine or ((free or dead) and (row.attempts < max_attempts or retried_by_its_run))
+            ):
                 return False
             if any(_held_by_another(other, run_id, now) for other in siblings if other is not row):
                 return False
@@ -457,6 +470,12 @@ class ProgressStore:
             raise WorkBusy(
                 f"work {row.work_id} (row {pid}) is being processed by another run (through "
                 "another row of the same work); it is tried again later"
+            )
+        if row.needs_attention:
+            raise NeedsAttention(
+                f"work {row.work_id} (row {pid}) failed permanently in {row.failed_run} "
+                f"({row.failed_phase}: {row.last_error}); fix the cause, then "
+                f"`glacier-sync retry {row.work_id}` or clear that run's failed task in the UI"
             )
         raise AttemptsExhausted(
             f"work {row.work_id} (row {pid}) failed {row.attempts} times ({row.failed_phase}: "
@@ -595,6 +614,7 @@ class ProgressStore:
             now = utcnow()
             for row in rows:
                 row.attempts = 0
+                row.needs_attention, row.failed_run = False, None
                 if row.claimed_until is None or row.claimed_until < now:
                     row.claimed_by = row.claimed_until = None
                 row.add_history("retry requested by operator")
@@ -634,10 +654,12 @@ def _new_row(
 
 
 def _stuck(row: Progress, now: datetime, older_than: timedelta, max_attempts: int) -> bool:
-    """The row needs attention: untouched too long, out of attempts, or its claimant is dead."""
+    """The row needs attention: untouched too long, out of attempts, failed permanently, or its
+    claimant is dead."""
     return (
         row.updated_at < now - older_than
         or (row.state == State.FAILED and row.attempts >= max_attempts)
+        or row.needs_attention
         or (row.claimed_until is not None and row.claimed_until < now)
         or is_dead_local_run(row.claimed_by)
     )
@@ -650,9 +672,11 @@ def _held_by_another(row: Progress, run_id: str, now: datetime) -> bool:
 
 
 def _claimable(run_id: str, now: datetime, max_attempts: int):
-    """SQL condition: the row is ``run_id``'s, or free (no live claim) with attempts left."""
+    """SQL condition: the row is ``run_id``'s, or free (no live claim) with attempts left and
+    not held for an operator (a permanent failure; only the run that recorded it may retry)."""
     free = or_(Progress.claimed_until.is_(None), Progress.claimed_until < now)
-    return or_(Progress.claimed_by == run_id, free & (Progress.attempts < max_attempts))
+    not_held = or_(Progress.needs_attention.is_(False), Progress.failed_run == run_id)
+    return or_(Progress.claimed_by == run_id, free & not_held & (Progress.attempts < max_attempts))
 
 
 def _reason(exc: BaseException) -> str:

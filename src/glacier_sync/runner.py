@@ -34,6 +34,7 @@ from glacier_sync.errors import (
     MalformedMessage,
     NoRestoredWork,
     ProgressDatabaseError,
+    is_permanent,
     is_transient,
 )
 from glacier_sync.events import parse_message_body, work_id_from_key
@@ -279,12 +280,14 @@ class Pipeline:
             owner=self.run_id,
             failed_phase=None,
             last_error=None,
+            needs_attention=False,
+            failed_run=None,
             details=details,
             **fields,
         )
 
     def _record_failure(self, row: Progress, name: str, exc: Exception, release: bool) -> None:
-        transient = is_transient(exc)
+        transient, permanent = is_transient(exc), is_permanent(exc)
         error = str(exc) if isinstance(exc, GlacierSyncError) else f"{type(exc).__name__}: {exc}"
         log.info(
             "work %s: %s failed%s: %s",
@@ -303,7 +306,16 @@ class Pipeline:
                 state=State.FAILED,
                 failed_phase=name,
                 last_error=error,
-                details={"error": error[:2000], "run": self.run_id, "transient": transient},
+                # A permanent failure (the work's own: a bad bag, a missing key) is held for an
+                # operator instead of being claimed again by every later run.
+                needs_attention=permanent,
+                failed_run=self.run_id if permanent else None,
+                details={
+                    "error": error[:2000],
+                    "run": self.run_id,
+                    "transient": transient,
+                    "permanent": permanent,
+                },
             )
         except (LostClaim, ProgressDatabaseError) as record_error:
             log.error("work %s: the failure is not recorded: %s", row.work_id, record_error)
