@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import threading
@@ -23,7 +24,14 @@ from glacier_sync.errors import (
     is_transient,
 )
 from glacier_sync.events import parse_message_body
-from glacier_sync.progress import HEAD_REVISION, ProgressStore, known_revisions, parse_event_time
+from glacier_sync.models import utcnow
+from glacier_sync.progress import (
+    HEAD_REVISION,
+    ProgressStore,
+    expiry_note,
+    known_revisions,
+    parse_event_time,
+)
 
 SAMPLE = json.loads((Path(__file__).parent / "data" / "objectrestore-completed.json").read_text())
 
@@ -36,6 +44,11 @@ def _event(time="2026-10-02T04:31:07.112Z", etag="9b2c-88", key=None):
     if key:
         record["s3"]["object"]["key"] = key
     return parse_message_body(json.dumps(body), ["ObjectRestore:Completed"]).records[0]
+
+
+def _no_expiry(record):
+    """The sample event without its restored copy's expiry (2026-10-16, long past)."""
+    return dataclasses.replace(record, expiry_time=None)
 
 
 def _server_url(kind: str) -> str:
@@ -388,7 +401,7 @@ def test_failed_rows_come_back_until_max_attempts_then_retry_resets(store):
 
 
 def test_expired_claims_can_be_taken_over(store):
-    pid, _ = store.record_event(_event(), "q", "m")
+    pid, _ = store.record_event(_no_expiry(_event()), "q", "m")
     assert store.claim("dead-run", "s3", 10, lease=HOUR, max_attempts=5) == [pid]
     with pytest.raises(WorkBusy, match="being processed by dead-run"):
         store.acquire(pid, "next-run", HOUR, 5)
@@ -522,3 +535,31 @@ def test_upgrade_from_0003_adds_expiry_fixity_and_attention_and_downgrade_drops_
     assert again.current_revision() == "0004"
     assert _rows_as_0002_wrote_them(again) == ROWS_0002
     again.engine.dispose()
+
+
+def test_the_restored_copy_expiry_is_recorded_orders_claims_and_flags_stuck_works(store):
+    """Works that expire first are claimed first; an undownloaded work whose copy expires within
+    the margin (or has expired) is stuck; a downloaded one is not (its zip is on disk)."""
+    soon = dataclasses.replace(
+        _event(key="Archive0/01/W1SOON/W1SOON.bag.zip"),
+        expiry_time=(utcnow() + timedelta(hours=5)).isoformat() + "Z",
+    )
+    late = dataclasses.replace(
+        _event(key="Archive0/02/W1LATE/W1LATE.bag.zip"),
+        expiry_time=(utcnow() + timedelta(days=6)).isoformat() + "Z",
+    )
+    unknown = _no_expiry(_event(key="Archive0/03/W1NONE/W1NONE.bag.zip"))
+    ids = {}
+    for record in (unknown, late, soon):
+        ids[record.work_id], _ = store.record_event(record, "q", "m")
+    assert store.get(ids["W1SOON"]).restore_expires_at is not None
+    claimed = store.claim("run", "s3", 10, HOUR, 3)
+    assert claimed == [ids["W1SOON"], ids["W1LATE"], ids["W1NONE"]]
+    for pid in claimed:
+        store.release(pid, "run")
+    stuck = store.stuck(timedelta(days=30), 3, expiry_margin=timedelta(hours=24))
+    assert [r.work_id for r in stuck] == ["W1SOON"]
+    note = expiry_note(stuck[0])
+    assert note.startswith("restored copy expires ") and "request-restore W1SOON" in note
+    store.update_row(ids["W1SOON"], "download done", state="downloaded", downloaded_at=utcnow())
+    assert store.stuck(timedelta(days=30), 3, expiry_margin=timedelta(hours=24)) == []

@@ -110,12 +110,15 @@ def cmd_status(args: argparse.Namespace) -> int:
     """Show progress rows: the named works, all, or the stuck ones."""
     from datetime import timedelta
 
+    from glacier_sync.models import utcnow
+    from glacier_sync.progress import expires_soon, expiry_note
     from glacier_sync.runner import open_store
 
     settings = _settings(args)
     store = open_store(settings)
+    margin = timedelta(hours=settings.expiry_warning_hours)
     if args.stuck:
-        rows = store.stuck(timedelta(hours=args.hours), settings.max_attempts)
+        rows = store.stuck(timedelta(hours=args.hours), settings.max_attempts, margin)
     else:
         rows = store.find(args.works or None)
     if args.works and not rows:
@@ -139,6 +142,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         )
         if row.last_error and (args.works or args.stuck):
             print(f"       error: {row.last_error}")
+        if (args.works or args.stuck) and expires_soon(row, utcnow(), margin):
+            print(f"       {expiry_note(row)}")
         if row.needs_attention and (args.works or args.stuck):
             print(
                 f"       needs attention: a permanent failure (in {row.failed_run}); no run takes "

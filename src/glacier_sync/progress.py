@@ -237,8 +237,11 @@ class ProgressStore:
             "event_time": record.event_time,
             "queue": queue_name,
         }
+        expires = parse_event_time(record.expiry_time)
         with self.session() as session:
             row = _by_key(session, record.dedup_key, lock=True)
+            if row is None:
+                row = _requested_twin(session, record)
             if row is None:
                 try:
                     row = _new_row(
@@ -255,12 +258,15 @@ class ProgressStore:
                         version_id=record.version_id,
                         size=record.size,
                         restore_completed_at=when,
+                        restore_expires_at=expires,
                     )
                 except IntegrityError:  # another run recorded the same object a moment ago
                     session.rollback()
                     return self._duplicate(record, details)
                 return row.id, "new"
-            return self._merge_existing(session, row, when, details)
+            if expires is not None and (row.restore_expires_at or expires) <= expires:
+                row.restore_expires_at = expires  # the newest restore's copy lasts longest
+            return self._merge_existing(session, row, record, when, details)
 
     def _duplicate(self, record: RestoreEvent, details: dict[str, Any]):
         with self.session() as session:
@@ -269,9 +275,25 @@ class ProgressStore:
             return row.id, "duplicate"
 
     @staticmethod
-    def _merge_existing(session: Session, row: Progress, when: datetime, details: dict[str, Any]):
+    def _merge_existing(
+        session: Session,
+        row: Progress,
+        record: RestoreEvent,
+        when: datetime,
+        details: dict[str, Any],
+    ):
         if row.state == State.REQUESTED:
-            row.state, row.restore_completed_at = State.RESTORED, when
+            # The request's row becomes the event's (one row per work from request to archive),
+            # keyed as the event is, so that its duplicates find it.
+            row.dedup_key, row.state, row.restore_completed_at = (
+                record.dedup_key,
+                State.RESTORED,
+                when,
+            )
+            row.etag = record.etag or row.etag
+            row.version_id = record.version_id or row.version_id
+            row.size = record.size if record.size is not None else row.size
+            row.queue_name = details.get("queue") or row.queue_name
             row.add_history("restore completed", **details)
             return row.id, "new"
         newer = row.restore_completed_at is None or when > row.restore_completed_at
@@ -290,28 +312,46 @@ class ProgressStore:
         return row.id, "duplicate"
 
     def record_restore_request(
-        self, bucket: str, key: str, etag: str, work_id: str, region: str | None, outcome: str
+        self,
+        bucket: str,
+        key: str,
+        etag: str,
+        work_id: str,
+        region: str | None,
+        outcome: str,
+        version_id: str | None = None,
+        available_until: datetime | None = None,
     ) -> int:
-        """Record that a restore was requested (the row waits for its Completed event)."""
+        """Record a restore request, keyed as its Completed event will be (the version id in a
+        versioned bucket, else the eTag). The row waits for that event (``requested``); a copy
+        that is ``available`` already gets no new event, so its row is ``restored`` at once."""
+        available = outcome == "available"
         with self.session() as session:
-            dkey = dedup_key(bucket, key, etag)
+            dkey = dedup_key(bucket, key, version_id or etag)
             event = ("restore requested", {"outcome": outcome})
-            row = _by_key(session, dkey)
+            row = _by_key(session, dkey, lock=True)
             if row is None:
                 row = _new_row(
                     session,
                     dkey,
                     work_id,
                     key,
-                    State.REQUESTED,
+                    State.RESTORED if available else State.REQUESTED,
                     event,
                     bucket=bucket,
                     region=region,
                     etag=etag,
+                    version_id=version_id,
                     restore_requested_at=utcnow(),
+                    restore_completed_at=utcnow() if available else None,
+                    restore_expires_at=available_until,
                 )
             else:
                 row.restore_requested_at = utcnow()
+                if available and row.state == State.REQUESTED:
+                    row.state, row.restore_completed_at = State.RESTORED, utcnow()
+                if available_until is not None:
+                    row.restore_expires_at = available_until
                 row.add_history(event[0], **event[1])
             return row.id
 
@@ -374,7 +414,10 @@ class ProgressStore:
                 Progress.state.in_(PENDING),
                 or_(_claimable(run_id, now, max_attempts), local),
             )
-            .order_by(Progress.id)
+            # The works whose restored copy expires first go first (no expiry known: last).
+            .order_by(
+                Progress.restore_expires_at.is_(None), Progress.restore_expires_at, Progress.id
+            )
         )
         if ids is not None:
             query = query.where(Progress.id.in_(ids))
@@ -555,14 +598,24 @@ class ProgressStore:
         with self.session() as session:
             return list(session.scalars(query))
 
-    def stuck(self, older_than: timedelta, max_attempts: int) -> list[Progress]:
-        """Unsynced rows untouched for ``older_than``, failed past their attempts, or held by a
-        dead claimant (a claim whose lease ran out)."""
+    def stuck(
+        self,
+        older_than: timedelta,
+        max_attempts: int,
+        expiry_margin: timedelta = timedelta(hours=24),
+    ) -> list[Progress]:
+        """Unsynced rows untouched for ``older_than``, failed past their attempts or for good,
+        held by a dead claimant (a claim whose lease ran out), or whose restored copy expires
+        within ``expiry_margin`` (or expired)."""
         now = utcnow()
         query = select(Progress).where(Progress.state != State.SYNCED).order_by(Progress.id)
         with self.session() as session:
             rows = list(session.scalars(query))
-        return [row for row in rows if _stuck(row, now, older_than, max_attempts)]
+        return [
+            row
+            for row in rows
+            if _stuck(row, now, older_than, max_attempts) or expires_soon(row, now, expiry_margin)
+        ]
 
     def mark_cleaned(self, pid: int, synced_at: datetime | None) -> bool:
         """Record the clean-up of the sync at ``synced_at``; False when the row moved on (a
@@ -651,6 +704,50 @@ def _new_row(
     session.add(row)
     session.flush()
     return row
+
+
+def expires_soon(row: Progress, now: datetime, margin: timedelta) -> bool:
+    """The row is not archived yet and its restored copy expires within ``margin`` (or has):
+    once S3 deletes the copy, the download fails until a new restore."""
+    expires = row.restore_expires_at
+    return (
+        expires is not None
+        and row.state not in (State.SYNCED, State.REQUESTED)
+        and row.downloaded_at is None
+        and expires <= now + margin
+    )
+
+
+def expiry_note(row: Progress) -> str:
+    """One line: when the work's restored copy expires, and what to do."""
+    expires = row.restore_expires_at
+    past = expires is not None and expires <= utcnow()
+    return (
+        f"restored copy {'expired' if past else 'expires'} {expires:%Y-%m-%d %H:%M} UTC, before "
+        f"the work is archived: {'request a new restore' if past else 'process it first, or'} "
+        f"`glacier-sync request-restore {row.work_id}`"
+        + ("" if past else " again after it expires")
+    )
+
+
+def _requested_twin(session: Session, record: RestoreEvent) -> Progress | None:
+    """The ``requested`` row of the event's object when it was keyed otherwise (a request
+    recorded by the version id, an event without one, as moto sends; or the reverse)."""
+    query = (
+        select(Progress)
+        .where(
+            Progress.bucket == record.bucket,
+            Progress.object_key == record.key,
+            Progress.state == State.REQUESTED,
+        )
+        .order_by(Progress.id)
+        .with_for_update()
+    )
+    for row in session.scalars(query):
+        same_version = record.version_id and row.version_id == record.version_id
+        if same_version or (record.etag and row.etag == record.etag):
+            return row
+    return None
 
 
 def _stuck(row: Progress, now: datetime, older_than: timedelta, max_attempts: int) -> bool:

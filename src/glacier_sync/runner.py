@@ -40,7 +40,7 @@ from glacier_sync.errors import (
 from glacier_sync.events import parse_message_body, work_id_from_key
 from glacier_sync.lease import Heartbeat
 from glacier_sync.models import Progress, utcnow
-from glacier_sync.progress import ProgressStore
+from glacier_sync.progress import ProgressStore, expires_soon, expiry_note
 from glacier_sync.settings import QueueSource, Settings
 from glacier_sync.shared_storage import check_shared_roots
 from glacier_sync.states import State
@@ -230,12 +230,23 @@ class Pipeline:
             len(report.malformed),
             ids,
         )
+        self._warn_expiring(ids)
         if not ids:
             raise NoRestoredWork(
                 f"no restore event waiting in {len(self.settings.queues)} queue(s) and no work to "
                 "retry; the task will try again"
             )
         return ids
+
+    def _warn_expiring(self, ids: list[int]) -> None:
+        """Log (the poll task's log in the UI) each claimed work whose restored copy expires
+        within ``expiry_warning_hours``."""
+        margin = timedelta(hours=self.settings.expiry_warning_hours)
+        now = utcnow()
+        for pid in ids:
+            row = self.store.get(pid)
+            if expires_soon(row, now, margin):
+                log.warning("work %s (row %s): %s", row.work_id, pid, expiry_note(row))
 
     # -- phases ---------------------------------------------------------------------------
     def _still_mine(self, row: Progress, step: str) -> None:

@@ -113,6 +113,7 @@ class Settings(BaseSettings):
     free_space_margin_mb: int = Field(default=512, ge=0)
     restore_days: int = Field(default=7, ge=1)
     restore_tier: Literal["Standard", "Bulk"] = "Standard"
+    expiry_warning_hours: float = Field(default=24, ge=0)
     poll_retries: int = Field(default=11, ge=0)
     poll_retry_delay_seconds: int = Field(default=300, ge=1)
     task_retries: int = Field(default=1, ge=0)
