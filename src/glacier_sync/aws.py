@@ -124,7 +124,8 @@ def delete_message(sqs: Any, message: SqsMessage) -> bool:
     return True
 
 
-def _error_code(exc: Exception) -> str:
+def error_code(exc: Exception) -> str:
+    """The AWS error code of a botocore ClientError ("" for anything else)."""
     return str(getattr(exc, "response", {}).get("Error", {}).get("Code", ""))
 
 
@@ -194,7 +195,7 @@ def download_object(
     try:
         head = s3.head_object(Bucket=bucket, Key=key, **extra)
     except ClientError as exc:
-        if _error_code(exc) in ("404", "NoSuchKey", "NotFound"):
+        if error_code(exc) in ("404", "NoSuchKey", "NotFound"):
             raise ObjectUnavailable(
                 f"work {work_id}: s3://{bucket}/{key} does not exist (deleted or renamed since the "
                 "restore event); check the key, then `glacier-sync retry` or drop the event"
@@ -248,7 +249,7 @@ def download_object(
         os.replace(partial, target)
         faults.checkpoint("download:renamed")
     except ClientError as exc:
-        if _error_code(exc) in ("InvalidObjectState", "403"):
+        if error_code(exc) in ("InvalidObjectState", "403"):
             raise _not_restored(work_id, bucket, key, restore) from exc
         raise DownloadError(
             f"work {work_id}: download of s3://{bucket}/{key} failed: {exc}"
@@ -297,7 +298,7 @@ def request_restore(s3: Any, bucket: str, key: str, days: int, tier: str) -> str
             RestoreRequest={"Days": days, "GlacierJobParameters": {"Tier": tier}},
         )
     except ClientError as exc:
-        code = _error_code(exc)
+        code = error_code(exc)
         if code == "RestoreAlreadyInProgress":
             return "in-progress"
         if code in ("NoSuchKey", "404"):

@@ -186,42 +186,23 @@ def _claim_note(row) -> str:
 
 
 def cmd_request_restore(args: argparse.Namespace) -> int:
-    """Ask S3 to restore a work's bag from Glacier / Deep Archive."""
-    from glacier_sync import aws
-    from glacier_sync.events import work_id_from_key
+    """Ask S3 to restore works' bags from Glacier / Deep Archive, one result line per work."""
+    from glacier_sync.restore_requests import RECORDED, RestoreRequester, parse_items, summary
     from glacier_sync.runner import open_store
 
     settings = _settings(args)
-    store = open_store(settings)
-    queue = _pick_queue(settings, args.queue)
-    bucket, key = args.bucket or queue.bucket, args.key
-    if key is None:
-        rows = [r for r in store.find([args.work]) if r.source == "s3"]
-        if not rows:
-            print(
-                f"error: the progress database knows no key for work {args.work}; give "
-                "--key KEY (e.g. Archive0/00/W1NLM4700/W1NLM4700.bag.zip)",
-                file=sys.stderr,
-            )
-            return EXIT_FAILED
-        bucket, key = bucket or rows[-1].bucket, rows[-1].object_key
-    if not bucket:
-        print(
-            "error: no bucket known; give --bucket or set `bucket` on the queue entry",
-            file=sys.stderr,
-        )
-        return EXIT_CONFIG
-    s3 = aws.ProfileClients(settings).client("s3", queue)
-    head = s3.head_object(Bucket=bucket, Key=key)
-    outcome = aws.request_restore(
-        s3, bucket, key, args.days or settings.restore_days, args.tier or settings.restore_tier
+    items = parse_items(" ".join(args.works)) if args.works else [args.key]
+    requester = RestoreRequester(
+        settings, open_store(settings), queue=_pick_queue(settings, args.queue), bucket=args.bucket
     )
-    work_id = work_id_from_key(key)
-    pid = store.record_restore_request(
-        bucket, key, str(head.get("ETag", "")).strip('"'), work_id, queue.region, outcome
+    results = requester.request_all(
+        items, args.tier or settings.restore_tier, args.days or settings.restore_days
     )
-    print(f"work {work_id}: restore of s3://{bucket}/{key} {outcome} (row {pid})")
-    return EXIT_OK
+    for result in results:
+        print(result.line(), file=sys.stdout if result.outcome in RECORDED else sys.stderr)
+    if len(results) > 1:
+        print(f"summary: {summary(results)}")
+    return EXIT_OK if all(r.outcome in RECORDED for r in results) else EXIT_FAILED
 
 
 def _pick_queue(settings, name: str | None):
@@ -415,7 +396,13 @@ def build_parser() -> argparse.ArgumentParser:
         "request-restore", parents=[common], help="request the restore of a work's bag from Glacier"
     )
     target = p.add_mutually_exclusive_group(required=True)
-    target.add_argument("work", nargs="?", help="work id known to the progress database")
+    target.add_argument(
+        "works",
+        nargs="*",
+        default=[],
+        metavar="WORK",
+        help="work ids known to the progress database, or keys (several allowed)",
+    )
     target.add_argument("--key", help="object key, e.g. Archive0/00/W1NLM4700/W1NLM4700.bag.zip")
     p.add_argument("--bucket", help="bucket (default: the queue entry's `bucket`)")
     p.add_argument("--queue", help="queue entry giving region and profile (default: the first)")
