@@ -44,7 +44,12 @@ def _rows(dirs):
 def test_dagbag_imports_every_dag_without_errors(airflow_home, world, dirs):
     result = dagbag(airflow_home, glacier_env(world, dirs["data"], dirs["archive"]))
     assert result["errors"] == {}
-    assert result["dags"] == ["down_scheduled_dag", "sqs_event_dag", "sqs_scheduled_dag"]
+    assert result["dags"] == [
+        "down_scheduled_dag",
+        "restore_request_dag",
+        "sqs_event_dag",
+        "sqs_scheduled_dag",
+    ]
 
 
 def test_invalid_settings_fail_the_dag_import_with_the_fix(airflow_home, world, dirs):
@@ -54,6 +59,7 @@ def test_invalid_settings_fail_the_dag_import_with_the_fix(airflow_home, world, 
         str(DAGS / "sqs_scheduled_dag.py"),
         str(DAGS / "sqs_event_dag.py"),
         str(DAGS / "down_scheduled_dag.py"),
+        str(DAGS / "restore_request_dag.py"),
     }
     message = next(iter(result["errors"].values()))
     assert "max_active_runs" in message and "GLACIER_SYNC_MAX_ACTIVE_RUNS" in message
@@ -193,3 +199,113 @@ def test_down_dag_archives_dropped_bags(airflow_home, world, dirs):
         assert (archived / rel).read_bytes() == content
     assert _rows(dirs)["W1DROP"].state == "synced"
     assert not (incoming / "W1DROP.bag.zip").exists()
+
+
+def _request_run(airflow_home, env, *works: str) -> subprocess.CompletedProcess:
+    """``python dags/restore_request_dag.py WORK...`` (the form's works, through dag.test())."""
+    return subprocess.run(
+        [str(VENV_BIN / "python"), str(DAGS / "restore_request_dag.py"), *works],
+        env=airflow_env(airflow_home, env),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def _request_xcom(airflow_home) -> dict:
+    import sqlite3
+
+    with sqlite3.connect(airflow_home / "airflow.db") as conn:
+        [value] = conn.execute(
+            "SELECT value FROM xcom WHERE dag_id='restore_request_dag' AND key='return_value' "
+            "ORDER BY dag_run_id DESC LIMIT 1"
+        ).fetchone()
+    return json.loads(value)
+
+
+def test_restore_request_dag_requests_each_work_then_its_event_archives_it(
+    airflow_home, world, dirs
+):
+    """The trigger form's works: one result each in the log and XCom; the requested row is the
+    one the restore event completes and the event-driven path archives (one row per work)."""
+    world.upload_archived(
+        make_bag_zip(dirs["bags"], "W1ASK01"), "Archive0/01/W1ASK01/W1ASK01.bag.zip"
+    )
+    env = glacier_env(world, dirs["data"], dirs["archive"])
+    result = _request_run(
+        airflow_home,
+        env,
+        "Archive0/01/W1ASK01/W1ASK01.bag.zip",
+        "Archive0/09/W1GONE/W1GONE.bag.zip",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    state, tasks = last_run(airflow_home, "restore_request_dag")
+    assert state == "success" and tasks == {("request_restores", -1): "success"}
+    log = result.stdout + result.stderr
+    assert "W1ASK01: requested (row " in log and "W1GONE: no such key" in log
+    assert "summary: 1 requested, 1 no such key (Standard tier, 7 days)" in log
+    xcom = _request_xcom(airflow_home)
+    assert xcom["summary"] == "1 requested, 1 no such key"
+    assert [w["outcome"] for w in xcom["works"]] == ["requested", "no such key"]
+    assert _rows(dirs)["W1ASK01"].state == "requested"
+
+    world.client("s3").head_object(Bucket=world.bucket, Key="Archive0/01/W1ASK01/W1ASK01.bag.zip")
+    dag_test(airflow_home, "sqs_scheduled_dag.py", env)
+    rows = ProgressStore(f"sqlite:///{dirs['data']}/progress.sqlite").find(["W1ASK01"])
+    assert [r.state for r in rows] == ["synced"], "the requested row itself was archived"
+    assert (dirs["archive"] / "Archive0" / "01" / "W1ASK01" / "images").is_dir()
+
+
+def test_restore_request_dag_fails_when_no_work_could_be_requested(airflow_home, world, dirs):
+    env = glacier_env(world, dirs["data"], dirs["archive"])
+    result = _request_run(airflow_home, env, "W0UNKNOWN")
+    state, tasks = last_run(airflow_home, "restore_request_dag")
+    assert state == "failed" and tasks == {("request_restores", -1): "failed"}
+    log = result.stdout + result.stderr
+    assert "none of the 1 works was requested: 1 unknown work" in log
+    assert "Retrying" not in log and "up_for_retry" not in log, "bad input is not retried"
+
+
+FORM_CHECK = """
+import copy, json, runpy, sys
+dag = runpy.run_path(sys.argv[1])["dag"]
+out = {}
+for name, conf in json.loads(sys.argv[2]).items():
+    params = copy.deepcopy(dag.params)
+    try:
+        params.update(conf)  # as a triggered run's conf does
+        out[name] = params.validate()
+    except Exception as exc:  # ParamValidationError
+        out[name] = "refused: " + type(exc).__name__ + ": " + str(exc)
+print("RESULT" + json.dumps(out))
+"""
+
+
+def test_restore_request_form_refuses_bad_input(airflow_home, world, dirs):
+    """The trigger form's JSON schema: works required and not blank, tier and days bounded."""
+    confs = {
+        "empty": {"works": ""},
+        "blank": {"works": "   \n "},
+        "tier": {"works": "W1", "tier": "Fast"},
+        "days": {"works": "W1", "days": 99},
+        "good": {"works": "W1\nW2"},
+    }
+    result = subprocess.run(
+        [
+            str(VENV_BIN / "python"),
+            "-c",
+            FORM_CHECK,
+            str(DAGS / "restore_request_dag.py"),
+            json.dumps(confs),
+        ],
+        env=airflow_env(airflow_home, glacier_env(world, dirs["data"], dirs["archive"])),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    lines = [ln for ln in result.stdout.splitlines() if ln.startswith("RESULT")]
+    assert lines, result.stderr[-3000:]
+    out = json.loads(lines[-1].removeprefix("RESULT"))
+    for name in ("empty", "blank", "tier", "days"):
+        assert str(out[name]).startswith("refused: ParamValidationError"), (name, out[name])
+    assert out["good"] == {"works": "W1\nW2", "tier": "Standard", "days": 7}

@@ -109,6 +109,7 @@ def test_fresh_deploy_layout_env_and_secrets(inputs):
     ).read_text()
     assert sorted(p.name for p in (dest / "dags").iterdir()) == [
         "down_scheduled_dag.py",
+        "restore_request_dag.py",
         "sqs_event_dag.py",
         "sqs_scheduled_dag.py",
     ], "DAG files only: the library is installed in the image, no build artefacts"
@@ -173,6 +174,7 @@ def test_redeploy_keeps_secrets_data_and_hand_edits(inputs):
     assert (dest / "dags").stat().st_ino == folder, "updated in place: a bind mount still sees it"
     assert sorted(p.name for p in (dest / "dags").iterdir()) == [
         "down_scheduled_dag.py",
+        "restore_request_dag.py",
         "sqs_event_dag.py",
         "sqs_scheduled_dag.py",
     ], "dags/ mirrors the repository: stale files and the old library folder are gone"
@@ -336,6 +338,7 @@ def test_build_artefacts_and_hidden_files_never_reach_dags(inputs, tmp_path):
     assert deploy(*_args(inputs)).returncode == 0
     assert sorted(p.name for p in dags.iterdir()) == [
         "down_scheduled_dag.py",
+        "restore_request_dag.py",
         "sqs_event_dag.py",
         "sqs_scheduled_dag.py",
     ]
@@ -561,6 +564,7 @@ def test_build_folder_holds_scripts_config_and_resolved_requirements(tmp_path):
     assert {"apache_airflow", "boto3", "bagit", "six", "pysocks", "glacier_sync"} <= wheels
     assert sorted(p.name for p in (build / "dags").iterdir()) == [
         "down_scheduled_dag.py",
+        "restore_request_dag.py",
         "sqs_event_dag.py",
         "sqs_scheduled_dag.py",
     ]

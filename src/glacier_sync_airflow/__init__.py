@@ -21,6 +21,7 @@ from glacier_sync.settings import QueueSource, Settings, load_settings
 log = logging.getLogger(__name__)
 
 __all__ = [
+    "HookClients",
     "dag_arguments",
     "restore_event_asset",
     "restore_tasks",
