@@ -381,3 +381,18 @@ def test_a_bad_bag_is_shown_as_needing_attention_until_retried(tmp_path):
     assert "`glacier-sync retry W1HELD`" in stuck.stdout
     assert gs("retry", "W1HELD", "--reset-only", "--data-dir", data).returncode == 0
     assert "needs attention" not in gs("status", "W1HELD", "--data-dir", data).stdout
+
+
+def test_status_of_a_work_shows_its_fixity_evidence(tmp_path):
+    archive, data = tmp_path / "archive", tmp_path / "data"
+    archive.mkdir()
+    zip_path = make_bag_zip(tmp_path, "W1FIX")
+    assert process_bag(zip_path, archive, data).returncode == 0
+    shown = gs("status", "W1FIX", "--data-dir", data).stdout
+    payload = sum(len(v) for v in DEFAULT_FILES.values())
+    assert (
+        f"fixity: {len(DEFAULT_FILES)} files, {payload} bytes checked against sha512 at " in shown
+    )
+    assert "  manifest-sha512.txt sha256 " in shown
+    as_json = json.loads(gs("status", "W1FIX", "--json", "--data-dir", data).stdout)
+    assert as_json[0]["fixity"]["files"] == len(DEFAULT_FILES)

@@ -400,3 +400,28 @@ def test_the_marker_vouches_for_the_folder_the_debag_placed_only(dirs, settings,
     for rel, content in DEFAULT_FILES.items():
         assert (archived / rel).read_bytes() == content
     assert not work.exists() and zip_path.is_file()
+
+
+def test_the_debag_records_its_fixity_evidence(world, dirs, settings):
+    """What the debag proved is kept with the work: algorithms, files, bytes, Payload-Oxum,
+    the SHA-256 of each manifest file as it was in the zip, and when."""
+    import hashlib
+    import zipfile
+
+    zip_path = _restored(world, dirs)
+    pipeline = Pipeline(settings)
+    _, [outcome] = pipeline.run_once()
+    assert outcome.ok
+    fixity = pipeline.store.get(outcome.progress_id).fixity
+    payload = sum(len(v) for v in DEFAULT_FILES.values())
+    assert (fixity["files"], fixity["bytes"]) == (len(DEFAULT_FILES), payload)
+    assert fixity["algorithms"] == ["sha512"]
+    assert fixity["payload_oxum"] == f"{payload}.{len(DEFAULT_FILES)}"
+    with zipfile.ZipFile(zip_path) as zf:
+        manifests = {
+            n.rsplit("/", 1)[-1]: hashlib.sha256(zf.read(n)).hexdigest()
+            for n in zf.namelist()
+            if "manifest-" in n
+        }
+    assert fixity["manifest_sha256"] == manifests and "manifest-sha512.txt" in manifests
+    assert fixity["validated_at"].endswith("Z")

@@ -21,7 +21,7 @@ import unicodedata
 import zipfile
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from glacier_sync import faults
@@ -46,6 +46,10 @@ class DebagResult:
     files: int
     bytes: int
     algorithms: tuple[str, ...]
+    # The SHA-256 of each manifest file itself (``manifest-sha512.txt``, ``tagmanifest-...``):
+    # the evidence names exactly the lists the payload was checked against.
+    manifest_digests: dict[str, str] = field(default_factory=dict)
+    payload_oxum: str | None = None
 
 
 def _nfc(path: str) -> str:
@@ -448,11 +452,16 @@ def debag(
         payload_dir = staging / "payload"
         try:
             payload_dir.mkdir(parents=True)
+            digests: dict[str, str] = {}
             for info in tags:
-                target = tag_dir / info.filename[len(root) :]
+                name = info.filename[len(root) :]
+                target = tag_dir / name
                 target.parent.mkdir(parents=True, exist_ok=True)
+                content = _read_small(zf, info)
+                if re.fullmatch(r"(tag)?manifest-\w+\.txt", name):
+                    digests[name] = hashlib.sha256(content).hexdigest()
                 try:
-                    target.write_bytes(_read_small(zf, info))
+                    target.write_bytes(content)
                 except OSError as exc:
                     if not is_disk_full(exc):
                         raise
@@ -477,4 +486,12 @@ def debag(
             final = _place(staging, payload_dir, tag_dir, work_root, work_id)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
-    return DebagResult(work_id, final, len(payload), total, tuple(bag.algorithms))
+    return DebagResult(
+        work_id,
+        final,
+        len(payload),
+        total,
+        tuple(bag.algorithms),
+        dict(sorted(digests.items())),
+        f"{oxum[0]}.{oxum[1]}" if oxum else None,
+    )

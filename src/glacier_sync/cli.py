@@ -152,10 +152,25 @@ def cmd_status(args: argparse.Namespace) -> int:
             )
         if row.claimed_by and (args.works or args.stuck):
             print(f"       {_claim_note(row)}")
+        if row.fixity and args.works:
+            for line in _fixity_lines(row.fixity):
+                print(f"       {line}")
         if row.archive_path and args.works:
             host = host_root and _host_path(row.archive_path, settings.archive_root, host_root)
             print(f"       archive: {row.archive_path}" + (f" (host: {host})" if host else ""))
     return EXIT_OK
+
+
+def _fixity_lines(fixity: dict[str, Any]) -> list[str]:
+    """The fixity evidence of a work, readable: what its debag proved and when."""
+    lines = [
+        f"fixity: {fixity.get('files')} files, {fixity.get('bytes')} bytes checked against "
+        f"{', '.join(fixity.get('algorithms') or [])} at {fixity.get('validated_at')}"
+        + (f" (Payload-Oxum {fixity['payload_oxum']})" if fixity.get("payload_oxum") else "")
+    ]
+    for name, digest in (fixity.get("manifest_sha256") or {}).items():
+        lines.append(f"  {name} sha256 {digest}")
+    return lines
 
 
 def _host_path(archive_path: str | None, archive_root: Path | None, host_root: str) -> str | None:

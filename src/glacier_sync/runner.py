@@ -11,7 +11,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -23,7 +23,7 @@ from glacier_sync.archive import (
     sweep_staging,
     verify_archive_root,
 )
-from glacier_sync.bags import debag
+from glacier_sync.bags import DebagResult, debag
 from glacier_sync.claimants import local_run_id, this_host
 from glacier_sync.errors import (
     ArchiveUnavailable,
@@ -106,6 +106,19 @@ def _same_device(a: Path, b: Path) -> bool:
         return a.stat().st_dev == b.stat().st_dev
     except OSError:
         return False
+
+
+def fixity_evidence(result: DebagResult, validated_at: datetime) -> dict[str, Any]:
+    """What a debag proved, as recorded in the progress row (``fixity``) and published with the
+    archived work: every payload file matched every manifest, in count and bytes."""
+    return {
+        "algorithms": list(result.algorithms),
+        "files": result.files,
+        "bytes": result.bytes,
+        "payload_oxum": result.payload_oxum,
+        "manifest_sha256": result.manifest_digests,
+        "validated_at": validated_at.isoformat(timespec="seconds") + "Z",
+    }
 
 
 class Pipeline:
@@ -394,9 +407,11 @@ class Pipeline:
         )
         workspace.write_marker(work_root, row.work_id, marker)
         faults.checkpoint("debag:marked")
+        validated_at = utcnow()
         return {
             "state": State.DEBAGGED,
-            "debagged_at": utcnow(),
+            "debagged_at": validated_at,
+            "fixity": fixity_evidence(result, validated_at),
             "details": {
                 "files": result.files,
                 "bytes": result.bytes,
