@@ -1,5 +1,7 @@
 """The locked Celery stack runs: the executor loads, a worker starts against the real Redis on
-127.0.0.1, answers the Compose healthcheck's ping, and stops warm on SIGTERM.
+127.0.0.1 with the Compose file's own result backend (the metadata database's URL turned into a
+Celery one by the file's command, on the machine's PostgreSQL), answers the Compose
+healthcheck's ping, and stops warm on SIGTERM.
 
 The Docker end-to-end test runs three workers in containers; this catches a broken lock in
 seconds (celery 5.7 removed a function the celery provider imports: no worker could start).
@@ -16,6 +18,8 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
+from helpers import REPO
 
 BIN = Path(sys.executable).parent
 LOAD_EXECUTOR = """
@@ -35,19 +39,35 @@ def _redis_up() -> bool:
         return False
 
 
+def _compose_result_backend(metadata_url: str, tmp_path: Path) -> str:
+    """The Compose file's AIRFLOW__CELERY__RESULT_BACKEND_CMD run on ``metadata_url`` (the
+    airflow_db_url secret's form)."""
+    compose = yaml.safe_load((REPO / "bdrc-docker-compose.yml").read_text())
+    command = compose["x-airflow-common"]["environment"]["AIRFLOW__CELERY__RESULT_BACKEND_CMD"]
+    secret = tmp_path / "airflow_db_url"
+    secret.write_text(metadata_url)
+    command = command.replace("/run/secrets/airflow_db_url", str(secret))
+    return subprocess.run(
+        ["bash", "-c", command], capture_output=True, text=True, check=True
+    ).stdout.strip()
+
+
 @pytest.fixture
 def airflow_env(tmp_path) -> dict[str, str]:
     if not _redis_up():
         if os.environ.get("CI"):
             pytest.fail("Redis must run on 127.0.0.1:6379 in CI (the machine's own service)")
         pytest.skip("no Redis on 127.0.0.1:6379")
+    backend = _compose_result_backend(
+        "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres", tmp_path
+    )
     return {
         **os.environ,
         "AIRFLOW_HOME": str(tmp_path),
         "AIRFLOW__CORE__EXECUTOR": "CeleryExecutor",
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
         "AIRFLOW__CELERY__BROKER_URL": "redis://127.0.0.1:6379/14",
-        "AIRFLOW__CELERY__RESULT_BACKEND": f"db+sqlite:///{tmp_path}/celery-results.db",
+        "AIRFLOW__CELERY__RESULT_BACKEND": backend,
         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{tmp_path}/airflow.db",
     }
 
