@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+from pathlib import Path
 
 import pytest
 from airflow_helpers import (
@@ -21,6 +22,7 @@ from helpers import DEFAULT_FILES, VENV_BIN, glacier_env, make_bag_dir, make_bag
 from glacier_sync.progress import ProgressStore
 
 pytestmark = pytest.mark.airflow
+DATA = Path(__file__).parent / "data"
 
 
 @pytest.fixture(scope="session")
@@ -82,6 +84,40 @@ def test_sqs_dag_carries_restored_works_to_the_archive(airflow_home, world, dirs
     assert {r.state for r in rows.values()} == {"synced"}
     assert all(r.claimed_by is None for r in rows.values()), "claims released"
     assert world.queue_count() == 0
+
+    # Each archived work is an event of the archive's asset, its evidence in the extra.
+    events = _asset_events(airflow_home, "glacier-sync-archive://archive/dev")
+    assert sorted(e["work_id"] for e in events) == ["W1NLM4700", "W2KG209837"]
+    for event in events:
+        row = rows[event["work_id"]]
+        assert event["archive_path"] == row.archive_path and event["key"] == row.object_key
+        assert event["fixity"] == row.fixity and event["fixity"]["files"] == len(DEFAULT_FILES)
+
+    # A duplicate of an event already archived (S3 delivers at least once) publishes nothing.
+    row = rows["W1NLM4700"]
+    body = json.loads((DATA / "objectrestore-completed.json").read_text())
+    record = body["Records"][0]
+    record["eventTime"] = row.restore_completed_at.isoformat() + "Z"
+    record["s3"]["bucket"]["name"] = row.bucket
+    record["s3"]["object"].update(key=row.object_key, eTag=row.etag, size=row.size)
+    world.send_body(json.dumps(body))
+    env = glacier_env(world, dirs["data"], dirs["archive"], GLACIER_SYNC_POLL_RETRIES=0)
+    dag_test(airflow_home, "sqs_scheduled_dag.py", env)
+    assert world.queue_count() == 0, "the duplicate was recorded and deleted"
+    assert len(_asset_events(airflow_home, "glacier-sync-archive://archive/dev")) == 2
+
+
+def _asset_events(airflow_home, uri: str) -> list[dict]:
+    """The extras of the asset's events, oldest first (the metadata database's own rows)."""
+    import sqlite3
+
+    with sqlite3.connect(airflow_home / "airflow.db") as conn:
+        rows = conn.execute(
+            "SELECT e.extra FROM asset_event e JOIN asset a ON a.id = e.asset_id "
+            "WHERE a.uri = ? ORDER BY e.id",
+            (uri,),
+        ).fetchall()
+    return [json.loads(extra) for (extra,) in rows]
 
 
 def test_sqs_dag_through_an_airflow_aws_connection(airflow_home, world, dirs):

@@ -22,6 +22,7 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "HookClients",
+    "archive_asset",
     "dag_arguments",
     "restore_event_asset",
     "restore_tasks",
@@ -32,6 +33,9 @@ __all__ = [
     "run_phase",
     "scan_incoming",
 ]
+
+ARCHIVE_URI = "glacier-sync-archive://archive"
+ARCHIVED_ALIAS = "glacier_sync_archived_works"
 
 PHASE_DOCS = {
     "download": "Download one restored bag zip into the incoming folder.",
@@ -112,12 +116,60 @@ def run_phase(settings: Settings, phase: str, progress_id: int) -> int:
     pipeline = make_pipeline(settings, run_id)
     _label_with_work(pipeline, progress_id)
     try:
-        return getattr(pipeline, phase)(progress_id, release_on_failure=final)
+        result = getattr(pipeline, phase)(progress_id, release_on_failure=final)
     except Exception as exc:
         if is_transient(exc):
             raise
         pipeline.store.release(progress_id, pipeline.run_id)
         raise AirflowFailException(f"{phase} failed (not retried): {exc}") from exc
+    if phase == "sync":
+        _publish_archived(settings, pipeline, progress_id)
+    return result
+
+
+def archive_asset(settings: Settings):
+    """The asset of this instance's archive: one event per work that reached it."""
+    from airflow.sdk import Asset
+
+    return Asset(name=f"glacier_sync_archive_{settings.env}", uri=f"{ARCHIVE_URI}/{settings.env}")
+
+
+def _publish_archived(settings: Settings, pipeline: Pipeline, progress_id: int) -> None:
+    """An asset event for the work this try archived (not for one another run had archived),
+    its extra holding the work id, where it is and its fixity evidence (the Assets view)."""
+    from airflow.sdk import AssetAlias
+
+    row = pipeline.store.get(progress_id)
+    synced = [h for h in row.history if h.get("event") == "sync done"]
+    if row.state != "synced" or not synced or synced[-1].get("run") != pipeline.run_id:
+        return
+    extra = {
+        "work_id": row.work_id,
+        "archive_path": row.archive_path,
+        "archive_host_path": _host_path(settings, row.archive_path),
+        "bucket": row.bucket,
+        "key": row.object_key,
+        "version_id": row.version_id,
+        "etag": row.etag,
+        "synced_at": row.synced_at.isoformat(timespec="seconds") + "Z" if row.synced_at else None,
+        "fixity": row.fixity,
+    }
+    outlet_events = get_current_context()["outlet_events"]
+    outlet_events[AssetAlias(ARCHIVED_ALIAS)].add(archive_asset(settings), extra=extra)
+
+
+def _host_path(settings: Settings, archive_path: str | None) -> str | None:
+    """The archive path on the host when the stack says where the archive root is mounted."""
+    import os
+    from pathlib import Path
+
+    host_root = os.environ.get("GLACIER_SYNC_ARCHIVE_HOST_ROOT", "").strip()
+    if not (host_root and archive_path and settings.archive_root):
+        return None
+    try:
+        return str(Path(host_root) / Path(archive_path).relative_to(settings.archive_root))
+    except ValueError:
+        return None
 
 
 def _label_with_work(pipeline: Pipeline, progress_id: int) -> None:
@@ -146,13 +198,17 @@ def dag_arguments(settings: Settings, schedule: Any, doc: str | None) -> dict[st
 
 def phase_task(settings: Settings, phase: str, task_id: str):
     """A TaskFlow task running one phase for one work (call inside a DAG)."""
+    from airflow.sdk import AssetAlias
 
     def run(progress_id: int) -> int:
         return run_phase(settings, phase, progress_id)
 
     run.__doc__ = PHASE_DOCS[phase]
+    # The sync publishes each archived work as an event of the archive's asset (via an alias:
+    # only a try that really archived the work emits one).
+    outlets = [AssetAlias(ARCHIVED_ALIAS)] if phase == "sync" else []
     # Each mapped instance shows its work id in the UI, not [0], [1], ...
-    return task(task_id=task_id, map_index_template="{{ work_id }}")(run)
+    return task(task_id=task_id, map_index_template="{{ work_id }}", outlets=outlets)(run)
 
 
 def restore_tasks(settings: Settings, **poll_arguments: Any) -> None:
