@@ -77,6 +77,8 @@ def test_sqs_dag_carries_restored_works_to_the_archive(airflow_home, world, dirs
     state, tasks = last_run(airflow_home, "sqs_scheduled_dag")
     assert state == "success"
     assert [tasks[("sync_debagged", i)] for i in (0, 1)] == ["success", "success"]
+    assert tasks[("summarize_run", -1)] == "success"
+    assert "summary: 2 of 2 works archived" in proc.stdout + proc.stderr
     for folder in ("Archive0/00/W1NLM4700", "Archive1/37/W2KG209837"):
         for rel, content in DEFAULT_FILES.items():
             assert (dirs["archive"] / folder / rel).read_bytes() == content
@@ -160,9 +162,13 @@ def test_a_failing_work_does_not_fail_its_siblings(airflow_home, world, dirs):
         GLACIER_SYNC_TASK_RETRIES=2,
         GLACIER_SYNC_TASK_RETRY_DELAY_SECONDS=1,
     )
-    dag_test(airflow_home, "sqs_scheduled_dag.py", env)
+    proc = dag_test(airflow_home, "sqs_scheduled_dag.py", env)
     state, tasks = last_run(airflow_home, "sqs_scheduled_dag")
     assert state == "failed"
+    assert tasks[("summarize_run", -1)] == "failed", "the summary keeps the run failed"
+    log = proc.stdout + proc.stderr
+    assert "W1BAD: failed in debag: " in log and "needs attention" in log
+    assert "summary: 1 of 2 works archived" in log
     rows = _rows(dirs)
     assert rows["W1GOOD"].state == "synced" and rows["W1BAD"].state == "failed"
     assert "notes.txt: sha512 mismatch" in rows["W1BAD"].last_error

@@ -32,6 +32,7 @@ __all__ = [
     "poll_restored_works",
     "run_phase",
     "scan_incoming",
+    "summarize",
 ]
 
 ARCHIVE_URI = "glacier-sync-archive://archive"
@@ -233,7 +234,60 @@ def restore_tasks(settings: Settings, **poll_arguments: Any) -> None:
         """One work's phases; each mapped instance of the group runs on its own."""
         sync(debag(download(progress_id)))
 
-    process_work.expand(progress_id=get_restored_object_messages())
+    @task(task_id="summarize_run", trigger_rule="all_done", retries=0)
+    def summarize_run() -> dict:
+        """The run's works: archived, or failed with the phase and the reason (log and XCom)."""
+        return summarize(settings)
+
+    process_work.expand(progress_id=get_restored_object_messages()) >> summarize_run()
+
+
+def summarize(settings: Settings) -> dict[str, Any]:
+    """Log one line per work of this run and return them; fail (after the lines) when a task
+    of the run failed, so that the run's state still says so."""
+    context = get_current_context()
+    ti, run_id = context["ti"], context["run_id"]
+    ids = ti.xcom_pull(task_ids="get_restored_object_messages") or []
+    store = make_pipeline(settings, run_id).store
+    works = []
+    for pid in ids:
+        row = store.get(pid)
+        works.append(
+            {
+                "work_id": row.work_id,
+                "state": row.state,
+                "archive_path": row.archive_path if row.state == "synced" else None,
+                "failed_phase": row.failed_phase if row.state != "synced" else None,
+                "error": row.last_error if row.state != "synced" else None,
+                "needs_attention": row.needs_attention,
+            }
+        )
+    for work in works:
+        if work["state"] == "synced":
+            log.info("%s: archived in %s", work["work_id"], work["archive_path"])
+        else:
+            held = (
+                " (needs attention: `glacier-sync retry` or Clear)"
+                if work["needs_attention"]
+                else ""
+            )
+            log.warning(
+                "%s: %s in %s: %s%s",
+                work["work_id"],
+                work["state"],
+                work["failed_phase"],
+                work["error"],
+                held,
+            )
+    synced = sum(w["state"] == "synced" for w in works)
+    totals = f"{synced} of {len(works)} works archived" if works else "no work in this run"
+    log.info("summary: %s", totals)
+    failed = ti.get_ti_count(
+        dag_id=ti.dag_id, run_ids=[run_id], states=["failed", "upstream_failed"]
+    )
+    if failed:
+        raise AirflowFailException(f"{failed} task(s) of this run failed; {totals}")
+    return {"summary": totals, "works": works}
 
 
 def restore_event_asset(settings: Settings):
