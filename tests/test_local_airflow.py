@@ -5,7 +5,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import subprocess
+import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -131,7 +134,9 @@ def services(moto_endpoint, tmp_path_factory):
         # No file there until test_killed_sync_task_is_finished_once_by_its_retry writes one.
         GLACIER_SYNC_FAULT_FILE=str(tmp / "fault"),
     )
-    with running_services(tmp, settings) as (env, api):
+    statsd = StatsdListener()
+    settings.update(statsd.settings())
+    with statsd, running_services(tmp, settings) as (env, api):
         api.wait_for_dag("sqs_scheduled_dag")
         api.unpause("sqs_scheduled_dag")
         yield {
@@ -142,7 +147,48 @@ def services(moto_endpoint, tmp_path_factory):
             "env": env,
             "home": tmp / "airflow-home",
             "tmp": tmp,
+            "statsd": statsd,
         }
+
+
+class StatsdListener:
+    """A UDP StatsD listener on loopback collecting every line it receives (a thread)."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.settimeout(0.5)
+        self.lines: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._collect, daemon=True)
+
+    def settings(self) -> dict[str, str]:
+        """Airflow's own StatsD metrics and the pipeline's, both sent here."""
+        port = str(self.sock.getsockname()[1])
+        return {
+            "AIRFLOW__METRICS__STATSD_ON": "True",
+            "AIRFLOW__METRICS__STATSD_HOST": "127.0.0.1",
+            "AIRFLOW__METRICS__STATSD_PORT": port,
+            "AIRFLOW__METRICS__STATSD_PREFIX": "airflow",
+            "GLACIER_SYNC_METRICS_STATSD_HOST": "127.0.0.1",
+            "GLACIER_SYNC_METRICS_STATSD_PORT": port,
+        }
+
+    def _collect(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.lines.extend(self.sock.recv(65535).decode().splitlines())
+            except (TimeoutError, OSError):
+                continue
+
+    def __enter__(self) -> StatsdListener:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        self.sock.close()
 
 
 @contextmanager
@@ -197,6 +243,23 @@ def test_rest_trigger_carries_a_restore_to_the_archive(services):
     assert api.task_states("sqs_scheduled_dag", run_id)[("sync_debagged", 0)] == "success"
     assert (services["archive"] / "Archive5" / "01" / "W1REST01" / "images").is_dir()
     assert rows_by_work(services)["W1REST01"].state == "synced"
+
+
+def test_airflow_and_pipeline_metrics_arrive_at_statsd(services):
+    """Both Airflow's own metrics and the pipeline's reach a real StatsD listener."""
+    seed(services, ["W1STATS1"])
+    api = services["api"]
+    run_id = api.trigger("sqs_scheduled_dag")
+    assert api.wait_for_run("sqs_scheduled_dag", run_id)["state"] == "success"
+    deadline = time.monotonic() + 60
+    while True:
+        names = {line.split(":", 1)[0] for line in list(services["statsd"].lines)}
+        ours = {"glacier_sync.phase.sync.works", "glacier_sync.poll.new_works"}
+        airflow = {n for n in names if n.startswith("airflow.")}
+        if ours <= names and any(n.startswith("airflow.ti.finish") for n in airflow):
+            break
+        assert time.monotonic() < deadline, sorted(names)[:80]
+        time.sleep(2)
 
 
 def test_two_runs_side_by_side_archive_each_work_once(services):

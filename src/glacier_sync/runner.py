@@ -39,6 +39,7 @@ from glacier_sync.errors import (
 )
 from glacier_sync.events import parse_message_body, work_id_from_key
 from glacier_sync.lease import Heartbeat
+from glacier_sync.metrics import metrics_for
 from glacier_sync.models import Progress, utcnow
 from glacier_sync.progress import ProgressStore, expires_soon, expiry_note
 from glacier_sync.settings import QueueSource, Settings
@@ -135,6 +136,7 @@ class Pipeline:
         self.store = store or open_store(settings)
         self.clients = clients or aws.ProfileClients(settings)
         self.run_id = run_id or local_run_id()
+        self.metrics = metrics_for(settings)
 
     # -- poll -----------------------------------------------------------------------------
     def poll_queues(self) -> PollReport:
@@ -156,7 +158,25 @@ class Pipeline:
             report.received += len(messages)
             for message in messages:
                 self._handle_message(sqs, queue, message, report)
+            self._gauge_queue(sqs, queue)
+        self.metrics.incr("poll.messages", report.received)
+        self.metrics.incr("poll.new_works", report.recorded)
+        self.metrics.incr("poll.duplicates", report.duplicates)
         return report
+
+    def _gauge_queue(self, sqs: Any, queue: QueueSource) -> None:
+        """The messages still waiting in the queue (one GetQueueAttributes, metrics on only)."""
+        if not self.metrics.enabled:
+            return
+        try:
+            attributes = sqs.get_queue_attributes(
+                QueueUrl=queue.queue_url, AttributeNames=["ApproximateNumberOfMessages"]
+            )["Attributes"]
+            self.metrics.gauge(
+                f"queue.{queue.name}.visible", int(attributes["ApproximateNumberOfMessages"])
+            )
+        except Exception as exc:  # a metric never fails the poll
+            log.debug("metrics: queue depth of %s not read: %s", queue.name, exc)
 
     def _handle_message(
         self, sqs: Any, queue: QueueSource, message: aws.SqsMessage, report: PollReport
@@ -294,8 +314,13 @@ class Pipeline:
                 raise _lost_claim(row, f"during {name}")
         except Exception as exc:
             self._record_failure(row, name, exc, release_on_failure)
+            kind = (
+                "transient" if is_transient(exc) else "permanent" if is_permanent(exc) else "other"
+            )
+            self.metrics.incr(f"phase.{name}.failures.{kind}")
             raise
         seconds = round(time.monotonic() - started, 3)
+        self._count_phase(name, row, fields, seconds)
         details = {**fields.pop("details", {}), "seconds": seconds, "run": self.run_id}
         return self.store.update_row(
             pid,
@@ -309,6 +334,19 @@ class Pipeline:
             details=details,
             **fields,
         )
+
+    def _count_phase(
+        self, name: str, row: Progress, fields: dict[str, Any], seconds: float
+    ) -> None:
+        """Works, bytes and seconds of a phase that ran (not of one skipped as done already)."""
+        if fields.get("details", {}).get("skipped"):
+            return
+        fixity = fields.get("fixity") or row.fixity or {}
+        size = row.size if name == "download" else fixity.get("bytes")
+        self.metrics.incr(f"phase.{name}.works")
+        self.metrics.timing(f"phase.{name}.seconds", seconds)
+        if size:
+            self.metrics.incr(f"phase.{name}.bytes", size)
 
     def _record_failure(self, row: Progress, name: str, exc: Exception, release: bool) -> None:
         transient, permanent = is_transient(exc), is_permanent(exc)

@@ -125,6 +125,9 @@ class Settings(BaseSettings):
     event_poll_seconds: float = Field(default=5, ge=1, le=300)
     event_refire_seconds: float = Field(default=10, ge=5, le=3600)
     event_max_active_runs: int = Field(default=2, ge=1)
+    metrics_statsd_host: str | None = None
+    metrics_statsd_port: int = Field(default=8125, ge=1, le=65535)
+    metrics_prefix: str = Field(default="glacier_sync", pattern=r"^[A-Za-z0-9_.-]+$")
     instance_id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
     @classmethod
@@ -151,6 +154,7 @@ class Settings(BaseSettings):
         "progress_db_url_file",
         "sync_db_config",
         "instance_id",
+        "metrics_statsd_host",
         mode="before",
     )
     @classmethod
