@@ -31,6 +31,8 @@
 #   --worker-concurrency N   task processes per Celery worker (default 8)
 #   --flower on|off          Celery's monitoring UI on 127.0.0.1 (default off; celery only)
 #   --flower-port N          Flower's port on 127.0.0.1 (default 5555)
+#   --statsd HOST:PORT|off   send Airflow's and the pipeline's metrics to this StatsD server
+#                            (default off; docs/operations.md lists the metrics)
 #   --auth simple|fab        sign-in: fab (users and roles; prod default) or simple (one admin,
 #                            dev default)
 #   --admin-user NAME        the UI's admin user (default admin; kept from the last deploy)
@@ -53,7 +55,7 @@ esac
 dest="" env_name="" arch_root="" sync_uid="" aws_credentials="" db_config="" pipeline_config=""
 endpoint="" endpoint_given=0 image="" ui_port="" dry_run=0 force=0
 postgres_image=${POSTGRES_IMAGE:-} redis_image=${REDIS_IMAGE:-} auth="" admin_user="" project=""
-executor="" workers="" workers_given=0 concurrency="" flower="" flower_port=""
+executor="" workers="" workers_given=0 concurrency="" flower="" flower_port="" statsd=""
 readonly FAB_MANAGER=airflow.providers.fab.auth_manager.fab_auth_manager.FabAuthManager
 readonly SIMPLE_MANAGER=airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager
 
@@ -97,6 +99,7 @@ while [ $# -gt 0 ]; do
         --workers) need_value "$@"; workers=$2; workers_given=1; shift 2 ;;
         --worker-concurrency) need_value "$@"; concurrency=$2; shift 2 ;;
         --flower) need_value "$@"; flower=$2; shift 2 ;;
+        --statsd) need_value "$@"; statsd=$2; shift 2 ;;
         --flower-port) need_value "$@"; flower_port=$2; shift 2 ;;
         --admin-user) need_value "$@"; admin_user=$2; shift 2 ;;
         --project-name) need_value "$@"; project=$2; shift 2 ;;
@@ -143,6 +146,9 @@ inherit_from_env() {
         case ",$(deployed_value COMPOSE_PROFILES)," in *,flower,*) flower=on ;; esac
     fi
     instance_id=$(deployed_value GLACIER_SYNC_INSTANCE_ID)
+    if [ -z "$statsd" ] && [ "$(deployed_value STATSD_ON)" = True ]; then
+        statsd="$(deployed_value STATSD_HOST):$(deployed_value STATSD_PORT)"
+    fi
     [ "$endpoint_given" -eq 1 ] || endpoint=$(deployed_value AWS_ENDPOINT_URL)
 }
 
@@ -167,6 +173,18 @@ check_executor() {
             || die "--workers must be a number of workers from 1 to 64, not '$workers'"
     fi
     [ -n "${instance_id:-}" ] || instance_id=$(tool instance-id)
+    check_statsd
+}
+
+# check_statsd: --statsd HOST:PORT or off (default off) -> statsd_host, statsd_port.
+check_statsd() {
+    statsd=${statsd:-off} statsd_host="" statsd_port=8125
+    [ "$statsd" = off ] && return 0
+    [[ $statsd =~ ^([A-Za-z0-9._-]+):([0-9]+)$ ]] \
+        || die "--statsd must be HOST:PORT (e.g. statsd.example.org:8125) or off, not '$statsd'"
+    statsd_host=${BASH_REMATCH[1]} statsd_port=${BASH_REMATCH[2]}
+    [ "$statsd_port" -ge 1 ] && [ "$statsd_port" -le 65535 ] \
+        || die "--statsd port must be from 1 to 65535, not $statsd_port"
 }
 
 check_inputs() {
@@ -464,6 +482,14 @@ CELERY_WORKERS=${workers}
 CELERY_WORKER_CONCURRENCY=${concurrency}
 # Flower's port on 127.0.0.1 (user flower, password in secrets/flower_password).
 FLOWER_PORT=${flower_port}
+# Metrics to StatsD (deploy.sh --statsd HOST:PORT|off): Airflow's own and the pipeline's.
+STATSD_ON=$([ -n "$statsd_host" ] && echo True || echo False)
+# The StatsD server's host name or address (empty: metrics off).
+STATSD_HOST=${statsd_host}
+# The StatsD server's UDP port.
+STATSD_PORT=${statsd_port}
+# The pipeline's metrics go to STATSD_HOST when STATSD_ON is True (empty: none).
+GLACIER_SYNC_STATSD_HOST=${statsd_host}
 # This instance's id: data/ and processing/ carry it, so a worker that does not see them
 # (an unmounted shared folder on another machine) refuses to start.
 GLACIER_SYNC_INSTANCE_ID=${instance_id}

@@ -659,3 +659,32 @@ def test_executor_options_refuse_bad_values_before_writing(inputs, extra, messag
     assert result.returncode == 2 and message in result.stderr, result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
     assert not inputs["dest"].exists()
+
+
+def test_statsd_is_off_by_default_then_on_and_inherited(inputs):
+    assert deploy(*_args(inputs)).returncode == 0
+    env = _env(inputs["dest"])
+    assert (env["STATSD_ON"], env["STATSD_HOST"], env["GLACIER_SYNC_STATSD_HOST"]) == (
+        "False",
+        "",
+        "",
+    )
+    assert deploy(*_args(inputs, "--statsd", "statsd.example.org:9125")).returncode == 0
+    env = _env(inputs["dest"])
+    assert (env["STATSD_ON"], env["STATSD_HOST"], env["STATSD_PORT"]) == (
+        "True",
+        "statsd.example.org",
+        "9125",
+    )
+    assert env["GLACIER_SYNC_STATSD_HOST"] == "statsd.example.org"
+    again = deploy(*_args(inputs))
+    assert again.returncode == 0 and ".env: unchanged" in again.stdout, "kept on a re-deploy"
+    assert deploy(*_args(inputs, "--statsd", "off")).returncode == 0
+    assert _env(inputs["dest"])["STATSD_ON"] == "False"
+
+
+@pytest.mark.parametrize("value", ["statsd.example.org", "host:port", "h:70000", ":8125"])
+def test_statsd_refuses_a_malformed_address(inputs, value):
+    result = deploy(*_args(inputs, "--statsd", value))
+    assert result.returncode == 2 and "--statsd" in result.stderr, result.stderr
+    assert not inputs["dest"].exists()
