@@ -94,6 +94,7 @@ def test_sqs_dag_carries_restored_works_to_the_archive(airflow_home, world, dirs
         row = rows[event["work_id"]]
         assert event["archive_path"] == row.archive_path and event["key"] == row.object_key
         assert event["fixity"] == row.fixity and event["fixity"]["files"] == len(DEFAULT_FILES)
+        assert event["archived_now"] is True
 
     # A duplicate of an event already archived (S3 delivers at least once) publishes nothing.
     row = rows["W1NLM4700"]

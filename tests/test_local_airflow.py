@@ -301,7 +301,10 @@ def test_killed_sync_task_is_finished_once_by_its_retry(services):
     assert not (services["data"] / "work" / "W1KILL01").exists()
 
 
-def test_browser_login_and_finished_run(services):
+@contextmanager
+def signed_in_browser(services, name: str):
+    """Headless chromium signed in to the services' UI as "tester"; a screenshot of its last
+    page goes to test-artifacts/<name>-last-page.png."""
     chromium, driver_path = shutil.which("chromium"), shutil.which("chromedriver")
     if not (chromium and driver_path):
         if os.environ.get("CI"):
@@ -316,10 +319,6 @@ def test_browser_login_and_finished_run(services):
     from selenium.webdriver.support import expected_conditions as ec
     from selenium.webdriver.support.ui import WebDriverWait
 
-    seed(services, ["W1WEB01"])
-    api = services["api"]
-    run_id = api.trigger("sqs_scheduled_dag")
-    assert api.wait_for_run("sqs_scheduled_dag", run_id)["state"] == "success"
     options = webdriver.ChromeOptions()
     options.binary_location = chromium
     for flag in (
@@ -332,21 +331,40 @@ def test_browser_login_and_finished_run(services):
         "--disable-component-update",
         "--disable-sync",
         "--window-size=1400,1000",
-        f"--user-data-dir={services['tmp'] / 'chromium-profile'}",
+        f"--user-data-dir={services['tmp'] / f'chromium-{name}'}",
     ):
         options.add_argument(flag)
     os.environ["SE_OFFLINE"] = "true"
     browser = webdriver.Chrome(service=Service(executable_path=driver_path), options=options)
     ARTIFACTS.mkdir(exist_ok=True)
-    base = api.base_url
     try:
         wait = WebDriverWait(browser, 60)
-        browser.get(base + "/")
+        browser.get(services["api"].base_url + "/")
         wait.until(ec.presence_of_element_located((By.NAME, "username")))
         browser.find_element(By.NAME, "username").send_keys("tester")
         browser.find_element(By.NAME, "password").send_keys("tester-pw-123")
         browser.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
         wait.until(lambda b: "/auth/login" not in b.current_url)
+        yield browser, wait
+    finally:
+        browser.save_screenshot(str(ARTIFACTS / f"{name}-last-page.png"))
+        browser.quit()
+
+
+def _table_rows(browser) -> list[str]:
+    """Each table body row's text (read in one script call: the page re-renders as it loads)."""
+    return browser.execute_script(
+        "return Array.from(document.querySelectorAll('tbody tr')).map(r => r.innerText)"
+    )
+
+
+def test_browser_login_and_finished_run(services):
+    seed(services, ["W1WEB01"])
+    api = services["api"]
+    run_id = api.trigger("sqs_scheduled_dag")
+    assert api.wait_for_run("sqs_scheduled_dag", run_id)["state"] == "success"
+    base = api.base_url
+    with signed_in_browser(services, "finished-run") as (browser, wait):
         browser.get(f"{base}/dags/sqs_scheduled_dag/runs/{run_id}")
         tasks = [
             "get_restored_object_messages",
@@ -356,8 +374,7 @@ def test_browser_login_and_finished_run(services):
         ]
 
         def task_rows(b) -> dict[str, str]:
-            """Task id -> its row's text, from the run's Task Instances table (read in one
-            script call: the page re-renders while it loads)."""
+            """Task id -> its row's text, from the run's Task Instances table."""
             table = b.execute_script(
                 "return Array.from(document.querySelectorAll('tbody tr')).map("
                 "r => Array.from(r.querySelectorAll('td')).map(c => c.innerText))"
@@ -378,20 +395,69 @@ def test_browser_login_and_finished_run(services):
 
         # The operator finds the work by its id: each mapped instance is labelled with it.
         browser.get(f"{base}/dags/sqs_scheduled_dag/runs/{run_id}/tasks/sync_debagged/mapped")
-
-        def work_row(b) -> str | bool:
-            """The mapped instances table's row that names W1WEB01 (its text), once shown."""
-            table = b.execute_script(
-                "return Array.from(document.querySelectorAll('tbody tr')).map(r => r.innerText)"
-            )
-            return next((row for row in table if "W1WEB01" in row), False)
-
-        row = wait.until(work_row)
+        row = wait.until(lambda b: next((r for r in _table_rows(b) if "W1WEB01" in r), False))
         browser.save_screenshot(str(ARTIFACTS / "sqs_scheduled_dag-work-W1WEB01.png"))
         assert "Success" in row, row
-    finally:
-        browser.save_screenshot(str(ARTIFACTS / "last-browser-page.png"))
-        browser.quit()
+
+
+def test_browser_restore_from_request_to_archive(services):
+    """docs/operations.md, "A restore from request to archive", done in the UI: the trigger
+    form of restore_request_dag asks for the restore; when it completes, the restore run
+    archives the work, which the operator finds by its id, and the archive's asset shows it."""
+    from selenium.webdriver.common.by import By
+
+    work = "W1ASKUI"
+    key = f"Archive5/UI/{work}/{work}.bag.zip"
+    services["world"].upload_archived(make_bag_zip(services["tmp"] / "bags", work), key)
+    api, base = services["api"], services["api"].base_url
+    api.wait_for_dag("restore_request_dag")
+    api.unpause("restore_request_dag")
+    before = {r["dag_run_id"] for r in api.runs("restore_request_dag")}
+    with signed_in_browser(services, "request-restore") as (browser, wait):
+        browser.get(f"{base}/dags/restore_request_dag")
+        trigger = wait.until(
+            lambda b: next(
+                (e for e in b.find_elements(By.TAG_NAME, "button") if e.text.strip() == "Trigger"),
+                False,
+            )
+        )
+        trigger.click()
+        works = wait.until(lambda b: b.find_elements(By.CSS_SELECTOR, "textarea") or False)[0]
+        works.send_keys(key)
+        browser.save_screenshot(str(ARTIFACTS / "restore_request_dag-form.png"))
+        submit = [
+            e
+            for e in browser.find_elements(By.CSS_SELECTOR, "[role=dialog] button")
+            if e.text.strip() == "Trigger"
+        ]
+        assert submit, "the form's Trigger button"
+        submit[-1].click()
+        deadline = time.monotonic() + 60
+        while not ({r["dag_run_id"] for r in api.runs("restore_request_dag")} - before):
+            assert time.monotonic() < deadline, "the form started no run"
+            time.sleep(1)
+        [run_id] = {r["dag_run_id"] for r in api.runs("restore_request_dag")} - before
+        assert api.wait_for_run("restore_request_dag", run_id)["state"] == "success"
+        assert rows_by_work(services)[work].state == "requested"
+
+        # Hours later S3 completes the restore (moto: on the next read of its status).
+        world = services["world"]
+        world.client("s3").head_object(Bucket=world.bucket, Key=key)
+        restore_run = api.trigger("sqs_scheduled_dag")
+        assert api.wait_for_run("sqs_scheduled_dag", restore_run)["state"] == "success"
+        assert rows_by_work(services)[work].state == "synced"
+        browser.get(f"{base}/dags/sqs_scheduled_dag/runs/{restore_run}/tasks/sync_debagged/mapped")
+        row = wait.until(lambda b: next((r for r in _table_rows(b) if work in r), False))
+        assert "Success" in row, row
+        browser.save_screenshot(str(ARTIFACTS / "restore-archived-work.png"))
+
+        browser.get(f"{base}/assets")
+        wait.until(
+            lambda b: (
+                "glacier_sync_archive_dev" in b.execute_script("return document.body.innerText")
+            )
+        )
+        browser.save_screenshot(str(ARTIFACTS / "assets-archive.png"))
 
 
 def test_status_shows_each_service_with_its_live_pid(services):

@@ -36,7 +36,6 @@ __all__ = [
 ]
 
 ARCHIVE_URI = "glacier-sync-archive://archive"
-ARCHIVED_ALIAS = "glacier_sync_archived_works"
 
 PHASE_DOCS = {
     "download": "Download one restored bag zip into the incoming folder.",
@@ -136,16 +135,14 @@ def archive_asset(settings: Settings):
 
 
 def _publish_archived(settings: Settings, pipeline: Pipeline, progress_id: int) -> None:
-    """An asset event for the work this try archived (not for one another run had archived),
-    its extra holding the work id, where it is and its fixity evidence (the Assets view)."""
-    from airflow.sdk import AssetAlias
-
+    """Describe the archived work in the event the sync task emits on the archive's asset: the
+    work id, where it is, its key and fixity evidence (the Assets view). ``archived_now`` is
+    false when this try found the work archived already (by another run, or a cleared task)."""
     row = pipeline.store.get(progress_id)
     synced = [h for h in row.history if h.get("event") == "sync done"]
-    if row.state != "synced" or not synced or synced[-1].get("run") != pipeline.run_id:
-        return
     extra = {
         "work_id": row.work_id,
+        "archived_now": bool(synced) and synced[-1].get("run") == pipeline.run_id,
         "archive_path": row.archive_path,
         "archive_host_path": _host_path(settings, row.archive_path),
         "bucket": row.bucket,
@@ -155,8 +152,7 @@ def _publish_archived(settings: Settings, pipeline: Pipeline, progress_id: int) 
         "synced_at": row.synced_at.isoformat(timespec="seconds") + "Z" if row.synced_at else None,
         "fixity": row.fixity,
     }
-    outlet_events = get_current_context()["outlet_events"]
-    outlet_events[AssetAlias(ARCHIVED_ALIAS)].add(archive_asset(settings), extra=extra)
+    get_current_context()["outlet_events"][archive_asset(settings)].extra = extra
 
 
 def _host_path(settings: Settings, archive_path: str | None) -> str | None:
@@ -199,15 +195,13 @@ def dag_arguments(settings: Settings, schedule: Any, doc: str | None) -> dict[st
 
 def phase_task(settings: Settings, phase: str, task_id: str):
     """A TaskFlow task running one phase for one work (call inside a DAG)."""
-    from airflow.sdk import AssetAlias
 
     def run(progress_id: int) -> int:
         return run_phase(settings, phase, progress_id)
 
     run.__doc__ = PHASE_DOCS[phase]
-    # The sync publishes each archived work as an event of the archive's asset (via an alias:
-    # only a try that really archived the work emits one).
-    outlets = [AssetAlias(ARCHIVED_ALIAS)] if phase == "sync" else []
+    # Each sync publishes its work as an event of the archive's asset (the Assets view).
+    outlets = [archive_asset(settings)] if phase == "sync" else []
     # Each mapped instance shows its work id in the UI, not [0], [1], ...
     return task(task_id=task_id, map_index_template="{{ work_id }}", outlets=outlets)(run)
 
