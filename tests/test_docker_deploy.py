@@ -26,6 +26,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+import yaml
 from airflow_rest import AirflowApi
 from demo_world import World, create_world
 from helpers import REPO, free_port, make_bag_zip
@@ -180,12 +181,16 @@ class Stack:
             assert time.monotonic() < deadline, f"{self.project} not healthy in time: {states}"
             time.sleep(5)
 
-    def api(self, user: str | None = None, password: str | None = None) -> AirflowApi:
-        env = dict(
+    def env(self) -> dict[str, str]:
+        """The instance's .env."""
+        return dict(
             line.split("=", 1)
             for line in (self.dest / ".env").read_text().splitlines()
             if line and not line.startswith("#")
         )
+
+    def api(self, user: str | None = None, password: str | None = None) -> AirflowApi:
+        env = self.env()
         password = password or (self.dest / "secrets" / "airflow_admin_password").read_text()
         return AirflowApi(
             f"http://127.0.0.1:{self.ui_port}", user or env["AIRFLOW_ADMIN_USER"], password.strip()
@@ -700,20 +705,48 @@ def test_celery_workers_share_a_burst_and_survive_a_killed_worker(e2e):
             assert time.monotonic() < deadline, (status, workers)
             time.sleep(5)
 
-        lonely = tmp / "lonely-data"
-        lonely.mkdir()
-        os.chown(lonely, SYNC_UID, 0)
-        refused = b.compose(
-            "run",
-            "--rm",
-            "--no-deps",
-            "-v",
-            f"{lonely}:/opt/airflow/data",
-            "airflow-worker",
+        # A worker on "another machine" whose data/ and processing/ are empty local folders
+        # (the shared mounts missing): the worker service's own command, the instance's
+        # settings, no network. It must stop at once, naming the folder, and write nothing.
+        lonely = tmp / "lonely-machine"
+        for sub in ("data", "processing"):
+            (lonely / sub).mkdir(parents=True)
+            os.chown(lonely / sub, SYNC_UID, 0)
+        compose = yaml.safe_load((b.dest / "docker-compose.yaml").read_text())
+        command = compose["services"]["airflow-worker"]["command"]
+        env = b.env()
+        refused = run(
+            [
+                "docker",
+                "run",
+                "--rm",
+                "--network",
+                "none",
+                "--user",
+                f"{SYNC_UID}:0",
+                "-e",
+                f"GLACIER_SYNC_INSTANCE_ID={env['GLACIER_SYNC_INSTANCE_ID']}",
+                "-e",
+                "GLACIER_SYNC_CONFIG=/opt/airflow/config/glacier-sync.toml",
+                "-e",
+                "GLACIER_SYNC_DATA_ROOT=/opt/airflow/data",
+                "-e",
+                "GLACIER_SYNC_WORK_ROOT=/opt/airflow/processing",
+                "-v",
+                f"{b.dest / 'config'}:/opt/airflow/config:ro",
+                "-v",
+                f"{lonely / 'data'}:/opt/airflow/data",
+                "-v",
+                f"{lonely / 'processing'}:/opt/airflow/processing",
+                env["BDRC_IMAGE"],
+                *command,
+            ],
             check=False,
+            timeout=120,
         )
-        assert refused.returncode != 0 and "mount it here" in refused.stderr + refused.stdout
-        assert list(lonely.iterdir()) == [], "the refused worker wrote nothing"
+        assert refused.returncode == 1, (refused.stdout, refused.stderr)
+        assert "holds no mark" in refused.stderr and "mount it here" in refused.stderr
+        assert not [p for p in lonely.rglob("*") if p.is_file()], "the refused worker wrote nothing"
 
         world = create_world(e2e["moto_b"], bucket="archive.e2e.example", queue="restores")
         fault = b.dest / "data" / "fault"
