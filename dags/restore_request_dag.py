@@ -26,6 +26,8 @@ SETTINGS = load_settings()
     start_date=datetime(2025, 1, 1),
     catchup=False,
     max_active_runs=1,
+    # Runs only when someone triggers it: nothing to hold back, so it starts unpaused.
+    is_paused_upon_creation=False,
     # A throttled or unreachable S3 is retried; bad input fails at once (no retry).
     default_args={
         "retries": SETTINGS.task_retries,
