@@ -202,13 +202,19 @@ def _claim_note(row) -> str:
 
 def cmd_request_restore(args: argparse.Namespace) -> int:
     """Ask S3 to restore works' bags from Glacier / Deep Archive, one result line per work."""
-    from glacier_sync.restore_requests import RECORDED, RestoreRequester, parse_items, summary
+    from glacier_sync.restore_requests import (
+        RECORDED,
+        RestoreRequester,
+        parse_items,
+        pick_queue,
+        summary,
+    )
     from glacier_sync.runner import open_store
 
     settings = _settings(args)
     items = parse_items(" ".join(args.works)) if args.works else [args.key]
     requester = RestoreRequester(
-        settings, open_store(settings), queue=_pick_queue(settings, args.queue), bucket=args.bucket
+        settings, open_store(settings), queue=pick_queue(settings, args.queue), bucket=args.bucket
     )
     results = requester.request_all(
         items, args.tier or settings.restore_tier, args.days or settings.restore_days
@@ -218,22 +224,6 @@ def cmd_request_restore(args: argparse.Namespace) -> int:
     if len(results) > 1:
         print(f"summary: {summary(results)}")
     return EXIT_OK if all(r.outcome in RECORDED for r in results) else EXIT_FAILED
-
-
-def _pick_queue(settings, name: str | None):
-    from glacier_sync.errors import ConfigError
-
-    if not settings.queues:
-        raise ConfigError(
-            "no queue is configured: set `queues` (GLACIER_SYNC_QUEUES) to know the "
-            "AWS region and profile"
-        )
-    for queue in settings.queues:
-        if name is None or queue.name == name:
-            return queue
-    raise ConfigError(
-        f"no queue named {name!r}; known: {', '.join(q.name for q in settings.queues)}"
-    )
 
 
 def cmd_retry(args: argparse.Namespace) -> int:
