@@ -290,6 +290,14 @@ def _build_images(tmp: Path) -> None:
 def _previous_release(tmp: Path) -> Path:
     """The release before the newest progress-database migration: the tree of the parent of
     the commit that added it (git archive), with its own DAGs, deploy.sh and Compose file."""
+    git = ["git", "-C", str(REPO)]
+    shallow = run([*git, "rev-parse", "--is-shallow-repository"]).stdout.strip() == "true"
+    if shallow:  # a shallow clone lacks the previous release: fetch the history once
+        fetched = run([*git, "fetch", "--unshallow", "--quiet"], check=False, timeout=600)
+        assert fetched.returncode == 0, (
+            "the Docker test needs the git history (the previous release is deployed first): "
+            f"clone without --depth; git fetch --unshallow said: {fetched.stderr.strip()}"
+        )
     versions = sorted((REPO / "src" / "glacier_sync" / "migrations" / "versions").glob("0*.py"))
     newest = str(versions[-1].relative_to(REPO))
     added = run(
