@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -31,9 +33,19 @@ def _key(work_id: str) -> str:
     return f"Archive0/{work_id[-2:]}/{work_id}/{work_id}.bag.zip"
 
 
-def _slow_restores(world, heads: int) -> None:
-    """moto keeps each restore "ongoing" for the next ``heads`` - 1 reads of its status."""
-    body = {"model_name": "s3::keyrestore", "transition": {"progression": "manual", "times": heads}}
+@contextmanager
+def _slow_restores(world, heads: int) -> Iterator[None]:
+    """moto keeps each restore "ongoing" for the next ``heads`` - 1 reads of its status (the
+    server's setting, which outlives a reset: put back to immediate after)."""
+    _set_restore_transition(world, {"progression": "manual", "times": heads})
+    try:
+        yield
+    finally:
+        _set_restore_transition(world, {"progression": "immediate"})
+
+
+def _set_restore_transition(world, transition: dict) -> None:
+    body = {"model_name": "s3::keyrestore", "transition": transition}
     request = urllib.request.Request(
         world.endpoint + "/moto-api/state-manager/set-transition",
         data=json.dumps(body).encode(),
@@ -108,37 +120,37 @@ def test_each_work_gets_its_own_result(world, dirs, settings):
     for work in ("W1NEW01", "W1SLOW1", "W1DONE1"):
         world.upload_archived(make_bag_zip(dirs["bags"], work), _key(work))
     s3.put_object(Bucket=world.bucket, Key=_key("W1STD01"), Body=b"not in Glacier")
-    _slow_restores(world, heads=3)
-    s3.restore_object(
-        Bucket=world.bucket,
-        Key=_key("W1SLOW1"),
-        RestoreRequest={"Days": 1, "GlacierJobParameters": {"Tier": "Bulk"}},
-    )
-    world.restore(_key("W1DONE1"))  # restored already (and its own event sent)
-    s3.head_object(Bucket=world.bucket, Key=_key("W1DONE1"))
-    items = [
-        _key("W1NEW01"),
-        _key("W1SLOW1"),
-        _key("W1DONE1"),
-        _key("W1GONE1"),
-        _key("W1STD01"),
-        "W1NOPE1",
-    ]
-    results = _requester(settings).request_all(items, "Standard", 5)
-    assert [r.outcome for r in results] == [
-        REQUESTED,
-        IN_PROGRESS,
-        AVAILABLE,
-        NO_SUCH_KEY,
-        NOT_IN_GLACIER,
-        UNKNOWN_WORK,
-    ], [r.line() for r in results]
-    assert "is in STANDARD: nothing to restore" in results[4].detail
-    assert " until " in results[2].detail and "the next run processes it" in results[2].detail
-    assert summary(results) == (
-        "1 requested, 1 already in progress, 1 already available, 1 no such key, "
-        "1 not archived in Glacier, 1 unknown work"
-    )
+    with _slow_restores(world, heads=3):
+        s3.restore_object(
+            Bucket=world.bucket,
+            Key=_key("W1SLOW1"),
+            RestoreRequest={"Days": 1, "GlacierJobParameters": {"Tier": "Bulk"}},
+        )
+        world.restore(_key("W1DONE1"))  # restored already (and its own event sent)
+        s3.head_object(Bucket=world.bucket, Key=_key("W1DONE1"))
+        items = [
+            _key("W1NEW01"),
+            _key("W1SLOW1"),
+            _key("W1DONE1"),
+            _key("W1GONE1"),
+            _key("W1STD01"),
+            "W1NOPE1",
+        ]
+        results = _requester(settings).request_all(items, "Standard", 5)
+        assert [r.outcome for r in results] == [
+            REQUESTED,
+            IN_PROGRESS,
+            AVAILABLE,
+            NO_SUCH_KEY,
+            NOT_IN_GLACIER,
+            UNKNOWN_WORK,
+        ], [r.line() for r in results]
+        assert "is in STANDARD: nothing to restore" in results[4].detail
+        assert " until " in results[2].detail and "the next run processes it" in results[2].detail
+        assert summary(results) == (
+            "1 requested, 1 already in progress, 1 already available, 1 no such key, "
+            "1 not archived in Glacier, 1 unknown work"
+        )
     store = ProgressStore(settings.database_url())
     states = {r.work_id: r.state for r in store.find()}
     assert states == {"W1NEW01": "requested", "W1SLOW1": "requested", "W1DONE1": "restored"}
@@ -147,3 +159,14 @@ def test_each_work_gets_its_own_result(world, dirs, settings):
     # A work id the database knows now resolves to its key.
     again = _requester(settings).request("W1NEW01", "Standard", 5)
     assert again.key == _key("W1NEW01") and again.row_id == results[0].row_id
+
+
+def test_an_archived_work_whose_copy_is_still_available_is_said_to_be_done(world, dirs, settings):
+    world.upload_archived(make_bag_zip(dirs["bags"], "W1DONE2"), _key("W1DONE2"))
+    world.restore(_key("W1DONE2"))
+    _, outcomes = Pipeline(settings).run_once()
+    assert [o.ok for o in outcomes] == [True]
+    result = _requester(settings).request("W1DONE2", "Bulk", 3)
+    assert result.outcome == AVAILABLE and "was archived" in result.detail, result.line()
+    assert "nothing to do" in result.detail
+    assert [r.state for r in open_store(settings).find(["W1DONE2"])] == ["synced"]

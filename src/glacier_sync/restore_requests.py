@@ -162,6 +162,12 @@ class RestoreRequester:
             + (f" until {until:%Y-%m-%d %H:%M} UTC" if until else "")
             + "; the next run processes it",
         }[outcome]
+        row = self.store.get(row_id)
+        if outcome == "available" and row.state == "synced":
+            detail = (
+                f"{where} is restored already and this version was archived "
+                f"{row.synced_at:%Y-%m-%d %H:%M} UTC; nothing to do"
+            )
         label = {"requested": REQUESTED, "in-progress": IN_PROGRESS, "available": AVAILABLE}
         return RequestResult(item, label[outcome], detail, work_id, key, row_id)
 
