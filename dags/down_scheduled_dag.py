@@ -1,7 +1,8 @@
 """down_scheduled_dag: bag zips dropped by hand into the incoming folder -> debag -> sync.
 
 Each zip under ``<data_root>/incoming`` that no progress row knows yet is registered, then
-debagged and synced, mapped per work in a task group. Settings: docs/configuration.md.
+debagged and synced, mapped per batch of works in a task group (each work runs and records its
+phases on its own). Settings: docs/configuration.md.
 """
 
 from __future__ import annotations
@@ -18,19 +19,19 @@ def down_scheduled_dag() -> None:
     """Bags dropped into the incoming folder to the archive."""
 
     @task
-    def find_dropped_bags() -> list[int]:
-        """Register the new zips in the incoming folder; return this run's progress ids."""
+    def find_dropped_bags() -> list[list[int]]:
+        """Register the new zips in the incoming folder; return this run's works in batches."""
         return scan_incoming(SETTINGS)
 
     debag = phase_task(SETTINGS, "debag", "debag_downloads")
-    sync = phase_task(SETTINGS, "sync", "sync_debagged")
+    sync = phase_task(SETTINGS, "sync", "sync_debagged", trigger_rule="all_done")
 
     @task_group(prefix_group_id=False)
-    def process_work(progress_id: int) -> None:
-        """One work's phases; each mapped instance of the group runs on its own."""
-        sync(debag(progress_id))
+    def process_works(batch: list[int]) -> None:
+        """One batch's phases; each mapped instance of the group runs on its own."""
+        debag(batch) >> sync(batch)
 
-    process_work.expand(progress_id=find_dropped_bags())
+    process_works.expand(batch=find_dropped_bags())
 
 
 dag = down_scheduled_dag()

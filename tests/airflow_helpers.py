@@ -86,6 +86,18 @@ def last_run(home: Path, dag_id: str) -> tuple[str, dict[tuple[str, int], str]]:
     return state, {(t, m): s for t, m, s in rows}
 
 
+def last_run_labels(home: Path, dag_id: str, task_id: str) -> list[str]:
+    """The newest run's mapped instances of a task by their labels (``map_index_template``)."""
+    with sqlite3.connect(home / "airflow.db") as conn:
+        rows = conn.execute(
+            "SELECT t.rendered_map_index FROM task_instance t WHERE t.dag_id=? AND t.task_id=? "
+            "AND t.run_id=(SELECT run_id FROM dag_run WHERE dag_id=? ORDER BY id DESC LIMIT 1) "
+            "ORDER BY t.map_index",
+            (dag_id, task_id, dag_id),
+        ).fetchall()
+    return [label for (label,) in rows]
+
+
 def wait_for_task_state(
     home: Path, dag_id: str, task_id: str, state: str, proc, timeout: float = 120
 ) -> bool:

@@ -13,6 +13,7 @@ from airflow_helpers import (
     dag_test,
     dagbag,
     last_run,
+    last_run_labels,
     migrate,
     stop,
     wait_for_task_state,
@@ -70,13 +71,15 @@ def test_invalid_settings_fail_the_dag_import_with_the_fix(airflow_home, world, 
 def test_sqs_dag_carries_restored_works_to_the_archive(airflow_home, world, dirs):
     _restore(world, dirs, "W1NLM4700", "Archive0/00/W1NLM4700/W1NLM4700.bag.zip")
     _restore(world, dirs, "W2KG209837", "Archive1/37/W2KG209837/W2KG209837.bag.zip")
-    proc = dag_test(
-        airflow_home, "sqs_scheduled_dag.py", glacier_env(world, dirs["data"], dirs["archive"])
-    )
+    # One work per mapped instance (batches of one), as for works of batch_max_mb or more.
+    env = glacier_env(world, dirs["data"], dirs["archive"], GLACIER_SYNC_BATCH_MAX_WORKS=1)
+    proc = dag_test(airflow_home, "sqs_scheduled_dag.py", env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     state, tasks = last_run(airflow_home, "sqs_scheduled_dag")
     assert state == "success"
     assert [tasks[("sync_debagged", i)] for i in (0, 1)] == ["success", "success"]
+    labels = last_run_labels(airflow_home, "sqs_scheduled_dag", "sync_debagged")
+    assert sorted(labels) == ["W1NLM4700", "W2KG209837"], "each instance is named by its work"
     assert tasks[("summarize_run", -1)] == "success"
     assert "summary: 2 of 2 works archived" in proc.stdout + proc.stderr
     for folder in ("Archive0/00/W1NLM4700", "Archive1/37/W2KG209837"):
@@ -175,10 +178,17 @@ def test_a_failing_work_does_not_fail_its_siblings(airflow_home, world, dirs):
     assert "notes.txt: sha512 mismatch" in rows["W1BAD"].last_error
     assert rows["W1BAD"].attempts == 1, "failed once: no Airflow retry of a bad bag"
     assert rows["W1BAD"].claimed_by is None, "released for an operator's retry"
-    debag_states = sorted(s for (t, _), s in tasks.items() if t == "debag_downloads")
-    sync_states = sorted(s for (t, _), s in tasks.items() if t == "sync_debagged")
-    assert debag_states == ["failed", "success"]
-    assert sync_states == ["success", "upstream_failed"]
+    # Both works in one batch (one instance per phase, named by both ids): its debag task
+    # fails, naming the bad work, after the good one is debagged; the sync carries the good one.
+    assert {t: s for (t, i), s in tasks.items() if i >= 0} == {
+        "download_from_messages": "success",
+        "debag_downloads": "failed",
+        "sync_debagged": "success",
+    }
+    label = last_run_labels(airflow_home, "sqs_scheduled_dag", "debag_downloads")
+    assert sorted(label[0].split()) == ["W1BAD", "W1GOOD"]
+    assert "debag failed (not retried) for W1BAD: " in log
+    assert "sync skipped: debag failed: " in log
     assert (dirs["archive"] / "Archive0" / "08" / "W1GOOD" / "images").is_dir()
     assert not (dirs["archive"] / "Archive0" / "07").exists()
     assert (dirs["data"] / "incoming" / "Archive0/07/W1BAD/W1BAD.bag.zip").is_file()

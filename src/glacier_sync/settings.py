@@ -107,6 +107,8 @@ class Settings(BaseSettings):
     sqs_wait_seconds: int = Field(default=20, ge=0, le=20)
     sqs_visibility_timeout: int = Field(default=300, ge=0, le=43200)
     max_attempts: int = Field(default=3, ge=1)
+    batch_max_works: int = Field(default=20, ge=1, le=1000)
+    batch_max_mb: int = Field(default=1024, ge=1)
     claim_lease_minutes: float = Field(default=5, gt=0, le=24 * 60)
     download_concurrency: int = Field(default=4, ge=1, le=64)
     download_chunk_mb: int = Field(default=64, ge=5, le=5120)

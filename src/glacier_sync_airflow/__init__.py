@@ -14,7 +14,8 @@ from airflow.sdk import get_current_context, task, task_group
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from glacier_sync.aws import ProfileClients
-from glacier_sync.errors import NoRestoredWork, is_transient
+from glacier_sync.batches import BatchItem, batch_label, plan_batches, run_batch_phase
+from glacier_sync.errors import NoRestoredWork
 from glacier_sync.runner import Pipeline
 from glacier_sync.settings import QueueSource, Settings, load_settings
 
@@ -23,6 +24,7 @@ log = logging.getLogger(__name__)
 __all__ = [
     "HookClients",
     "archive_asset",
+    "archived_works_alias",
     "dag_arguments",
     "restore_event_asset",
     "restore_tasks",
@@ -38,9 +40,9 @@ __all__ = [
 ARCHIVE_URI = "glacier-sync-archive://archive"
 
 PHASE_DOCS = {
-    "download": "Download one restored bag zip into the incoming folder.",
-    "debag": "Validate one bag and extract it into its work folder.",
-    "sync": "Sync one work folder into the archive.",
+    "download": "Download the restored bag zips of a batch of works into the incoming folder.",
+    "debag": "Validate the bags of a batch of works and extract each into its work folder.",
+    "sync": "Sync the work folders of a batch of works into the archive.",
 }
 
 
@@ -86,45 +88,62 @@ def make_pipeline(settings: Settings, run_id: str) -> Pipeline:
     return Pipeline(settings, clients=HookClients(settings), run_id=f"airflow:{run_id}")
 
 
-def poll_restored_works(settings: Settings) -> list[int]:
-    """Poll the queues; raise (the task goes up for retry) while there is nothing to do.
+def batches_of(pipeline: Pipeline, ids: list[int]) -> list[list[int]]:
+    """This run's works in batches (``batch_max_works``, ``batch_max_mb``), in claim order."""
+    items = []
+    for pid in ids:
+        row = pipeline.store.get(pid)
+        items.append(BatchItem(pid, row.work_id, row.size))
+    settings = pipeline.settings
+    return plan_batches(items, settings.batch_max_works, settings.batch_max_mb * 1024 * 1024)
+
+
+def poll_restored_works(settings: Settings) -> list[list[int]]:
+    """Poll the queues and return this run's works in batches; raise (the task goes up for
+    retry) while there is nothing to do.
 
     On the task's last try an empty queue skips the rest of the run instead of failing it.
     """
     run_id, final = _context()
+    pipeline = make_pipeline(settings, run_id)
     try:
-        return make_pipeline(settings, run_id).poll()
+        ids = pipeline.poll()
     except NoRestoredWork as exc:
         if final:
             raise AirflowSkipException(str(exc)) from None
         raise
+    return batches_of(pipeline, ids)
 
 
-def scan_incoming(settings: Settings) -> list[int]:
-    """Register and claim the bag zips dropped by hand into the incoming folder."""
+def scan_incoming(settings: Settings) -> list[list[int]]:
+    """Register and claim the bag zips dropped by hand into the incoming folder, in batches."""
     run_id, _ = _context()
-    return make_pipeline(settings, run_id).scan_incoming()
+    pipeline = make_pipeline(settings, run_id)
+    return batches_of(pipeline, pipeline.scan_incoming())
 
 
-def run_phase(settings: Settings, phase: str, progress_id: int) -> int:
-    """Run one phase (download, debag or sync) for one work of this run.
+def run_phase(settings: Settings, phase: str, batch: list[int]) -> list[int]:
+    """Run one phase (download, debag or sync) for each work of a batch of this run.
 
-    A failure of the work itself (a bad bag, a missing key, a refused sync) fails the task at
-    once: a retry would meet the same bag. A transient one (the environment's) is retried.
+    A work that failed in an earlier phase is skipped. A failure of a work itself (a bad bag,
+    a missing key, a refused sync) is recorded and the other works go on; then the task fails,
+    naming it, without retry: a retry would meet the same bag. A transient failure (the
+    environment's) makes the task retry, which skips what is done already.
     """
     run_id, final = _context()
     pipeline = make_pipeline(settings, run_id)
-    _label_with_work(pipeline, progress_id)
-    try:
-        result = getattr(pipeline, phase)(progress_id, release_on_failure=final)
-    except Exception as exc:
-        if is_transient(exc):
-            raise
-        pipeline.store.release(progress_id, pipeline.run_id)
-        raise AirflowFailException(f"{phase} failed (not retried): {exc}") from exc
+    _label_with_works(pipeline, batch)
+    report = run_batch_phase(pipeline, phase, batch, release_on_failure=final)
     if phase == "sync":
-        _publish_archived(settings, pipeline, progress_id)
-    return result
+        _publish_archived(settings, pipeline, report.done)
+    if report.failed:
+        reasons = "; ".join(f"{work}: {error}" for work, error in report.failed.items())
+        raise AirflowFailException(f"{phase} failed (not retried) for {reasons}")
+    if report.transient is not None:
+        raise report.transient
+    if not report.done:
+        raise AirflowSkipException(f"no work of this batch is ready for {phase}")
+    return batch
 
 
 def archive_asset(settings: Settings):
@@ -134,10 +153,25 @@ def archive_asset(settings: Settings):
     return Asset(name=f"glacier_sync_archive_{settings.env}", uri=f"{ARCHIVE_URI}/{settings.env}")
 
 
-def _publish_archived(settings: Settings, pipeline: Pipeline, progress_id: int) -> None:
-    """Describe the archived work in the event the sync task emits on the archive's asset: the
-    work id, where it is, its key and fixity evidence (the Assets view). ``archived_now`` is
-    false when this try found the work archived already (by another run, or a cleared task)."""
+def archived_works_alias(settings: Settings):
+    """The alias through which a sync task emits one event of the archive's asset per work."""
+    from airflow.sdk import AssetAlias
+
+    return AssetAlias(name=f"glacier_sync_archived_works_{settings.env}")
+
+
+def _publish_archived(settings: Settings, pipeline: Pipeline, ids: list[int]) -> None:
+    """One event of the archive's asset per archived work of the batch (the Assets view)."""
+    events = get_current_context()["outlet_events"][archived_works_alias(settings)]
+    asset = archive_asset(settings)
+    for pid in ids:
+        events.add(asset, extra=_archived_extra(settings, pipeline, pid))
+
+
+def _archived_extra(settings: Settings, pipeline: Pipeline, progress_id: int) -> dict[str, Any]:
+    """An archived work as its asset event says it: the work id, where it is, its key and
+    fixity evidence. ``archived_now`` is false when this try found the work archived already
+    (by another run, or a cleared task)."""
     row = pipeline.store.get(progress_id)
     synced = [h for h in row.history if h.get("event") == "sync done"]
     extra = {
@@ -152,7 +186,7 @@ def _publish_archived(settings: Settings, pipeline: Pipeline, progress_id: int) 
         "synced_at": row.synced_at.isoformat(timespec="seconds") + "Z" if row.synced_at else None,
         "fixity": row.fixity,
     }
-    get_current_context()["outlet_events"][archive_asset(settings)].extra = extra
+    return extra
 
 
 def _host_path(settings: Settings, archive_path: str | None) -> str | None:
@@ -169,12 +203,16 @@ def _host_path(settings: Settings, archive_path: str | None) -> str | None:
         return None
 
 
-def _label_with_work(pipeline: Pipeline, progress_id: int) -> None:
-    """Name this mapped task instance in the UI by its work id (``map_index_template``)."""
-    try:
-        get_current_context()["work_id"] = pipeline.store.get(progress_id).work_id
-    except Exception:  # the label only; the phase reports a missing row itself
-        log.debug("no work id for progress row %s", progress_id, exc_info=True)
+def _label_with_works(pipeline: Pipeline, batch: list[int]) -> None:
+    """Name this mapped task instance in the UI by its work ids (``map_index_template``): the
+    UI's search of mapped instances finds a work by its id."""
+    work_ids = []
+    for pid in batch:
+        try:
+            work_ids.append(pipeline.store.get(pid).work_id)
+        except Exception:  # the label only; the phase reports a missing row itself
+            log.debug("no work id for progress row %s", pid, exc_info=True)
+    get_current_context()["batch_label"] = batch_label(work_ids)
 
 
 def dag_arguments(settings: Settings, schedule: Any, doc: str | None) -> dict[str, Any]:
@@ -193,47 +231,55 @@ def dag_arguments(settings: Settings, schedule: Any, doc: str | None) -> dict[st
     }
 
 
-def phase_task(settings: Settings, phase: str, task_id: str):
-    """A TaskFlow task running one phase for one work (call inside a DAG)."""
+def phase_task(settings: Settings, phase: str, task_id: str, **arguments: Any):
+    """A TaskFlow task running one phase for a batch of works (call inside a DAG).
 
-    def run(progress_id: int) -> int:
-        return run_phase(settings, phase, progress_id)
+    ``arguments`` go to the task (``trigger_rule="all_done"`` for a phase after the first: it
+    runs the works of its batch that the failed phase before it did not stop).
+    """
+
+    def run(batch: list[int]) -> list[int]:
+        return run_phase(settings, phase, batch)
 
     run.__doc__ = PHASE_DOCS[phase]
-    # Each sync publishes its work as an event of the archive's asset (the Assets view).
-    outlets = [archive_asset(settings)] if phase == "sync" else []
-    # Each mapped instance shows its work id in the UI, not [0], [1], ...
-    return task(task_id=task_id, map_index_template="{{ work_id }}", outlets=outlets)(run)
+    if phase == "sync":
+        # One event of the archive's asset per archived work (the Assets view); the asset is
+        # also an inlet, which keeps it declared (and shown) whatever the alias emitted so far.
+        arguments.setdefault("inlets", [archive_asset(settings)])
+        arguments.setdefault("outlets", [archived_works_alias(settings)])
+    # Each mapped instance shows the work ids of its batch in the UI, not [0], [1], ...
+    return task(task_id=task_id, map_index_template="{{ batch_label }}", **arguments)(run)
 
 
 def restore_tasks(settings: Settings, **poll_arguments: Any) -> None:
-    """The tasks of a restore run (call inside a DAG): poll, then per work download, debag, sync.
+    """The tasks of a restore run (call inside a DAG): poll, then per batch of works download,
+    debag, sync; then the run's summary.
 
     ``poll_arguments`` go to the poll task (its retries while no event waits, for the
-    scheduled DAG). Each work's three phases are a mapped task-group instance of its own, so one
-    bad work fails alone.
+    scheduled DAG). Each batch's three phases are a mapped task-group instance of its own, and
+    inside a batch each work runs its phases on its own, so one bad work fails alone.
     """
 
     @task(task_id="get_restored_object_messages", **poll_arguments)
-    def get_restored_object_messages() -> list[int]:
-        """Record the waiting restore events; return the progress ids of this run's works."""
+    def get_restored_object_messages() -> list[list[int]]:
+        """Record the waiting restore events; return this run's works in batches of ids."""
         return poll_restored_works(settings)
 
     download = phase_task(settings, "download", "download_from_messages")
-    debag = phase_task(settings, "debag", "debag_downloads")
-    sync = phase_task(settings, "sync", "sync_debagged")
+    debag = phase_task(settings, "debag", "debag_downloads", trigger_rule="all_done")
+    sync = phase_task(settings, "sync", "sync_debagged", trigger_rule="all_done")
 
-    @task_group(group_id="process_work", prefix_group_id=False)
-    def process_work(progress_id: int) -> None:
-        """One work's phases; each mapped instance of the group runs on its own."""
-        sync(debag(download(progress_id)))
+    @task_group(group_id="process_works", prefix_group_id=False)
+    def process_works(batch: list[int]) -> None:
+        """One batch's phases; each mapped instance of the group runs on its own."""
+        download(batch) >> debag(batch) >> sync(batch)
 
     @task(task_id="summarize_run", trigger_rule="all_done", retries=0)
     def summarize_run() -> dict:
         """The run's works: archived, or failed with the phase and the reason (log and XCom)."""
         return summarize(settings)
 
-    process_work.expand(progress_id=get_restored_object_messages()) >> summarize_run()
+    process_works.expand(batch=get_restored_object_messages()) >> summarize_run()
 
 
 def summarize(settings: Settings) -> dict[str, Any]:
@@ -241,7 +287,8 @@ def summarize(settings: Settings) -> dict[str, Any]:
     of the run failed, so that the run's state still says so."""
     context = get_current_context()
     ti, run_id = context["ti"], context["run_id"]
-    ids = ti.xcom_pull(task_ids="get_restored_object_messages") or []
+    batches = ti.xcom_pull(task_ids="get_restored_object_messages") or []
+    ids = [pid for batch in batches for pid in batch]
     store = make_pipeline(settings, run_id).store
     works = []
     for pid in ids:
