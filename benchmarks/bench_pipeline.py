@@ -1,6 +1,7 @@
 """Event-to-archive and scaling benchmark against a moto server on 127.0.0.1.
 
     python benchmarks/bench_pipeline.py [--works 1,10,50] [--paths run-once,dag-test,services]
+                                        [--batch-max-works N]
 
 For each work count, restores that many small sample bags (DEEP_ARCHIVE -> restore ->
 ObjectRestore:Completed in the queue), then carries them to the archive through each path:
@@ -8,10 +9,13 @@ ObjectRestore:Completed in the queue), then carries them to the archive through 
 * ``run-once``  the ``glacier-sync run-once`` command (no Airflow);
 * ``dag-test``  ``python dags/sqs_scheduled_dag.py`` (``dag.test()``: tasks run one by one);
 * ``services``  local-airflow.sh's scheduler with LocalExecutor, triggered through the REST API
-                (mapped tasks run in parallel, up to the executor's parallelism).
+                (mapped tasks run in parallel, up to the executor's parallelism), small works
+                in batches (``batch_max_works``, 20 unless ``--batch-max-works``);
+* ``services-per-work``  the same with one work per mapped instance (``batch_max_works=1``).
 
 Prints the wall time from the trigger to the last work archived, seconds per work, and the
-median seconds of each phase (download, debag, sync) read from the progress database; plus
+median seconds of each phase (download, debag, sync) read from the progress database, and the
+ratio of the total to ``run-once``'s at the same count (when measured in the same run); plus
 the start-up time of ``glacier-sync --help``.
 """
 
@@ -138,6 +142,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--works", default="1,10,50")
     parser.add_argument("--paths", default="run-once,dag-test,services")
+    parser.add_argument("--batch-max-works", type=int, default=None)
     args = parser.parse_args()
     counts = [int(n) for n in args.works.split(",")]
     paths = args.paths.split(",")
@@ -153,11 +158,22 @@ def main() -> None:
             env={**os.environ, "AIRFLOW_HOME": str(home), "AIRFLOW__CORE__LOAD_EXAMPLES": "False"},
         )
         services = Services(home)
-        runners = {"run-once": run_once, "dag-test": dag_test, "services": services}
+        runners = {
+            "run-once": run_once,
+            "dag-test": dag_test,
+            "services": services,
+            "services-per-work": lambda env, work: services(
+                {**env, "GLACIER_SYNC_BATCH_MAX_WORKS": "1"}, work
+            ),
+        }
+        unknown = set(paths) - set(runners)
+        if unknown:
+            parser.error(f"unknown path(s) {', '.join(sorted(unknown))}; from {', '.join(runners)}")
         print(
-            f"{'path':<10}{'works':>6}{'total s':>9}{'s/work':>8}{'download':>10}"
-            f"{'debag':>7}{'sync':>7}  (phase medians, s)"
+            f"{'path':<18}{'works':>6}{'total s':>9}{'s/work':>8}{'download':>10}"
+            f"{'debag':>7}{'sync':>7}{'vs run-once':>13}  (phase medians, s)"
         )
+        run_once_totals: dict[int, float] = {}
         with moto_server(tmp / "moto.log") as endpoint:
             for count in counts:
                 for path in paths:
@@ -166,17 +182,23 @@ def main() -> None:
                     env = {**os.environ, **setup(endpoint, work, count)}
                     env["GLACIER_SYNC_MAX_MESSAGES_PER_RUN"] = str(max(10, count * 3))
                     env["GLACIER_SYNC_POLL_RETRIES"] = "0"
+                    if args.batch_max_works:
+                        env["GLACIER_SYNC_BATCH_MAX_WORKS"] = str(args.batch_max_works)
                     started = time.perf_counter()
-                    target = home if path != "services" else work
+                    target = work if path.startswith("services") else home
                     runners[path](env, target)
-                    if path == "services":
+                    if path.startswith("services"):
                         started = services.started
                     total = time.perf_counter() - started
                     synced, med = phases(work / "data")
                     assert synced == count, f"{path}: {synced} of {count} works synced"
+                    if path == "run-once":
+                        run_once_totals[count] = total
+                    ratio = total / run_once_totals[count] if count in run_once_totals else None
                     print(
-                        f"{path:<10}{count:>6}{total:>9.1f}{total / count:>8.2f}"
-                        f"{med['download']:>10.2f}{med['debag']:>7.2f}{med['sync']:>7.2f}",
+                        f"{path:<18}{count:>6}{total:>9.1f}{total / count:>8.2f}"
+                        f"{med['download']:>10.2f}{med['debag']:>7.2f}{med['sync']:>7.2f}"
+                        f"{f'{ratio:.2f}x' if ratio else '':>13}",
                         flush=True,
                     )
 

@@ -359,7 +359,7 @@ def e2e(tmp_path_factory):
     # killed scheduler's work is taken over within a minute.
     config.write_text(
         'sqs_schedule = "None"\nsqs_wait_seconds = 2\nclaim_lease_minutes = 0.5\n'
-        "task_retries = 3\ntask_retry_delay_seconds = 5\n"
+        "task_retries = 3\ntask_retry_delay_seconds = 5\nmax_messages_per_run = 50\n"
         '[[queues]]\nname = "e2e"\n'
         'queue_url = "http://moto:5000/123456789012/restores"\n'
         'region = "us-east-1"\nbucket = "archive.e2e.example"\nprofile = "default"\n'
@@ -692,7 +692,7 @@ def _flower(base: str, path: str, password: str | None = None) -> tuple[int, obj
         return exc.code, None
 
 
-BURST = 24  # works in the Celery burst (each: a download, a debag and a sync task)
+BURST = 200  # works in the Celery burst (in batches: a download, a debag and a sync task each)
 
 
 def test_celery_workers_share_a_burst_and_survive_a_killed_worker(e2e):
