@@ -344,6 +344,7 @@ write_secrets() {
     write_secret airflow_api_secret_key random_secret
     write_secret airflow_admin_password random_secret
     write_secret flower_password random_secret
+    write_secret redis_password random_secret
     # Derived: the metadata DB URL. (The sign-in reads airflow_admin_password itself; the
     # passwords file of older deploys is not used any more.)
     if [ "$dry_run" -eq 0 ]; then
@@ -351,6 +352,10 @@ write_secrets() {
          printf 'postgresql+psycopg2://airflow:%s@postgres:5432/airflow' \
              "$(cat "$dest/secrets/postgres_password")" > "$dest/secrets/airflow_db_url")
         rm -f "$dest/secrets/simple_auth_passwords.json"
+        # The Celery broker's own configuration: its password, nothing kept on disk.
+        (umask 077
+         printf 'requirepass %s\nsave ""\nappendonly no\n' \
+             "$(cat "$dest/secrets/redis_password")" > "$dest/secrets/redis_conf")
     fi
     if [ -n "$aws_credentials" ]; then
         write_secret aws --from "$aws_credentials"
@@ -368,6 +373,9 @@ write_secrets() {
     if [ "$dry_run" -eq 0 ]; then
         chmod 0700 "$dest/secrets"
         chmod 0600 "$dest/secrets"/*
+        # Read by the Redis container's own user (not the sync uid); the folder (0700) keeps it
+        # private on the host.
+        chmod 0644 "$dest/secrets/redis_conf" 2>/dev/null || true
     fi
 }
 write_secrets

@@ -125,10 +125,14 @@ def test_fresh_deploy_layout_env_and_secrets(inputs):
         "flower_password",
         "postgres_password",
         "progress_db_url",
+        "redis_conf",
+        "redis_password",
     ]
     for path in [secrets, *secrets.iterdir()]:
         mode = stat.S_IMODE(path.stat().st_mode)
-        assert mode == (0o700 if path.is_dir() else 0o600), (path, oct(mode))
+        # redis_conf is read by the Redis container's own user; the folder keeps it private.
+        private = 0o644 if path.name == "redis_conf" else 0o600
+        assert mode == (0o700 if path.is_dir() else private), (path, oct(mode))
         if os.getuid() == 0:
             assert path.stat().st_uid == 4242, path
     assert (secrets / "aws").read_text() == CREDS
@@ -625,6 +629,10 @@ def test_celery_executor_workers_and_flower_are_written_and_inherited(inputs):
     instance = env["GLACIER_SYNC_INSTANCE_ID"]
     assert re.fullmatch(r"gs-[0-9a-f]{16}", instance)
     assert (inputs["dest"] / "secrets" / "flower_password").stat().st_size >= 32
+    redis_password = (inputs["dest"] / "secrets" / "redis_password").read_text().strip()
+    assert len(redis_password) >= 32
+    redis_conf = (inputs["dest"] / "secrets" / "redis_conf").read_text()
+    assert f"requirepass {redis_password}\n" in redis_conf, "the broker asks for the password"
 
     again = deploy(*_args(inputs))
     assert again.returncode == 0 and ".env: unchanged" in again.stdout, again.stdout
