@@ -1,7 +1,7 @@
 """Event-to-archive and scaling benchmark against a moto server on 127.0.0.1.
 
     python benchmarks/bench_pipeline.py [--works 1,10,50] [--paths run-once,dag-test,services]
-                                        [--batch-max-works N]
+                                        [--batch-max-works N] [--postgres URL]
 
 For each work count, restores that many small sample bags (DEEP_ARCHIVE -> restore ->
 ObjectRestore:Completed in the queue), then carries them to the archive through each path:
@@ -17,6 +17,10 @@ Prints the wall time from the trigger to the last work archived, seconds per wor
 median seconds of each phase (download, debag, sync) read from the progress database, and the
 ratio of the total to ``run-once``'s at the same count (when measured in the same run); plus
 the start-up time of ``glacier-sync --help``.
+
+``--postgres postgresql+psycopg2://USER@HOST:PORT`` puts Airflow's metadata database and every
+path's progress database on that PostgreSQL server (fresh databases ``glacier_bench_*``, dropped
+first), as a production instance has them; by default both are SQLite files.
 """
 
 from __future__ import annotations
@@ -41,9 +45,21 @@ from helpers import free_port, moto_server  # noqa: E402
 from glacier_sync.progress import ProgressStore  # noqa: E402
 
 
-def phases(data_root: Path) -> tuple[int, dict[str, float]]:
+def fresh_database(server: str, name: str) -> str:
+    """Drop and create database ``name`` on the PostgreSQL server; return its URL."""
+    import sqlalchemy
+
+    engine = sqlalchemy.create_engine(f"{server}/postgres", isolation_level="AUTOCOMMIT")
+    with engine.connect() as conn:
+        conn.execute(sqlalchemy.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        conn.execute(sqlalchemy.text(f'CREATE DATABASE "{name}"'))
+    engine.dispose()
+    return f"{server}/{name}"
+
+
+def phases(progress_url: str) -> tuple[int, dict[str, float]]:
     """Synced works and the median seconds of each phase."""
-    rows = ProgressStore(f"sqlite:///{data_root / 'progress.sqlite'}").find()
+    rows = ProgressStore(progress_url).find()
     seconds: dict[str, list[float]] = {"download": [], "debag": [], "sync": []}
     for row in rows:
         for entry in row.history:
@@ -89,7 +105,8 @@ class Services:
 
     def __call__(self, env: dict, work: Path) -> None:
         env_file = work / "glacier-sync.env"
-        keep = {k: v for k, v in env.items() if k.startswith(("GLACIER_SYNC_", "AWS_"))}
+        prefixes = ("GLACIER_SYNC_", "AWS_", "AIRFLOW__DATABASE__")
+        keep = {k: v for k, v in env.items() if k.startswith(prefixes)}
         keep["GLACIER_SYNC_POLL_RETRIES"] = "0"
         keep["GLACIER_SYNC_EVENT_DRIVEN"] = "false"  # only the run this measures
         env_file.write_text("".join(f"export {k}='{v}'\n" for k, v in keep.items()))
@@ -143,6 +160,7 @@ def main() -> None:
     parser.add_argument("--works", default="1,10,50")
     parser.add_argument("--paths", default="run-once,dag-test,services")
     parser.add_argument("--batch-max-works", type=int, default=None)
+    parser.add_argument("--postgres", default=None, help="postgresql+psycopg2://USER@HOST:PORT")
     args = parser.parse_args()
     counts = [int(n) for n in args.works.split(",")]
     paths = args.paths.split(",")
@@ -151,11 +169,20 @@ def main() -> None:
         tmp = Path(tmp_name)
         home = tmp / "airflow-home"
         home.mkdir()
+        metadata: dict[str, str] = {}
+        if args.postgres:
+            url = fresh_database(args.postgres, "glacier_bench_airflow")
+            metadata["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = url
         subprocess.run(
             [str(BIN / "airflow"), "db", "migrate"],
             check=True,
             capture_output=True,
-            env={**os.environ, "AIRFLOW_HOME": str(home), "AIRFLOW__CORE__LOAD_EXAMPLES": "False"},
+            env={
+                **os.environ,
+                **metadata,
+                "AIRFLOW_HOME": str(home),
+                "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+            },
         )
         services = Services(home)
         runners = {
@@ -179,7 +206,12 @@ def main() -> None:
                 for path in paths:
                     work = tmp / f"{path}-{count}"
                     work.mkdir()
-                    env = {**os.environ, **setup(endpoint, work, count)}
+                    env = {**os.environ, **metadata, **setup(endpoint, work, count)}
+                    progress_url = f"sqlite:///{work / 'data' / 'progress.sqlite'}"
+                    if args.postgres:
+                        name = f"glacier_bench_{path}_{count}".replace("-", "_")
+                        progress_url = fresh_database(args.postgres, name)
+                    env["GLACIER_SYNC_PROGRESS_DB_URL"] = progress_url
                     env["GLACIER_SYNC_MAX_MESSAGES_PER_RUN"] = str(max(10, count * 3))
                     env["GLACIER_SYNC_POLL_RETRIES"] = "0"
                     if args.batch_max_works:
@@ -190,7 +222,7 @@ def main() -> None:
                     if path.startswith("services"):
                         started = services.started
                     total = time.perf_counter() - started
-                    synced, med = phases(work / "data")
+                    synced, med = phases(progress_url)
                     assert synced == count, f"{path}: {synced} of {count} works synced"
                     if path == "run-once":
                         run_once_totals[count] = total
