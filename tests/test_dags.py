@@ -90,10 +90,11 @@ def test_sqs_dag_carries_restored_works_to_the_archive(airflow_home, world, dirs
     assert all(r.claimed_by is None for r in rows.values()), "claims released"
     assert world.queue_count() == 0
 
-    # Each archived work is an event of the archive's asset, its evidence in the extra.
+    # Each sync task emits an event of the archive's asset naming the works it archived,
+    # with each work's evidence (here one work per batch, so one event per work).
     events = _asset_events(airflow_home, "glacier-sync-archive://archive/dev")
-    assert sorted(e["work_id"] for e in events) == ["W1NLM4700", "W2KG209837"]
-    for event in events:
+    assert sorted(e["work_ids"] for e in events) == [["W1NLM4700"], ["W2KG209837"]]
+    for event in (work for e in events for work in e["works"]):
         row = rows[event["work_id"]]
         assert event["archive_path"] == row.archive_path and event["key"] == row.object_key
         assert event["fixity"] == row.fixity and event["fixity"]["files"] == len(DEFAULT_FILES)
@@ -189,6 +190,8 @@ def test_a_failing_work_does_not_fail_its_siblings(airflow_home, world, dirs):
     assert sorted(label[0].split()) == ["W1BAD", "W1GOOD"]
     assert "debag failed (not retried) for W1BAD: " in log
     assert "sync skipped: debag failed: " in log
+    events = _asset_events(airflow_home, "glacier-sync-archive://archive/dev")
+    assert events[-1]["work_ids"] == ["W1GOOD"], "the archive's event names the good work only"
     assert (dirs["archive"] / "Archive0" / "08" / "W1GOOD" / "images").is_dir()
     assert not (dirs["archive"] / "Archive0" / "07").exists()
     assert (dirs["data"] / "incoming" / "Archive0/07/W1BAD/W1BAD.bag.zip").is_file()

@@ -24,7 +24,6 @@ log = logging.getLogger(__name__)
 __all__ = [
     "HookClients",
     "archive_asset",
-    "archived_works_alias",
     "dag_arguments",
     "restore_event_asset",
     "restore_tasks",
@@ -153,19 +152,16 @@ def archive_asset(settings: Settings):
     return Asset(name=f"glacier_sync_archive_{settings.env}", uri=f"{ARCHIVE_URI}/{settings.env}")
 
 
-def archived_works_alias(settings: Settings):
-    """The alias through which a sync task emits one event of the archive's asset per work."""
-    from airflow.sdk import AssetAlias
-
-    return AssetAlias(name=f"glacier_sync_archived_works_{settings.env}")
-
-
 def _publish_archived(settings: Settings, pipeline: Pipeline, ids: list[int]) -> None:
-    """One event of the archive's asset per archived work of the batch (the Assets view)."""
-    events = get_current_context()["outlet_events"][archived_works_alias(settings)]
-    asset = archive_asset(settings)
-    for pid in ids:
-        events.add(asset, extra=_archived_extra(settings, pipeline, pid))
+    """Describe the batch's archived works in the event the sync task emits on the archive's
+    asset (the Assets view): their ids, and for each where it is, its key and fixity evidence.
+
+    One event per sync task, not per work: Airflow 3.3 emits several events of one asset from a
+    task only through an asset alias, and concurrent tasks racing to link a new alias to its
+    asset fail at their end on PostgreSQL (a unique violation in ``asset_alias_asset``)."""
+    works = [_archived_extra(settings, pipeline, pid) for pid in ids]
+    extra = {"work_ids": [work["work_id"] for work in works], "works": works}
+    get_current_context()["outlet_events"][archive_asset(settings)].extra = extra
 
 
 def _archived_extra(settings: Settings, pipeline: Pipeline, progress_id: int) -> dict[str, Any]:
@@ -243,10 +239,8 @@ def phase_task(settings: Settings, phase: str, task_id: str, **arguments: Any):
 
     run.__doc__ = PHASE_DOCS[phase]
     if phase == "sync":
-        # One event of the archive's asset per archived work (the Assets view); the asset is
-        # also an inlet, which keeps it declared (and shown) whatever the alias emitted so far.
-        arguments.setdefault("inlets", [archive_asset(settings)])
-        arguments.setdefault("outlets", [archived_works_alias(settings)])
+        # Each sync task's event lists the works it archived (the Assets view).
+        arguments.setdefault("outlets", [archive_asset(settings)])
     # Each mapped instance shows the work ids of its batch in the UI, not [0], [1], ...
     return task(task_id=task_id, map_index_template="{{ batch_label }}", **arguments)(run)
 
