@@ -107,3 +107,26 @@ def test_a_bad_work_fails_alone_in_its_batch(world, dirs, settings):
     assert len(again.done) == 1, "a retried task finds the synced work done, once"
     synced = [h["event"] for h in pipeline.store.get(rows["W1GOOD"].id).history]
     assert synced.count("sync done") == 1
+
+
+def test_a_transient_failure_keeps_the_claims_for_the_task_retry(world, dirs, settings):
+    for work_id in ("W1TRA1", "W1TRA2"):
+        key = f"Archive0/02/{work_id}/{work_id}.bag.zip"
+        world.upload_archived(make_bag_zip(dirs["bags"], work_id), key)
+        world.restore(key)
+    pipeline = Pipeline(settings, run_id="airflow:transient-test")
+    batch = pipeline.poll()
+    run_batch_phase(pipeline, "download", batch, release_on_failure=False)
+    run_batch_phase(pipeline, "debag", batch, release_on_failure=False)
+    dirs["archive"].rename(dirs["archive"].with_name("unmounted"))  # the archive volume is gone
+    sync = run_batch_phase(pipeline, "sync", batch, release_on_failure=False)
+    assert sync.transient is not None and sorted(sync.transient_works) == ["W1TRA1", "W1TRA2"]
+    assert not sync.done and not sync.failed
+    rows = pipeline.store.find()
+    assert {r.claimed_by for r in rows} == {"airflow:transient-test"}, "held for the retry"
+    assert {r.attempts for r in rows} == {0}, "the environment's fault spends no attempt"
+
+    dirs["archive"].with_name("unmounted").rename(dirs["archive"])  # mounted again: the retry
+    retry = run_batch_phase(pipeline, "sync", batch, release_on_failure=False)
+    assert len(retry.done) == 2 and retry.transient is None
+    assert {r.state for r in pipeline.store.find()} == {"synced"}

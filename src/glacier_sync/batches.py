@@ -121,6 +121,7 @@ class BatchReport:
     failed: dict[str, str] = field(default_factory=dict)
     transient: Exception | None = None
     transient_works: list[str] = field(default_factory=list)
+    transient_ids: list[int] = field(default_factory=list)
 
     def summary(self) -> str:
         """One line: how many works were done, skipped and failed."""
@@ -163,6 +164,7 @@ def run_batch_phase(
                 log.warning("work %s (row %s): %s retried: %s", row.work_id, pid, phase, exc)
                 report.transient = report.transient or exc
                 report.transient_works.append(row.work_id)
+                report.transient_ids.append(pid)
                 continue
             pipeline.store.release(pid, pipeline.run_id)
             log.error("work %s (row %s): %s failed (not retried): %s", row.work_id, pid, phase, exc)

@@ -136,6 +136,8 @@ def run_phase(settings: Settings, phase: str, batch: list[int]) -> list[int]:
     if phase == "sync":
         _publish_archived(settings, pipeline, report.done)
     if report.failed:
+        for pid in report.transient_ids:  # no retry of this task: a later run takes them
+            pipeline.store.release(pid, pipeline.run_id)
         reasons = "; ".join(f"{work}: {error}" for work, error in report.failed.items())
         raise AirflowFailException(f"{phase} failed (not retried) for {reasons}")
     if report.transient is not None:
