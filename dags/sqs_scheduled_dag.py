@@ -1,7 +1,8 @@
 """sqs_scheduled_dag: S3 restore events from SQS -> download -> debag -> sync into the archive.
 
 The poll task goes "up for retry" while no restore event is waiting; the three phases are
-mapped per work in a task group, so one bad work fails alone. The event-driven twin,
+mapped per batch of works in a task group (each instance labelled with its work ids), and each
+work runs and records its phases on its own, so one bad work fails alone. The event-driven twin,
 sqs_event_dag, runs the same tasks within seconds of an event; this one is the fallback on a
 schedule. Settings: docs/configuration.md.
 """
