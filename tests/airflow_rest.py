@@ -44,6 +44,9 @@ class AirflowApi:
     def unpause(self, dag_id: str) -> None:
         self._call("PATCH", f"/api/v2/dags/{dag_id}", {"is_paused": False})
 
+    def pause(self, dag_id: str) -> None:
+        self._call("PATCH", f"/api/v2/dags/{dag_id}", {"is_paused": True})
+
     def trigger(self, dag_id: str) -> str:
         """Trigger a run now; return its run id."""
         return self._call("POST", f"/api/v2/dags/{dag_id}/dagRuns", {"logical_date": None})[
