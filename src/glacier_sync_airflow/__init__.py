@@ -131,6 +131,7 @@ def run_phase(settings: Settings, phase: str, batch: list[int]) -> list[int]:
     """
     run_id, final = _context()
     pipeline = make_pipeline(settings, run_id)
+    batch = _as_batch(batch)
     _label_with_works(pipeline, batch)
     report = run_batch_phase(pipeline, phase, batch, release_on_failure=final)
     if phase == "sync":
@@ -145,6 +146,12 @@ def run_phase(settings: Settings, phase: str, batch: list[int]) -> list[int]:
     if not report.done:
         raise AirflowSkipException(f"no work of this batch is ready for {phase}")
     return batch
+
+
+def _as_batch(value: Any) -> list[int]:
+    """A batch of progress ids; a single id is the batch of one a run started before batches
+    (an upgrade while it ran: the DAG file is read anew by each task) maps over."""
+    return [value] if isinstance(value, int) else list(value)
 
 
 def archive_asset(settings: Settings):
@@ -284,7 +291,7 @@ def summarize(settings: Settings) -> dict[str, Any]:
     context = get_current_context()
     ti, run_id = context["ti"], context["run_id"]
     batches = ti.xcom_pull(task_ids="get_restored_object_messages") or []
-    ids = [pid for batch in batches for pid in batch]
+    ids = [pid for batch in batches for pid in _as_batch(batch)]
     store = make_pipeline(settings, run_id).store
     works = []
     for pid in ids:
