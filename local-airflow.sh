@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# local-airflow.sh - run Apache Airflow 3 locally on this checkout (SQLite, LocalExecutor).
+# local-airflow.sh - run Apache Airflow 3 locally on this checkout (SQLite or AIRFLOW_DB_URL,
+# LocalExecutor).
 #
 # Usage:
 #   ./local-airflow.sh demo [--serve] [--clean]   the whole pipeline on embedded defaults:
@@ -26,6 +27,10 @@
 #   GLACIER_SYNC_ENV_FILE a file of `export GLACIER_SYNC_...=...` lines read before services
 #                         start (the demo's --serve sets it to the moto settings)
 #   GLACIER_SYNC_CONFIG   the pipeline's TOML config (docs/configuration.md)
+#   AIRFLOW_DB_URL        Airflow's metadata database instead of SQLite in AIRFLOW_HOME, e.g.
+#                         postgresql+psycopg2://USER:PASSWORD@127.0.0.1:5432/DB (as the Compose
+#                         stack has it: parallel tasks do not queue for one file lock); -r
+#                         resets that database
 #
 # Users: the UI uses Airflow 3's SimpleAuthManager (no FAB provider): users are listed in
 # $AIRFLOW_HOME/local-users.txt and their passwords in $AIRFLOW_HOME/local-passwords.json
@@ -84,6 +89,9 @@ airflow_env() {
     export AIRFLOW__CORE__DAGS_FOLDER=$repo/dags
     export AIRFLOW__CORE__LOAD_EXAMPLES=False
     export AIRFLOW__CORE__EXECUTOR=LocalExecutor
+    if [ -n "${AIRFLOW_DB_URL:-}" ]; then
+        export AIRFLOW__DATABASE__SQL_ALCHEMY_CONN=$AIRFLOW_DB_URL
+    fi
     export AIRFLOW__CORE__AUTH_MANAGER=airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager
     export AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE=$passwords_file
     export AIRFLOW__CORE__EXECUTION_API_SERVER_URL=http://127.0.0.1:$AIRFLOW_PORT/execution/
@@ -105,20 +113,36 @@ airflow_env() {
     fi
 }
 
+# db_name: the metadata database as it may be printed (no password).
+db_name() {
+    if [ -n "${AIRFLOW_DB_URL:-}" ]; then
+        printf '%s' "$AIRFLOW_DB_URL" | sed -E 's#(://[^:/@]*):[^@]*@#\1:***@#'
+    else
+        printf '%s' "$AIRFLOW_HOME/airflow.db"
+    fi
+}
+
+# ensure_db: create (SQLite) or upgrade (AIRFLOW_DB_URL: it may be shared or older) the
+# metadata database.
 ensure_db() {
-    if [ ! -f "$AIRFLOW_HOME/airflow.db" ]; then
-        say "creating the metadata database in $AIRFLOW_HOME"
+    if [ -n "${AIRFLOW_DB_URL:-}" ] || [ ! -f "$AIRFLOW_HOME/airflow.db" ]; then
+        say "migrating the metadata database $(db_name)"
         "$venv/bin/airflow" db migrate > "$service_logs/db-migrate.log" 2>&1 \
-            || die "airflow db migrate failed; see $service_logs/db-migrate.log"
+            || die "airflow db migrate of $(db_name) failed; see $service_logs/db-migrate.log"
     fi
 }
 
 reset_db() {
     airflow_env
     running_any && die "stop the services first: ./local-airflow.sh stop"
-    say "resetting the metadata database in $AIRFLOW_HOME"
-    rm -f "$AIRFLOW_HOME/airflow.db"
-    ensure_db
+    say "resetting the metadata database $(db_name)"
+    if [ -n "${AIRFLOW_DB_URL:-}" ]; then
+        "$venv/bin/airflow" db reset --yes > "$service_logs/db-reset.log" 2>&1 \
+            || die "airflow db reset of $(db_name) failed; see $service_logs/db-reset.log"
+    else
+        rm -f "$AIRFLOW_HOME/airflow.db"
+        ensure_db
+    fi
 }
 
 # add_user USER PASSWORD EMAIL [quiet]: an admin of the SimpleAuthManager.

@@ -116,6 +116,45 @@ def test_demo_reports_the_failing_step(tmp_path):
     assert "demo failed at step: start the moto S3/SQS server" in result.stderr
 
 
+def test_reset_an_external_metadata_database(tmp_path):
+    """AIRFLOW_DB_URL puts the metadata on PostgreSQL (as the Compose stack has it): -r resets
+    that database, never printing its password, and no SQLite file appears."""
+    import sqlalchemy
+
+    name = f"local_airflow_{os.getpid()}"
+    admin = sqlalchemy.create_engine(
+        "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres", isolation_level="AUTOCOMMIT"
+    )
+    with admin.connect() as conn:
+        conn.execute(sqlalchemy.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        conn.execute(sqlalchemy.text(f'CREATE DATABASE "{name}"'))
+    url = f"postgresql+psycopg2://postgres:never-shown-7@127.0.0.1:5432/{name}"
+    env = script_env(tmp_path, AIRFLOW_DB_URL=url)
+    try:
+        first = run(env, "-r", timeout=300)
+        assert first.returncode == 0, first.stderr
+        assert "postgres:***@127.0.0.1" in first.stdout
+        assert "never-shown-7" not in first.stdout + first.stderr
+        database = sqlalchemy.create_engine(url)
+        with database.begin() as conn:
+            conn.execute(
+                sqlalchemy.text(
+                    "INSERT INTO variable (key, val, is_encrypted) VALUES ('probe', '1', false)"
+                )
+            )
+        again = run(env, "-r", timeout=300)
+        assert again.returncode == 0, again.stderr
+        with database.connect() as conn:
+            left = conn.execute(sqlalchemy.text("SELECT count(*) FROM variable")).scalar()
+        assert left == 0, "the reset emptied the external database"
+        assert not (tmp_path / "airflow-home" / "airflow.db").exists()
+        database.dispose()
+    finally:
+        with admin.connect() as conn:
+            conn.execute(sqlalchemy.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
 @pytest.fixture(scope="module")
 def services(moto_endpoint, tmp_path_factory):
     """UI + scheduler + dag-processor + triggerer from local-airflow.sh, against moto."""
