@@ -79,6 +79,14 @@ class AirflowApi:
         path = f"/api/v2/dags/{dag_id}/dagRuns?limit=100&order_by=id"
         return self._call("GET", path)["dag_runs"]
 
+    def mapped_matching(self, dag_id: str, run_id: str, task_id: str, text: str) -> list[dict]:
+        """The task's mapped instances whose label holds ``text`` (the UI's search box)."""
+        path = (
+            f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/listMapped"
+            f"?rendered_map_index_pattern={text}"
+        )
+        return self._call("GET", path)["task_instances"]
+
     def task_instances(self, dag_id: str, run_id: str) -> list[dict]:
         """The run's task instances as the REST API gives them (with ``rendered_map_index``)."""
         path = f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances"

@@ -115,6 +115,19 @@ def test_a_burst_is_gathered_into_a_few_bounded_runs(event_services):
     assert 3 <= len(runs) <= 8, [(r["run_id"], r["state"]) for r in runs]
     assert all(r["state"] in ("success", "running", "queued") for r in runs), runs
     assert _queue_empty(event_services)
+    # Works share mapped instances (batches); the UI's search of mapped instances finds each
+    # work by its id, in the one instance that carried it.
+    labels = []
+    for work in works:
+        found = [
+            t
+            for r in runs
+            for t in api.mapped_matching(DAG, r["dag_run_id"], "sync_debagged", work)
+        ]
+        assert [t["state"] for t in found] == ["success"], (work, found)
+        assert work in found[0]["rendered_map_index"].split()
+        labels.append(found[0]["rendered_map_index"])
+    assert max(len(label.split()) for label in labels) > 1, "batched, not one instance each"
 
 
 def _kill9(home, name: str) -> None:

@@ -155,7 +155,7 @@ def _as_batch(value: Any) -> list[int]:
 
 
 def archive_asset(settings: Settings):
-    """The asset of this instance's archive: one event per work that reached it."""
+    """The asset of this instance's archive: an event per sync task, naming its works."""
     from airflow.sdk import Asset
 
     return Asset(name=f"glacier_sync_archive_{settings.env}", uri=f"{ARCHIVE_URI}/{settings.env}")
