@@ -70,6 +70,7 @@ def test_a_phase_runs_only_for_works_that_passed_the_ones_before_it():
     assert blocked_reason(_row("downloaded"), "sync") == "debag has not run"
     assert blocked_reason(_row("synced"), "sync") is None, "the phase says it is done"
     assert blocked_reason(_row("restored", source="local"), "debag") is None, "no download"
+    assert blocked_reason(_row("restored", source="local"), "download") is None
     assert blocked_reason(_row("requested"), "download") == "the work is requested"
 
 

@@ -99,8 +99,6 @@ def blocked_reason(row: Progress, phase: str) -> str | None:
     or None when it may run (again: every phase is idempotent)."""
     if row.state == State.SYNCED:
         return None
-    if phase == "download" and row.source != "s3":
-        return None
     needed = next_phase(row)
     if needed is None:
         return f"the work is {row.state}"
