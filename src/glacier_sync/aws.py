@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from glacier_sync import faults
+from glacier_sync import faults, ranged_download
 from glacier_sync.credentials import profile_credentials, read_credentials
 from glacier_sync.errors import DiskFull, DownloadError, ObjectUnavailable, is_disk_full
 
@@ -158,8 +158,8 @@ def _write_record(target: Path, record: dict[str, Any]) -> None:
 
 
 def remove_partial_downloads(target: Path) -> None:
-    """Delete the temporary files of download tries of ``target`` (this version's ``.part`` and
-    the randomly suffixed names of older versions)."""
+    """Delete the temporary files of download tries of ``target`` (the ``.part`` file, its
+    journal, and the randomly suffixed names of older versions)."""
     if target.parent.is_dir():
         for path in target.parent.glob(f".{target.name}.part*"):
             path.unlink(missing_ok=True)
@@ -184,16 +184,18 @@ def download_object(
 ) -> bool:
     """Download ``s3://bucket/key`` to ``target``; return False when already complete there.
 
-    The file is written under one temporary name (``.<name>.part``, reused by the next try, so
-    killed tries leave no pile) and renamed once complete; a completion record beside it
-    (``<name>.download.json``) lets a re-run skip an identical download.
+    The object is fetched in ranges into one temporary file (``.<name>.part``) with a journal
+    of its verified ranges beside it (``.<name>.part.journal``): a killed or failed try is
+    resumed by the next one, which fetches only what is missing (``ranged_download``). The whole
+    object is checked against S3's checksum or eTag, then a completion record
+    (``<name>.download.json``) is written and the file renamed: a re-run skips an identical
+    download.
     """
-    from boto3.s3.transfer import TransferConfig
     from botocore.exceptions import ClientError
 
     extra = {"VersionId": version_id} if version_id else {}
     try:
-        head = s3.head_object(Bucket=bucket, Key=key, **extra)
+        head = s3.head_object(Bucket=bucket, Key=key, ChecksumMode="ENABLED", **extra)
     except ClientError as exc:
         if error_code(exc) in ("404", "NoSuchKey", "NotFound"):
             raise ObjectUnavailable(
@@ -203,7 +205,9 @@ def download_object(
         raise DownloadError(f"work {work_id}: cannot read s3://{bucket}/{key}: {exc}") from exc
     real_etag = str(head.get("ETag", "")).strip('"')
     size = int(head.get("ContentLength", 0))
+    partial = target.with_name(f".{target.name}.part")
     if etag and real_etag and real_etag != etag:
+        ranged_download.discard(partial)
         raise ObjectUnavailable(
             f"work {work_id}: s3://{bucket}/{key} changed since the restore event (eTag "
             f"{real_etag}, event says {etag}); request a new restore for the current version"
@@ -217,30 +221,23 @@ def download_object(
     ):
         raise _not_restored(work_id, bucket, key, restore)
     target.parent.mkdir(parents=True, exist_ok=True)
-    remove_partial_downloads(target)  # earlier, killed tries
     remove_download(target)  # an incomplete or other version's zip: make room, trust nothing
-    _require_room(target.parent, size, work_id, bucket, key)
-    partial = target.with_name(f".{target.name}.part")
-    config = TransferConfig(
-        multipart_threshold=chunk_mb * 1024 * 1024,
-        multipart_chunksize=chunk_mb * 1024 * 1024,
-        max_concurrency=concurrency,
-        use_threads=concurrency > 1,
-    )
+    for stale in target.parent.glob(f".{target.name}.part?*"):  # the random names of old tries
+        if stale.name != partial.name + ".journal":
+            stale.unlink(missing_ok=True)
     try:
-        with partial.open("wb") as out:
-            s3.download_fileobj(
+        plan = ranged_download.plan_download(s3, head, bucket, key, version_id, chunk_mb)
+        on_disk = partial.stat().st_size if partial.is_file() else 0
+        _require_room(target.parent, size - min(on_disk, size), work_id, bucket, key)
+        counts = ranged_download.fetch_ranges(s3, plan, partial, concurrency, work_id)
+        if counts["reused"]:
+            log.info(
+                "work %s: resumed s3://%s/%s: %d bytes verified on disk, %d fetched",
+                work_id,
                 bucket,
                 key,
-                out,
-                ExtraArgs=extra or None,
-                Config=config,
-                Callback=lambda _bytes: faults.checkpoint("download:chunk"),
-            )
-        if partial.stat().st_size != size:
-            raise DownloadError(
-                f"work {work_id}: downloaded {partial.stat().st_size} bytes of s3://{bucket}/{key}"
-                f", expected {size}; retry the download"
+                counts["reused"],
+                counts["fetched"],
             )
         # The completion record first (atomically), then the zip under its real name: a record
         # without its zip, or a zip without its record, is never taken for a complete download.
@@ -248,22 +245,33 @@ def download_object(
         faults.checkpoint("download:recorded")
         os.replace(partial, target)
         faults.checkpoint("download:renamed")
+        ranged_download.journal_path(partial).unlink(missing_ok=True)
     except ClientError as exc:
-        if error_code(exc) in ("InvalidObjectState", "403"):
+        code = error_code(exc)
+        if code in ("InvalidObjectState", "403"):
             raise _not_restored(work_id, bucket, key, restore) from exc
+        if code in ("PreconditionFailed", "412"):
+            ranged_download.discard(partial)
+            raise ObjectUnavailable(
+                f"work {work_id}: s3://{bucket}/{key} changed during the download (eTag "
+                f"{real_etag} no longer matches); the partial file is dropped; request a new "
+                "restore for the current version"
+            ) from exc
         raise DownloadError(
-            f"work {work_id}: download of s3://{bucket}/{key} failed: {exc}"
+            f"work {work_id}: download of s3://{bucket}/{key} failed: {exc}; it resumes from "
+            "its verified ranges on the next try"
         ) from exc
+    except ranged_download.WholeObjectMismatch:
+        ranged_download.discard(partial)
+        raise
     except OSError as exc:
         if is_disk_full(exc):
             raise DiskFull(
                 f"work {work_id}: no space left in {target.parent} while downloading "
-                f"s3://{bucket}/{key} ({size} bytes); free space there, the download starts "
-                "again on the next run"
+                f"s3://{bucket}/{key} ({size} bytes); free space there, the download resumes "
+                "on the next run"
             ) from exc
         raise
-    finally:
-        partial.unlink(missing_ok=True)
     return True
 
 

@@ -1,0 +1,114 @@
+"""The journal of a resumable download: which ranges of the ``.part`` file are on disk, verified.
+
+One JSON line per record, appended and fsynced only after the range's bytes were flushed to the
+``.part`` file: a header naming the object version and the range plan, then one line per finished
+range with its digest. A torn last line (a kill mid-append) is ignored; a journal whose header
+names another object, plan or format is not trusted at all.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import threading
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+JOURNAL_FORMAT = 2
+
+
+@dataclass(frozen=True)
+class RangePlan:
+    """What a download of one object version fetches: ranges of ``part_size`` bytes, each hashed
+    with ``algorithm``; ``check`` names the end-to-end check of the whole object."""
+
+    bucket: str
+    key: str
+    version_id: str
+    etag: str
+    size: int
+    part_size: int
+    algorithm: str  # "md5" or "crc32"
+    check: str  # "etag-parts", "etag-md5", "crc32" or "none"
+    expected: str = ""  # what the check must find: the eTag, or S3's base64 CRC32
+    format: int = JOURNAL_FORMAT
+
+    @property
+    def ranges(self) -> int:
+        """How many ranges the object has (one for an empty object)."""
+        return max(1, -(-self.size // self.part_size))
+
+    def bounds(self, index: int) -> tuple[int, int]:
+        """The first byte and the byte after the last of range ``index``."""
+        start = index * self.part_size
+        return start, min(self.size, start + self.part_size)
+
+
+def journal_path(partial: Path) -> Path:
+    """The journal beside a ``.part`` file."""
+    return partial.with_name(partial.name + ".journal")
+
+
+def read_journal(path: Path, plan: RangePlan) -> dict[int, str] | None:
+    """The digests recorded for ``plan``; None when the journal is absent, unreadable or of
+    another object, plan or format (then nothing in the ``.part`` file is trusted)."""
+    try:
+        lines = path.read_text(encoding="utf-8").split("\n")
+    except (OSError, UnicodeDecodeError):
+        return None
+    try:
+        header = json.loads(lines[0])
+    except json.JSONDecodeError:
+        return None
+    if header != asdict(plan):
+        return None
+    digests: dict[int, str] = {}
+    for line in lines[1:-1]:  # the last element follows the last newline: torn or empty
+        try:
+            entry = json.loads(line)
+            index, digest = int(entry["i"]), str(entry["d"])
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+            continue
+        if 0 <= index < plan.ranges:
+            digests[index] = digest
+    return digests
+
+
+class RangeJournal:
+    """Appends finished ranges durably (thread-safe)."""
+
+    def __init__(self, path: Path, plan: RangePlan, fresh: bool) -> None:
+        self.path = path
+        self._lock = threading.Lock()
+        if fresh:
+            tmp = path.with_name(path.name + ".tmp")
+            tmp.write_text(json.dumps(asdict(plan)) + "\n", encoding="utf-8")
+            _fsync_file(tmp)
+            os.replace(tmp, path)
+            _fsync_dir(path.parent)
+        self._file = path.open("a", encoding="utf-8")
+
+    def record(self, index: int, digest: str) -> None:
+        """Append one finished range (its bytes already flushed to the ``.part`` file)."""
+        with self._lock:
+            self._file.write(json.dumps({"i": index, "d": digest}) + "\n")
+            self._file.flush()
+            os.fsync(self._file.fileno())
+
+    def close(self) -> None:
+        """Close the journal file."""
+        self._file.close()
+
+
+def _fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_dir(path: Path) -> None:
+    with contextlib.suppress(OSError):  # some file systems refuse it; the rename is atomic
+        _fsync_file(path)

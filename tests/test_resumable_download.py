@@ -1,0 +1,269 @@
+"""Resumable downloads against moto, through a proxy that counts the bytes S3 served.
+
+A download killed (``kill -9``) inside a range, between ranges, or after the last range before
+the rename is resumed by the next try, which fetches only the ranges its journal does not vouch
+for; a corrupted range on disk, a changed object and a journal of an older format are each
+detected; the whole object is checked against its CRC32 checksum or its (multipart) eTag.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import boto3
+import pytest
+from boto3.s3.transfer import TransferConfig
+from botocore.config import Config
+from byte_proxy import ByteCountingProxy
+from demo_world import FAKE_CREDENTIALS
+
+from glacier_sync import aws, ranged_download
+from glacier_sync.errors import DownloadError, ObjectUnavailable
+from glacier_sync.range_journal import journal_path
+
+MIB = 1024 * 1024
+SIZE = 23 * MIB + 12345  # five 5 MiB ranges, the last one short
+HEADERS = 64 * 1024  # generous allowance per request for HTTP headers
+KEY = "Archive0/00/W1RES/W1RES.bag.zip"
+
+
+def _client(endpoint: str, checksums: bool = True):
+    config = Config(
+        request_checksum_calculation="when_supported" if checksums else "when_required",
+        max_pool_connections=16,
+    )
+    return boto3.client(
+        "s3", endpoint_url=endpoint, region_name="us-east-1", config=config, **FAKE_CREDENTIALS
+    )
+
+
+@pytest.fixture
+def payload(tmp_path) -> bytes:
+    data = os.urandom(SIZE)
+    (tmp_path / "source.zip").write_bytes(data)
+    return data
+
+
+@pytest.fixture
+def proxy(world):
+    host, port = world.endpoint.removeprefix("http://").split(":")
+    with ByteCountingProxy(host, int(port)) as counting:
+        yield counting
+
+
+def _upload(world, tmp_path, multipart: bool, checksums: bool) -> str:
+    s3 = _client(world.endpoint, checksums)
+    source = str(tmp_path / "source.zip")
+    if multipart:
+        config = TransferConfig(multipart_threshold=5 * MIB, multipart_chunksize=5 * MIB)
+        s3.upload_file(source, world.bucket, KEY, Config=config)
+    else:
+        s3.put_object(Bucket=world.bucket, Key=KEY, Body=Path(source).read_bytes())
+    return s3.head_object(Bucket=world.bucket, Key=KEY)["ETag"].strip('"')
+
+
+def _download(endpoint: str, world, target: Path, etag: str, concurrency: int = 1) -> bool:
+    s3 = _client(endpoint)
+    return aws.download_object(s3, world.bucket, KEY, etag, target, "W1RES", concurrency, 5)
+
+
+def _killed_download(world, target: Path, etag: str, point: str, concurrency: int = 1) -> None:
+    """Run a download in its own process group, killed at the ``point`` line's instant."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fault = target.parent.parent / "fault"
+    Path(str(fault) + ".fired").unlink(missing_ok=True)
+    fault.write_text(point)
+    code = (
+        "import sys; sys.path[:0] = sys.argv[1:3]\n"
+        "from test_resumable_download import _download\n"
+        "from pathlib import Path\n"
+        "class W: bucket = sys.argv[4]\n"
+        "_download(sys.argv[3], W, Path(sys.argv[5]), sys.argv[6], int(sys.argv[7]))\n"
+    )
+    here = Path(__file__).resolve().parent
+    args = [str(here), str(here.parent / "tools"), world.endpoint, world.bucket, str(target)]
+    proc = subprocess.run(
+        [sys.executable, "-c", code, *args, etag, str(concurrency)],
+        env={**os.environ, "GLACIER_SYNC_FAULT_FILE": str(fault)},
+        start_new_session=True,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == -9, proc.stderr
+    assert Path(str(fault) + ".fired").exists()
+
+
+def _journaled_bytes(target: Path) -> int:
+    partial = target.with_name(f".{target.name}.part")
+    lines = journal_path(partial).read_text().splitlines()[1:]
+    header = json.loads(journal_path(partial).read_text().splitlines()[0])
+    indexes = {json.loads(line)["i"] for line in lines}
+    return sum(min(SIZE, (i + 1) * header["part_size"]) - i * header["part_size"] for i in indexes)
+
+
+@pytest.mark.parametrize(
+    ("point", "kept"),
+    [
+        ("download:chunk 12", 2 * 5 * MIB),  # inside the third range
+        ("download:range 3", 3 * 5 * MIB),  # between the third and the fourth range
+        ("download:ranges-done", SIZE),  # every range on disk, not checked nor renamed
+        ("download:recorded", SIZE),  # the completion record written, not renamed
+    ],
+)
+def test_a_killed_download_fetches_only_what_is_missing(
+    world, tmp_path, payload, proxy, point, kept
+):
+    etag = _upload(world, tmp_path, multipart=True, checksums=False)
+    target = tmp_path / "incoming" / "W1RES.bag.zip"
+    _killed_download(world, target, etag, point)
+    assert not target.exists()
+    assert _journaled_bytes(target) == kept
+    proxy.reset()
+    assert _download(proxy.endpoint, world, target, etag) is True
+    missing = SIZE - kept
+    assert missing <= proxy.served <= missing + 8 * HEADERS, proxy.served
+    assert target.read_bytes() == payload
+    assert not list(target.parent.glob(".*part*")), "the journal and .part are cleaned up"
+
+
+def test_concurrent_ranges_resume_after_a_kill(world, tmp_path, payload, proxy):
+    etag = _upload(world, tmp_path, multipart=False, checksums=True)  # the CRC32 check
+    target = tmp_path / "W1RES.bag.zip"
+    _killed_download(world, target, etag, "download:range 2", concurrency=4)
+    kept = _journaled_bytes(target)
+    assert kept >= 2 * 5 * MIB
+    proxy.reset()
+    assert _download(proxy.endpoint, world, target, etag, concurrency=4) is True
+    assert proxy.served <= SIZE - kept + 8 * HEADERS
+    assert target.read_bytes() == payload
+
+
+def test_a_corrupted_range_on_disk_is_fetched_again(world, tmp_path, payload, proxy):
+    etag = _upload(world, tmp_path, multipart=False, checksums=False)  # the plain MD5 eTag
+    target = tmp_path / "W1RES.bag.zip"
+    _killed_download(world, target, etag, "download:ranges-done")
+    partial = target.with_name(f".{target.name}.part")
+    with partial.open("r+b") as part:  # one flipped byte in the second range
+        part.seek(7 * MIB)
+        byte = part.read(1)
+        part.seek(7 * MIB)
+        part.write(bytes([byte[0] ^ 0xFF]))
+    proxy.reset()
+    assert _download(proxy.endpoint, world, target, etag) is True
+    assert 5 * MIB <= proxy.served <= 5 * MIB + 2 * HEADERS
+    assert target.read_bytes() == payload
+
+
+def test_a_changed_object_discards_the_partial_file(world, tmp_path, payload, proxy):
+    _upload(world, tmp_path, multipart=True, checksums=False)
+    target = tmp_path / "W1RES.bag.zip"
+    _killed_download(world, target, "", "download:range 2")
+    changed = os.urandom(SIZE)
+    (tmp_path / "source.zip").write_bytes(changed)
+    new_etag = _upload(world, tmp_path, multipart=True, checksums=False)
+    proxy.reset()
+    assert _download(proxy.endpoint, world, target, new_etag) is True
+    assert proxy.served >= SIZE
+    assert target.read_bytes() == changed
+    # The event names the old version: refused, and nothing of the old try is kept.
+    target.unlink()
+    _killed_download(world, target, new_etag, "download:range 1")
+    with pytest.raises(ObjectUnavailable, match="changed since the restore event"):
+        _download(proxy.endpoint, world, target, "0" * 32)
+    assert not list(target.parent.glob(".*part*"))
+
+
+def test_a_journal_of_an_older_format_is_not_trusted(world, tmp_path, payload, proxy):
+    etag = _upload(world, tmp_path, multipart=True, checksums=False)
+    target = tmp_path / "W1RES.bag.zip"
+    _killed_download(world, target, etag, "download:range 3")
+    journal = journal_path(target.with_name(f".{target.name}.part"))
+    lines = journal.read_text().splitlines()
+    header = json.loads(lines[0])
+    journal.write_text("\n".join([json.dumps({**header, "format": 1}), *lines[1:]]) + "\n")
+    proxy.reset()
+    assert _download(proxy.endpoint, world, target, etag) is True
+    assert proxy.served >= SIZE
+    assert target.read_bytes() == payload
+
+
+def test_a_torn_journal_line_loses_only_its_range(world, tmp_path, payload, proxy):
+    etag = _upload(world, tmp_path, multipart=True, checksums=False)
+    target = tmp_path / "W1RES.bag.zip"
+    _killed_download(world, target, etag, "download:range 3")
+    journal = journal_path(target.with_name(f".{target.name}.part"))
+    text = journal.read_text()
+    journal.write_text(text[: text.rindex('{"i"') + 5])  # the last line cut mid-write
+    proxy.reset()
+    assert _download(proxy.endpoint, world, target, etag) is True
+    assert SIZE - 2 * 5 * MIB <= proxy.served <= SIZE - 2 * 5 * MIB + 8 * HEADERS
+    assert target.read_bytes() == payload
+
+
+@pytest.mark.parametrize(
+    ("multipart", "checksums", "check"),
+    [
+        (True, False, "etag-parts"),
+        (False, False, "etag-md5"),
+        (False, True, "crc32"),
+    ],
+)
+def test_the_whole_object_check_of_each_kind(world, tmp_path, payload, multipart, checksums, check):
+    etag = _upload(world, tmp_path, multipart, checksums)
+    s3 = _client(world.endpoint)
+    head = s3.head_object(Bucket=world.bucket, Key=KEY, ChecksumMode="ENABLED")
+    plan = ranged_download.plan_download(s3, head, world.bucket, KEY, None, 5)
+    assert plan.check == check
+    if check == "etag-parts":
+        assert plan.part_size == 5 * MIB and plan.ranges == 5
+    partial = tmp_path / ".W1RES.bag.zip.part"
+    ranged_download.fetch_ranges(s3, plan, partial, 3, "W1RES")
+    assert partial.read_bytes() == payload
+    wrong = ranged_download.RangePlan(**{**plan.__dict__, "expected": "AAAAAA=="})
+    ranged_download.discard(partial)
+    with pytest.raises(ranged_download.WholeObjectMismatch, match=f"{check}: got"):
+        ranged_download.fetch_ranges(s3, wrong, partial, 3, "W1RES")
+    target = tmp_path / "W1RES.bag.zip"
+    assert _download(world.endpoint, world, target, etag) is True
+
+
+def test_a_mismatching_whole_object_drops_the_partial_file(world, tmp_path, payload, monkeypatch):
+    etag = _upload(world, tmp_path, multipart=True, checksums=False)
+    real_plan = ranged_download.plan_download
+
+    def wrong_plan(*args, **kwargs):
+        plan = real_plan(*args, **kwargs)
+        return ranged_download.RangePlan(**{**plan.__dict__, "expected": "f" * 32 + "-5"})
+
+    monkeypatch.setattr(ranged_download, "plan_download", wrong_plan)
+    target = tmp_path / "W1RES.bag.zip"
+    with pytest.raises(DownloadError, match="does not match the object"):
+        _download(world.endpoint, world, target, etag)
+    assert not target.exists() and not list(tmp_path.glob(".*part*"))
+
+
+def test_a_failed_range_keeps_the_others(world, tmp_path, payload, proxy, monkeypatch):
+    etag = _upload(world, tmp_path, multipart=True, checksums=False)
+    real_fetch = ranged_download._fetch_range
+
+    def flaky(s3, plan, fd, index, stop):
+        if index == 3:
+            raise DownloadError("connection reset (injected)")
+        return real_fetch(s3, plan, fd, index, stop)
+
+    monkeypatch.setattr(ranged_download, "_fetch_range", flaky)
+    target = tmp_path / "W1RES.bag.zip"
+    with pytest.raises(DownloadError, match="injected"):
+        _download(world.endpoint, world, target, etag, concurrency=1)
+    monkeypatch.setattr(ranged_download, "_fetch_range", real_fetch)
+    kept = _journaled_bytes(target)
+    assert kept == 3 * 5 * MIB  # ranges 0-2 done; 4 cancelled once 3 failed (one thread)
+    proxy.reset()
+    assert _download(proxy.endpoint, world, target, etag) is True
+    assert proxy.served <= SIZE - kept + 4 * HEADERS
+    assert target.read_bytes() == payload
