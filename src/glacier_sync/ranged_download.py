@@ -110,10 +110,31 @@ def fetch_ranges(
     if digests is None:
         partial.unlink(missing_ok=True)
         journal_file.unlink(missing_ok=True)
+    good: dict[int, str] = {}
+    try:
+        return _fetch_into(s3, plan, partial, concurrency, work_id, digests, good)
+    except BaseException:
+        if not good:  # nothing verified: nothing worth keeping
+            discard(partial)
+        raise
+    finally:
+        journal_file.with_name(journal_file.name + ".tmp").unlink(missing_ok=True)
+
+
+def _fetch_into(
+    s3: Any,
+    plan: RangePlan,
+    partial: Path,
+    concurrency: int,
+    work_id: str,
+    digests: dict[int, str] | None,
+    good: dict[int, str],
+) -> dict[str, int]:
+    journal_file = journal_path(partial)
     fd = os.open(partial, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         _reserve(fd, plan.size)
-        good = _verify_on_disk(fd, plan, digests or {}, concurrency)
+        good.update(_verify_on_disk(fd, plan, digests or {}, concurrency))
         if digests and len(good) < len(digests):
             log.warning(
                 "work %s: %d recorded range(s) of %s no longer match on disk; fetched again",
