@@ -267,3 +267,12 @@ def test_a_failed_range_keeps_the_others(world, tmp_path, payload, proxy, monkey
     assert _download(proxy.endpoint, world, target, etag) is True
     assert proxy.served <= SIZE - kept + 4 * HEADERS
     assert target.read_bytes() == payload
+
+
+@pytest.mark.parametrize("length", [1, 7, 4096, 5 * MIB + 3])
+def test_crc32_of_ranges_combines_into_the_whole(length):
+    import zlib
+
+    head, tail = os.urandom(333), os.urandom(length)
+    combined = ranged_download.crc32_combine(zlib.crc32(head), zlib.crc32(tail), len(tail))
+    assert combined == zlib.crc32(head + tail)
