@@ -39,6 +39,9 @@ BIG["sources/notes.txt"] = b"scanned 2026\n"
 SMALL = {f"images/I{i:04d}.tif": os.urandom(1_000) for i in range(64)}
 # One tiny file: the bag's four tag files alone take four pages.
 TINY = {"sources/notes.txt": b"scanned 2026\n"}
+# ~300 KB that deflate shrinks to a few KB: a zip much smaller than its payload, so the download's
+# estimate (payload ~ zip) passes and only the exact checks of debag and sync can refuse it.
+DEFLATABLE = {f"images/I{i:04d}.tif": bytes(75_000 + i) for i in range(4)}
 
 LOG_LINE = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ (ERROR|WARNING) glacier_sync\.")
 # Names of the temporary files and folders of each step (download, debag, sync script).
@@ -254,18 +257,25 @@ def assert_rerun_archives(scene: Scene) -> None:
 
 
 def test_data_root_too_small_for_the_zip_refuses_the_download(world, tmp_path, tmpfs):
-    """Refused by the download's pre-check (object size against free space) before any byte is
-    written. (Writing the `.part` itself cannot run out from outside: the pre-check asks for
-    the exact size and a single file has no overhead on a tmpfs; see the next test.)"""
+    """Refused by the download's pre-check before any byte is written: the zip and the work
+    folder (estimated by the zip's size) share the data root, and their sum is counted. (Writing
+    the `.part` itself cannot run out from outside: the pre-check asks for the exact size and a
+    single file has no overhead on a tmpfs; see the next test.)"""
     data = tmpfs(tmp_path / "data", SMALL_TMPFS_KIB)
     scene = make_scene(world, tmp_path, BIG, data=data.path)
-    assert scene.zip_path.stat().st_size > SMALL_TMPFS_KIB * 1024, "the zip does not fit"
+    size = scene.zip_path.stat().st_size
+    assert size > SMALL_TMPFS_KIB * 1024, "the zip does not fit"
 
     result = scene.run("run-once")
 
     row = assert_failed_for_space(scene, result, scene.incoming_zip.parent, "download")
     assert scene.status() == row, "`glacier-sync status --json` works with the data root full"
-    assert f"is {scene.zip_path.stat().st_size} bytes" in row["last_error"], row["last_error"]
+    error = row["last_error"]
+    assert f"needs {2 * size} bytes at once" in error, error
+    assert f"the zip {size} in {scene.incoming_zip.parent}, " in error, error
+    assert f"the work folder {size} in {scene.work}," in error, error
+    assert "archive copy" not in error, "the archive is elsewhere and checked on its own"
+    assert "the download has not started" in error, error
     assert row["downloaded_at"] is None
     assert files_under(data.path) == {}, "nothing written to the full data root"
     assert data.used() == 0
@@ -274,11 +284,58 @@ def test_data_root_too_small_for_the_zip_refuses_the_download(world, tmp_path, t
     assert_rerun_archives(scene)
 
 
+def test_archive_root_too_small_for_the_copy_refuses_the_download(world, tmp_path, tmpfs):
+    """The archive copy the sync will make is counted before the download starts (the work
+    folder is on another file system, so it is copied, not moved): nothing is fetched for a
+    work the archive cannot take."""
+    archive = tmpfs(tmp_path / "archive", SMALL_TMPFS_KIB)
+    scene = make_scene(world, tmp_path, BIG, work=tmp_path / "work", archive=archive.path)
+    size = scene.zip_path.stat().st_size
+
+    result = scene.run("run-once")
+
+    row = assert_failed_for_space(scene, result, archive.path / PARENT, "download")
+    error = row["last_error"]
+    assert f"(the archive copy {size} in {archive.path / PARENT}, plus" in error, error
+    assert f"only {SMALL_TMPFS_KIB * 1024} are free" in error, error
+    assert not scene.incoming_zip.parent.exists() or files_under(scene.data / "incoming") == {}
+    assert archive.used() == 0
+
+    archive.resize(LARGE_TMPFS_KIB)
+    assert_rerun_archives(scene)
+
+
+@pytest.mark.parametrize("move_work", [True, False], ids=["moved", "copied"])
+def test_one_file_system_counts_the_archive_copy_only_when_copied(
+    world, tmp_path, tmpfs, move_work
+):
+    """Data root and archive on one file system with room for the zip and the work folder but
+    not for a third copy: a sync that moves the work folder into the archive fits; one that
+    copies it is refused before the download, naming all three."""
+    disk = tmpfs(tmp_path / "disk", 768)
+    scene = make_scene(world, tmp_path, BIG, data=disk.path / "data", archive=disk.path / "archive")
+    size = scene.zip_path.stat().st_size
+    assert 2 * size < 768 * 1024 < 3 * size, "room for two copies, not three"
+    scene.env["GLACIER_SYNC_SYNC_MOVE_WORK"] = "true" if move_work else "false"
+
+    if move_work:
+        assert_rerun_archives(scene)
+        return
+    result = scene.run("run-once")
+    row = assert_failed_for_space(scene, result, scene.incoming_zip.parent, "download")
+    error = row["last_error"]
+    assert f"needs {3 * size} bytes at once" in error, error
+    assert "the zip" in error and "the work folder" in error and "the archive copy" in error
+
+    disk.resize(LARGE_TMPFS_KIB)
+    assert_rerun_archives(scene)
+
+
 def test_data_root_with_room_for_the_zip_only_runs_out_while_downloading(world, tmp_path, tmpfs):
     """The zip fits to the page, so the pre-check passes; writing its completion record is a
     real ENOSPC. Nothing half-written stays (no zip without its record, no empty record), so a
     re-run with one more page downloads it again and succeeds."""
-    scene = make_scene(world, tmp_path, BIG)
+    scene = make_scene(world, tmp_path, BIG, work=tmp_path / "work")
     zip_pages = pages(scene.zip_path.stat().st_size)
     data = tmpfs(scene.data, zip_pages * PAGE // 1024)
 
@@ -301,10 +358,12 @@ def test_data_root_with_room_for_the_zip_only_runs_out_while_downloading(world, 
 
 
 def test_work_root_too_small_for_the_payload_refuses_the_debag(world, tmp_path, tmpfs):
-    """Refused by the debag's pre-check (declared sizes plus a zero margin) before extracting."""
+    """Refused by the debag's pre-check (declared sizes plus a zero margin) before extracting:
+    the zip is small enough for the download's estimate, its payload is not."""
     work = tmpfs(tmp_path / "work", SMALL_TMPFS_KIB)
-    scene = make_scene(world, tmp_path, BIG, work=work.path)
-    assert sum(map(len, BIG.values())) > SMALL_TMPFS_KIB * 1024, "the payload does not fit"
+    scene = make_scene(world, tmp_path, DEFLATABLE, work=work.path)
+    assert scene.zip_path.stat().st_size < SMALL_TMPFS_KIB * 1024 // 4, "the zip passes"
+    assert sum(map(len, DEFLATABLE.values())) > SMALL_TMPFS_KIB * 1024, "the payload does not fit"
 
     result = scene.run("run-once")
 
@@ -358,8 +417,9 @@ def test_archive_root_too_small_for_the_work_refuses_the_sync(world, tmp_path, t
     """Refused by the sync's pre-check (the debagged bytes against the archive's free space)
     before the sync script runs; the group folders it created are removed again."""
     archive = tmpfs(tmp_path / "archive", SMALL_TMPFS_KIB)
-    scene = make_scene(world, tmp_path, BIG, work=tmp_path / "work", archive=archive.path)
-    assert sum(map(len, BIG.values())) > SMALL_TMPFS_KIB * 1024, "the payload does not fit"
+    scene = make_scene(world, tmp_path, DEFLATABLE, work=tmp_path / "work", archive=archive.path)
+    assert scene.zip_path.stat().st_size < SMALL_TMPFS_KIB * 1024 // 4, "the zip passes"
+    assert sum(map(len, DEFLATABLE.values())) > SMALL_TMPFS_KIB * 1024, "the payload does not fit"
 
     result = scene.run("run-once")
 

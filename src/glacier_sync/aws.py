@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -181,6 +182,7 @@ def download_object(
     concurrency: int,
     chunk_mb: int,
     version_id: str | None = None,
+    room: Callable[[int, int], None] | None = None,
 ) -> bool:
     """Download ``s3://bucket/key`` to ``target``; return False when already complete there.
 
@@ -189,7 +191,8 @@ def download_object(
     resumed by the next one, which fetches only what is missing (``ranged_download``). The whole
     object is checked against S3's checksum or eTag, then a completion record
     (``<name>.download.json``) is written and the file renamed: a re-run skips an identical
-    download.
+    download. Before any byte is fetched, ``room(bytes still to fetch, object size)`` checks
+    the free space the work needs (by default: the rest of the zip in ``target``'s folder).
     """
     from botocore.exceptions import ClientError
 
@@ -228,7 +231,11 @@ def download_object(
     try:
         plan = ranged_download.plan_download(s3, head, bucket, key, version_id, chunk_mb)
         on_disk = partial.stat().st_size if partial.is_file() else 0
-        _require_room(target.parent, size - min(on_disk, size), work_id, bucket, key)
+        still_to_fetch = size - min(on_disk, size)
+        if room is None:
+            _require_room(target.parent, still_to_fetch, work_id, bucket, key)
+        else:
+            room(still_to_fetch, size)
         counts = ranged_download.fetch_ranges(s3, plan, partial, concurrency, work_id)
         if counts["reused"]:
             log.info(

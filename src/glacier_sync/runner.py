@@ -15,7 +15,7 @@ from datetime import datetime, timedelta
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from glacier_sync import aws, faults, workspace
+from glacier_sync import aws, faults, room, workspace
 from glacier_sync.archive import (
     ensure_parent,
     remove_if_empty,
@@ -402,6 +402,7 @@ class Pipeline:
                 self.settings.download_concurrency,
                 self.settings.download_chunk_mb,
                 row.version_id,
+                room=lambda still_to_fetch, size: self._require_room(row, still_to_fetch, size),
             )
             fields: dict[str, Any] = {"state": State.DOWNLOADED, "local_path": str(target)}
             if fetched or row.downloaded_at is None:
@@ -411,6 +412,29 @@ class Pipeline:
 
         self._phase(pid, "download", action, release_on_failure=release_on_failure)
         return pid
+
+    def _require_room(self, row: Progress, still_to_fetch: int, size: int) -> None:
+        """Refuse a download whose work cannot fit: the zip, the work folder and (when the
+        sync copies rather than moves it) the archive copy, summed per file system."""
+        settings = self.settings
+        parent = None
+        if settings.archive_root is not None and settings.archive_root.is_dir():
+            parent = archive_parent_for_key(settings.archive_root, row.object_key, row.work_id)
+        archive_copies = parent is not None and (
+            settings.sync_replace_archive or not (parent / row.work_id).exists()
+        )
+        if archive_copies and settings.sync_move_work:
+            work_fs = room.existing_ancestor(settings.work_dir)
+            archive_copies = not _same_device(work_fs, room.existing_ancestor(parent))
+        needs = room.work_needs(
+            size,
+            still_to_fetch,
+            local_zip_path(settings, row).parent,
+            settings.work_dir,
+            parent,
+            archive_copies,
+        )
+        room.require_room(row.work_id, needs, settings.free_space_margin_mb * 1024 * 1024)
 
     def _debag_fields(self, row: Progress) -> dict[str, Any]:
         """Make the work folder a verified debag of the row's zip (re-extract unless its marker
