@@ -1,27 +1,119 @@
 #!/usr/bin/env bash
-# Set up everything (the locked virtual environment) and run the whole test suite:
-# lint, unit tests, integration against a moto server, the progress database on SQLite,
-# PostgreSQL and MariaDB, the DAGs under real Airflow, local-airflow.sh (demo, services, REST,
-# a headless-chromium browser test), and the Docker Compose deployment end to end.
-# Extra arguments go to pytest.
+# The test command. With no option: set up everything (the locked virtual environment, the
+# system packages and the Docker engine) and run the whole suite: lint, then every tier (unit,
+# integration, airflow, services, docker; see tests/tiers.py), the 30 slowest tests printed.
+#
+#   scripts/run-tests.sh                     everything (what CI runs)
+#   scripts/run-tests.sh --fast              lint, then the unit and integration tiers only
+#   scripts/run-tests.sh --tier airflow      lint, then one tier (unit, integration, airflow,
+#                                            services or docker); repeat for several
+#   scripts/run-tests.sh tests/test_bags.py  any other argument goes to pytest
+#   scripts/run-tests.sh --clean             remove what a killed run left, then stop
+#
+# Every run works in a temporary folder of its own (TMPDIR), removed at the end however the
+# run ends; scripts/clean-test-leftovers.sh removes what a run killed with -9 left.
 set -euo pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-cd "$repo"
-bash scripts/install-system-packages.sh
-bash scripts/prepare-docker.sh
-venv=$(bash scripts/ensure-venv.sh)
+tiers=()
+pytest_args=()
+needs_machine=1
 
-echo "== ruff"
-"$venv/bin/ruff" check .
-"$venv/bin/ruff" format --check .
+parse_args() {
+    while [ $# -gt 0 ]; do
+        case $1 in
+            --fast) tiers+=(unit integration) ;;
+            --tier)
+                [ $# -ge 2 ] || { echo "run-tests: --tier needs a tier (unit, integration, airflow, services, docker)" >&2; exit 2; }
+                tiers+=("$2")
+                shift ;;
+            --clean) exec bash "$repo/scripts/clean-test-leftovers.sh" ;;
+            -h|--help) sed -n '2,15s/^# \{0,1\}//p' "$0"; exit 0 ;;
+            *) pytest_args+=("$1") ;;
+        esac
+        shift
+    done
+    local tier
+    for tier in "${tiers[@]}"; do
+        case $tier in
+            unit|integration|airflow) ;;
+            services|docker) ;;
+            *) echo "run-tests: unknown tier '$tier'; use unit, integration, airflow, services or docker" >&2; exit 2 ;;
+        esac
+    done
+    # The system packages and Docker serve only the services and docker tiers.
+    if [ ${#tiers[@]} -gt 0 ] && ! printf '%s\n' "${tiers[@]}" | grep -qxE 'services|docker'; then
+        needs_machine=0
+    fi
+}
 
-echo "== pytest"
-set +e
-"$venv/bin/python" -m pytest -ra "$@"
-status=$?
-set -e
-if [ "$status" -eq 5 ]; then
-    echo "run-tests: pytest collected no test" >&2
-fi
-exit "$status"
+# A folder of this run's own for everything temporary, removed (mounts first) when it ends.
+isolate_tmp() {
+    run_tmp=$(mktemp -d "${TMPDIR:-/tmp}/bdrc-tests.XXXXXX")
+    echo $$ > "$run_tmp/.owner"
+    trap remove_run_tmp EXIT
+    export TMPDIR=$run_tmp BDRC_TEST_OWNER=$$
+}
+
+remove_run_tmp() {
+    local mount
+    for mount in $(findmnt -rn -o TARGET | grep -F "$run_tmp/" | sort -r); do
+        umount -l "$mount" 2>/dev/null || true
+    done
+    rm -rf "$run_tmp"
+}
+
+marker_expression() {
+    local expr="" tier
+    for tier in "$@"; do expr="${expr:+$expr or }$tier"; done
+    echo "$expr"
+}
+
+# pytest on the tiers given ($1: "parallel" or "serial", then the tiers; none: all tests).
+# The unit and integration tiers run on every core (pytest-xdist: each worker its own moto
+# server and folders); the others share fixed resources (local services, the Compose stack).
+run_pytest() {
+    local how=$1 selection=() workers=()
+    shift
+    [ $# -gt 0 ] && selection=(-m "$(marker_expression "$@")")
+    [ "$how" = parallel ] && workers=(-n "${TEST_WORKERS:-auto}")
+    echo "== pytest ${selection[*]} ${workers[*]}"
+    "$venv/bin/python" -m pytest -ra --durations=30 "${selection[@]}" "${workers[@]}" \
+        "${pytest_args[@]}"
+}
+
+only_fast_tiers() {
+    [ ${#tiers[@]} -gt 0 ] && ! printf '%s\n' "${tiers[@]}" | grep -qvxE 'unit|integration'
+}
+
+main() {
+    parse_args "$@"
+    cd "$repo"
+    if [ "$needs_machine" = 1 ]; then
+        bash scripts/install-system-packages.sh
+        bash scripts/prepare-docker.sh
+    fi
+    venv=$(bash scripts/ensure-venv.sh)
+
+    echo "== ruff"
+    "$venv/bin/ruff" check .
+    "$venv/bin/ruff" format --check .
+
+    isolate_tmp
+    local status=0
+    if [ ${#tiers[@]} -eq 0 ] && [ ${#pytest_args[@]} -eq 0 ]; then
+        # The whole suite: the fast tiers in parallel, then the rest one test at a time.
+        run_pytest parallel unit integration || status=$?
+        run_pytest serial airflow services docker || { local s=$?; [ "$status" -ne 0 ] || status=$s; }
+    elif only_fast_tiers; then
+        run_pytest parallel "${tiers[@]}" || status=$?
+    else
+        run_pytest serial "${tiers[@]}" || status=$?
+    fi
+    if [ "$status" -eq 5 ]; then
+        echo "run-tests: pytest collected no test" >&2
+    fi
+    return "$status"
+}
+
+main "$@"

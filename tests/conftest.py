@@ -12,10 +12,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
 
 from helpers import aws_env, make_world, moto_server  # noqa: E402
+from tiers import pytest_collection_modifyitems  # noqa: E402, F401 (every test has one tier)
 
 for _key in [k for k in os.environ if k.startswith("GLACIER_SYNC_")]:
     del os.environ[_key]
 os.environ.update(aws_env())
+# Every process a test starts carries the run's pid: scripts/clean-test-leftovers.sh finds those
+# a killed run left (run-tests.sh sets it for the whole run).
+os.environ.setdefault("BDRC_TEST_OWNER", str(os.getpid()))
 
 
 @pytest.fixture(scope="session")

@@ -14,6 +14,7 @@ def _queue(world, **extra) -> QueueSource:
     return QueueSource(**world.queue_entry(**extra))
 
 
+@pytest.mark.unit
 def test_credentials_file_sections(tmp_path):
     creds = tmp_path / "aws"
     creds.write_text(
@@ -34,6 +35,7 @@ def test_credentials_file_sections(tmp_path):
         aws.profile_session(settings, "broken", "us-east-1")
 
 
+@pytest.mark.unit
 def test_without_file_the_normal_chain_is_used(tmp_path, monkeypatch):
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAFROMENV")
     settings = load_settings(aws_credentials_file=tmp_path / "none")
@@ -42,6 +44,7 @@ def test_without_file_the_normal_chain_is_used(tmp_path, monkeypatch):
     )
 
 
+@pytest.mark.integration
 def test_download_restored_then_skip_identical(world, tmp_path):
     zip_path = make_bag_zip(tmp_path, "W1DL")
     key = "Archive0/00/W1DL/W1DL.bag.zip"
@@ -63,6 +66,7 @@ def test_download_restored_then_skip_identical(world, tmp_path):
     assert target.read_bytes() == zip_path.read_bytes()
 
 
+@pytest.mark.integration
 def test_missing_object_and_changed_object(world, tmp_path):
     s3 = world.client("s3")
     with pytest.raises(DownloadError, match="does not exist"):
@@ -74,6 +78,7 @@ def test_missing_object_and_changed_object(world, tmp_path):
         aws.download_object(s3, world.bucket, "W1Y.bag.zip", "0ld", tmp_path / "y.zip", "W1Y", 1, 5)
 
 
+@pytest.mark.integration
 def test_multipart_download_with_threads(world, tmp_path):
     data = bytes(range(256)) * (12 * 4096)  # 12 MiB: three 5 MiB parts
     s3 = world.client("s3")
@@ -83,6 +88,7 @@ def test_multipart_download_with_threads(world, tmp_path):
     assert target.read_bytes() == data
 
 
+@pytest.mark.integration
 def test_request_restore_outcomes(world, tmp_path):
     zip_path = make_bag_zip(tmp_path, "W1RR")
     world.upload_archived(zip_path, "W1RR.bag.zip")
@@ -92,6 +98,7 @@ def test_request_restore_outcomes(world, tmp_path):
         aws.request_restore(s3, world.bucket, "nope.bag.zip", 3, "Bulk")
 
 
+@pytest.mark.integration
 def test_profile_clients_reach_the_emulator(world, tmp_path):
     settings = load_settings(
         aws_endpoint_url=world.endpoint, aws_credentials_file=tmp_path / "none"

@@ -15,6 +15,8 @@ from glacier_sync import bags
 from glacier_sync.bags import debag
 from glacier_sync.errors import BagError, DiskFull
 
+pytestmark = pytest.mark.unit
+
 
 def _tree(root: Path) -> dict[str, bytes]:
     return {p.relative_to(root).as_posix(): p.read_bytes() for p in root.rglob("*") if p.is_file()}

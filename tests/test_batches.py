@@ -3,6 +3,7 @@ against a real moto server (a bad work fails alone, the phase after it skips it)
 
 from __future__ import annotations
 
+import pytest
 from helpers import make_bag_dir, make_bag_zip, zip_dir
 
 from glacier_sync.batches import (
@@ -23,12 +24,14 @@ def _items(count: int, size: int | None = MB, prefix: str = "W1B") -> list[Batch
     return [BatchItem(i, f"{prefix}{i:04d}", size) for i in range(count)]
 
 
+@pytest.mark.unit
 def test_small_works_share_batches_bounded_by_count():
     batches = plan_batches(_items(45), max_works=20, max_bytes=1024 * MB)
     assert [len(b) for b in batches] == [20, 20, 5]
     assert [pid for b in batches for pid in b] == list(range(45)), "claim order kept"
 
 
+@pytest.mark.unit
 def test_bytes_bound_a_batch_and_a_large_work_is_alone():
     items = [
         BatchItem(1, "W1A", 400 * MB),
@@ -40,6 +43,7 @@ def test_bytes_bound_a_batch_and_a_large_work_is_alone():
     assert plan_batches(items, max_works=20, max_bytes=1024 * MB) == [[1, 2], [4], [3, 5]]
 
 
+@pytest.mark.unit
 def test_a_batch_label_lists_every_work_and_fits_airflow():
     long_ids = _items(40, prefix="W1KG0123456789_")
     batches = plan_batches(long_ids, max_works=40, max_bytes=1024 * MB)
@@ -51,6 +55,7 @@ def test_a_batch_label_lists_every_work_and_fits_airflow():
     assert sum(len(b) for b in batches) == 40 and len(batches) > 1
 
 
+@pytest.mark.unit
 def test_one_work_per_batch_when_asked():
     assert plan_batches(_items(3), max_works=1, max_bytes=1024 * MB) == [[0], [1], [2]]
 
@@ -61,6 +66,7 @@ def _row(state: str, failed_phase: str | None = None, source: str = "s3") -> Pro
     )
 
 
+@pytest.mark.unit
 def test_a_phase_runs_only_for_works_that_passed_the_ones_before_it():
     assert blocked_reason(_row("restored"), "download") is None
     assert blocked_reason(_row("restored"), "debag") == "download has not run"
@@ -74,6 +80,7 @@ def test_a_phase_runs_only_for_works_that_passed_the_ones_before_it():
     assert blocked_reason(_row("requested"), "download") == "the work is requested"
 
 
+@pytest.mark.integration
 def test_a_bad_work_fails_alone_in_its_batch(world, dirs, settings):
     bad = make_bag_dir(dirs["bags"], "W1BAD")
     (bad / "data" / "archive" / "notes.txt").write_bytes(b"tampered\n")
@@ -110,6 +117,7 @@ def test_a_bad_work_fails_alone_in_its_batch(world, dirs, settings):
     assert synced.count("sync done") == 1
 
 
+@pytest.mark.integration
 def test_a_transient_failure_keeps_the_claims_for_the_task_retry(world, dirs, settings):
     for work_id in ("W1TRA1", "W1TRA2"):
         key = f"Archive0/02/{work_id}/{work_id}.bag.zip"

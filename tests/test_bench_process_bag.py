@@ -5,7 +5,10 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
 from helpers import REPO
+
+pytestmark = pytest.mark.integration
 
 
 def test_bench_process_bag_runs_at_a_tiny_size(tmp_path):

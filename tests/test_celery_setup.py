@@ -21,6 +21,8 @@ import pytest
 import yaml
 from helpers import REPO
 
+pytestmark = pytest.mark.services
+
 BIN = Path(sys.executable).parent
 LOAD_EXECUTOR = """
 from airflow.executors.executor_loader import ExecutorLoader

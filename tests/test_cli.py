@@ -12,6 +12,8 @@ import zipfile
 import pytest
 from helpers import DEFAULT_FILES, VENV_BIN, glacier_env, make_bag_dir, make_bag_zip, zip_dir
 
+pytestmark = pytest.mark.integration
+
 SUBCOMMANDS = [
     "check-config",
     "run-once",

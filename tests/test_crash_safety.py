@@ -25,6 +25,8 @@ from helpers import VENV_BIN, glacier_env, make_bag_dir, zip_dir
 
 from glacier_sync.progress import ProgressStore
 
+pytestmark = pytest.mark.integration
+
 WORKS = {
     "W1CRASH1": "Archive0/01/W1CRASH1/W1CRASH1.bag.zip",
     "W1CRASH2": "Archive0/02/W1CRASH2/W1CRASH2.bag.zip",

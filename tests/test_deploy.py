@@ -69,6 +69,7 @@ def _digest(folder: Path) -> dict[str, str]:
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())}
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize(
     ("script", "last_line"),
     [
@@ -98,6 +99,7 @@ def test_help_is_exactly_the_header_comment(script, last_line):
     assert not any(line.startswith(("set -", "#")) for line in lines), result.stdout
 
 
+@pytest.mark.integration
 def test_fresh_deploy_layout_env_and_secrets(inputs):
     result = deploy(*_args(inputs))
     assert result.returncode == 0, result.stderr
@@ -159,6 +161,7 @@ def test_fresh_deploy_layout_env_and_secrets(inputs):
     assert "Next steps" in result.stdout
 
 
+@pytest.mark.integration
 def test_redeploy_keeps_secrets_data_and_hand_edits(inputs):
     assert deploy(*_args(inputs)).returncode == 0
     dest = inputs["dest"]
@@ -197,6 +200,7 @@ def test_redeploy_keeps_secrets_data_and_hand_edits(inputs):
     assert _digest(dest / "secrets") == secrets_before, "--force never replaces secrets"
 
 
+@pytest.mark.integration
 def test_redeploy_from_another_folder_applies_a_changed_option(inputs, tmp_path, monkeypatch):
     """The .env stamp is checked against the destination's .env wherever deploy.sh runs from."""
     elsewhere = tmp_path / "elsewhere"
@@ -208,6 +212,7 @@ def test_redeploy_from_another_folder_applies_a_changed_option(inputs, tmp_path,
     assert "AIRFLOW_UI_PORT=9191" in (inputs["dest"] / ".env").read_text()
 
 
+@pytest.mark.integration
 def test_dev_and_prod_env_differ_only_where_they_must(inputs, tmp_path):
     assert deploy(*_args(inputs)).returncode == 0
     prod_inputs = {**inputs, "dest": tmp_path / "prod"}
@@ -242,6 +247,7 @@ def _env(dest: Path) -> dict[str, str]:
     return dict(line.split("=", 1) for line in lines if line and not line.startswith("#"))
 
 
+@pytest.mark.integration
 def test_names_are_kept_on_redeploy_and_options_win(inputs):
     """Project name, sign-in and admin stay what the instance has unless an option changes them."""
     assert deploy(*_args(inputs, "--project-name", "archive-a", "--auth", "fab")).returncode == 0
@@ -267,6 +273,7 @@ def test_names_are_kept_on_redeploy_and_options_win(inputs):
     assert fresh.returncode == 2 and "lowercase letters, digits" in fresh.stderr
 
 
+@pytest.mark.integration
 def test_a_redeploy_with_only_dest_keeps_every_option(inputs):
     """`deploy.sh --dest DIR` again (an operator who forgot the options) changes nothing."""
     first = _args(
@@ -291,6 +298,7 @@ def test_a_redeploy_with_only_dest_keeps_every_option(inputs):
         assert (inputs["dest"] / "secrets" / "aws").stat().st_uid == 4242
 
 
+@pytest.mark.integration
 def test_a_kept_hand_edit_of_the_uid_decides_who_owns_the_secrets(inputs):
     if os.getuid() != 0:
         pytest.skip("chown needs root")
@@ -304,6 +312,7 @@ def test_a_kept_hand_edit_of_the_uid_decides_who_owns_the_secrets(inputs):
     assert (inputs["dest"] / "data").stat().st_uid == 4343
 
 
+@pytest.mark.integration
 def test_a_changed_secret_is_written_in_place_and_asks_for_a_recreate(inputs):
     assert deploy(*_args(inputs)).returncode == 0
     aws = inputs["dest"] / "secrets" / "aws"
@@ -315,6 +324,7 @@ def test_a_changed_secret_is_written_in_place_and_asks_for_a_recreate(inputs):
     assert stat.S_IMODE(aws.stat().st_mode) == 0o600
 
 
+@pytest.mark.integration
 def test_hand_edit_is_shown_with_what_the_deploy_would_change(inputs):
     assert deploy(*_args(inputs)).returncode == 0
     env_file = inputs["dest"] / ".env"
@@ -333,6 +343,7 @@ def test_hand_edit_is_shown_with_what_the_deploy_would_change(inputs):
     assert ".env: unchanged" in again.stdout and "edited by hand" not in again.stdout
 
 
+@pytest.mark.integration
 def test_build_artefacts_and_hidden_files_never_reach_dags(inputs, tmp_path):
     assert deploy(*_args(inputs)).returncode == 0
     dags = inputs["dest"] / "dags"
@@ -348,12 +359,14 @@ def test_build_artefacts_and_hidden_files_never_reach_dags(inputs, tmp_path):
     ]
 
 
+@pytest.mark.integration
 def test_dry_run_changes_nothing(inputs):
     result = deploy(*_args(inputs, "--dry-run"))
     assert result.returncode == 0, result.stderr
     assert "would: " in result.stdout and not inputs["dest"].exists()
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize(
     ("change", "message"),
     [
@@ -378,6 +391,7 @@ def test_each_input_error_is_named_before_anything_is_written(inputs, change, me
     assert not inputs["dest"].exists()
 
 
+@pytest.mark.integration
 def test_profile_section_absent(inputs):
     inputs["config"].write_text(CONFIG.replace('profile = "default"', 'profile = "nlm"'))
     result = deploy(*_args(inputs))
@@ -386,6 +400,7 @@ def test_profile_section_absent(inputs):
     assert not inputs["dest"].exists()
 
 
+@pytest.mark.integration
 def test_invalid_toml_and_ini_are_named_before_anything_is_written(inputs):
     inputs["config"].write_text('[[queues]]\nname = "tbrc\n')
     result = deploy(*_args(inputs))
@@ -400,6 +415,7 @@ def test_invalid_toml_and_ini_are_named_before_anything_is_written(inputs):
     assert not inputs["dest"].exists()
 
 
+@pytest.mark.integration
 def test_bad_credentials_and_db_config(inputs, tmp_path):
     inputs["creds"].write_text("[default]\naws_access_key_id = AKIA\n")
     result = deploy(*_args(inputs))
@@ -414,6 +430,7 @@ def test_bad_credentials_and_db_config(inputs, tmp_path):
     assert (inputs["dest"] / "secrets" / "progress_db_url").read_text() == db.read_text()
 
 
+@pytest.mark.integration
 def test_prod_requirements(inputs):
     result = deploy(
         "--dest",
@@ -466,6 +483,7 @@ def prepare_with(tmp_path, *contents):
     return build_script("--build-dir", tmp_path / "build", *args, "--prepare-only"), files
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("conflict", ["boto3==1.40.0", "boto3<1.40", "Boto3>=2"])
 def test_conflicting_requirements_stop_before_building(tmp_path, conflict):
     result, [extra] = prepare_with(tmp_path, f"six>=1.0  # the audit tool\n{conflict}\n")
@@ -480,6 +498,7 @@ def test_conflicting_requirements_stop_before_building(tmp_path, conflict):
     assert not (tmp_path / "build" / "requirements.txt").exists()
 
 
+@pytest.mark.integration
 def test_indirect_conflict_with_a_dependency_of_airflow(tmp_path):
     """sqlmodel 0.0.8 needs pydantic<2; base.lock pins Airflow's pydantic 2."""
     result, [extra] = prepare_with(tmp_path, "sqlmodel==0.0.8\n")
@@ -491,6 +510,7 @@ def test_indirect_conflict_with_a_dependency_of_airflow(tmp_path):
     assert not (tmp_path / "build" / "wheels").exists()
 
 
+@pytest.mark.integration
 def test_conflict_between_two_extra_files_names_both(tmp_path):
     result, [first, second] = prepare_with(tmp_path, "pysocks==1.7.1\n", "PySocks<1.7\n")
     assert result.returncode == 1
@@ -500,6 +520,7 @@ def test_conflict_between_two_extra_files_names_both(tmp_path):
     )
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize(
     ("text", "message"),
     [
@@ -520,6 +541,7 @@ def test_pip_options_are_refused(tmp_path, text, message):
     assert not (tmp_path / "build").exists(), "refused before anything is made"
 
 
+@pytest.mark.integration
 def test_garbage_is_refused_naming_the_file(tmp_path):
     result, [extra] = prepare_with(tmp_path, "six\nnot a requirement ===\n")
     assert result.returncode == 1
@@ -528,6 +550,9 @@ def test_garbage_is_refused_naming_the_file(tmp_path):
     assert not (tmp_path / "build" / "requirements.txt").exists()
 
 
+# The image's wheelhouse is built (pip wheel of every locked package, ~1 min): the
+# docker tier, with the image builds it feeds.
+@pytest.mark.docker
 def test_build_folder_holds_scripts_config_and_resolved_requirements(tmp_path):
     scripts = tmp_path / "archive-scripts"
     scripts.mkdir()
@@ -585,6 +610,7 @@ def test_build_folder_holds_scripts_config_and_resolved_requirements(tmp_path):
 # -- deploy.sh user|backup|restore: what they refuse before touching Docker ---------------------
 
 
+@pytest.mark.integration
 def test_admin_subcommands_need_an_instance(tmp_path):
     for sub in ("user", "backup", "restore"):
         result = deploy(sub, "--dest", tmp_path / "nothing", *(["list"] if sub == "user" else []))
@@ -593,12 +619,14 @@ def test_admin_subcommands_need_an_instance(tmp_path):
         assert deploy(sub, "-h").stdout.startswith("deploy.sh user|backup|restore - ")
 
 
+@pytest.mark.integration
 def test_user_commands_need_fab_sign_in(inputs):
     assert deploy(*_args(inputs)).returncode == 0
     result = deploy("user", "--dest", inputs["dest"], "add", "alice", "--role", "Op")
     assert result.returncode == 2 and "re-deploy it with --auth fab" in result.stderr
 
 
+@pytest.mark.integration
 def test_restore_refuses_what_is_not_a_backup(inputs, tmp_path):
     assert deploy(*_args(inputs)).returncode == 0
     bogus = tmp_path / "bogus.tar"
@@ -619,6 +647,7 @@ def _env(dest: Path) -> dict[str, str]:
     )
 
 
+@pytest.mark.integration
 def test_celery_executor_workers_and_flower_are_written_and_inherited(inputs):
     first = deploy(*_args(inputs, "--executor", "celery", "--workers", "3", "--flower", "on"))
     assert first.returncode == 0, first.stderr
@@ -651,6 +680,7 @@ def test_celery_executor_workers_and_flower_are_written_and_inherited(inputs):
     assert env["CELERY_WORKERS"] == "0"
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
@@ -669,6 +699,7 @@ def test_executor_options_refuse_bad_values_before_writing(inputs, extra, messag
     assert not inputs["dest"].exists()
 
 
+@pytest.mark.integration
 def test_statsd_is_off_by_default_then_on_and_inherited(inputs):
     assert deploy(*_args(inputs)).returncode == 0
     env = _env(inputs["dest"])
@@ -691,6 +722,7 @@ def test_statsd_is_off_by_default_then_on_and_inherited(inputs):
     assert _env(inputs["dest"])["STATSD_ON"] == "False"
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("value", ["statsd.example.org", "host:port", "h:70000", ":8125"])
 def test_statsd_refuses_a_malformed_address(inputs, value):
     result = deploy(*_args(inputs, "--statsd", value))

@@ -24,6 +24,8 @@ from glacier_sync import aws
 from glacier_sync.errors import ConfigError
 from glacier_sync.settings import load_settings
 
+pytestmark = pytest.mark.integration
+
 CREDS = (
     "[default]\naws_access_key_id = AKIADEFAULT\naws_secret_access_key = s3cr3t-default\n"
     "[nlm]\naws_access_key_id = AKIANLM\naws_secret_access_key = s3cr3t-nlm\n"

@@ -25,6 +25,8 @@ from helpers import VENV_BIN, glacier_env, make_bag_dir, zip_dir
 
 from glacier_sync.progress import ProgressStore
 
+pytestmark = pytest.mark.integration
+
 PAGE = 4096
 SMALL_TMPFS_KIB = 128
 LARGE_TMPFS_KIB = 4096

@@ -194,9 +194,27 @@ def _archive(tmp: Path, name: str) -> Path:
 
 @pytest.fixture(scope="module")
 def e2e(tmp_path_factory):
+    """The stacks of the module; their images removed at the end however the module ends
+    (the stand-in base images stay: a build cache, see scripts/clean-test-leftovers.sh)."""
     client = _docker_client()
-    started = time.monotonic()
     tmp = tmp_path_factory.mktemp("docker-e2e")
+    try:
+        yield from _deployed(client, tmp)
+    finally:
+        _remove_images(client)
+
+
+def _remove_images(client) -> None:
+    """The images this module built under its own tags, and the untagged layers they left."""
+    for image in (NEW_IMAGE, OLD_IMAGE):
+        subprocess.run(["docker", "rmi", "-f", image], capture_output=True, check=False)
+    client.images.prune(filters={"dangling": True})
+    left = [t for i in client.images.list() for t in i.tags if t in (NEW_IMAGE, OLD_IMAGE)]
+    assert not left, f"images left behind: {left}"
+
+
+def _deployed(client, tmp: Path):
+    started = time.monotonic()
     _build_images(tmp)
     creds = tmp / "aws-credentials"
     creds.write_text(

@@ -10,6 +10,8 @@ from helpers import make_bag_zip
 
 from glacier_sync.runner import Pipeline
 
+pytestmark = pytest.mark.integration
+
 SAMPLE = json.loads((Path(__file__).parent / "data" / "objectrestore-completed.json").read_text())
 
 

@@ -10,6 +10,8 @@ import pytest
 from glacier_sync.errors import MalformedMessage
 from glacier_sync.events import event_name_matches, parse_message_body, work_id_from_key
 
+pytestmark = pytest.mark.unit
+
 SAMPLE = (Path(__file__).parent / "data" / "objectrestore-completed.json").read_text()
 COMPLETED = ["ObjectRestore:Completed"]
 

@@ -20,7 +20,7 @@ from helpers import REPO, free_port, make_bag_zip, make_world
 
 from glacier_sync.progress import ProgressStore
 
-pytestmark = pytest.mark.airflow
+pytestmark = pytest.mark.services
 SCRIPT = REPO / "local-airflow.sh"
 ARTIFACTS = REPO / "test-artifacts"
 

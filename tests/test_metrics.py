@@ -12,6 +12,8 @@ from helpers import DEFAULT_FILES, make_bag_dir, make_bag_zip, zip_dir
 from glacier_sync.metrics import Metrics
 from glacier_sync.runner import Pipeline
 
+pytestmark = pytest.mark.integration
+
 
 @pytest.fixture
 def listener():

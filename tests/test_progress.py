@@ -73,18 +73,27 @@ def _server_url(kind: str) -> str:
     return f"mysql+pymysql://root@127.0.0.1:3306/{name}?charset=utf8mb4"
 
 
+# SQLite in-process; the servers on 127.0.0.1 are the `services` tier.
+DATABASES = [
+    pytest.param("sqlite", marks=pytest.mark.integration),
+    pytest.param("postgresql", marks=pytest.mark.services),
+    pytest.param("mariadb", marks=pytest.mark.services),
+]
+
+
 def _database_url(kind: str, tmp_path: Path) -> str:
     """A SQLite file in ``tmp_path``, or a fresh database on the local server."""
     return f"sqlite:///{tmp_path}/progress.sqlite" if kind == "sqlite" else _server_url(kind)
 
 
-@pytest.fixture(params=["sqlite", "postgresql", "mariadb"])
+@pytest.fixture(params=DATABASES)
 def store(request, tmp_path) -> ProgressStore:
     store = ProgressStore(_database_url(request.param, tmp_path))
     yield store
     store.engine.dispose()
 
 
+@pytest.mark.unit
 def test_head_revision_constant_matches_the_migrations():
     from alembic.config import Config
     from alembic.script import ScriptDirectory
@@ -151,7 +160,7 @@ def _indexes(store: ProgressStore) -> dict[str, list[str]]:
     return {index["name"]: index["column_names"] for index in indexes}
 
 
-@pytest.fixture(params=["sqlite", "postgresql", "mariadb"])
+@pytest.fixture(params=DATABASES)
 def old_url(request, tmp_path) -> str:
     """A database at revision 0001 holding one synced and one pending row."""
     url = _database_url(request.param, tmp_path)
@@ -194,7 +203,7 @@ ROWS_0002 = [  # (work, state, cleaned_at): synced and cleaned, synced not clean
 ]
 
 
-@pytest.fixture(params=["sqlite", "postgresql", "mariadb"])
+@pytest.fixture(params=DATABASES)
 def url_0002(request, tmp_path) -> str:
     """A database at revision 0002 (the previous image's) with rows and their history."""
     url = _database_url(request.param, tmp_path)
@@ -313,6 +322,7 @@ def test_a_revision_of_another_lineage_is_refused_too(store):
     assert store.current_revision() == "ab12cd"
 
 
+@pytest.mark.services
 def test_the_newer_revision_error_masks_the_password():
     url = _server_url("postgresql").replace("postgres@", "postgres:topsecret@")
     store = ProgressStore(url)
@@ -465,6 +475,7 @@ def test_local_registration(store, tmp_path):
     assert store.claim("r", "local", 10, HOUR, 3) == [pid]
 
 
+@pytest.mark.integration
 def test_unreachable_database_is_a_clear_error(tmp_path):
     with pytest.raises(ProgressDatabaseError) as info:
         ProgressStore("postgresql+psycopg2://glacier:topsecret@127.0.0.1:1/progress")
@@ -473,6 +484,7 @@ def test_unreachable_database_is_a_clear_error(tmp_path):
     assert "topsecret" not in message and "glacier:***@" in message
 
 
+@pytest.mark.unit
 def test_event_time_parsing():
     assert parse_event_time("2026-10-02T04:31:07.112Z").isoformat() == "2026-10-02T04:31:07.112000"
     assert parse_event_time("2026-10-02T06:31:07+02:00").hour == 4

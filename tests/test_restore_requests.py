@@ -26,6 +26,8 @@ from glacier_sync.restore_requests import (
 )
 from glacier_sync.runner import Pipeline, open_store
 
+pytestmark = pytest.mark.integration
+
 SAMPLE = Path(__file__).parent / "data" / "objectrestore-completed.json"
 
 

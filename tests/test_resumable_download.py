@@ -25,6 +25,8 @@ from glacier_sync import aws, ranged_download
 from glacier_sync.errors import DownloadError, ObjectUnavailable
 from glacier_sync.range_journal import journal_path
 
+pytestmark = pytest.mark.integration
+
 MIB = 1024 * 1024
 SIZE = 23 * MIB + 12345  # five 5 MiB ranges, the last one short
 HEADERS = 64 * 1024  # generous allowance per request for HTTP headers

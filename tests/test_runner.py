@@ -22,6 +22,8 @@ from glacier_sync.runner import Pipeline
 from glacier_sync.settings import load_settings
 from glacier_sync.workspace import read_marker, verified_work_folder, write_marker
 
+pytestmark = pytest.mark.integration
+
 KEY = "Archive0/00/W1NLM4700/W1NLM4700.bag.zip"
 
 

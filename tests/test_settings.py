@@ -26,6 +26,7 @@ def _write(tmp_path, text: str):
     return path
 
 
+@pytest.mark.unit
 def test_defaults_are_valid(tmp_path):
     settings = load_settings(data_root=tmp_path)
     assert settings.env == "dev"
@@ -36,6 +37,7 @@ def test_defaults_are_valid(tmp_path):
     assert settings.sync_command.name == "syncOneWork.sh" and settings.sync_command.is_file()
 
 
+@pytest.mark.unit
 def test_file_profile_and_environment_precedence(tmp_path, monkeypatch):
     path = _write(
         tmp_path,
@@ -63,6 +65,7 @@ data_root = "{tmp_path}/dev"
     assert from_env.env == "prod" and from_env.max_messages_per_run == 7
 
 
+@pytest.mark.unit
 def test_queues_from_environment_json(monkeypatch):
     monkeypatch.setenv(
         "GLACIER_SYNC_QUEUES",
@@ -72,6 +75,7 @@ def test_queues_from_environment_json(monkeypatch):
     assert [q.region for q in settings.queues] == ["us-east-1", "ap-northeast-2"]
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize(
     ("overrides", "names"),
     [
@@ -95,6 +99,7 @@ def test_invalid_settings_name_the_setting_and_fix(overrides, names):
         assert name in str(info.value)
 
 
+@pytest.mark.unit
 def test_prod_requires_queues_archive_and_real_aws(tmp_path):
     with pytest.raises(ConfigError, match="at least one entry in `queues`"):
         load_settings(env="prod", archive_root=tmp_path)
@@ -109,6 +114,7 @@ def test_prod_requires_queues_archive_and_real_aws(tmp_path):
         )
 
 
+@pytest.mark.unit
 def test_bad_config_file_errors(tmp_path, monkeypatch):
     with pytest.raises(ConfigError, match="does not exist"):
         load_settings(tmp_path / "missing.toml")
@@ -118,6 +124,7 @@ def test_bad_config_file_errors(tmp_path, monkeypatch):
         load_settings(_write(tmp_path, "[profiles.staging]\nenv='dev'\n"))
 
 
+@pytest.mark.unit
 def test_database_url_file_and_masking(tmp_path):
     secret = tmp_path / "db_url"
     secret.write_text("postgresql://airflow:s3cr3t-pass@db:5432/progress\n")
@@ -130,6 +137,7 @@ def test_database_url_file_and_masking(tmp_path):
     assert mask_url("sqlite:////x/y.sqlite") == "sqlite:////x/y.sqlite"
 
 
+@pytest.mark.unit
 def test_database_url_file_missing_or_empty(tmp_path):
     with pytest.raises(ConfigError, match="progress_db_url_file"):
         load_settings(progress_db_url_file=tmp_path / "nope").database_url()
@@ -139,6 +147,7 @@ def test_database_url_file_missing_or_empty(tmp_path):
         load_settings(progress_db_url_file=empty).database_url()
 
 
+@pytest.mark.unit
 def test_archive_root_required_message():
     with pytest.raises(ConfigError, match="GLACIER_SYNC_ARCHIVE_ROOT"):
         load_settings().require_archive_root()
@@ -181,6 +190,7 @@ def _assert_one_clear_error(result, *names):
         assert name in result.stderr, result.stderr
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize(
     ("name", "value"),
     [("QUEUES", "not json"), ("EVENT_NAMES", "ObjectRestore:Completed")],
@@ -194,6 +204,7 @@ def test_env_list_that_is_not_json_names_the_variable(monkeypatch, name, value):
     assert f"GLACIER_SYNC_{name}='[" in message, "the fix: an example in JSON"
 
 
+@pytest.mark.unit
 def test_config_file_that_is_a_folder_or_not_utf8(tmp_path):
     with pytest.raises(ConfigError, match=r"is a folder; name the TOML file itself in --config"):
         load_settings(tmp_path)
@@ -203,6 +214,7 @@ def test_config_file_that_is_a_folder_or_not_utf8(tmp_path):
         load_settings(bad)
 
 
+@pytest.mark.integration
 def test_config_file_that_cannot_be_read(tmp_path):
     path = _unreadable(tmp_path)
     code = (
@@ -224,6 +236,7 @@ def test_config_file_that_cannot_be_read(tmp_path):
     assert "cannot be read (Permission denied); make it readable" in result.stderr
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("name", ["data_root", "work_root"])
 def test_roots_must_be_folders_or_absent(tmp_path, name):
     a_file = tmp_path / "a-file"
@@ -236,6 +249,7 @@ def test_roots_must_be_folders_or_absent(tmp_path, name):
     assert getattr(load_settings(**{name: tmp_path}), name) == tmp_path
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize(
     ("env", "names"),
     [
@@ -256,6 +270,7 @@ def test_console_script_refuses_bad_environment_in_one_line(tmp_path, env, names
     _assert_one_clear_error(_check_config(env=env), *names)
 
 
+@pytest.mark.integration
 def test_console_script_refuses_bad_config_files_in_one_line(tmp_path):
     _assert_one_clear_error(_check_config("--config", tmp_path), "--config", "is a folder")
     latin1 = tmp_path / "latin1.toml"
@@ -286,6 +301,7 @@ region = "{QUEUE["region"]}"
     )
 
 
+@pytest.mark.unit
 def test_explicit_env_wins_over_environment_which_wins_over_file(tmp_path, monkeypatch):
     path = _profiles(tmp_path)
     assert load_settings(path).env == "dev"
@@ -301,6 +317,7 @@ def test_explicit_env_wins_over_environment_which_wins_over_file(tmp_path, monke
     assert (dev.env, dev.max_messages_per_run) == ("dev", 2)
 
 
+@pytest.mark.integration
 def test_console_script_env_option_wins_over_environment(tmp_path):
     path = _profiles(tmp_path)
     env = {"GLACIER_SYNC_ENV": "dev", "GLACIER_SYNC_DATA_ROOT": str(tmp_path)}

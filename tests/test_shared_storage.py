@@ -19,6 +19,8 @@ from glacier_sync.shared_storage import (
     mark_shared_roots,
 )
 
+pytestmark = pytest.mark.integration
+
 KEY = "Archive0/00/W1SHARE/W1SHARE.bag.zip"
 
 

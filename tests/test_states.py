@@ -6,6 +6,8 @@ import pytest
 
 from glacier_sync.states import PENDING, TRANSITIONS, State, check_move
 
+pytestmark = pytest.mark.unit
+
 
 def test_every_state_has_its_moves_and_only_unfinished_work_is_pending():
     assert set(TRANSITIONS) == set(State)

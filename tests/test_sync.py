@@ -25,6 +25,8 @@ from glacier_sync.errors import ArchiveUnavailable, DiskFull, SyncError
 from glacier_sync.settings import DEFAULT_SYNC_COMMAND
 from glacier_sync.sync import archive_parent_for_key, job_environment, sync_work
 
+pytestmark = pytest.mark.integration
+
 
 def _work(root: Path, work_id: str = "W2KG209837", text: str = "page one") -> Path:
     work = root / "work" / work_id

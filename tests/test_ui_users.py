@@ -13,6 +13,8 @@ import pytest
 from airflow_helpers import airflow_env
 from helpers import VENV_BIN
 
+pytestmark = pytest.mark.airflow
+
 FAB = "airflow.providers.fab.auth_manager.fab_auth_manager.FabAuthManager"
 SIMPLE = "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager"
 
