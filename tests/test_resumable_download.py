@@ -278,3 +278,130 @@ def test_crc32_of_ranges_combines_into_the_whole(length):
     head, tail = os.urandom(333), os.urandom(length)
     combined = ranged_download.crc32_combine(zlib.crc32(head), zlib.crc32(tail), len(tail))
     assert combined == zlib.crc32(head + tail)
+
+
+# Objects made the way real uploaders make them.
+
+
+def test_an_upload_with_boto3_defaults_is_checked_by_its_multipart_etag(world, tmp_path, payload):
+    """boto3's own defaults (multipart from 8 MiB, CRC32 sent): moto answers the parts' composite
+    CRC32 with no ChecksumType and no -N, which is not the object's CRC32; the eTag decides."""
+    s3 = boto3.client("s3", endpoint_url=world.endpoint, region_name="us-east-1")
+    s3.upload_file(str(tmp_path / "source.zip"), world.bucket, KEY)
+    head = s3.head_object(Bucket=world.bucket, Key=KEY, ChecksumMode="ENABLED")
+    assert head["ETag"].strip('"').endswith("-3"), "8 MiB parts"
+    assert head.get("ChecksumCRC32") and not head.get("ChecksumType"), "the ambiguous answer"
+    plan = ranged_download.plan_download(s3, head, world.bucket, KEY, None, 5)
+    assert (plan.check, plan.part_size) == ("etag-parts", 8 * MIB)
+    target = tmp_path / "W1RES.bag.zip"
+    assert _download(world.endpoint, world, target, head["ETag"].strip('"')) is True
+    assert target.read_bytes() == payload
+
+
+def _upload_parts(world, sizes: list[int], data: bytes) -> str:
+    """A multipart upload of parts of the given sizes (any legal split, unequal ones too)."""
+    s3 = _client(world.endpoint)
+    upload = s3.create_multipart_upload(Bucket=world.bucket, Key=KEY)["UploadId"]
+    parts, offset = [], 0
+    for number, size in enumerate(sizes, start=1):
+        part = s3.upload_part(
+            Bucket=world.bucket,
+            Key=KEY,
+            UploadId=upload,
+            PartNumber=number,
+            Body=data[offset : offset + size],
+        )
+        parts.append({"PartNumber": number, "ETag": part["ETag"]})
+        offset += size
+    assert offset == len(data)
+    s3.complete_multipart_upload(
+        Bucket=world.bucket, Key=KEY, UploadId=upload, MultipartUpload={"Parts": parts}
+    )
+    return s3.head_object(Bucket=world.bucket, Key=KEY)["ETag"].strip('"')
+
+
+@pytest.mark.parametrize(
+    "sizes",
+    [
+        [8 * MIB, 6 * MIB, 8 * MIB, SIZE - 22 * MIB],  # a short part in the middle
+        [5 * MIB, 9 * MIB, SIZE - 14 * MIB],  # parts larger than the first
+    ],
+    ids=["8-6-8-rest", "5-9-rest"],
+)
+def test_parts_of_unequal_sizes_are_checked_along_their_own_bounds(world, tmp_path, payload, sizes):
+    etag = _upload_parts(world, sizes, payload)
+    assert etag.endswith(f"-{len(sizes)}")
+    s3 = _client(world.endpoint)
+    head = s3.head_object(Bucket=world.bucket, Key=KEY, ChecksumMode="ENABLED")
+    plan = ranged_download.plan_download(s3, head, world.bucket, KEY, None, 5)
+    assert (plan.check, plan.part_size) == ("etag-parts", sizes[0]), "checked, not skipped"
+    partial = tmp_path / ".W1RES.bag.zip.part"
+    ranged_download.fetch_ranges(s3, plan, partial, 3, "W1RES")
+    assert partial.read_bytes() == payload
+    ranged_download.discard(partial)
+    wrong = ranged_download.RangePlan(**{**plan.__dict__, "expected": "f" * 32 + f"-{len(sizes)}"})
+    with pytest.raises(ranged_download.WholeObjectMismatch, match="etag-parts: got"):
+        ranged_download.fetch_ranges(s3, wrong, partial, 3, "W1RES")
+    target = tmp_path / "W1RES.bag.zip"
+    assert _download(world.endpoint, world, target, etag) is True
+    assert target.read_bytes() == payload
+
+
+class _Faulty:
+    """An S3 client whose chosen calls fail (or misbehave) the way a throttled store would."""
+
+    def __init__(self, s3, fail_part_head: int | None = None, ignore_range: bool = False):
+        self._s3, self.fail_part_head, self.ignore_range = s3, fail_part_head, ignore_range
+
+    def __getattr__(self, name):
+        return getattr(self._s3, name)
+
+    def head_object(self, **kwargs):
+        if kwargs.get("PartNumber") is not None and self.fail_part_head is not None:
+            from botocore.exceptions import ClientError
+
+            status = self.fail_part_head
+            error = {"Code": "SlowDown" if status == 503 else "InvalidArgument", "Message": "x"}
+            meta = {"HTTPStatusCode": status}
+            raise ClientError({"Error": error, "ResponseMetadata": meta}, "HeadObject")
+        return self._s3.head_object(**kwargs)
+
+    def get_object(self, **kwargs):
+        if self.ignore_range:
+            kwargs.pop("Range", None)
+        return self._s3.get_object(**kwargs)
+
+
+def test_a_failed_part_head_is_retried_never_a_silent_downgrade(world, tmp_path, payload):
+    etag = _upload(world, tmp_path, multipart=True, checksums=False)
+    target = tmp_path / "W1RES.bag.zip"
+    faulty = _Faulty(_client(world.endpoint), fail_part_head=503)
+    with pytest.raises(DownloadError, match="size of part 1 of its upload could not be read"):
+        aws.download_object(faulty, world.bucket, KEY, etag, target, "W1RES", 2, 5)
+    assert not target.exists()
+    assert _download(world.endpoint, world, target, etag) is True, "the next try checks it"
+    assert target.read_bytes() == payload
+
+
+def test_a_store_without_part_numbers_is_downloaded_and_said_unchecked(
+    world, tmp_path, payload, caplog
+):
+    etag = _upload(world, tmp_path, multipart=True, checksums=False)
+    target = tmp_path / "W1RES.bag.zip"
+    faulty = _Faulty(_client(world.endpoint), fail_part_head=400)
+    with caplog.at_level("INFO", logger="glacier_sync"):
+        assert aws.download_object(faulty, world.bucket, KEY, etag, target, "W1RES", 2, 5)
+    assert target.read_bytes() == payload
+    assert "its multipart eTag cannot be checked" in caplog.text
+    assert "the bag manifests are the check" in caplog.text
+
+
+def test_an_answer_that_ignores_the_range_is_refused(world, tmp_path, payload):
+    etag = _upload(world, tmp_path, multipart=True, checksums=False)
+    target = tmp_path / "W1RES.bag.zip"
+    faulty = _Faulty(_client(world.endpoint), ignore_range=True)
+    with pytest.raises(DownloadError, match="a proxy or store that ignores ranges"):
+        aws.download_object(faulty, world.bucket, KEY, etag, target, "W1RES", 2, 5)
+    assert not target.exists()
+    assert _download(world.endpoint, world, target, etag) is True
+    assert target.read_bytes() == payload

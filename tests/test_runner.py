@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import shutil
 from datetime import timedelta
 from pathlib import Path
@@ -60,6 +61,26 @@ def test_restore_event_to_archive(world, dirs, settings):
     ]
     assert leftovers == [], "the data root holds nothing of a synced work"
     assert not any((dirs["data"] / "incoming").iterdir()), "no empty key folders either"
+
+
+def test_a_bag_uploaded_with_boto3_defaults_is_archived(world, dirs, settings):
+    """The demo's and most uploaders' way: boto3 upload_file with its defaults (multipart from
+    8 MiB, CRC32 sent), here 21 MiB in three parts; moto's answer to its checksum is ambiguous."""
+    mib = 1024 * 1024
+    files = {"images/I0001.tif": os.urandom(12 * mib), "images/I0002.tif": os.urandom(9 * mib)}
+    _restored(world, dirs, "W1BIG", "Archive0/00/W1BIG/W1BIG.bag.zip", files)
+    head = world.client("s3").head_object(
+        Bucket=world.bucket, Key="Archive0/00/W1BIG/W1BIG.bag.zip", ChecksumMode="ENABLED"
+    )
+    assert head["ETag"].strip('"').endswith("-3") and "ChecksumType" not in head
+    pipeline = Pipeline(settings)
+    report, outcomes = pipeline.run_once()
+    assert [o.ok for o in outcomes] == [True], [o.__dict__ for o in outcomes]
+    archived = dirs["archive"] / "Archive0" / "00" / "W1BIG"
+    for rel, content in files.items():
+        assert (archived / rel).read_bytes() == content
+    row = pipeline.store.find(["W1BIG"])[0]
+    assert (row.state, row.attempts) == ("synced", 0), row.summary()
 
 
 def test_same_event_twice_is_processed_once(world, dirs, settings):

@@ -6,10 +6,14 @@ flushed, and only then recorded in the journal beside the file (``range_journal`
 re-hashes the recorded ranges on disk, keeps those that still match and fetches the rest.
 
 Before the file is renamed, the whole object is checked end to end where S3 makes it possible:
-its full-object CRC32 (``ChecksumMode``), else its multipart eTag recomputed from the MD5 of each
-part (the ranges then follow the upload's own part size, read with ``HEAD ?partNumber=1``), else
-its single-part eTag (the MD5 of the object). An eTag that is no MD5 (SSE-KMS, SSE-C) and an
-unknown part size leave the bag manifests as the only end-to-end check, and the log says so.
+its full-object CRC32 (``ChecksumMode``; full-object only when S3 says so, or says nothing of a
+single-part upload), else its multipart eTag recomputed from the MD5 of each part (the ranges
+follow the first part's size, read with ``HEAD ?partNumber=1``; parts of unequal sizes are
+hashed again from disk along their exact bounds), else its single-part eTag (the MD5 of the
+object). A part size that cannot be read fails the try (it is retried, never skipped); an eTag
+that is no MD5 (SSE-KMS, SSE-C) and a store without ``partNumber`` leave the bag manifests as
+the only end-to-end check, and the log says so. A ranged answer that is not the range asked for
+is refused before it is written.
 """
 
 from __future__ import annotations
@@ -53,17 +57,25 @@ def plan_download(
     size = int(head.get("ContentLength", 0))
     part_size = max(1, part_mb * 1024 * 1024)
     base = {"bucket": bucket, "key": key, "version_id": version_id or "", "etag": etag}
+    multipart = _PARTS_ETAG.match(etag)
     crc = head.get("ChecksumCRC32")
-    if crc and head.get("ChecksumType", "FULL_OBJECT") == "FULL_OBJECT" and "-" not in crc:
+    if crc and "-" not in crc and _full_object(head.get("ChecksumType"), multipart is not None):
         return RangePlan(
             **base, size=size, part_size=part_size, algorithm="crc32", check="crc32", expected=crc
+        )
+    if crc and multipart and not head.get("ChecksumType"):
+        log.info(
+            "s3://%s/%s: its CRC32 %s comes without a ChecksumType and may be composite (the "
+            "CRC of its parts' CRCs, as moto answers): the multipart eTag is the check",
+            bucket,
+            key,
+            crc,
         )
     encrypted = head.get("ServerSideEncryption") in ("aws:kms", "aws:kms:dsse") or head.get(
         "SSECustomerAlgorithm"
     )
-    parts = _PARTS_ETAG.match(etag)
-    if parts and not encrypted:
-        upload_part = _upload_part_size(s3, bucket, key, version_id, size, int(parts.group(1)))
+    if multipart and not encrypted:
+        upload_part = _upload_part_size(s3, bucket, key, version_id)
         if upload_part:
             return RangePlan(
                 **base,
@@ -85,19 +97,55 @@ def plan_download(
     return RangePlan(**base, size=size, part_size=part_size, algorithm="crc32", check="none")
 
 
-def _upload_part_size(
-    s3: Any, bucket: str, key: str, version_id: str | None, size: int, count: int
-) -> int | None:
-    """The part size of the object's multipart upload, or None when S3 does not tell it."""
+def _full_object(checksum_type: str | None, multipart: bool) -> bool:
+    """Whether a checksum S3 gives is of the whole object: when S3 says so, or, when it says
+    nothing (older S3-compatible stores, moto), only for a single-part upload, whose checksum
+    can be nothing else. A multipart upload's may be composite: never taken on a default."""
+    if checksum_type:
+        return checksum_type == "FULL_OBJECT"
+    return not multipart
+
+
+def _part_head(s3: Any, bucket: str, key: str, version_id: str | None, number: int) -> int:
+    """The size of part ``number`` of the object's upload (``HEAD ?partNumber=N``).
+
+    A store that does not know ``partNumber`` (400 or 501) raises ``PartsUnknown``; any other
+    failure (throttling, 5xx, a timeout) is a DownloadError: the check could not be read, and
+    the download is tried again rather than accepted unchecked."""
     extra = {"VersionId": version_id} if version_id else {}
     try:
-        first = int(s3.head_object(Bucket=bucket, Key=key, PartNumber=1, **extra)["ContentLength"])
-    except Exception as exc:  # an S3 without partNumber support: no eTag check, said below
-        log.info("s3://%s/%s: the upload's part size is unknown (%s)", bucket, key, exc)
+        head = s3.head_object(Bucket=bucket, Key=key, PartNumber=number, **extra)
+    except Exception as exc:
+        status = getattr(exc, "response", {}).get("ResponseMetadata", {}).get("HTTPStatusCode")
+        if status in (400, 501):
+            raise PartsUnknown(str(exc)) from exc
+        raise DownloadError(
+            f"s3://{bucket}/{key}: the size of part {number} of its upload could not be read "
+            f"({exc}); the multipart eTag cannot be checked without it: tried again on the next "
+            "run"
+        ) from exc
+    return int(head["ContentLength"])
+
+
+class PartsUnknown(Exception):
+    """The S3 store does not answer ``partNumber`` requests."""
+
+
+def _upload_part_size(s3: Any, bucket: str, key: str, version_id: str | None) -> int | None:
+    """The first part's size of the object's multipart upload (the ranges follow it), or None
+    when the store does not tell part sizes (then no eTag check: said in the log)."""
+    try:
+        first = _part_head(s3, bucket, key, version_id, 1)
+    except PartsUnknown as exc:
+        log.warning(
+            "s3://%s/%s: the store does not tell the parts of an upload (%s); its multipart "
+            "eTag cannot be checked",
+            bucket,
+            key,
+            exc,
+        )
         return None
-    if first <= 0 or -(-size // first) != count:
-        return None
-    return first
+    return first if first > 0 else None
 
 
 def fetch_ranges(
@@ -157,7 +205,9 @@ def _fetch_into(
             journal.close()
             whole_md5 = in_order.finish() if in_order else None
         faults.checkpoint("download:ranges-done")
-        _check_whole(plan, good, whole_md5, work_id)
+        _check_whole(
+            plan, good, whole_md5, work_id, lambda: _etag_of_exact_parts(s3, plan, fd, concurrency)
+        )
     finally:
         os.close(fd)
     reused = sum(_length(plan, i) for i in (digests or {}) if i in good)
@@ -269,6 +319,11 @@ def _fetch_range(s3: Any, plan: RangePlan, fd: int, index: int, stop: threading.
         Bucket=plan.bucket, Key=plan.key, Range=f"bytes={start}-{end - 1}", **extra
     )
     body = response["Body"]
+    try:
+        _require_the_range(plan, response, start, end)
+    except DownloadError:
+        body.close()
+        raise
     buffer = bytearray(BUFFER_BYTES)
     view = memoryview(buffer)
     offset = start
@@ -293,6 +348,23 @@ def _fetch_range(s3: Any, plan: RangePlan, fd: int, index: int, stop: threading.
             f"{offset - start} of {end - start} bytes; the download resumes on the next try"
         )
     return hasher.hexdigest()
+
+
+def _require_the_range(plan: RangePlan, response: dict[str, Any], start: int, end: int) -> None:
+    """Refuse an answer that is not the range asked for: a server or proxy that ignores
+    ``Range`` sends the whole object (200), whose first bytes would land at the range's offset."""
+    status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+    whole = start == 0 and end == plan.size
+    wanted = f"bytes {start}-{end - 1}/{plan.size}"
+    if status == 206 and response.get("ContentRange") == wanted:
+        return
+    if status == 200 and whole and int(response.get("ContentLength", -1)) == plan.size:
+        return  # the range was the whole object: the same bytes
+    raise DownloadError(
+        f"s3://{plan.bucket}/{plan.key}: asked for {wanted}, the server answered {status} with "
+        f"Content-Range {response.get('ContentRange')!r}: a proxy or store that ignores ranges; "
+        "nothing of it was written, the download is tried again"
+    )
 
 
 class _InOrderMd5:
@@ -334,9 +406,17 @@ class _InOrderMd5:
 
 
 def _check_whole(
-    plan: RangePlan, good: dict[int, str], whole_md5: str | None, work_id: str
+    plan: RangePlan,
+    good: dict[int, str],
+    whole_md5: str | None,
+    work_id: str,
+    exact_parts: Callable[[], str],
 ) -> None:
-    """Compare the whole file with what S3 says of the object; raise when they differ."""
+    """Compare the whole file with what S3 says of the object; raise when they differ.
+
+    A multipart eTag is first computed from the ranges (which follow the first part's size);
+    when it differs, the upload's parts may be of unequal sizes (legal), so it is computed again
+    from disk along their exact bounds (``exact_parts``) before the file is refused."""
     where = f"s3://{plan.bucket}/{plan.key}"
     if plan.check == "none":
         log.info(
@@ -349,6 +429,8 @@ def _check_whole(
     if plan.check == "etag-parts":
         joined = b"".join(bytes.fromhex(good[i]) for i in range(plan.ranges))
         got = f"{hashlib.md5(joined).hexdigest()}-{plan.ranges}"
+        if got != plan.expected:
+            got = exact_parts()
     elif plan.check == "etag-md5":
         got = whole_md5 or ""
     else:
@@ -365,8 +447,40 @@ def _check_whole(
         )
 
 
+def _etag_of_exact_parts(s3: Any, plan: RangePlan, fd: int, concurrency: int) -> str:
+    """The multipart eTag of the file on disk hashed along the upload's own part bounds, each
+    part's size read with ``HEAD ?partNumber=N`` (parts may differ in size: 8, 6 and 8 MiB)."""
+    parts = _PARTS_ETAG.match(plan.expected)
+    count = int(parts.group(1)) if parts else 0
+    version = plan.version_id or None
+
+    def size_of(number: int) -> int:
+        try:
+            return _part_head(s3, plan.bucket, plan.key, version, number)
+        except PartsUnknown as exc:
+            raise DownloadError(
+                f"s3://{plan.bucket}/{plan.key}: part {number}'s size could not be read ({exc})"
+            ) from exc
+
+    with ThreadPoolExecutor(max(1, min(concurrency, 8))) as pool:
+        sizes = list(pool.map(size_of, range(1, count + 1)))
+    if sum(sizes) != plan.size:
+        return f"{count} parts of {sum(sizes)} bytes in all, not {plan.size}"
+    digests, offset = [], 0
+    for size in sizes:
+        hasher = hashlib.md5()
+        _update_span(fd, offset, offset + size, hasher)
+        digests.append(hasher.digest())
+        offset += size
+    return f"{hashlib.md5(b''.join(digests)).hexdigest()}-{count}"
+
+
 def _update_from_disk(fd: int, plan: RangePlan, index: int, hasher: Any) -> None:
-    start, end = plan.bounds(index)
+    _update_span(fd, *plan.bounds(index), hasher)
+
+
+def _update_span(fd: int, start: int, end: int, hasher: Any) -> None:
+    """Hash the file's bytes ``start`` to ``end`` (exclusive) through a fixed buffer."""
     buffer = bytearray(BUFFER_BYTES)
     view = memoryview(buffer)
     offset = start
