@@ -405,3 +405,106 @@ def test_an_answer_that_ignores_the_range_is_refused(world, tmp_path, payload):
     assert not target.exists()
     assert _download(world.endpoint, world, target, etag) is True
     assert target.read_bytes() == payload
+
+
+class _ResettingBody:
+    """A response body that breaks once after ``after`` bytes, as a reset connection does."""
+
+    def __init__(self, body, after: int, served: list[int]):
+        self._body, self._left, self._served = body, after, served
+
+    def readinto(self, view) -> int:
+        if self._left is not None and self._left <= 0:
+            self._left = None
+            from urllib3.exceptions import ProtocolError
+
+            raise ProtocolError("Connection broken: ConnectionResetError(104, 'reset by peer')")
+        count = self._body.readinto(view[: self._left] if self._left else view)
+        if self._left is not None:
+            self._left -= count
+        self._served[0] += count
+        return count
+
+    def close(self) -> None:
+        self._body.close()
+
+
+class _Resetting(_Faulty):
+    """Every ``every``-th GET breaks once after ``after`` bytes of its body."""
+
+    def __init__(self, s3, every: int, always: bool = False, after: int = MIB + 17):
+        super().__init__(s3)
+        self.calls, self.every, self.always, self.served = 0, every, always, [0]
+        self.after = after
+
+    def get_object(self, **kwargs):
+        response = self._s3.get_object(**kwargs)
+        self.calls += 1
+        breaks = self.always or self.calls % self.every == 0
+        after = self.after if breaks else None
+        response["Body"] = _ResettingBody(response["Body"], after, self.served)
+        return response
+
+
+def test_a_reset_inside_a_range_resumes_that_range_from_its_byte(world, tmp_path, payload):
+    etag = _upload(world, tmp_path, multipart=False, checksums=True)
+    target = tmp_path / "W1RES.bag.zip"
+    resetting = _Resetting(_client(world.endpoint), every=2)
+    assert aws.download_object(resetting, world.bucket, KEY, etag, target, "W1RES", 2, 5)
+    assert target.read_bytes() == payload
+    assert resetting.calls > 5, "some ranges were asked again"
+    assert resetting.served[0] == SIZE, "each retry asked for the rest of its range only"
+
+
+def test_a_range_that_keeps_failing_fails_the_try_and_keeps_the_others(
+    world, tmp_path, payload, monkeypatch
+):
+    monkeypatch.setattr(ranged_download, "RETRY_BASE_SECONDS", 0.01)
+    etag = _upload(world, tmp_path, multipart=False, checksums=True)
+    target = tmp_path / "W1RES.bag.zip"
+    broken = _Resetting(_client(world.endpoint), every=1, always=True, after=0)  # no progress
+    real = broken.get_object
+
+    def range_2_breaks(**kwargs):
+        start = int(kwargs["Range"].removeprefix("bytes=").split("-")[0])
+        if 2 * 5 * MIB <= start < 3 * 5 * MIB:
+            return real(**kwargs)
+        return broken._s3.get_object(**kwargs)
+
+    broken.get_object = range_2_breaks
+    with pytest.raises(Exception, match="Connection broken"):
+        aws.download_object(broken, world.bucket, KEY, etag, target, "W1RES", 1, 5)
+    assert broken.calls == ranged_download.RANGE_ATTEMPTS, "retried, then given up"
+    assert _journaled_bytes(target) == 2 * 5 * MIB, "the ranges before it are kept"
+
+
+def test_a_torn_journal_tail_is_cut_before_the_next_record(tmp_path):
+    from glacier_sync.range_journal import RangeJournal, read_journal
+
+    plan = ranged_download.RangePlan("b", "k", "", "e", 3 * MIB, MIB, "crc32", "none")
+    path = tmp_path / "x.part.journal"
+    RangeJournal(path, plan, fresh=True).close()
+    with path.open("a") as journal:
+        journal.write('{"i": 0, "d": "00000001"}\n{"i": 1, "d": "0000')  # killed mid-line
+    again = RangeJournal(path, plan, fresh=False)
+    again.record(2, "00000003")
+    again.close()
+    assert read_journal(path, plan) == {0: "00000001", 2: "00000003"}
+
+
+def test_a_disk_error_while_hashing_back_keeps_the_verified_ranges(
+    world, tmp_path, payload, monkeypatch
+):
+    etag = _upload(world, tmp_path, multipart=False, checksums=False)  # the in-order MD5 check
+    target = tmp_path / "W1RES.bag.zip"
+
+    def failing(fd, plan, index, hasher):
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(ranged_download, "_update_from_disk", failing)
+    with pytest.raises(DownloadError, match="Input/output error.*the verified ranges are kept"):
+        _download(world.endpoint, world, target, etag)
+    assert _journaled_bytes(target) == SIZE, "nothing thrown away for a disk error"
+    monkeypatch.undo()
+    assert _download(world.endpoint, world, target, etag) is True
+    assert target.read_bytes() == payload

@@ -152,10 +152,27 @@ def _write_record(target: Path, record: dict[str, Any]) -> None:
     path = _sidecar(target)
     tmp = path.with_name(f".{path.name}.tmp")
     try:
-        tmp.write_text(json.dumps(record), encoding="utf-8")
+        with tmp.open("w", encoding="utf-8") as out:
+            out.write(json.dumps(record))
+            out.flush()
+            os.fsync(out.fileno())  # durable before its name says the download is complete
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make the renames in ``folder`` durable (file systems that refuse it are let be)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def remove_partial_downloads(target: Path) -> None:
@@ -251,6 +268,7 @@ def download_object(
         _write_record(target, {"bucket": bucket, "key": key, "etag": real_etag, "size": size})
         faults.checkpoint("download:recorded")
         os.replace(partial, target)
+        _fsync_dir(target.parent)  # both renames durable before the database says downloaded
         faults.checkpoint("download:renamed")
         ranged_download.journal_path(partial).unlink(missing_ok=True)
     except ClientError as exc:

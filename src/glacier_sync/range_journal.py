@@ -87,6 +87,8 @@ class RangeJournal:
             _fsync_file(tmp)
             os.replace(tmp, path)
             _fsync_dir(path.parent)
+        else:
+            _drop_torn_tail(path)
         self._file = path.open("a", encoding="utf-8")
 
     def record(self, index: int, digest: str) -> None:
@@ -99,6 +101,18 @@ class RangeJournal:
     def close(self) -> None:
         """Close the journal file."""
         self._file.close()
+
+
+def _drop_torn_tail(path: Path) -> None:
+    """Cut a last line that a crash left unfinished, so the next record starts a line of its
+    own instead of being glued onto the fragment (and lost with it)."""
+    with path.open("rb+") as journal:
+        data = journal.read()
+        whole = data.rfind(b"\n") + 1
+        if whole != len(data):
+            journal.truncate(whole)
+            journal.flush()
+            os.fsync(journal.fileno())
 
 
 def _fsync_file(path: Path) -> None:

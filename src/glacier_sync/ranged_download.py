@@ -308,46 +308,123 @@ def _fetch_missing(
 
 
 def _fetch_range(s3: Any, plan: RangePlan, fd: int, index: int, stop: threading.Event) -> str:
+    """Fetch range ``index`` into place and return its digest. A reset, a timeout, a short
+    body, a 5xx or a SlowDown is retried with backoff from the byte it stopped at (the hash
+    carries on), without stopping the other ranges; ``RANGE_ATTEMPTS`` failures in a row that
+    moved it no further fail it."""
     start, end = plan.bounds(index)
     hasher = _hasher(plan.algorithm)()
-    if end == start:
-        return hasher.hexdigest()
+    cursor = [start]  # the first byte not yet written and hashed
+    failures = 0
+    while cursor[0] < end:
+        if stop.is_set():
+            raise _Stopped()
+        before = cursor[0]
+        try:
+            _stream(s3, plan, fd, cursor, end, hasher, stop)
+        except Exception as exc:
+            failures = 1 if cursor[0] > before else failures + 1
+            if not _worth_retrying(exc) or failures >= RANGE_ATTEMPTS:
+                raise
+            pause = min(RETRY_MAX_SECONDS, RETRY_BASE_SECONDS * 2 ** (failures - 1))
+            log.warning(
+                "s3://%s/%s: range %d-%d stopped at byte %d (%s); retrying in %.1f s (%d of %d)",
+                plan.bucket,
+                plan.key,
+                start,
+                end - 1,
+                cursor[0],
+                exc,
+                pause,
+                failures,
+                RANGE_ATTEMPTS - 1,
+            )
+            if stop.wait(pause):
+                raise _Stopped() from exc
+    return hasher.hexdigest()
+
+
+RANGE_ATTEMPTS = 5
+RETRY_BASE_SECONDS = 0.5
+RETRY_MAX_SECONDS = 8.0
+_RETRIED_CODES = {"SlowDown", "Throttling", "ThrottlingException", "RequestTimeout", "503", "500"}
+
+
+class _ShortBody(DownloadError):
+    """The server closed a range's body before its last byte."""
+
+
+def _worth_retrying(exc: BaseException) -> bool:
+    """A fault of the network or of the store (worth another request), not of the object, the
+    request or the disk."""
+    from botocore.exceptions import (
+        ClientError,
+        ConnectionClosedError,
+        EndpointConnectionError,
+        IncompleteReadError,
+        ReadTimeoutError,
+        ResponseStreamingError,
+    )
+    from urllib3.exceptions import HTTPError as Urllib3Error
+
+    if isinstance(exc, ClientError):
+        error = exc.response.get("Error", {})
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
+        return status >= 500 or error.get("Code") in _RETRIED_CODES
+    transient = (
+        _ShortBody,
+        ConnectionError,  # the builtin one: resets, refused, aborted
+        TimeoutError,
+        Urllib3Error,
+        ConnectionClosedError,
+        EndpointConnectionError,
+        IncompleteReadError,
+        ReadTimeoutError,
+        ResponseStreamingError,
+    )
+    return isinstance(exc, transient)
+
+
+def _stream(
+    s3: Any,
+    plan: RangePlan,
+    fd: int,
+    cursor: list[int],
+    end: int,
+    hasher: Any,
+    stop: threading.Event,
+) -> None:
+    """One GET of bytes ``cursor[0]`` to ``end`` written in place and hashed; ``cursor[0]``
+    follows every buffer written, so a failure leaves it where the next request starts."""
     extra: dict[str, Any] = {"VersionId": plan.version_id} if plan.version_id else {}
     if plan.etag:
         extra["IfMatch"] = f'"{plan.etag}"'
+    begin = cursor[0]
     response = s3.get_object(
-        Bucket=plan.bucket, Key=plan.key, Range=f"bytes={start}-{end - 1}", **extra
+        Bucket=plan.bucket, Key=plan.key, Range=f"bytes={begin}-{end - 1}", **extra
     )
     body = response["Body"]
-    try:
-        _require_the_range(plan, response, start, end)
-    except DownloadError:
-        body.close()
-        raise
     buffer = bytearray(BUFFER_BYTES)
     view = memoryview(buffer)
-    offset = start
     try:
-        while offset < end:
+        _require_the_range(plan, response, begin, end)
+        while cursor[0] < end:
             if stop.is_set():
                 raise _Stopped()
-            count = body.readinto(view[: min(BUFFER_BYTES, end - offset)])
+            count = body.readinto(view[: min(BUFFER_BYTES, end - cursor[0])])
             if not count:
-                break
+                raise _ShortBody(
+                    f"s3://{plan.bucket}/{plan.key}: the answer for bytes {begin}-{end - 1} "
+                    f"ended after {cursor[0] - begin} bytes"
+                )
             written = 0
             while written < count:
-                written += os.pwrite(fd, view[written:count], offset + written)
+                written += os.pwrite(fd, view[written:count], cursor[0] + written)
             hasher.update(view[:count])
-            offset += count
+            cursor[0] += count
             faults.checkpoint("download:chunk")
     finally:
         body.close()
-    if offset != end:
-        raise DownloadError(
-            f"s3://{plan.bucket}/{plan.key}: range {start}-{end - 1} ended after "
-            f"{offset - start} of {end - start} bytes; the download resumes on the next try"
-        )
-    return hasher.hexdigest()
 
 
 def _require_the_range(plan: RangePlan, response: dict[str, Any], start: int, end: int) -> None:
@@ -377,6 +454,7 @@ class _InOrderMd5:
         self._ready = threading.Condition()
         self._closing = False
         self._digest: str | None = None
+        self._error: OSError | None = None
         self._thread = threading.Thread(target=self._run, name="in-order-md5", daemon=True)
         self._thread.start()
 
@@ -387,14 +465,26 @@ class _InOrderMd5:
             self._ready.notify()
 
     def finish(self) -> str | None:
-        """The whole file's MD5, or None when a range is missing (the download failed)."""
+        """The whole file's MD5, or None when a range is missing (the download failed); a
+        DownloadError when reading the file back failed (the verified ranges are kept)."""
         with self._ready:
             self._closing = True
             self._ready.notify()
         self._thread.join()
+        if self._error is not None:
+            raise DownloadError(
+                f"reading {self._plan.key} back from disk to hash it failed ({self._error}); "
+                "the verified ranges are kept and the next try checks it again"
+            ) from self._error
         return self._digest
 
     def _run(self) -> None:
+        try:
+            self._hash_in_order()
+        except OSError as exc:  # a disk error: reported by finish(), not taken for a mismatch
+            self._error = exc
+
+    def _hash_in_order(self) -> None:
         for index in range(self._plan.ranges):
             with self._ready:
                 while index not in self._done and not self._closing:
