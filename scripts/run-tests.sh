@@ -70,13 +70,15 @@ marker_expression() {
 }
 
 # pytest on the tiers given ($1: "parallel" or "serial", then the tiers; none: all tests).
-# The unit and integration tiers run on every core (pytest-xdist: each worker its own moto
-# server and folders); the others share fixed resources (local services, the Compose stack).
+# The unit and integration tiers run in two workers a core (pytest-xdist: each worker its own
+# moto server and folders; many of those tests wait on a subprocess or an SQS visibility
+# timeout, so one a core leaves cores idle); the others share fixed resources (local services,
+# the Compose stack) and run one test at a time. TEST_WORKERS sets the number of workers.
 run_pytest() {
     local how=$1 selection=() workers=()
     shift
     [ $# -gt 0 ] && selection=(-m "$(marker_expression "$@")")
-    [ "$how" = parallel ] && workers=(-n "${TEST_WORKERS:-auto}")
+    [ "$how" = parallel ] && workers=(-n "${TEST_WORKERS:-$(( $(nproc) * 2 ))}")
     echo "== pytest ${selection[*]} ${workers[*]}"
     "$venv/bin/python" -m pytest -ra --durations=30 "${selection[@]}" "${workers[@]}" \
         "${pytest_args[@]}"
