@@ -78,7 +78,7 @@ run_pytest() {
     local how=$1 selection=() workers=()
     shift
     [ $# -gt 0 ] && selection=(-m "$(marker_expression "$@")")
-    [ "$how" = parallel ] && workers=(-n "${TEST_WORKERS:-$(( $(nproc) * 2 ))}")
+    [ "$how" = parallel ] && workers=(-n "${TEST_WORKERS:-$(( $(nproc) * 2 ))}" --dist worksteal)
     echo "== pytest ${selection[*]} ${workers[*]}"
     "$venv/bin/python" -m pytest -ra --durations=30 "${selection[@]}" "${workers[@]}" \
         "${pytest_args[@]}"
