@@ -228,13 +228,18 @@ def main() -> None:
     parser.add_argument("--shapes", default="large,small", help="large,small")
     args = parser.parse_args()
     comp = zipfile.ZIP_STORED if args.compression == "stored" else zipfile.ZIP_DEFLATED
-    args.workdir.mkdir(parents=True, exist_ok=True)
-    print(machine())
-    print(f"zip compression: {args.compression}; workdir {args.workdir}")
     shapes = {
         "large": ("few large files", parse_size(args.size), args.files),
         "small": ("many small files", parse_size(args.small_size), args.small_files),
     }
+    from machine_room import require_disk
+
+    # One shape at a time: its zip and the payload extracted from it, with room to spare.
+    biggest = max(shapes[key][1] for key in args.shapes.split(","))
+    require_disk(args.workdir, int(2.2 * biggest), "bench_debag.py")
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    print(machine())
+    print(f"zip compression: {args.compression}; workdir {args.workdir}")
     for key in args.shapes.split(","):
         label, size, files = shapes[key]
         name = f"bag-{key}-{size}-{files}-{args.compression}.zip"

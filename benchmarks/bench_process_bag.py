@@ -186,6 +186,10 @@ def main() -> None:
     )
     args = parser.parse_args()
     size = parse_size(args.size)
+    from machine_room import require_disk
+
+    # The zip, the work folder and the archive copy at once, with room to spare.
+    require_disk(args.workdir, int(3.3 * size), "bench_process_bag.py")
     args.workdir.mkdir(parents=True, exist_ok=True)
     workdir = args.workdir.resolve()
     print(machine())

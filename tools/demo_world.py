@@ -66,7 +66,10 @@ class World:
         }
 
     def upload_archived(self, zip_path: Path, key: str) -> None:
-        """Put a bag zip as a DEEP_ARCHIVE object."""
+        """Put a bag zip as a DEEP_ARCHIVE object (refused first when moto cannot hold it)."""
+        from machine_room import require_moto_room
+
+        require_moto_room(zip_path.stat().st_size, f"the bag {zip_path.name}")
         self.client("s3").upload_file(
             str(zip_path), self.bucket, key, ExtraArgs={"StorageClass": "DEEP_ARCHIVE"}
         )
