@@ -22,7 +22,7 @@ from byte_proxy import ByteCountingProxy
 from demo_world import FAKE_CREDENTIALS
 
 from glacier_sync import aws, ranged_download
-from glacier_sync.errors import DownloadError, ObjectUnavailable
+from glacier_sync.errors import DownloadError, ObjectUnavailable, PermanentError
 from glacier_sync.range_journal import journal_path
 
 pytestmark = pytest.mark.integration
@@ -244,9 +244,80 @@ def test_a_mismatching_whole_object_drops_the_partial_file(world, tmp_path, payl
 
     monkeypatch.setattr(ranged_download, "plan_download", wrong_plan)
     target = tmp_path / "W1RES.bag.zip"
-    with pytest.raises(DownloadError, match="does not match the object"):
+    with pytest.raises(DownloadError, match="does not match the object") as first:
         _download(world.endpoint, world, target, etag)
-    assert not target.exists() and not list(tmp_path.glob(".*part*"))
+    assert not isinstance(first.value, PermanentError), "once may be a fault of the transfer"
+    assert not target.exists() and not list(tmp_path.glob(".*part")), "the bytes are dropped"
+
+
+def test_the_same_mismatch_twice_is_held_after_two_fetches(
+    world, tmp_path, payload, proxy, monkeypatch
+):
+    """A wrong expectation (not a bad transfer) gives the same bytes and the same mismatch on
+    every fetch: held for an operator with both values after the second, not fetched forever."""
+    etag = _upload(world, tmp_path, multipart=True, checksums=False)
+    real_plan = ranged_download.plan_download
+    wrong = "f" * 32 + "-5"
+
+    def wrong_plan(*args, **kwargs):
+        return ranged_download.RangePlan(
+            **{**real_plan(*args, **kwargs).__dict__, "expected": wrong}
+        )
+
+    monkeypatch.setattr(ranged_download, "plan_download", wrong_plan)
+    target = tmp_path / "W1RES.bag.zip"
+    with pytest.raises(ranged_download.WholeObjectMismatch) as first:
+        _download(proxy.endpoint, world, target, etag)
+    with pytest.raises(ranged_download.RepeatedMismatch) as second:
+        _download(proxy.endpoint, world, target, etag)
+    assert isinstance(second.value, PermanentError)
+    message = str(second.value)
+    assert f"got {first.value.got} twice, S3 says {wrong}" in message, message
+    assert "glacier-sync retry W1RES" in message and "head-object" in message
+    assert proxy.served <= 2 * SIZE + 20 * HEADERS, "at most two full fetches"
+    assert not list(tmp_path.glob(".*part*")), "nothing kept, the note neither"
+
+
+class _FlippingBody:
+    """A body that flips one byte (at random) of what it passes on, as a bad link could."""
+
+    def __init__(self, body):
+        self._body, self._done = body, False
+
+    def readinto(self, view) -> int:
+        count = self._body.readinto(view)
+        if count and not self._done:
+            view[int.from_bytes(os.urandom(4), "big") % count] ^= 0x01  # a byte at random
+            self._done = True
+        return count
+
+    def close(self) -> None:
+        self._body.close()
+
+
+def test_a_byte_flipped_in_transit_is_fetched_again_and_never_held(world, tmp_path, payload):
+    """The single-part MD5 catches it; the next try, with a clean link, archives the object."""
+    etag = _upload(world, tmp_path, multipart=False, checksums=False)
+    target = tmp_path / "W1RES.bag.zip"
+    flipping = _Faulty(_client(world.endpoint))
+    real_get = flipping._s3.get_object
+
+    def get_object(**kwargs):
+        response = real_get(**kwargs)
+        if kwargs["Range"].startswith("bytes=0-"):
+            response["Body"] = _FlippingBody(response["Body"])
+        return response
+
+    flipping.get_object = get_object
+    with pytest.raises(ranged_download.WholeObjectMismatch) as caught:
+        aws.download_object(flipping, world.bucket, KEY, etag, target, "W1RES", 2, 5)
+    assert not isinstance(caught.value, PermanentError), "never a bad object for a bad link"
+    with pytest.raises(ranged_download.WholeObjectMismatch) as again:
+        aws.download_object(flipping, world.bucket, KEY, etag, target, "W1RES", 2, 5)
+    assert not isinstance(again.value, PermanentError), "a different flip each time: not held"
+    assert _download(world.endpoint, world, target, etag) is True
+    assert target.read_bytes() == payload
+    assert not list(tmp_path.glob(".*part*")), "the note goes with the success"
 
 
 def test_a_failed_range_keeps_the_others(world, tmp_path, payload, proxy, monkeypatch):

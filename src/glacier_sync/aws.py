@@ -243,7 +243,7 @@ def download_object(
     target.parent.mkdir(parents=True, exist_ok=True)
     remove_download(target)  # an incomplete or other version's zip: make room, trust nothing
     for stale in target.parent.glob(f".{target.name}.part?*"):  # the random names of old tries
-        if stale.name != partial.name + ".journal":
+        if stale.name not in (partial.name + ".journal", partial.name + ".mismatch"):
             stale.unlink(missing_ok=True)
     try:
         plan = ranged_download.plan_download(s3, head, bucket, key, version_id, chunk_mb)
@@ -271,6 +271,7 @@ def download_object(
         _fsync_dir(target.parent)  # both renames durable before the database says downloaded
         faults.checkpoint("download:renamed")
         ranged_download.journal_path(partial).unlink(missing_ok=True)
+        ranged_download.mismatch_note(partial).unlink(missing_ok=True)
     except ClientError as exc:
         code = error_code(exc)
         if code in ("InvalidObjectState", "403"):
@@ -286,8 +287,9 @@ def download_object(
             f"work {work_id}: download of s3://{bucket}/{key} failed: {exc}; it resumes from "
             "its verified ranges on the next try"
         ) from exc
-    except ranged_download.WholeObjectMismatch:
+    except ranged_download.WholeObjectMismatch as mismatch:
         ranged_download.discard(partial)
+        ranged_download.held_after_repeat(partial, mismatch, work_id)
         raise
     except OSError as exc:
         if is_disk_full(exc):

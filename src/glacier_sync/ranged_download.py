@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from glacier_sync import faults
-from glacier_sync.errors import DownloadError
+from glacier_sync.errors import DownloadError, PermanentError
 from glacier_sync.range_journal import RangeJournal, RangePlan, journal_path, read_journal
 
 log = logging.getLogger(__name__)
@@ -43,6 +43,15 @@ _PARTS_ETAG = re.compile(r"^[0-9a-f]{32}-(\d+)$")
 
 class WholeObjectMismatch(DownloadError):
     """Every range was fetched but the whole file differs from S3's checksum or eTag."""
+
+    def __init__(self, message: str, check: str = "", got: str = "", expected: str = "") -> None:
+        super().__init__(message)
+        self.check, self.got, self.expected = check, got, expected
+
+
+class RepeatedMismatch(WholeObjectMismatch, PermanentError):
+    """Two whole fetches gave the same bytes, and both differ from what S3 says of the object:
+    the expectation is wrong (or the object itself), not the transfer. Held for an operator."""
 
 
 class _Stopped(Exception):
@@ -218,6 +227,36 @@ def discard(partial: Path) -> None:
     """Remove a ``.part`` file and its journal (a changed object, a failed whole-object check)."""
     partial.unlink(missing_ok=True)
     journal_path(partial).unlink(missing_ok=True)
+
+
+def mismatch_note(partial: Path) -> Path:
+    """Where the value of the last whole-object mismatch is kept, beside the ``.part`` file."""
+    return partial.with_name(partial.name + ".mismatch")
+
+
+def held_after_repeat(partial: Path, mismatch: WholeObjectMismatch, work_id: str) -> None:
+    """Raise RepeatedMismatch when the previous full fetch ended in the very same mismatch (the
+    same bytes twice: a transfer fault would not repeat itself); else note this one."""
+    note = mismatch_note(partial)
+    seen = f"{mismatch.check} {mismatch.got} {mismatch.expected}"
+    try:
+        before = note.read_text(encoding="utf-8").strip()
+    except OSError:
+        before = ""
+    if before == seen:
+        note.unlink(missing_ok=True)
+        raise RepeatedMismatch(
+            f"work {work_id}: two full downloads of {partial.name.removesuffix('.part')[1:]} "
+            f"gave the same bytes, and both differ from what S3 says ({mismatch.check}: got "
+            f"{mismatch.got} twice, S3 says {mismatch.expected}): the object or its checksum in "
+            "S3 is wrong, not the transfer. Held: compare `aws s3api head-object --checksum-mode "
+            "ENABLED` with the bag's manifests, fix or re-upload the object, then "
+            f"`glacier-sync retry {work_id}`",
+            mismatch.check,
+            mismatch.got,
+            mismatch.expected,
+        ) from mismatch
+    note.write_text(seen + "\n", encoding="utf-8")
 
 
 def _length(plan: RangePlan, index: int) -> int:
@@ -533,7 +572,10 @@ def _check_whole(
         raise WholeObjectMismatch(
             f"work {work_id}: the download of {where} does not match the object ({plan.check}: "
             f"got {got}, S3 says {expected}); the partial file is dropped, the next try fetches "
-            "it again"
+            "it again",
+            plan.check,
+            got,
+            expected,
         )
 
 
