@@ -579,3 +579,14 @@ def test_a_disk_error_while_hashing_back_keeps_the_verified_ranges(
     monkeypatch.undo()
     assert _download(world.endpoint, world, target, etag) is True
     assert target.read_bytes() == payload
+
+
+def test_crc32_of_many_equal_ranges_and_a_short_tail_combines_into_the_whole():
+    import zlib
+
+    data = os.urandom(7 * 4096 + 5)
+    ranges = [data[i : i + 4096] for i in range(0, len(data), 4096)]
+    value = 0
+    for chunk in ranges:  # the operator for 4096 bytes is computed once and reused
+        value = ranged_download.crc32_combine(value, zlib.crc32(chunk), len(chunk))
+    assert value == zlib.crc32(data)

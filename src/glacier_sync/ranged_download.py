@@ -19,6 +19,7 @@ is refused before it is written.
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import logging
 import os
@@ -639,16 +640,25 @@ def _gf2_square(matrix: list[int]) -> list[int]:
 
 
 def crc32_combine(crc1: int, crc2: int, len2: int) -> int:
-    """The CRC32 of A+B from CRC32(A), CRC32(B) and len(B) (zlib's crc32_combine)."""
+    """The CRC32 of A+B from CRC32(A), CRC32(B) and len(B) (zlib's crc32_combine): CRC32(A)
+    shifted by len(B) zero bytes, one matrix product once the length's operator is known (the
+    ranges of a download share one length, so it is computed once, not per range)."""
     if len2 <= 0:
         return crc1
+    return _gf2_times(_zeros_operator(len2), crc1) ^ crc2
+
+
+@functools.lru_cache(maxsize=64)
+def _zeros_operator(length: int) -> list[int]:
+    """The GF(2) matrix that appends ``length`` zero bytes to a CRC32 register."""
     operator = [0xEDB88320] + [1 << n for n in range(31)]  # appends one zero bit
     for _ in range(3):
         operator = _gf2_square(operator)  # one zero byte
-    while len2:
-        if len2 & 1:
-            crc1 = _gf2_times(operator, crc1)
-        len2 >>= 1
-        if len2:
+    result = [1 << n for n in range(32)]  # the identity
+    while length:
+        if length & 1:
+            result = [_gf2_times(operator, column) for column in result]
+        length >>= 1
+        if length:
             operator = _gf2_square(operator)
-    return crc1 ^ crc2
+    return result
