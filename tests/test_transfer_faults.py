@@ -1,0 +1,111 @@
+"""A restore carried through `run-once` while the network and the store misbehave.
+
+The pipeline reaches moto through a fault-injecting HTTP proxy on 127.0.0.1 (tests/fault_proxy.py);
+the bag is uploaded as boto3 uploads by default (multipart, 8 MiB parts, CRC32). Whatever the
+fault, the work ends archived intact, is never held as a bad bag, and the object bytes served stay
+within 1.25 x the object (a flipped byte: the whole object again, as no part check can tell which
+range it was in).
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from fault_proxy import FaultProxy, Request
+from helpers import make_bag_zip
+
+from glacier_sync.runner import Pipeline
+from glacier_sync.settings import load_settings
+
+pytestmark = pytest.mark.integration
+
+MIB = 1024 * 1024
+KEY = "Archive0/00/W1NET/W1NET.bag.zip"
+FILES = {"images/I0001.tif": os.urandom(13 * MIB), "images/I0002.tif": os.urandom(8 * MIB)}
+
+
+def _part_head(request: Request) -> bool:
+    return request.method == "HEAD" and "partNumber=" in request.target
+
+
+def _get(request: Request) -> bool:
+    return request.object_get
+
+
+@pytest.fixture
+def scene(world, dirs):
+    zip_path = make_bag_zip(dirs["bags"], "W1NET", FILES)
+    world.upload_archived(zip_path, KEY)
+    world.restore(KEY)
+    host, port = world.endpoint.removeprefix("http://").split(":")
+    with FaultProxy(host, int(port)) as proxy:
+        settings = load_settings(
+            queues=[world.queue_entry()],
+            aws_endpoint_url=proxy.endpoint,
+            aws_credentials_file=dirs["data"] / "no-credentials",
+            data_root=dirs["data"],
+            archive_root=dirs["archive"],
+            sqs_wait_seconds=0,
+            download_concurrency=2,
+        )
+        yield proxy, settings, zip_path.stat().st_size
+
+
+def _archived(dirs) -> bool:
+    folder = dirs["archive"] / "Archive0" / "00" / "W1NET"
+    return all(
+        (folder / rel).is_file() and (folder / rel).read_bytes() == data
+        for rel, data in FILES.items()
+    )
+
+
+@pytest.mark.parametrize(
+    ("kind", "matches", "times"),
+    [
+        ("slowdown", _get, 3),  # 503 SlowDown: botocore's own retries
+        ("slowdown", _part_head, 1),  # the part size is read again, never skipped
+        ("reset", _get, 3),  # reset after 1 MiB: the range resumes from its byte
+    ],
+    ids=["slowdown-get", "slowdown-part-head", "reset-in-range"],
+)
+def test_faults_absorbed_within_one_run(world, dirs, scene, kind, matches, times):
+    proxy, settings, size = scene
+    proxy.arm(kind, times, matches, after=MIB)
+    pipeline = Pipeline(settings)
+    _, outcomes = pipeline.run_once()
+    assert proxy.fired.get(kind) == times, proxy.fired
+    assert [o.ok for o in outcomes] == [True], [o.__dict__ for o in outcomes]
+    assert _archived(dirs)
+    row = pipeline.store.find(["W1NET"])[0]
+    assert (row.state, row.attempts, row.needs_attention) == ("synced", 0, False)
+    assert proxy.served <= 1.25 * size, (proxy.served, size)
+
+
+@pytest.mark.parametrize(
+    ("kind", "times", "bound"),
+    [
+        ("flip", 1, 2.25),  # the whole-object check fails; the next try fetches it all again
+        ("ignore-range", 100, 1.25),  # refused before a byte is written, the answers dropped
+    ],
+)
+def test_faults_that_fail_a_try_never_make_a_bad_bag(world, dirs, scene, kind, times, bound):
+    proxy, settings, size = scene
+    proxy.arm(kind, times, _get)
+    pipeline = Pipeline(settings)
+    _, outcomes = pipeline.run_once()
+    assert [o.ok for o in outcomes] == [False]
+    row = pipeline.store.find(["W1NET"])[0]
+    assert (row.failed_phase, row.needs_attention) == ("download", False), row.summary()
+    assert not (dirs["archive"] / "Archive0").exists() or not _archived(dirs)
+
+    proxy.arm(kind, 0, _get)
+    proxy._faults.clear()  # the link is good again
+    again = Pipeline(settings)
+    _, outcomes = again.run_once()
+    assert [o.ok for o in outcomes] == [True], [o.__dict__ for o in outcomes]
+    assert _archived(dirs)
+    row = again.store.find(["W1NET"])[0]
+    assert (row.state, row.needs_attention) == ("synced", False)
+    if kind == "flip":
+        assert proxy.served <= bound * size, (proxy.served, size)
