@@ -186,8 +186,14 @@ def test_process_bag_on_a_current_database_does_no_migration_work(tmp_path, move
     assert sync["moved"] is (move == "true")
 
 
-def test_process_bag_refuses_each_bad_bag(tmp_path):
-    for name, zip_path, expected in _bad_bags(tmp_path):
+BAD_BAGS = ["checksum", "oxum", "missing", "extra", "dotdot", "symlink", "truncated"]
+
+
+@pytest.mark.parametrize("which", BAD_BAGS)
+def test_process_bag_refuses_each_bad_bag(tmp_path, which):
+    made = _bad_bags(tmp_path)
+    assert [name for name, _, _ in made] == BAD_BAGS
+    for name, zip_path, expected in [bag for bag in made if bag[0] == which]:
         archive = tmp_path / name / "archive"
         archive.mkdir()
         before = zip_path.read_bytes()
