@@ -1,8 +1,9 @@
 """An HTTP/1.1 proxy on 127.0.0.1 that misbehaves the way networks and S3 stores do.
 
 Put between the pipeline and moto (S3 and SQS through one endpoint), it forwards every request
-and answers, counts the body bytes of S3 GETs sent to the client, and applies the faults a test
-arms, each to the next matching requests: ``slowdown`` (503 SlowDown instead of forwarding),
+and answer (delimited by Content-Length, as boto3 and moto send them; no chunked encoding),
+counts the body bytes of S3 GETs sent to the client, and applies the faults a test arms, each
+to the next matching requests: ``slowdown`` (503 SlowDown instead of forwarding),
 ``reset`` (the connection reset after some body bytes), ``flip`` (one body byte flipped at
 random), ``ignore-range`` (the Range header dropped, so the store sends the whole object).
 """
@@ -70,6 +71,11 @@ class FaultProxy:
         with self._lock:
             self._faults.append(Fault(kind, matches, times, after))
 
+    def disarm(self) -> None:
+        """No more faults."""
+        with self._lock:
+            self._faults.clear()
+
     def __enter__(self) -> Self:
         threading.Thread(target=self._accept, daemon=True).start()
         return self
@@ -107,7 +113,7 @@ class FaultProxy:
                 body = reader.read(int(request.headers.get("content-length", "0") or 0))
                 fault = self._take(request)
                 if fault and fault.kind == "slowdown":
-                    client.sendall(_slowdown_answer())
+                    client.sendall(_slowdown_answer(with_body=request.method != "HEAD"))
                     continue
                 if fault and fault.kind == "ignore-range":
                     raw_headers = [h for h in raw_headers if not h.lower().startswith(b"range:")]
@@ -118,9 +124,9 @@ class FaultProxy:
         except OSError:
             return
         finally:
-            for sock in (client, upstream):
+            for stream in (reader, up_reader, client, upstream):
                 with contextlib.suppress(OSError):
-                    sock.close()
+                    stream.close()
 
     def _relay(
         self, request: Request, up_reader, client: socket.socket, fault: Fault | None
@@ -144,7 +150,7 @@ class FaultProxy:
             client.sendall(head + b"\r\n\r\n" + sent)
             self._count(request, len(sent))
             client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-            client.close()  # an RST, as a reset link gives
+            client.shutdown(socket.SHUT_RDWR)  # an RST now, as a reset link gives
             return False
         client.sendall(head + b"\r\n\r\n" + body)
         self._count(request, len(body))
@@ -177,9 +183,10 @@ def _parse_request(head: bytes) -> tuple[Request, list[bytes]]:
     return Request(method, target, headers), raw_headers
 
 
-def _slowdown_answer() -> bytes:
+def _slowdown_answer(with_body: bool) -> bytes:
+    """503 SlowDown (a HEAD's answer carries the length but no body)."""
     return (
         b"HTTP/1.1 503 Slow Down\r\nContent-Type: application/xml\r\n"
         + f"Content-Length: {len(SLOWDOWN)}\r\n\r\n".encode()
-        + SLOWDOWN
+        + (SLOWDOWN if with_body else b"")
     )

@@ -22,7 +22,7 @@ from byte_proxy import ByteCountingProxy
 from demo_world import FAKE_CREDENTIALS
 
 from glacier_sync import aws, ranged_download
-from glacier_sync.errors import DownloadError, ObjectUnavailable, PermanentError
+from glacier_sync.errors import DownloadError, ObjectUnavailable, PermanentError, is_transient
 from glacier_sync.range_journal import journal_path
 
 pytestmark = pytest.mark.integration
@@ -268,9 +268,10 @@ def test_the_same_mismatch_twice_is_held_after_two_fetches(
     target = tmp_path / "W1RES.bag.zip"
     with pytest.raises(ranged_download.WholeObjectMismatch) as first:
         _download(proxy.endpoint, world, target, etag)
+    assert is_transient(first.value) and not isinstance(first.value, PermanentError)
     with pytest.raises(ranged_download.RepeatedMismatch) as second:
         _download(proxy.endpoint, world, target, etag)
-    assert isinstance(second.value, PermanentError)
+    assert isinstance(second.value, PermanentError) and not is_transient(second.value)
     message = str(second.value)
     assert f"got {first.value.got} twice, S3 says {wrong}" in message, message
     assert "glacier-sync retry W1RES" in message and "head-object" in message
@@ -428,6 +429,9 @@ class _Faulty:
         return getattr(self._s3, name)
 
     def head_object(self, **kwargs):
+        if kwargs.get("PartNumber") is not None and self.fail_part_head == 200:
+            kwargs.pop("PartNumber")  # a store that ignores it: the whole object, no PartsCount
+            return self._s3.head_object(**kwargs)
         if kwargs.get("PartNumber") is not None and self.fail_part_head is not None:
             from botocore.exceptions import ClientError
 
@@ -447,19 +451,21 @@ def test_a_failed_part_head_is_retried_never_a_silent_downgrade(world, tmp_path,
     etag = _upload(world, tmp_path, multipart=True, checksums=False)
     target = tmp_path / "W1RES.bag.zip"
     faulty = _Faulty(_client(world.endpoint), fail_part_head=503)
-    with pytest.raises(DownloadError, match="size of part 1 of its upload could not be read"):
+    with pytest.raises(DownloadError, match="size of part 1 of its upload could not be read") as e:
         aws.download_object(faulty, world.bucket, KEY, etag, target, "W1RES", 2, 5)
+    assert is_transient(e.value), "a fault of the store: no attempt spent"
     assert not target.exists()
     assert _download(world.endpoint, world, target, etag) is True, "the next try checks it"
     assert target.read_bytes() == payload
 
 
+@pytest.mark.parametrize("answer", [400, 200], ids=["refused", "ignored"])
 def test_a_store_without_part_numbers_is_downloaded_and_said_unchecked(
-    world, tmp_path, payload, caplog
+    world, tmp_path, payload, caplog, answer
 ):
     etag = _upload(world, tmp_path, multipart=True, checksums=False)
     target = tmp_path / "W1RES.bag.zip"
-    faulty = _Faulty(_client(world.endpoint), fail_part_head=400)
+    faulty = _Faulty(_client(world.endpoint), fail_part_head=answer)
     with caplog.at_level("INFO", logger="glacier_sync"):
         assert aws.download_object(faulty, world.bucket, KEY, etag, target, "W1RES", 2, 5)
     assert target.read_bytes() == payload
@@ -543,8 +549,9 @@ def test_a_range_that_keeps_failing_fails_the_try_and_keeps_the_others(
         return broken._s3.get_object(**kwargs)
 
     broken.get_object = range_2_breaks
-    with pytest.raises(Exception, match="Connection broken"):
+    with pytest.raises(DownloadError, match="failed 5 time.*Connection broken") as caught:
         aws.download_object(broken, world.bucket, KEY, etag, target, "W1RES", 1, 5)
+    assert is_transient(caught.value), "a fault of the network: no attempt spent"
     assert broken.calls == ranged_download.RANGE_ATTEMPTS, "retried, then given up"
     assert _journaled_bytes(target) == 2 * 5 * MIB, "the ranges before it are kept"
 
@@ -590,3 +597,25 @@ def test_crc32_of_many_equal_ranges_and_a_short_tail_combines_into_the_whole():
     for chunk in ranges:  # the operator for 4096 bytes is computed once and reused
         value = ranged_download.crc32_combine(value, zlib.crc32(chunk), len(chunk))
     assert value == zlib.crc32(data)
+
+
+def test_a_disk_error_while_rechecking_a_resumed_file_keeps_it(
+    world, tmp_path, payload, monkeypatch
+):
+    """Verified ranges on disk are not thrown away because reading them back failed once."""
+    etag = _upload(world, tmp_path, multipart=True, checksums=False)
+    target = tmp_path / "W1RES.bag.zip"
+    _killed_download(world, target, etag, "download:ranges-done")
+    partial = target.with_name(f".{target.name}.part")
+    assert _journaled_bytes(target) == SIZE
+
+    def failing(fd, plan, index):
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(ranged_download, "_hash_on_disk", failing)
+    with pytest.raises(OSError, match="Input/output error"):
+        _download(world.endpoint, world, target, etag)
+    assert partial.is_file() and journal_path(partial).is_file(), "kept for the next try"
+    monkeypatch.undo()
+    assert _download(world.endpoint, world, target, etag) is True
+    assert target.read_bytes() == payload

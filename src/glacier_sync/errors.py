@@ -69,6 +69,12 @@ class TransientError(GlacierSyncError):
     or lost claim): recorded, retried later, and it spends none of the work's attempts."""
 
 
+class TransferFault(DownloadError, TransientError):
+    """A fault of the network or of the S3 store during a download (an answer that is not the
+    range asked for, a range that keeps breaking off, a check that could not be read): retried
+    on the next run, no attempt spent, never taken for a fault of the bag."""
+
+
 class ArchiveUnavailable(TransientError):
     """The archive root is missing, not a folder, not mounted or lacks its marker file."""
 

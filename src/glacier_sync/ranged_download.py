@@ -19,6 +19,7 @@ is refused before it is written.
 from __future__ import annotations
 
 import base64
+import contextlib
 import functools
 import hashlib
 import logging
@@ -32,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from glacier_sync import faults
-from glacier_sync.errors import DownloadError, PermanentError
+from glacier_sync.errors import DownloadError, PermanentError, TransferFault, TransientError
 from glacier_sync.range_journal import RangeJournal, RangePlan, journal_path, read_journal
 
 log = logging.getLogger(__name__)
@@ -48,6 +49,11 @@ class WholeObjectMismatch(DownloadError):
     def __init__(self, message: str, check: str = "", got: str = "", expected: str = "") -> None:
         super().__init__(message)
         self.check, self.got, self.expected = check, got, expected
+
+
+class UnconfirmedMismatch(WholeObjectMismatch, TransientError):
+    """A first mismatch: a bad transfer as likely as a wrong expectation, so it is fetched again
+    without spending an attempt (the same mismatch on the next fetch is RepeatedMismatch)."""
 
 
 class RepeatedMismatch(WholeObjectMismatch, PermanentError):
@@ -85,7 +91,7 @@ def plan_download(
         "SSECustomerAlgorithm"
     )
     if multipart and not encrypted:
-        upload_part = _upload_part_size(s3, bucket, key, version_id)
+        upload_part = _upload_part_size(s3, bucket, key, version_id, int(multipart.group(1)))
         if upload_part:
             return RangePlan(
                 **base,
@@ -116,24 +122,32 @@ def _full_object(checksum_type: str | None, multipart: bool) -> bool:
     return not multipart
 
 
-def _part_head(s3: Any, bucket: str, key: str, version_id: str | None, number: int) -> int:
-    """The size of part ``number`` of the object's upload (``HEAD ?partNumber=N``).
+def _part_head(
+    s3: Any, bucket: str, key: str, version_id: str | None, number: int, count: int = 0
+) -> int:
+    """The size of part ``number`` of the object's ``count``-part upload (``HEAD ?partNumber=N``).
 
-    A store that does not know ``partNumber`` (400 or 501) raises ``PartsUnknown``; any other
-    failure (throttling, 5xx, a timeout) is a DownloadError: the check could not be read, and
-    the download is tried again rather than accepted unchecked."""
+    A store that does not know ``partNumber`` (400 or 501, or an answer without the upload's
+    ``PartsCount``) raises ``PartsUnknown``; any other failure (throttling, 5xx, a timeout) is a
+    TransferFault: the check could not be read, and the download is tried again rather than
+    accepted unchecked."""
     extra = {"VersionId": version_id} if version_id else {}
     try:
         head = s3.head_object(Bucket=bucket, Key=key, PartNumber=number, **extra)
     except Exception as exc:
-        status = getattr(exc, "response", {}).get("ResponseMetadata", {}).get("HTTPStatusCode")
+        response = getattr(exc, "response", None) or {}  # None on timeouts
+        status = (response.get("ResponseMetadata") or {}).get("HTTPStatusCode")
         if status in (400, 501):
             raise PartsUnknown(str(exc)) from exc
-        raise DownloadError(
+        raise TransferFault(
             f"s3://{bucket}/{key}: the size of part {number} of its upload could not be read "
             f"({exc}); the multipart eTag cannot be checked without it: tried again on the next "
             "run"
         ) from exc
+    if count and head.get("PartsCount") != count:  # a store that ignored partNumber
+        raise PartsUnknown(
+            f"the answer for part {number} says {head.get('PartsCount')} parts, the eTag {count}"
+        )
     return int(head["ContentLength"])
 
 
@@ -141,11 +155,13 @@ class PartsUnknown(Exception):
     """The S3 store does not answer ``partNumber`` requests."""
 
 
-def _upload_part_size(s3: Any, bucket: str, key: str, version_id: str | None) -> int | None:
+def _upload_part_size(
+    s3: Any, bucket: str, key: str, version_id: str | None, count: int
+) -> int | None:
     """The first part's size of the object's multipart upload (the ranges follow it), or None
     when the store does not tell part sizes (then no eTag check: said in the log)."""
     try:
-        first = _part_head(s3, bucket, key, version_id, 1)
+        first = _part_head(s3, bucket, key, version_id, 1, count)
     except PartsUnknown as exc:
         log.warning(
             "s3://%s/%s: the store does not tell the parts of an upload (%s); its multipart "
@@ -172,7 +188,7 @@ def fetch_ranges(
     try:
         return _fetch_into(s3, plan, partial, concurrency, work_id, digests, good)
     except BaseException:
-        if not good:  # nothing verified: nothing worth keeping
+        if not good and not digests:  # nothing verified nor journaled: nothing worth keeping
             discard(partial)
         raise
     finally:
@@ -200,6 +216,7 @@ def _fetch_into(
                 len(digests) - len(good),
                 partial.name,
             )
+        reused = set(good)
         journal = RangeJournal(journal_file, plan, fresh=digests is None)
         in_order = _InOrderMd5(fd, plan, set(good)) if plan.check == "etag-md5" else None
         try:
@@ -211,17 +228,21 @@ def _fetch_into(
                     in_order.add(index)
 
             _fetch_missing(s3, plan, fd, missing, concurrency, good, finished)
+        except BaseException:
+            if in_order:
+                in_order.abort()  # the failure surfaces now, not after a pass over the file
+            raise
         finally:
             journal.close()
-            whole_md5 = in_order.finish() if in_order else None
+        whole_md5 = in_order.finish() if in_order else None
         faults.checkpoint("download:ranges-done")
         _check_whole(
             plan, good, whole_md5, work_id, lambda: _etag_of_exact_parts(s3, plan, fd, concurrency)
         )
     finally:
         os.close(fd)
-    reused = sum(_length(plan, i) for i in (digests or {}) if i in good)
-    return {"reused": reused, "fetched": plan.size - reused}
+    kept = sum(_length(plan, i) for i in reused)
+    return {"reused": kept, "fetched": plan.size - kept}
 
 
 def discard(partial: Path) -> None:
@@ -256,8 +277,9 @@ def held_after_repeat(partial: Path, mismatch: WholeObjectMismatch, work_id: str
             mismatch.check,
             mismatch.got,
             mismatch.expected,
-        ) from mismatch
-    note.write_text(seen + "\n", encoding="utf-8")
+        ) from None  # permanent: no transient cause in its chain
+    with contextlib.suppress(OSError):  # without the note, the next mismatch is a first again
+        note.write_text(seen + "\n", encoding="utf-8")
 
 
 def _length(plan: RangePlan, index: int) -> int:
@@ -351,21 +373,28 @@ def _fetch_range(s3: Any, plan: RangePlan, fd: int, index: int, stop: threading.
     """Fetch range ``index`` into place and return its digest. A reset, a timeout, a short
     body, a 5xx or a SlowDown is retried with backoff from the byte it stopped at (the hash
     carries on), without stopping the other ranges; ``RANGE_ATTEMPTS`` failures in a row that
-    moved it no further fail it."""
+    moved it no further, or ``RANGE_MAX_REQUESTS`` requests in all, fail it as a TransferFault
+    (the next run resumes it from its journal)."""
     start, end = plan.bounds(index)
     hasher = _hasher(plan.algorithm)()
     cursor = [start]  # the first byte not yet written and hashed
-    failures = 0
+    failures = requests = 0
     while cursor[0] < end:
         if stop.is_set():
             raise _Stopped()
         before = cursor[0]
+        requests += 1
         try:
             _stream(s3, plan, fd, cursor, end, hasher, stop)
         except Exception as exc:
             failures = 1 if cursor[0] > before else failures + 1
-            if not _worth_retrying(exc) or failures >= RANGE_ATTEMPTS:
+            if not _worth_retrying(exc):
                 raise
+            if failures >= RANGE_ATTEMPTS or requests >= RANGE_MAX_REQUESTS:
+                raise TransferFault(
+                    f"s3://{plan.bucket}/{plan.key}: range {start}-{end - 1} failed {requests} "
+                    f"time(s), at byte {cursor[0]} ({exc}); the next run resumes it"
+                ) from exc
             pause = min(RETRY_MAX_SECONDS, RETRY_BASE_SECONDS * 2 ** (failures - 1))
             log.warning(
                 "s3://%s/%s: range %d-%d stopped at byte %d (%s); retrying in %.1f s (%d of %d)",
@@ -387,10 +416,19 @@ def _fetch_range(s3: Any, plan: RangePlan, fd: int, index: int, stop: threading.
 RANGE_ATTEMPTS = 5
 RETRY_BASE_SECONDS = 0.5
 RETRY_MAX_SECONDS = 8.0
-_RETRIED_CODES = {"SlowDown", "Throttling", "ThrottlingException", "RequestTimeout", "503", "500"}
+RANGE_MAX_REQUESTS = 100  # even with progress between failures, a range gives up here
+_RETRIED_CODES = {
+    "SlowDown",
+    "Throttling",
+    "ThrottlingException",
+    "RequestTimeout",
+    "TooManyRequests",
+    "ServiceUnavailable",
+    "InternalError",
+}
 
 
-class _ShortBody(DownloadError):
+class _ShortBody(TransferFault):
     """The server closed a range's body before its last byte."""
 
 
@@ -399,27 +437,27 @@ def _worth_retrying(exc: BaseException) -> bool:
     request or the disk."""
     from botocore.exceptions import (
         ClientError,
-        ConnectionClosedError,
-        EndpointConnectionError,
+        HTTPClientError,
         IncompleteReadError,
-        ReadTimeoutError,
         ResponseStreamingError,
     )
+    from botocore.exceptions import ConnectionError as BotocoreConnectionError
     from urllib3.exceptions import HTTPError as Urllib3Error
 
     if isinstance(exc, ClientError):
         error = exc.response.get("Error", {})
-        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
-        return status >= 500 or error.get("Code") in _RETRIED_CODES
+        status = (exc.response.get("ResponseMetadata") or {}).get("HTTPStatusCode") or 0
+        if status == 501:  # not implemented: asking again changes nothing
+            return False
+        return status >= 500 or status == 429 or error.get("Code") in _RETRIED_CODES
     transient = (
         _ShortBody,
         ConnectionError,  # the builtin one: resets, refused, aborted
         TimeoutError,
         Urllib3Error,
-        ConnectionClosedError,
-        EndpointConnectionError,
+        BotocoreConnectionError,  # endpoint, connect timeout, proxy
+        HTTPClientError,  # read timeout, connection closed
         IncompleteReadError,
-        ReadTimeoutError,
         ResponseStreamingError,
     )
     return isinstance(exc, transient)
@@ -477,7 +515,7 @@ def _require_the_range(plan: RangePlan, response: dict[str, Any], start: int, en
         return
     if status == 200 and whole and int(response.get("ContentLength", -1)) == plan.size:
         return  # the range was the whole object: the same bytes
-    raise DownloadError(
+    raise TransferFault(
         f"s3://{plan.bucket}/{plan.key}: asked for {wanted}, the server answered {status} with "
         f"Content-Range {response.get('ContentRange')!r}: a proxy or store that ignores ranges; "
         "nothing of it was written, the download is tried again"
@@ -495,6 +533,7 @@ class _InOrderMd5:
         self._closing = False
         self._digest: str | None = None
         self._error: OSError | None = None
+        self._aborted = False
         self._thread = threading.Thread(target=self._run, name="in-order-md5", daemon=True)
         self._thread.start()
 
@@ -503,6 +542,13 @@ class _InOrderMd5:
         with self._ready:
             self._done.add(index)
             self._ready.notify()
+
+    def abort(self) -> None:
+        """Stop hashing (the download failed): the thread ends at its next range."""
+        with self._ready:
+            self._closing = self._aborted = True
+            self._ready.notify()
+        self._thread.join()
 
     def finish(self) -> str | None:
         """The whole file's MD5, or None when a range is missing (the download failed); a
@@ -529,7 +575,7 @@ class _InOrderMd5:
             with self._ready:
                 while index not in self._done and not self._closing:
                     self._ready.wait()
-                if index not in self._done:
+                if index not in self._done or self._aborted:
                     return
             _update_from_disk(self._fd, self._plan, index, self._hasher)
         self._digest = self._hasher.hexdigest()
@@ -559,10 +605,12 @@ def _check_whole(
     if plan.check == "etag-parts":
         joined = b"".join(bytes.fromhex(good[i]) for i in range(plan.ranges))
         got = f"{hashlib.md5(joined).hexdigest()}-{plan.ranges}"
-        if got != plan.expected:
+        if got != plan.expected and _PARTS_ETAG.match(plan.expected):
             got = exact_parts()
     elif plan.check == "etag-md5":
-        got = whole_md5 or ""
+        if whole_md5 is None:  # the check could not run: never a pass, never a mismatch
+            raise TransferFault(f"work {work_id}: the MD5 of {where} could not be computed")
+        got = whole_md5
     else:
         value = 0
         for index in range(plan.ranges):
@@ -570,7 +618,7 @@ def _check_whole(
         got = base64.b64encode(value.to_bytes(4, "big")).decode()
     expected = plan.expected
     if got != expected:
-        raise WholeObjectMismatch(
+        raise UnconfirmedMismatch(
             f"work {work_id}: the download of {where} does not match the object ({plan.check}: "
             f"got {got}, S3 says {expected}); the partial file is dropped, the next try fetches "
             "it again",
@@ -589,16 +637,19 @@ def _etag_of_exact_parts(s3: Any, plan: RangePlan, fd: int, concurrency: int) ->
 
     def size_of(number: int) -> int:
         try:
-            return _part_head(s3, plan.bucket, plan.key, version, number)
+            return _part_head(s3, plan.bucket, plan.key, version, number, count)
         except PartsUnknown as exc:
-            raise DownloadError(
+            raise TransferFault(
                 f"s3://{plan.bucket}/{plan.key}: part {number}'s size could not be read ({exc})"
             ) from exc
 
     with ThreadPoolExecutor(max(1, min(concurrency, 8))) as pool:
         sizes = list(pool.map(size_of, range(1, count + 1)))
     if sum(sizes) != plan.size:
-        return f"{count} parts of {sum(sizes)} bytes in all, not {plan.size}"
+        raise TransferFault(
+            f"s3://{plan.bucket}/{plan.key}: its {count} parts add up to {sum(sizes)} bytes, not "
+            f"the object's {plan.size}: the store's answers disagree; tried again on the next run"
+        )
     digests, offset = [], 0
     for size in sizes:
         hasher = hashlib.md5()
