@@ -466,8 +466,12 @@ def test_a_store_without_part_numbers_is_downloaded_and_said_unchecked(
     etag = _upload(world, tmp_path, multipart=True, checksums=False)
     target = tmp_path / "W1RES.bag.zip"
     faulty = _Faulty(_client(world.endpoint), fail_part_head=answer)
+    report: dict = {}
     with caplog.at_level("INFO", logger="glacier_sync"):
-        assert aws.download_object(faulty, world.bucket, KEY, etag, target, "W1RES", 2, 5)
+        assert aws.download_object(
+            faulty, world.bucket, KEY, etag, target, "W1RES", 2, 5, report=report
+        )
+    assert report["check"] == "none", "said unchecked in the work's record too"
     assert target.read_bytes() == payload
     assert "its multipart eTag cannot be checked" in caplog.text
     assert "the bag manifests are the check" in caplog.text

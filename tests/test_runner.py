@@ -81,6 +81,12 @@ def test_a_bag_uploaded_with_boto3_defaults_is_archived(world, dirs, settings):
         assert (archived / rel).read_bytes() == content
     row = pipeline.store.find(["W1BIG"])[0]
     assert (row.state, row.attempts) == ("synced", 0), row.summary()
+    [done] = [h for h in row.history if h["event"] == "download done"]
+    assert (done["check"], done["fetched"], done["reused"]) == (
+        "etag-parts",
+        head["ContentLength"],
+        0,
+    )
 
 
 def test_same_event_twice_is_processed_once(world, dirs, settings):

@@ -200,6 +200,7 @@ def download_object(
     chunk_mb: int,
     version_id: str | None = None,
     room: Callable[[int, int], None] | None = None,
+    report: dict[str, Any] | None = None,
 ) -> bool:
     """Download ``s3://bucket/key`` to ``target``; return False when already complete there.
 
@@ -210,6 +211,9 @@ def download_object(
     (``<name>.download.json``) is written and the file renamed: a re-run skips an identical
     download. Before any byte is fetched, ``room(bytes still to fetch, object size)`` checks
     the free space the work needs (by default: the rest of the zip in ``target``'s folder).
+    ``report`` receives the whole-object check used (``check``: ``crc32``, ``etag-parts``,
+    ``etag-md5`` or ``none``, unchecked, the bag manifests then being the only check) and the
+    bytes ``reused`` from an earlier try and ``fetched`` now.
     """
     from botocore.exceptions import ClientError
 
@@ -254,6 +258,8 @@ def download_object(
         else:
             room(still_to_fetch, size)
         counts = ranged_download.fetch_ranges(s3, plan, partial, concurrency, work_id)
+        if report is not None:
+            report.update(check=plan.check, **counts)
         if counts["reused"]:
             log.info(
                 "work %s: resumed s3://%s/%s: %d bytes verified on disk, %d fetched",

@@ -403,11 +403,17 @@ class Pipeline:
                 self.settings.download_chunk_mb,
                 row.version_id,
                 room=lambda still_to_fetch, size: self._require_room(row, still_to_fetch, size),
+                report=(report := {}),
             )
             fields: dict[str, Any] = {"state": State.DOWNLOADED, "local_path": str(target)}
             if fetched or row.downloaded_at is None:
                 fields["downloaded_at"] = utcnow()
-            fields["details"] = {"path": str(target), "skipped": None if fetched else "complete"}
+            # The whole-object check used ("none": unchecked, the bag's manifests decide).
+            fields["details"] = {
+                "path": str(target),
+                "skipped": None if fetched else "complete",
+                **report,
+            }
             return fields
 
         self._phase(pid, "download", action, release_on_failure=release_on_failure)
