@@ -63,8 +63,11 @@ usage() { sed -n '2,/^[^#]/{/^#/s/^# \{0,1\}//p}' "$0"; }
 # die: a usage or settings error (exit 2); fail: the machine refuses (exit 1).
 die() { echo "deploy.sh: $*" >&2; exit 2; }
 fail() { echo "deploy.sh: $*" >&2; exit 1; }
+# The host's python3, resolved once: behind a version manager's shim (pyenv) every call would
+# start a tree of shell processes first.
+host_python=$(python3 -c 'import sys; print(sys.executable)' 2>/dev/null || echo python3)
 # tool SUBCOMMAND ARG...: glacier_sync.deploytools, stdlib only (the host's python3, no venv).
-tool() { PYTHONPATH="$repo/src" PYTHONDONTWRITEBYTECODE=1 python3 -m glacier_sync.deploytools "$@"; }
+tool() { PYTHONPATH="$repo/src" PYTHONDONTWRITEBYTECODE=1 "$host_python" -m glacier_sync.deploytools "$@"; }
 # check SUBCOMMAND ARG...: a deploytools check; its one-line error becomes deploy.sh's.
 check() { local why; why=$(tool "$@" 2>&1) || die "$why"; }
 say() { echo "==> $*"; }

@@ -1,7 +1,7 @@
 """The suite's own conftest refuses a test without exactly one tier (tests/tiers.py).
 
-Each case copies the real tests/ folder's conftest and helpers beside one new test file and
-collects it with the project's pytest settings, as a developer adding that file would.
+The real tests/ folder's conftest and helpers are copied beside new test files, which are
+collected with the project's pytest settings, as a developer adding them would.
 """
 
 from __future__ import annotations
@@ -19,13 +19,14 @@ pytestmark = pytest.mark.integration
 TESTS = REPO / "tests"
 
 
-def _collect(tmp_path: Path, source: str) -> subprocess.CompletedProcess:
+def _collect(tmp_path: Path, files: dict[str, str]) -> subprocess.CompletedProcess:
     suite = tmp_path / "tests"
     suite.mkdir()
     for name in ("conftest.py", "tiers.py", "helpers.py"):
         shutil.copy(TESTS / name, suite / name)
     (tmp_path / "tools").symlink_to(REPO / "tools")  # the conftest imports the demo's world
-    (suite / "test_new.py").write_text(source)
+    for name, source in files.items():
+        (suite / name).write_text(source)
     return subprocess.run(
         [sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider"]
         + ["-c", str(REPO / "pyproject.toml"), "--rootdir", str(tmp_path), str(suite)],
@@ -35,50 +36,41 @@ def _collect(tmp_path: Path, source: str) -> subprocess.CompletedProcess:
     )
 
 
-@pytest.mark.parametrize(
-    ("source", "why"),
-    [
-        ("def test_a():\n    pass\n", "test_new.py::test_a has no tier"),
-        (
-            "import pytest\npytestmark = pytest.mark.unit\n\n"
-            "@pytest.mark.integration\ndef test_b():\n    pass\n",
-            "test_new.py::test_b has 2 tiers (integration, unit)",
-        ),
-        (
-            "import pytest\npytestmark = pytest.mark.unit\n\ndef test_c(world):\n    pass\n",
-            "test_new.py::test_c is marked unit but uses moto_endpoint, world",
-        ),
-        (
-            "import pytest\n\n@pytest.mark.unti\ndef test_d():\n    pass\n",
-            "'unti' not found in `markers` configuration option",
-        ),
-    ],
-    ids=["none", "two", "unit-with-a-server", "misspelt"],
-)
-def test_a_test_without_exactly_one_fitting_tier_fails_collection(tmp_path, source, why):
-    result = _collect(tmp_path, source)
-    assert result.returncode != 0, result.stdout
-    assert why in result.stdout + result.stderr, result.stdout + result.stderr
-
-
-def test_a_tiered_file_is_collected(tmp_path):
-    source = (
+CASES = {  # a new test file -> what the collection says of it (None: collected, no complaint)
+    "test_none.py": ("def test_a():\n    pass\n", "test_none.py::test_a has no tier"),
+    "test_two.py": (
+        "import pytest\npytestmark = pytest.mark.unit\n\n"
+        "@pytest.mark.integration\ndef test_b():\n    pass\n",
+        "test_two.py::test_b has 2 tiers (integration, unit)",
+    ),
+    "test_unit_server.py": (
+        "import pytest\npytestmark = pytest.mark.unit\n\ndef test_c(world):\n    pass\n",
+        "test_unit_server.py::test_c is marked unit but uses moto_endpoint, world",
+    ),
+    "test_good.py": (
         "import pytest\npytestmark = pytest.mark.integration\n\n"
-        "@pytest.mark.parametrize('db', [pytest.param('x')])\ndef test_e(world, db):\n    pass\n"
-    )
-    result = _collect(tmp_path, source)
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert "1 test collected" in result.stdout, result.stdout
+        "@pytest.mark.parametrize('db', [pytest.param('x')])\n"
+        "def test_e(world, db):\n    pass\n",
+        None,
+    ),
+}
 
 
-def test_every_test_of_the_suite_has_its_tier():
-    """The real suite collects: the hook, which runs before ``-m`` selects, refuses it otherwise."""
-    result = subprocess.run(
-        [sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr
-    assert " tests collected" in result.stdout.splitlines()[-1], result.stdout[-300:]
+def test_a_test_without_exactly_one_fitting_tier_stops_the_collection(tmp_path):
+    result = _collect(tmp_path, {name: source for name, (source, _) in CASES.items()})
+    said = result.stdout + result.stderr
+    assert result.returncode != 0, said
+    assert "3 test(s) without exactly one tier" in said, said
+    for name, (_, why) in CASES.items():
+        if why:
+            assert why in said, (name, said)
+        else:
+            assert f"{name}::test_e[x] has" not in said, f"{name} has its tier: {said}"
+            assert f"{name}::test_e[x] is" not in said, f"{name} has its tier: {said}"
+
+
+def test_a_misspelt_tier_is_refused(tmp_path):
+    source = "import pytest\n\n@pytest.mark.unti\ndef test_d():\n    pass\n"
+    result = _collect(tmp_path, {"test_misspelt.py": source})
+    assert result.returncode != 0
+    assert "'unti' not found in `markers` configuration option" in result.stdout + result.stderr
