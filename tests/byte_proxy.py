@@ -11,8 +11,9 @@ import threading
 from typing import Self
 
 
-class ByteCountingProxy:
-    """Forwards every connection to ``upstream``; ``served`` counts bytes sent to clients."""
+class LoopbackProxy:
+    """A TCP listener on 127.0.0.1 that hands each connection to ``_serve`` in a thread of its
+    own, forwarding to ``upstream``; a subclass says how."""
 
     def __init__(self, upstream_host: str, upstream_port: int) -> None:
         self.upstream = (upstream_host, upstream_port)
@@ -46,9 +47,19 @@ class ByteCountingProxy:
                 client, _ = self._listener.accept()
             except OSError:
                 return
-            server = socket.create_connection(self.upstream)
-            threading.Thread(target=self._pipe, args=(client, server, False), daemon=True).start()
-            threading.Thread(target=self._pipe, args=(server, client, True), daemon=True).start()
+            threading.Thread(target=self._serve, args=(client,), daemon=True).start()
+
+    def _serve(self, client: socket.socket) -> None:
+        raise NotImplementedError
+
+
+class ByteCountingProxy(LoopbackProxy):
+    """Forwards every connection to ``upstream``; ``served`` counts bytes sent to clients."""
+
+    def _serve(self, client: socket.socket) -> None:
+        server = socket.create_connection(self.upstream)
+        threading.Thread(target=self._pipe, args=(client, server, False), daemon=True).start()
+        self._pipe(server, client, True)
 
     def _pipe(self, source: socket.socket, sink: socket.socket, count: bool) -> None:
         try:

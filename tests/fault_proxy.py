@@ -14,10 +14,10 @@ import contextlib
 import os
 import socket
 import struct
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Self
+
+from byte_proxy import LoopbackProxy
 
 SLOWDOWN = (
     b"<?xml version='1.0' encoding='UTF-8'?><Error><Code>SlowDown</Code>"
@@ -47,22 +47,13 @@ class Fault:
     after: int = 0  # "reset": body bytes sent before the reset
 
 
-class FaultProxy:
+class FaultProxy(LoopbackProxy):
     """Forwards to ``upstream``; ``served`` counts the object bytes sent to clients."""
 
     def __init__(self, upstream_host: str, upstream_port: int) -> None:
-        self.upstream = (upstream_host, upstream_port)
-        self.served = 0
+        super().__init__(upstream_host, upstream_port)
         self.fired: dict[str, int] = {}
         self._faults: list[Fault] = []
-        self._lock = threading.Lock()
-        self._listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self._listener.getsockname()[1]
-        self._closed = False
-
-    @property
-    def endpoint(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
 
     def arm(
         self, kind: str, times: int, matches: Callable[[Request], bool], after: int = 0
@@ -76,14 +67,6 @@ class FaultProxy:
         with self._lock:
             self._faults.clear()
 
-    def __enter__(self) -> Self:
-        threading.Thread(target=self._accept, daemon=True).start()
-        return self
-
-    def __exit__(self, *_exc: object) -> None:
-        self._closed = True
-        self._listener.close()
-
     def _take(self, request: Request) -> Fault | None:
         with self._lock:
             for fault in self._faults:
@@ -92,14 +75,6 @@ class FaultProxy:
                     self.fired[fault.kind] = self.fired.get(fault.kind, 0) + 1
                     return fault
         return None
-
-    def _accept(self) -> None:
-        while not self._closed:
-            try:
-                client, _ = self._listener.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._serve, args=(client,), daemon=True).start()
 
     def _serve(self, client: socket.socket) -> None:
         upstream = socket.create_connection(self.upstream)

@@ -16,7 +16,6 @@ from fault_proxy import FaultProxy, Request
 from helpers import make_bag_zip
 
 from glacier_sync.runner import Pipeline
-from glacier_sync.settings import load_settings
 
 pytestmark = pytest.mark.integration
 
@@ -34,22 +33,14 @@ def _get(request: Request) -> bool:
 
 
 @pytest.fixture
-def scene(world, dirs):
+def scene(world, dirs, settings):
     zip_path = make_bag_zip(dirs["bags"], "W1NET", FILES)
     world.upload_archived(zip_path, KEY)
     world.restore(KEY)
     host, port = world.endpoint.removeprefix("http://").split(":")
     with FaultProxy(host, int(port)) as proxy:
-        settings = load_settings(
-            queues=[world.queue_entry()],
-            aws_endpoint_url=proxy.endpoint,
-            aws_credentials_file=dirs["data"] / "no-credentials",
-            data_root=dirs["data"],
-            archive_root=dirs["archive"],
-            sqs_wait_seconds=0,
-            download_concurrency=2,
-        )
-        yield proxy, settings, zip_path.stat().st_size
+        through = {"aws_endpoint_url": proxy.endpoint, "download_concurrency": 2}
+        yield proxy, settings.model_copy(update=through), zip_path.stat().st_size
 
 
 def _archived(dirs) -> bool:
