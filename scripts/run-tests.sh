@@ -36,8 +36,7 @@ parse_args() {
     local tier
     for tier in "${tiers[@]}"; do
         case $tier in
-            unit|integration|airflow) ;;
-            services|docker) ;;
+            unit|integration|airflow|services|docker) ;;
             *) echo "run-tests: unknown tier '$tier'; use unit, integration, airflow, services or docker" >&2; exit 2 ;;
         esac
     done

@@ -17,14 +17,7 @@ MOTO_MEMORY_FACTOR = 2.6
 
 
 class NoRoom(SystemExit):
-    """The machine lacks what a run needs; the message names both (exit status 2)."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.message = message
-
-    def __str__(self) -> str:
-        return self.message
+    """The machine lacks what a run needs; the message names both (printed, exit status 1)."""
 
 
 def available_memory() -> int:

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from glacier_sync import faults, ranged_download
 from glacier_sync.credentials import profile_credentials, read_credentials
 from glacier_sync.errors import DiskFull, DownloadError, ObjectUnavailable, is_disk_full
+from glacier_sync.range_journal import fsync_dir, fsync_file
 
 if TYPE_CHECKING:
     import boto3
@@ -152,27 +153,11 @@ def _write_record(target: Path, record: dict[str, Any]) -> None:
     path = _sidecar(target)
     tmp = path.with_name(f".{path.name}.tmp")
     try:
-        with tmp.open("w", encoding="utf-8") as out:
-            out.write(json.dumps(record))
-            out.flush()
-            os.fsync(out.fileno())  # durable before its name says the download is complete
+        tmp.write_text(json.dumps(record), encoding="utf-8")
+        fsync_file(tmp)  # durable before its name says the download is complete
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
-
-
-def _fsync_dir(folder: Path) -> None:
-    """Make the renames in ``folder`` durable (file systems that refuse it are let be)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def remove_partial_downloads(target: Path) -> None:
@@ -274,7 +259,7 @@ def download_object(
         _write_record(target, {"bucket": bucket, "key": key, "etag": real_etag, "size": size})
         faults.checkpoint("download:recorded")
         os.replace(partial, target)
-        _fsync_dir(target.parent)  # both renames durable before the database says downloaded
+        fsync_dir(target.parent)  # both renames durable before the database says downloaded
         faults.checkpoint("download:renamed")
         ranged_download.journal_path(partial).unlink(missing_ok=True)
         ranged_download.mismatch_note(partial).unlink(missing_ok=True)

@@ -84,9 +84,9 @@ class RangeJournal:
         if fresh:
             tmp = path.with_name(path.name + ".tmp")
             tmp.write_text(json.dumps(asdict(plan)) + "\n", encoding="utf-8")
-            _fsync_file(tmp)
+            fsync_file(tmp)
             os.replace(tmp, path)
-            _fsync_dir(path.parent)
+            fsync_dir(path.parent)
         else:
             _drop_torn_tail(path)
         self._file = path.open("a", encoding="utf-8")
@@ -115,7 +115,8 @@ def _drop_torn_tail(path: Path) -> None:
             os.fsync(journal.fileno())
 
 
-def _fsync_file(path: Path) -> None:
+def fsync_file(path: Path) -> None:
+    """Flush ``path``'s bytes to the disk."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -123,6 +124,7 @@ def _fsync_file(path: Path) -> None:
         os.close(fd)
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
+    """Make the renames in folder ``path`` durable (file systems that refuse it are let be)."""
     with contextlib.suppress(OSError):  # some file systems refuse it; the rename is atomic
-        _fsync_file(path)
+        fsync_file(path)
