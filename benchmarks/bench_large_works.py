@@ -16,7 +16,14 @@ in every repetition, each in a child process of its own (wall time and peak RSS 
 
 Then a crash: a download killed (``kill -9``) after ``--kill-at`` of the object was journaled is
 resumed, and the bytes fetched again are printed (the object's size before resumable downloads).
-Loopback only; bounded in time by ``--size`` and ``--reps``. Prints figures, never fails on speed.
+With ``--bags big:8G:8,small:400M:100000`` (label:bytes:files, ``--download-only`` skips the
+side-by-side) each bag also goes end to end through ``--paths run-once,services`` (see
+``large_bags.py``): per phase its MB/s and seconds, debag against the SHA-512 floor of the same
+zip (``bench_debag.py``'s contenders, in the same run), the peak RSS of every process by role,
+and the archive checked against the bag.
+
+Loopback only; bounded in time by ``--size``, ``--reps`` and the bags. Prints figures, never
+fails on speed.
 """
 
 from __future__ import annotations
@@ -246,6 +253,9 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument("--chunk-mb", type=int, default=64)
     parser.add_argument("--kill-at", type=float, default=0.63)
+    parser.add_argument("--bags", default="", help="label:size:files,... end to end")
+    parser.add_argument("--paths", default="run-once,services")
+    parser.add_argument("--bags-only", action="store_true", help="skip the side-by-side")
     args = parser.parse_args()
     size = parse_size(args.size)
     shutil.rmtree(args.workdir, ignore_errors=True)
@@ -253,29 +263,91 @@ def main() -> None:
     ensure_awscli()
     server, endpoint = start_s3rver(args.workdir / "s3rver")
     try:
-        upload(endpoint, args.workdir, size)
-        configs = [("glacier_sync", args.concurrency, args.chunk_mb)]
-        configs += [("boto3", t, c) for t, c in ((4, 64), (8, 64), (8, 8), (10, 8))]
-        configs += [("aws s3 cp", args.concurrency, args.chunk_mb), ("aws s3 cp", 10, 8)]
-        results: dict[str, list[dict]] = {}
-        for _ in range(args.reps):
-            for name, threads, chunk in configs:
-                label = f"{name} {threads}x{chunk}MB"
-                got = measure(name, endpoint, args.workdir, threads, chunk)
-                results.setdefault(label, []).append(got)
-        report(results, size, args)
-        journaled, refetched, seconds = crash_cost(
-            endpoint, args.workdir, size, args.concurrency, args.chunk_mb, args.kill_at
-        )
-        print(
-            f"\ncrash at {args.kill_at:.0%}: {journaled / MIB:.0f} MiB journaled; the resume "
-            f"fetched {refetched / MIB:.0f} MiB ({refetched / size:.2f} x the object; before "
-            f"resumable downloads: 1.00 x) in {seconds:.1f} s, the journaled ranges re-hashed"
-        )
+        if not args.bags_only:
+            side_by_side(endpoint, size, args)
+        if args.bags:
+            end_to_end(endpoint, args)
     finally:
         server.terminate()
         server.wait()
         shutil.rmtree(args.workdir, ignore_errors=True)
+
+
+def side_by_side(endpoint: str, size: int, args: argparse.Namespace) -> None:
+    """The download against boto3 and the AWS CLI, then the crash's cost."""
+    upload(endpoint, args.workdir, size)
+    configs = [("glacier_sync", args.concurrency, args.chunk_mb)]
+    configs += [("boto3", t, c) for t, c in ((4, 64), (8, 64), (8, 8), (10, 8))]
+    configs += [("aws s3 cp", args.concurrency, args.chunk_mb), ("aws s3 cp", 10, 8)]
+    results: dict[str, list[dict]] = {}
+    for _ in range(args.reps):
+        for name, threads, chunk in configs:
+            label = f"{name} {threads}x{chunk}MB"
+            got = measure(name, endpoint, args.workdir, threads, chunk)
+            results.setdefault(label, []).append(got)
+    report(results, size, args)
+    journaled, refetched, seconds = crash_cost(
+        endpoint, args.workdir, size, args.concurrency, args.chunk_mb, args.kill_at
+    )
+    print(
+        f"\ncrash at {args.kill_at:.0%}: {journaled / MIB:.0f} MiB journaled; the resume "
+        f"fetched {refetched / MIB:.0f} MiB ({refetched / size:.2f} x the object; before "
+        f"resumable downloads: 1.00 x) in {seconds:.1f} s, the journaled ranges re-hashed"
+    )
+    client(endpoint).delete_object(Bucket=BUCKET, Key=KEY)
+
+
+def end_to_end(endpoint: str, args: argparse.Namespace) -> None:
+    """Each bag of ``--bags`` through each path of ``--paths``; one table row per pair."""
+    import bench_debag
+    import large_bags
+    from demo_world import moto_server
+
+    bags = [
+        large_bags.Bag(label, parse_size(total), int(files))
+        for label, total, files in (item.split(":") for item in args.bags.split(","))
+    ]
+    paths = args.paths.split(",")
+    s3 = client(endpoint)
+    print(f"\n{'bag':<22} {'path':<9} {'total s':>8} " + " ".join(
+        f"{p + ' s':>9} {'MB/s':>6}" for p in large_bags.PHASES
+    ) + f" {'debag/floor':>11} {'peak RSS MB (role)':<40}")  # fmt: skip
+    with moto_server(args.workdir / "moto.log") as moto:
+        for bag in bags:
+            zip_path = large_bags.build(bag, args.workdir / "bags")
+            size = zip_path.stat().st_size
+            floor = bench_debag.measure("sha512 floor", zip_path, args.workdir)["seconds"]
+            alone = bench_debag.measure("glacier_sync", zip_path, args.workdir)
+            etag = large_bags.upload(s3, BUCKET, bag, zip_path)
+            zip_path.unlink()
+            shape = f"{bag.label} {bag.total / MIB:.0f}MiB/{bag.files}"
+            print(
+                f"{shape:<22} debag alone {alone['seconds']:.2f} s, SHA-512 floor {floor:.2f} s "
+                f"({alone['seconds'] / floor:.2f} x), debag peak RSS "
+                f"{alone['max_rss_kb'] / 1024:.0f} MB"
+            )
+            for path in paths:
+                scene = large_bags.scene_for(
+                    bag, path, args.workdir, moto, endpoint, BUCKET, etag, size
+                )
+                with large_bags.PeakRss() as rss:
+                    total = large_bags.PATHS[path](scene)
+                seconds = large_bags.phase_seconds(scene.progress_url, bag.work_id)
+                intact = large_bags.archived_matches(scene, bag)
+                shutil.rmtree(scene.folder, ignore_errors=True)
+                role, peak = max(rss.peaks.items(), key=lambda item: item[1])
+                cells = " ".join(
+                    f"{seconds.get(p, 0):>9.2f} {size / max(seconds.get(p, 0), 1e-9) / 1e6:>6.0f}"
+                    for p in large_bags.PHASES
+                )
+                print(
+                    f"{shape:<22} {path:<9} {total:>8.1f} {cells} "
+                    f"{seconds.get('debag', 0) / floor:>11.2f} {peak / MIB:>6.0f} ({role})"
+                    + ("" if intact else "  ARCHIVE DIFFERS FROM THE BAG")
+                )
+                for name, value in sorted(rss.peaks.items(), key=lambda item: -item[1])[:8]:
+                    print(f"{'':<33}peak RSS {value / MIB:>6.0f} MB  {name}")
+            s3.delete_object(Bucket=BUCKET, Key=bag.key)
 
 
 def report(results: dict[str, list[dict]], size: int, args: argparse.Namespace) -> None:

@@ -1,0 +1,211 @@
+"""Large bags end to end, for ``bench_large_works.py --bags``: run-once and Airflow's services.
+
+Each bag is built (stored zip, SHA-512 manifest, random payload), uploaded to s3rver (S3: ranges
+from disk) and announced by an ``ObjectRestore:Completed`` body sent to a moto server's queue
+(SQS only: moto would copy a multi-GB object for every ranged GET). The pipeline reaches the two
+through boto3's per-service endpoints (``AWS_ENDPOINT_URL_S3``, ``AWS_ENDPOINT_URL_SQS``), as
+its own settings have one endpoint for both. Every path runs in fresh folders and a fresh
+progress database, the sync copying the work folder (``sync_move_work = false``: an archive on
+another file system). A sampler records the peak RSS of every process that appears meanwhile,
+grouped by role; the phases' seconds come from the progress database.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psutil
+
+BENCH = Path(__file__).resolve().parent
+REPO = BENCH.parent
+sys.path[:0] = [str(BENCH), str(REPO / "tools"), str(REPO / "tests")]
+
+from bench_debag import make_bag_zip  # noqa: E402
+from demo_world import create_world, settings_env  # noqa: E402
+
+MIB = 1024 * 1024
+PHASES = ("download", "debag", "sync")
+
+
+@dataclass(frozen=True)
+class Bag:
+    """A bag shape: ``files`` payload files summing to ``total`` bytes."""
+
+    label: str
+    total: int
+    files: int
+
+    @property
+    def work_id(self) -> str:
+        return f"W1{self.label.upper().replace('-', '')}"
+
+    @property
+    def key(self) -> str:
+        return f"Archive0/00/{self.work_id}/{self.work_id}.bag.zip"
+
+
+@dataclass
+class PeakRss:
+    """Samples every process not running when it started; the peak RSS per role, in bytes."""
+
+    interval: float = 0.2
+    peaks: dict[str, int] = field(default_factory=dict)
+    _stop: threading.Event = field(default_factory=threading.Event)
+
+    def __enter__(self) -> PeakRss:
+        self._before = {p.pid for p in psutil.process_iter()}
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            for proc in psutil.process_iter(["pid", "cmdline", "memory_info"]):
+                info = proc.info
+                if info["pid"] in self._before or not info["memory_info"]:
+                    continue
+                role = role_of(info["cmdline"] or [])
+                self.peaks[role] = max(self.peaks.get(role, 0), info["memory_info"].rss)
+
+
+def role_of(cmdline: list[str]) -> str:
+    """A short name for a process: the program and its sub-command."""
+    if not cmdline:
+        return "?"
+    words = " ".join(cmdline).split()
+    if words[0].endswith(("python", "python3", "python3.11")) and len(words) > 1:
+        words = words[1:]
+    program = Path(words[0]).name
+    if program in ("airflow", "glacier-sync", "bash", "local-airflow.sh") and len(words) > 1:
+        second = Path(words[1]).name if program == "bash" else words[1]
+        return f"{program} {second}"[:48]
+    return " ".join(words[:3])[:48]
+
+
+def build(bag: Bag, folder: Path) -> Path:
+    """The bag's zip in ``folder`` (reused when there)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    return make_bag_zip(folder / f"{bag.work_id}.bag.zip", bag.total, bag.files, 0, seed=7)
+
+
+def upload(s3: object, bucket: str, bag: Bag, zip_path: Path) -> str:
+    """Upload the zip to s3rver; return its eTag."""
+    from boto3.s3.transfer import TransferConfig
+
+    config = TransferConfig(multipart_threshold=64 * MIB, multipart_chunksize=64 * MIB)
+    s3.upload_file(str(zip_path), bucket, bag.key, Config=config)
+    return s3.head_object(Bucket=bucket, Key=bag.key)["ETag"].strip('"')
+
+
+def restore_event(bucket: str, bag: Bag, size: int, etag: str) -> str:
+    """The body S3 sends to SQS when the bag's restore completed."""
+    record = {
+        "eventVersion": "2.1",
+        "eventSource": "aws:s3",
+        "awsRegion": "us-east-1",
+        "eventTime": "2026-12-06T00:00:00.000Z",
+        "eventName": "ObjectRestore:Completed",
+        "s3": {
+            "bucket": {"name": bucket},
+            "object": {"key": bag.key, "size": size, "eTag": etag},
+        },
+    }
+    return json.dumps({"Records": [record]})
+
+
+@dataclass
+class Scene:
+    """A fresh queue, folders and progress database for one bag on one path."""
+
+    env: dict[str, str]
+    folder: Path
+    progress_url: str
+
+
+def scene_for(
+    bag: Bag, path: str, workdir: Path, moto: str, s3rver: str, bucket: str, etag: str, size: int
+) -> Scene:
+    folder = workdir / f"{bag.label}-{path}"
+    shutil.rmtree(folder, ignore_errors=True)
+    world = create_world(moto, bucket=bucket, queue=f"q-{bag.label}-{path}")
+    world.send_body(restore_event(bucket, bag, size, etag))
+    data, archive = folder / "data", folder / "archive"
+    archive.mkdir(parents=True)
+    progress_url = f"sqlite:///{folder / 'progress.sqlite'}"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("GLACIER_SYNC_", "AWS_"))}
+    env.update(settings_env(world, data, archive))
+    del env["GLACIER_SYNC_AWS_ENDPOINT_URL"]
+    env.update(
+        {
+            "AWS_ENDPOINT_URL_S3": s3rver,
+            "AWS_ENDPOINT_URL_SQS": moto,
+            "AWS_ACCESS_KEY_ID": "S3RVER",
+            "AWS_SECRET_ACCESS_KEY": "S3RVER",
+            "GLACIER_SYNC_PROGRESS_DB_URL": progress_url,
+            "GLACIER_SYNC_SYNC_MOVE_WORK": "false",
+            "GLACIER_SYNC_SQS_WAIT_SECONDS": "1",
+            "GLACIER_SYNC_POLL_RETRIES": "0",
+        }
+    )
+    return Scene(env, folder, progress_url)
+
+
+def phase_seconds(progress_url: str, work_id: str) -> dict[str, float]:
+    """The seconds of each phase of the work's synced row."""
+    from glacier_sync.progress import ProgressStore
+
+    store = ProgressStore(progress_url)
+    try:
+        rows = store.find([work_id])
+    finally:
+        store.engine.dispose()
+    assert len(rows) == 1 and rows[0].state == "synced", [r.summary() for r in rows]
+    seconds = {}
+    for entry in rows[0].history:
+        name = entry["event"].removesuffix(" done")
+        if name in PHASES and "seconds" in entry:
+            seconds[name] = entry["seconds"]
+    return seconds
+
+
+def archived_matches(scene: Scene, bag: Bag) -> bool:
+    """The archive holds the bag's payload: its file count and bytes (Payload-Oxum)."""
+    work = next((scene.folder / "archive").rglob(bag.work_id))
+    payload = [p for p in work.rglob("*") if p.is_file() and f"{bag.work_id}.bag" not in p.parts]
+    return len(payload) == bag.files and sum(p.stat().st_size for p in payload) == bag.total
+
+
+def run_once(scene: Scene) -> float:
+    started = time.perf_counter()
+    subprocess.run(
+        [str(Path(sys.executable).parent / "glacier-sync"), "run-once"],
+        env=scene.env,
+        check=True,
+        capture_output=True,
+        timeout=4 * 3600,
+    )
+    return time.perf_counter() - started
+
+
+def services(scene: Scene) -> float:
+    """The scheduled DAG under local-airflow.sh's services (LocalExecutor), triggered once."""
+    from bench_pipeline import Services
+
+    runner = Services(scene.folder / "airflow-home")
+    runner(scene.env, scene.folder)
+    return time.perf_counter() - runner.started
+
+
+PATHS = {"run-once": run_once, "services": services}
