@@ -21,9 +21,9 @@ from botocore.config import Config
 from byte_proxy import ByteCountingProxy
 from demo_world import FAKE_CREDENTIALS
 
-from glacier_sync import aws, ranged_download
+from glacier_sync import aws, download_plan, ranged_download, whole_object
 from glacier_sync.errors import DownloadError, ObjectUnavailable, PermanentError, is_transient
-from glacier_sync.range_journal import journal_path
+from glacier_sync.range_journal import RangePlan, journal_path
 
 pytestmark = pytest.mark.integration
 
@@ -219,16 +219,16 @@ def test_the_whole_object_check_of_each_kind(world, tmp_path, payload, multipart
     etag = _upload(world, tmp_path, multipart, checksums)
     s3 = _client(world.endpoint)
     head = s3.head_object(Bucket=world.bucket, Key=KEY, ChecksumMode="ENABLED")
-    plan = ranged_download.plan_download(s3, head, world.bucket, KEY, None, 5)
+    plan = download_plan.plan_download(s3, head, world.bucket, KEY, None, 5)
     assert plan.check == check
     if check == "etag-parts":
         assert plan.part_size == 5 * MIB and plan.ranges == 5
     partial = tmp_path / ".W1RES.bag.zip.part"
     ranged_download.fetch_ranges(s3, plan, partial, 3, "W1RES")
     assert partial.read_bytes() == payload
-    wrong = ranged_download.RangePlan(**{**plan.__dict__, "expected": "AAAAAA=="})
+    wrong = RangePlan(**{**plan.__dict__, "expected": "AAAAAA=="})
     ranged_download.discard(partial)
-    with pytest.raises(ranged_download.WholeObjectMismatch, match=f"{check}: got"):
+    with pytest.raises(whole_object.WholeObjectMismatch, match=f"{check}: got"):
         ranged_download.fetch_ranges(s3, wrong, partial, 3, "W1RES")
     target = tmp_path / "W1RES.bag.zip"
     assert _download(world.endpoint, world, target, etag) is True
@@ -236,13 +236,13 @@ def test_the_whole_object_check_of_each_kind(world, tmp_path, payload, multipart
 
 def test_a_mismatching_whole_object_drops_the_partial_file(world, tmp_path, payload, monkeypatch):
     etag = _upload(world, tmp_path, multipart=True, checksums=False)
-    real_plan = ranged_download.plan_download
+    real_plan = download_plan.plan_download
 
     def wrong_plan(*args, **kwargs):
         plan = real_plan(*args, **kwargs)
-        return ranged_download.RangePlan(**{**plan.__dict__, "expected": "f" * 32 + "-5"})
+        return RangePlan(**{**plan.__dict__, "expected": "f" * 32 + "-5"})
 
-    monkeypatch.setattr(ranged_download, "plan_download", wrong_plan)
+    monkeypatch.setattr(download_plan, "plan_download", wrong_plan)
     target = tmp_path / "W1RES.bag.zip"
     with pytest.raises(DownloadError, match="does not match the object") as first:
         _download(world.endpoint, world, target, etag)
@@ -256,20 +256,18 @@ def test_the_same_mismatch_twice_is_held_after_two_fetches(
     """A wrong expectation (not a bad transfer) gives the same bytes and the same mismatch on
     every fetch: held for an operator with both values after the second, not fetched forever."""
     etag = _upload(world, tmp_path, multipart=True, checksums=False)
-    real_plan = ranged_download.plan_download
+    real_plan = download_plan.plan_download
     wrong = "f" * 32 + "-5"
 
     def wrong_plan(*args, **kwargs):
-        return ranged_download.RangePlan(
-            **{**real_plan(*args, **kwargs).__dict__, "expected": wrong}
-        )
+        return RangePlan(**{**real_plan(*args, **kwargs).__dict__, "expected": wrong})
 
-    monkeypatch.setattr(ranged_download, "plan_download", wrong_plan)
+    monkeypatch.setattr(download_plan, "plan_download", wrong_plan)
     target = tmp_path / "W1RES.bag.zip"
-    with pytest.raises(ranged_download.WholeObjectMismatch) as first:
+    with pytest.raises(whole_object.WholeObjectMismatch) as first:
         _download(proxy.endpoint, world, target, etag)
     assert is_transient(first.value) and not isinstance(first.value, PermanentError)
-    with pytest.raises(ranged_download.RepeatedMismatch) as second:
+    with pytest.raises(whole_object.RepeatedMismatch) as second:
         _download(proxy.endpoint, world, target, etag)
     assert isinstance(second.value, PermanentError) and not is_transient(second.value)
     message = str(second.value)
@@ -310,10 +308,10 @@ def test_a_byte_flipped_in_transit_is_fetched_again_and_never_held(world, tmp_pa
         return response
 
     flipping.get_object = get_object
-    with pytest.raises(ranged_download.WholeObjectMismatch) as caught:
+    with pytest.raises(whole_object.WholeObjectMismatch) as caught:
         aws.download_object(flipping, world.bucket, KEY, etag, target, "W1RES", 2, 5)
     assert not isinstance(caught.value, PermanentError), "never a bad object for a bad link"
-    with pytest.raises(ranged_download.WholeObjectMismatch) as again:
+    with pytest.raises(whole_object.WholeObjectMismatch) as again:
         aws.download_object(flipping, world.bucket, KEY, etag, target, "W1RES", 2, 5)
     assert not isinstance(again.value, PermanentError), "a different flip each time: not held"
     assert _download(world.endpoint, world, target, etag) is True
@@ -343,15 +341,6 @@ def test_a_failed_range_keeps_the_others(world, tmp_path, payload, proxy, monkey
     assert target.read_bytes() == payload
 
 
-@pytest.mark.parametrize("length", [1, 7, 4096, 5 * MIB + 3])
-def test_crc32_of_ranges_combines_into_the_whole(length):
-    import zlib
-
-    head, tail = os.urandom(333), os.urandom(length)
-    combined = ranged_download.crc32_combine(zlib.crc32(head), zlib.crc32(tail), len(tail))
-    assert combined == zlib.crc32(head + tail)
-
-
 # Objects made the way real uploaders make them.
 
 
@@ -363,7 +352,7 @@ def test_an_upload_with_boto3_defaults_is_checked_by_its_multipart_etag(world, t
     head = s3.head_object(Bucket=world.bucket, Key=KEY, ChecksumMode="ENABLED")
     assert head["ETag"].strip('"').endswith("-3"), "8 MiB parts"
     assert head.get("ChecksumCRC32") and not head.get("ChecksumType"), "the ambiguous answer"
-    plan = ranged_download.plan_download(s3, head, world.bucket, KEY, None, 5)
+    plan = download_plan.plan_download(s3, head, world.bucket, KEY, None, 5)
     assert (plan.check, plan.part_size) == ("etag-parts", 8 * MIB)
     target = tmp_path / "W1RES.bag.zip"
     assert _download(world.endpoint, world, target, head["ETag"].strip('"')) is True
@@ -405,14 +394,14 @@ def test_parts_of_unequal_sizes_are_checked_along_their_own_bounds(world, tmp_pa
     assert etag.endswith(f"-{len(sizes)}")
     s3 = _client(world.endpoint)
     head = s3.head_object(Bucket=world.bucket, Key=KEY, ChecksumMode="ENABLED")
-    plan = ranged_download.plan_download(s3, head, world.bucket, KEY, None, 5)
+    plan = download_plan.plan_download(s3, head, world.bucket, KEY, None, 5)
     assert (plan.check, plan.part_size) == ("etag-parts", sizes[0]), "checked, not skipped"
     partial = tmp_path / ".W1RES.bag.zip.part"
     ranged_download.fetch_ranges(s3, plan, partial, 3, "W1RES")
     assert partial.read_bytes() == payload
     ranged_download.discard(partial)
-    wrong = ranged_download.RangePlan(**{**plan.__dict__, "expected": "f" * 32 + f"-{len(sizes)}"})
-    with pytest.raises(ranged_download.WholeObjectMismatch, match="etag-parts: got"):
+    wrong = RangePlan(**{**plan.__dict__, "expected": "f" * 32 + f"-{len(sizes)}"})
+    with pytest.raises(whole_object.WholeObjectMismatch, match="etag-parts: got"):
         ranged_download.fetch_ranges(s3, wrong, partial, 3, "W1RES")
     target = tmp_path / "W1RES.bag.zip"
     assert _download(world.endpoint, world, target, etag) is True
@@ -563,7 +552,7 @@ def test_a_range_that_keeps_failing_fails_the_try_and_keeps_the_others(
 def test_a_torn_journal_tail_is_cut_before_the_next_record(tmp_path):
     from glacier_sync.range_journal import RangeJournal, read_journal
 
-    plan = ranged_download.RangePlan("b", "k", "", "e", 3 * MIB, MIB, "crc32", "none")
+    plan = RangePlan("b", "k", "", "e", 3 * MIB, MIB, "crc32", "none")
     path = tmp_path / "x.part.journal"
     RangeJournal(path, plan, fresh=True).close()
     with path.open("a") as journal:
@@ -590,17 +579,6 @@ def test_a_disk_error_while_hashing_back_keeps_the_verified_ranges(
     monkeypatch.undo()
     assert _download(world.endpoint, world, target, etag) is True
     assert target.read_bytes() == payload
-
-
-def test_crc32_of_many_equal_ranges_and_a_short_tail_combines_into_the_whole():
-    import zlib
-
-    data = os.urandom(7 * 4096 + 5)
-    ranges = [data[i : i + 4096] for i in range(0, len(data), 4096)]
-    value = 0
-    for chunk in ranges:  # the operator for 4096 bytes is computed once and reused
-        value = ranged_download.crc32_combine(value, zlib.crc32(chunk), len(chunk))
-    assert value == zlib.crc32(data)
 
 
 def test_a_disk_error_while_rechecking_a_resumed_file_keeps_it(

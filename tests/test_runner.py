@@ -28,9 +28,9 @@ pytestmark = pytest.mark.integration
 KEY = "Archive0/00/W1NLM4700/W1NLM4700.bag.zip"
 
 
-def _restored(world, dirs, work_id="W1NLM4700", key=KEY, files=None):
+def _restored(world, dirs, work_id="W1NLM4700", key=KEY, files=None, **extra):
     zip_path = make_bag_zip(dirs["bags"], work_id, files)
-    world.upload_archived(zip_path, key)
+    world.upload_archived(zip_path, key, **extra)
     world.restore(key)
     return zip_path
 
@@ -87,6 +87,26 @@ def test_a_bag_uploaded_with_boto3_defaults_is_archived(world, dirs, settings):
         head["ContentLength"],
         0,
     )
+
+
+def test_an_sse_kms_bag_is_archived_checked_by_its_composite_crc32(world, dirs, settings):
+    """SSE-KMS: on S3 its eTag is no MD5, so the composite CRC32 boto3 sent is the only
+    end-to-end check; the work's record says it was made."""
+    mib = 1024 * 1024
+    files = {"images/I0001.tif": os.urandom(10 * mib), "images/I0002.tif": os.urandom(9 * mib)}
+    key = world.client("kms").create_key()["KeyMetadata"]["KeyId"]
+    kms = {"ServerSideEncryption": "aws:kms", "SSEKMSKeyId": key}
+    _restored(world, dirs, "W1KMS", "Archive0/00/W1KMS/W1KMS.bag.zip", files, **kms)
+    pipeline = Pipeline(settings)
+    report, outcomes = pipeline.run_once()
+    assert [o.ok for o in outcomes] == [True], [o.__dict__ for o in outcomes]
+    archived = dirs["archive"] / "Archive0" / "00" / "W1KMS"
+    for rel, content in files.items():
+        assert (archived / rel).read_bytes() == content
+    row = pipeline.store.find(["W1KMS"])[0]
+    assert (row.state, row.attempts) == ("synced", 0), row.summary()
+    [done] = [h for h in row.history if h["event"] == "download done"]
+    assert done["check"] == "composite-crc32", done
 
 
 def test_same_event_twice_is_processed_once(world, dirs, settings):

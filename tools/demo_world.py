@@ -65,13 +65,15 @@ class World:
             **extra,
         }
 
-    def upload_archived(self, zip_path: Path, key: str) -> None:
-        """Put a bag zip as a DEEP_ARCHIVE object (refused first when moto cannot hold it)."""
+    def upload_archived(self, zip_path: Path, key: str, **extra: Any) -> None:
+        """Put a bag zip as a DEEP_ARCHIVE object with boto3's ``upload_file`` defaults and
+        ``extra`` arguments (SSE-KMS, a checksum algorithm); refused first when moto cannot
+        hold it."""
         from machine_room import require_moto_room
 
         require_moto_room(zip_path.stat().st_size, f"the bag {zip_path.name}")
         self.client("s3").upload_file(
-            str(zip_path), self.bucket, key, ExtraArgs={"StorageClass": "DEEP_ARCHIVE"}
+            str(zip_path), self.bucket, key, ExtraArgs={"StorageClass": "DEEP_ARCHIVE", **extra}
         )
 
     def restore(self, key: str) -> None:

@@ -11,10 +11,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from glacier_sync import faults, ranged_download
+from glacier_sync import download_plan, faults, ranged_download, whole_object
 from glacier_sync.credentials import profile_credentials, read_credentials
 from glacier_sync.errors import DiskFull, DownloadError, ObjectUnavailable, is_disk_full
-from glacier_sync.range_journal import fsync_dir, fsync_file
+from glacier_sync.range_journal import fsync_dir, fsync_file, journal_path
 
 if TYPE_CHECKING:
     import boto3
@@ -196,9 +196,10 @@ def download_object(
     (``<name>.download.json``) is written and the file renamed: a re-run skips an identical
     download. Before any byte is fetched, ``room(bytes still to fetch, object size)`` checks
     the free space the work needs (by default: the rest of the zip in ``target``'s folder).
-    ``report`` receives the whole-object check used (``check``: ``crc32``, ``etag-parts``,
-    ``etag-md5`` or ``none``, unchecked, the bag manifests then being the only check) and the
-    bytes ``reused`` from an earlier try and ``fetched`` now.
+    ``report`` receives the whole-object check that passed (``check``: ``crc64nvme``,
+    ``composite-crc32``, ``etag-parts``, ``etag-md5``, ... as ``download_plan`` lists them, or
+    ``none``: unchecked, the bag manifests then being the only check) and the bytes ``reused``
+    from an earlier try and ``fetched`` now.
     """
     from botocore.exceptions import ClientError
 
@@ -235,24 +236,24 @@ def download_object(
         if stale.name not in (partial.name + ".journal", partial.name + ".mismatch"):
             stale.unlink(missing_ok=True)
     try:
-        plan = ranged_download.plan_download(s3, head, bucket, key, version_id, chunk_mb)
+        plan = download_plan.plan_download(s3, head, bucket, key, version_id, chunk_mb)
         on_disk = partial.stat().st_size if partial.is_file() else 0
         still_to_fetch = size - min(on_disk, size)
         if room is None:
             _require_room(target.parent, still_to_fetch, work_id, bucket, key)
         else:
             room(still_to_fetch, size)
-        counts = ranged_download.fetch_ranges(s3, plan, partial, concurrency, work_id)
+        fetched = ranged_download.fetch_ranges(s3, plan, partial, concurrency, work_id)
         if report is not None:
-            report.update(check=plan.check, **counts)
-        if counts["reused"]:
+            report.update(check=fetched.check, reused=fetched.reused, fetched=fetched.fetched)
+        if fetched.reused:
             log.info(
                 "work %s: resumed s3://%s/%s: %d bytes verified on disk, %d fetched",
                 work_id,
                 bucket,
                 key,
-                counts["reused"],
-                counts["fetched"],
+                fetched.reused,
+                fetched.fetched,
             )
         # The completion record first (atomically), then the zip under its real name: a record
         # without its zip, or a zip without its record, is never taken for a complete download.
@@ -261,8 +262,8 @@ def download_object(
         os.replace(partial, target)
         fsync_dir(target.parent)  # both renames durable before the database says downloaded
         faults.checkpoint("download:renamed")
-        ranged_download.journal_path(partial).unlink(missing_ok=True)
-        ranged_download.mismatch_note(partial).unlink(missing_ok=True)
+        journal_path(partial).unlink(missing_ok=True)
+        whole_object.mismatch_note(partial).unlink(missing_ok=True)
     except ClientError as exc:
         code = error_code(exc)
         if code in ("InvalidObjectState", "403"):
@@ -278,9 +279,9 @@ def download_object(
             f"work {work_id}: download of s3://{bucket}/{key} failed: {exc}; it resumes from "
             "its verified ranges on the next try"
         ) from exc
-    except ranged_download.WholeObjectMismatch as mismatch:
+    except whole_object.WholeObjectMismatch as mismatch:
         ranged_download.discard(partial)
-        ranged_download.held_after_repeat(partial, mismatch, work_id)
+        whole_object.held_after_repeat(partial, mismatch, work_id)
         raise
     except OSError as exc:
         if is_disk_full(exc):

@@ -1,184 +1,56 @@
 """Resumable, verified ranged download of one S3 object version into a ``.part`` file.
 
-Ranges are fetched by a thread pool (``GET`` with ``Range`` and ``If-Match``), written in place
-with ``pwrite`` through a fixed buffer per thread (memory stays bounded whatever the size),
-flushed, and only then recorded in the journal beside the file (``range_journal``). A re-run
-re-hashes the recorded ranges on disk, keeps those that still match and fetches the rest.
-
-Before the file is renamed, the whole object is checked end to end where S3 makes it possible:
-its full-object CRC32 (``ChecksumMode``; full-object only when S3 says so, or says nothing of a
-single-part upload), else its multipart eTag recomputed from the MD5 of each part (the ranges
-follow the first part's size, read with ``HEAD ?partNumber=1``; parts of unequal sizes are
-hashed again from disk along their exact bounds), else its single-part eTag (the MD5 of the
-object). A part size that cannot be read fails the try (it is retried, never skipped); an eTag
-that is no MD5 (SSE-KMS, SSE-C) and a store without ``partNumber`` leave the bag manifests as
-the only end-to-end check, and the log says so. A ranged answer that is not the range asked for
-is refused before it is written.
+Ranges (``download_plan``) are fetched by a thread pool (``GET`` with ``Range`` and
+``If-Match``), written in place with ``pwrite`` through a fixed buffer per thread (memory stays
+bounded whatever the size), each retried on its own from the byte it reached, flushed, and only
+then recorded in the journal beside the file (``range_journal``). A re-run re-hashes the
+recorded ranges on disk, keeps those that still match and fetches the rest. A ranged answer
+that is not the range asked for is refused before it is written. Before the file is renamed the
+whole object is checked against S3's checksum or eTag (``whole_object``); a check that needs the
+whole file in byte order (an MD5 or SHA of a single-part object) hashes it from disk behind the
+ranges as they land, not in a pass of its own afterwards.
 """
 
 from __future__ import annotations
 
-import base64
-import contextlib
-import functools
-import hashlib
 import logging
 import os
-import re
 import threading
-import zlib
 from collections.abc import Callable
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from glacier_sync import faults
-from glacier_sync.errors import DownloadError, PermanentError, TransferFault, TransientError
+from glacier_sync.errors import DownloadError, TransferFault
+from glacier_sync.object_checks import new_hasher
 from glacier_sync.range_journal import RangeJournal, RangePlan, journal_path, read_journal
+from glacier_sync.whole_object import check_whole, hash_span, in_order_algorithm, parts_on_disk
 
 log = logging.getLogger(__name__)
 
 BUFFER_BYTES = 1024 * 1024
-_MD5_ETAG = re.compile(r"^[0-9a-f]{32}$")
-_PARTS_ETAG = re.compile(r"^[0-9a-f]{32}-(\d+)$")
 
 
-class WholeObjectMismatch(DownloadError):
-    """Every range was fetched but the whole file differs from S3's checksum or eTag."""
+@dataclass(frozen=True)
+class Fetched:
+    """What a download did: the whole-object check that passed (``none``: unchecked), the bytes
+    ``reused`` (verified on disk from an earlier try) and ``fetched`` (from S3 now)."""
 
-    def __init__(self, message: str, check: str = "", got: str = "", expected: str = "") -> None:
-        super().__init__(message)
-        self.check, self.got, self.expected = check, got, expected
-
-
-class UnconfirmedMismatch(WholeObjectMismatch, TransientError):
-    """A first mismatch: a bad transfer as likely as a wrong expectation, so it is fetched again
-    without spending an attempt (the same mismatch on the next fetch is RepeatedMismatch)."""
-
-
-class RepeatedMismatch(WholeObjectMismatch, PermanentError):
-    """Two whole fetches gave the same bytes, and both differ from what S3 says of the object:
-    the expectation is wrong (or the object itself), not the transfer. Held for an operator."""
+    check: str
+    reused: int
+    fetched: int
 
 
 class _Stopped(Exception):
     """Another range failed: this one stops at its next buffer."""
 
 
-def plan_download(
-    s3: Any, head: dict[str, Any], bucket: str, key: str, version_id: str | None, part_mb: int
-) -> RangePlan:
-    """Choose the ranges and the end-to-end check for the object ``head`` describes."""
-    etag = str(head.get("ETag", "")).strip('"')
-    size = int(head.get("ContentLength", 0))
-    part_size = max(1, part_mb * 1024 * 1024)
-    base = {"bucket": bucket, "key": key, "version_id": version_id or "", "etag": etag}
-    multipart = _PARTS_ETAG.match(etag)
-    crc = head.get("ChecksumCRC32")
-    if crc and "-" not in crc and _full_object(head.get("ChecksumType"), multipart is not None):
-        return RangePlan(
-            **base, size=size, part_size=part_size, algorithm="crc32", check="crc32", expected=crc
-        )
-    if crc and multipart and not head.get("ChecksumType"):
-        log.info(
-            "s3://%s/%s: its CRC32 %s comes without a ChecksumType and may be composite (the "
-            "CRC of its parts' CRCs, as moto answers): the multipart eTag is the check",
-            bucket,
-            key,
-            crc,
-        )
-    encrypted = head.get("ServerSideEncryption") in ("aws:kms", "aws:kms:dsse") or head.get(
-        "SSECustomerAlgorithm"
-    )
-    if multipart and not encrypted:
-        upload_part = _upload_part_size(s3, bucket, key, version_id, int(multipart.group(1)))
-        if upload_part:
-            return RangePlan(
-                **base,
-                size=size,
-                part_size=upload_part,
-                algorithm="md5",
-                check="etag-parts",
-                expected=etag,
-            )
-    if _MD5_ETAG.match(etag) and not encrypted:
-        return RangePlan(
-            **base,
-            size=size,
-            part_size=part_size,
-            algorithm="crc32",
-            check="etag-md5",
-            expected=etag,
-        )
-    return RangePlan(**base, size=size, part_size=part_size, algorithm="crc32", check="none")
-
-
-def _full_object(checksum_type: str | None, multipart: bool) -> bool:
-    """Whether a checksum S3 gives is of the whole object: when S3 says so, or, when it says
-    nothing (older S3-compatible stores, moto), only for a single-part upload, whose checksum
-    can be nothing else. A multipart upload's may be composite: never taken on a default."""
-    if checksum_type:
-        return checksum_type == "FULL_OBJECT"
-    return not multipart
-
-
-def _part_head(
-    s3: Any, bucket: str, key: str, version_id: str | None, number: int, count: int = 0
-) -> int:
-    """The size of part ``number`` of the object's ``count``-part upload (``HEAD ?partNumber=N``).
-
-    A store that does not know ``partNumber`` (400 or 501, or an answer without the upload's
-    ``PartsCount``) raises ``PartsUnknown``; any other failure (throttling, 5xx, a timeout) is a
-    TransferFault: the check could not be read, and the download is tried again rather than
-    accepted unchecked."""
-    extra = {"VersionId": version_id} if version_id else {}
-    try:
-        head = s3.head_object(Bucket=bucket, Key=key, PartNumber=number, **extra)
-    except Exception as exc:
-        response = getattr(exc, "response", None) or {}  # None on timeouts
-        status = (response.get("ResponseMetadata") or {}).get("HTTPStatusCode")
-        if status in (400, 501):
-            raise PartsUnknown(str(exc)) from exc
-        raise TransferFault(
-            f"s3://{bucket}/{key}: the size of part {number} of its upload could not be read "
-            f"({exc}); the multipart eTag cannot be checked without it: tried again on the next "
-            "run"
-        ) from exc
-    if count and head.get("PartsCount") != count:  # a store that ignored partNumber
-        raise PartsUnknown(
-            f"the answer for part {number} says {head.get('PartsCount')} parts, the eTag {count}"
-        )
-    return int(head["ContentLength"])
-
-
-class PartsUnknown(Exception):
-    """The S3 store does not answer ``partNumber`` requests."""
-
-
-def _upload_part_size(
-    s3: Any, bucket: str, key: str, version_id: str | None, count: int
-) -> int | None:
-    """The first part's size of the object's multipart upload (the ranges follow it), or None
-    when the store does not tell part sizes (then no eTag check: said in the log)."""
-    try:
-        first = _part_head(s3, bucket, key, version_id, 1, count)
-    except PartsUnknown as exc:
-        log.warning(
-            "s3://%s/%s: the store does not tell the parts of an upload (%s); its multipart "
-            "eTag cannot be checked",
-            bucket,
-            key,
-            exc,
-        )
-        return None
-    return first if first > 0 else None
-
-
 def fetch_ranges(
     s3: Any, plan: RangePlan, partial: Path, concurrency: int, work_id: str
-) -> dict[str, int]:
-    """Make ``partial`` a verified copy of the planned object; return byte counts
-    (``reused``: verified on disk from an earlier try, ``fetched``: from S3 now)."""
+) -> Fetched:
+    """Make ``partial`` a verified copy of the planned object."""
     journal_file = journal_path(partial)
     digests = read_journal(journal_file, plan) if partial.is_file() else None
     if digests is None:
@@ -203,7 +75,7 @@ def _fetch_into(
     work_id: str,
     digests: dict[int, str] | None,
     good: dict[int, str],
-) -> dict[str, int]:
+) -> Fetched:
     journal_file = journal_path(partial)
     fd = os.open(partial, os.O_RDWR | os.O_CREAT, 0o644)
     try:
@@ -218,7 +90,8 @@ def _fetch_into(
             )
         reused = set(good)
         journal = RangeJournal(journal_file, plan, fresh=digests is None)
-        in_order = _InOrderMd5(fd, plan, set(good)) if plan.check == "etag-md5" else None
+        algorithm = in_order_algorithm(plan)
+        in_order = _InOrderHash(fd, plan, set(good), algorithm) if algorithm else None
         try:
             missing = [i for i in range(plan.ranges) if i not in good]
 
@@ -234,52 +107,25 @@ def _fetch_into(
             raise
         finally:
             journal.close()
-        whole_md5 = in_order.finish() if in_order else None
+        whole = in_order.finish() if in_order else None
         faults.checkpoint("download:ranges-done")
-        _check_whole(
-            plan, good, whole_md5, work_id, lambda: _etag_of_exact_parts(s3, plan, fd, concurrency)
+        passed = check_whole(
+            plan,
+            [good[i] for i in range(plan.ranges)],
+            whole,
+            work_id,
+            lambda algorithm: parts_on_disk(s3, plan, fd, concurrency, algorithm),
         )
     finally:
         os.close(fd)
     kept = sum(_length(plan, i) for i in reused)
-    return {"reused": kept, "fetched": plan.size - kept}
+    return Fetched(passed, kept, plan.size - kept)
 
 
 def discard(partial: Path) -> None:
     """Remove a ``.part`` file and its journal (a changed object, a failed whole-object check)."""
     partial.unlink(missing_ok=True)
     journal_path(partial).unlink(missing_ok=True)
-
-
-def mismatch_note(partial: Path) -> Path:
-    """Where the value of the last whole-object mismatch is kept, beside the ``.part`` file."""
-    return partial.with_name(partial.name + ".mismatch")
-
-
-def held_after_repeat(partial: Path, mismatch: WholeObjectMismatch, work_id: str) -> None:
-    """Raise RepeatedMismatch when the previous full fetch ended in the very same mismatch (the
-    same bytes twice: a transfer fault would not repeat itself); else note this one."""
-    note = mismatch_note(partial)
-    seen = f"{mismatch.check} {mismatch.got} {mismatch.expected}"
-    try:
-        before = note.read_text(encoding="utf-8").strip()
-    except OSError:
-        before = ""
-    if before == seen:
-        note.unlink(missing_ok=True)
-        raise RepeatedMismatch(
-            f"work {work_id}: two full downloads of {partial.name.removesuffix('.part')[1:]} "
-            f"gave the same bytes, and both differ from what S3 says ({mismatch.check}: got "
-            f"{mismatch.got} twice, S3 says {mismatch.expected}): the object or its checksum in "
-            "S3 is wrong, not the transfer. Held: compare `aws s3api head-object --checksum-mode "
-            "ENABLED` with the bag's manifests, fix or re-upload the object, then "
-            f"`glacier-sync retry {work_id}`",
-            mismatch.check,
-            mismatch.got,
-            mismatch.expected,
-        ) from None  # permanent: no transient cause in its chain
-    with contextlib.suppress(OSError):  # without the note, the next mismatch is a first again
-        note.write_text(seen + "\n", encoding="utf-8")
 
 
 def _length(plan: RangePlan, index: int) -> int:
@@ -299,25 +145,8 @@ def _reserve(fd: int, size: int) -> None:
                 raise
 
 
-def _hasher(algorithm: str) -> Callable[[], Any]:
-    return hashlib.md5 if algorithm == "md5" else _Crc32
-
-
-class _Crc32:
-    """A hashlib-like CRC32."""
-
-    def __init__(self) -> None:
-        self.value = 0
-
-    def update(self, data: Any) -> None:
-        self.value = zlib.crc32(data, self.value)
-
-    def hexdigest(self) -> str:
-        return f"{self.value:08x}"
-
-
 def _hash_on_disk(fd: int, plan: RangePlan, index: int) -> str:
-    hasher = _hasher(plan.algorithm)()
+    hasher = new_hasher(plan.algorithm)
     _update_from_disk(fd, plan, index, hasher)
     return hasher.hexdigest()
 
@@ -376,7 +205,7 @@ def _fetch_range(s3: Any, plan: RangePlan, fd: int, index: int, stop: threading.
     moved it no further, or ``RANGE_MAX_REQUESTS`` requests in all, fail it as a TransferFault
     (the next run resumes it from its journal)."""
     start, end = plan.bounds(index)
-    hasher = _hasher(plan.algorithm)()
+    hasher = new_hasher(plan.algorithm)
     cursor = [start]  # the first byte not yet written and hashed
     failures = requests = 0
     while cursor[0] < end:
@@ -522,19 +351,19 @@ def _require_the_range(plan: RangePlan, response: dict[str, Any], start: int, en
     )
 
 
-class _InOrderMd5:
-    """The MD5 of the whole file, hashed from disk behind the ranges as they complete in order
-    (so a single-part eTag is checked without a pass of its own after the download)."""
+class _InOrderHash:
+    """The hash of the whole file, read from disk behind the ranges as they complete in order
+    (so a single-part eTag or SHA is checked without a pass of its own after the download)."""
 
-    def __init__(self, fd: int, plan: RangePlan, done: set[int]) -> None:
+    def __init__(self, fd: int, plan: RangePlan, done: set[int], algorithm: str) -> None:
         self._fd, self._plan, self._done = fd, plan, done
-        self._hasher = hashlib.md5()
+        self._hasher = new_hasher(algorithm)
         self._ready = threading.Condition()
         self._closing = False
         self._digest: str | None = None
         self._error: OSError | None = None
         self._aborted = False
-        self._thread = threading.Thread(target=self._run, name="in-order-md5", daemon=True)
+        self._thread = threading.Thread(target=self._run, name="in-order-hash", daemon=True)
         self._thread.start()
 
     def add(self, index: int) -> None:
@@ -551,7 +380,7 @@ class _InOrderMd5:
         self._thread.join()
 
     def finish(self) -> str | None:
-        """The whole file's MD5, or None when a range is missing (the download failed); a
+        """The whole file's hex digest, or None when a range is missing (the download failed); a
         DownloadError when reading the file back failed (the verified ranges are kept)."""
         with self._ready:
             self._closing = True
@@ -581,135 +410,5 @@ class _InOrderMd5:
         self._digest = self._hasher.hexdigest()
 
 
-def _check_whole(
-    plan: RangePlan,
-    good: dict[int, str],
-    whole_md5: str | None,
-    work_id: str,
-    exact_parts: Callable[[], str],
-) -> None:
-    """Compare the whole file with what S3 says of the object; raise when they differ.
-
-    A multipart eTag is first computed from the ranges (which follow the first part's size);
-    when it differs, the upload's parts may be of unequal sizes (legal), so it is computed again
-    from disk along their exact bounds (``exact_parts``) before the file is refused."""
-    where = f"s3://{plan.bucket}/{plan.key}"
-    if plan.check == "none":
-        log.info(
-            "work %s: %s gives no whole-object check (eTag %s); the bag manifests are the check",
-            work_id,
-            where,
-            plan.etag or "absent",
-        )
-        return
-    if plan.check == "etag-parts":
-        joined = b"".join(bytes.fromhex(good[i]) for i in range(plan.ranges))
-        got = f"{hashlib.md5(joined).hexdigest()}-{plan.ranges}"
-        if got != plan.expected and _PARTS_ETAG.match(plan.expected):
-            got = exact_parts()
-    elif plan.check == "etag-md5":
-        if whole_md5 is None:  # the check could not run: never a pass, never a mismatch
-            raise TransferFault(f"work {work_id}: the MD5 of {where} could not be computed")
-        got = whole_md5
-    else:
-        value = 0
-        for index in range(plan.ranges):
-            value = crc32_combine(value, int(good[index], 16), _length(plan, index))
-        got = base64.b64encode(value.to_bytes(4, "big")).decode()
-    expected = plan.expected
-    if got != expected:
-        raise UnconfirmedMismatch(
-            f"work {work_id}: the download of {where} does not match the object ({plan.check}: "
-            f"got {got}, S3 says {expected}); the partial file is dropped, the next try fetches "
-            "it again",
-            plan.check,
-            got,
-            expected,
-        )
-
-
-def _etag_of_exact_parts(s3: Any, plan: RangePlan, fd: int, concurrency: int) -> str:
-    """The multipart eTag of the file on disk hashed along the upload's own part bounds, each
-    part's size read with ``HEAD ?partNumber=N`` (parts may differ in size: 8, 6 and 8 MiB)."""
-    parts = _PARTS_ETAG.match(plan.expected)
-    count = int(parts.group(1)) if parts else 0
-    version = plan.version_id or None
-
-    def size_of(number: int) -> int:
-        try:
-            return _part_head(s3, plan.bucket, plan.key, version, number, count)
-        except PartsUnknown as exc:
-            raise TransferFault(
-                f"s3://{plan.bucket}/{plan.key}: part {number}'s size could not be read ({exc})"
-            ) from exc
-
-    with ThreadPoolExecutor(max(1, min(concurrency, 8))) as pool:
-        sizes = list(pool.map(size_of, range(1, count + 1)))
-    if sum(sizes) != plan.size:
-        raise TransferFault(
-            f"s3://{plan.bucket}/{plan.key}: its {count} parts add up to {sum(sizes)} bytes, not "
-            f"the object's {plan.size}: the store's answers disagree; tried again on the next run"
-        )
-    digests, offset = [], 0
-    for size in sizes:
-        hasher = hashlib.md5()
-        _update_span(fd, offset, offset + size, hasher)
-        digests.append(hasher.digest())
-        offset += size
-    return f"{hashlib.md5(b''.join(digests)).hexdigest()}-{count}"
-
-
 def _update_from_disk(fd: int, plan: RangePlan, index: int, hasher: Any) -> None:
-    _update_span(fd, *plan.bounds(index), hasher)
-
-
-def _update_span(fd: int, start: int, end: int, hasher: Any) -> None:
-    """Hash the file's bytes ``start`` to ``end`` (exclusive) through a fixed buffer."""
-    buffer = bytearray(BUFFER_BYTES)
-    view = memoryview(buffer)
-    offset = start
-    while offset < end:
-        count = os.preadv(fd, [view[: min(BUFFER_BYTES, end - offset)]], offset)
-        if count <= 0:
-            break
-        hasher.update(view[:count])
-        offset += count
-
-
-def _gf2_times(matrix: list[int], vector: int) -> int:
-    total, row = 0, 0
-    while vector:
-        if vector & 1:
-            total ^= matrix[row]
-        vector >>= 1
-        row += 1
-    return total
-
-
-def _gf2_square(matrix: list[int]) -> list[int]:
-    return [_gf2_times(matrix, matrix[n]) for n in range(32)]
-
-
-def crc32_combine(crc1: int, crc2: int, len2: int) -> int:
-    """The CRC32 of A+B from CRC32(A), CRC32(B) and len(B) (zlib's crc32_combine): CRC32(A)
-    shifted by len(B) zero bytes, one matrix product once the length's operator is known (the
-    ranges of a download share one length, so it is computed once, not per range)."""
-    if len2 <= 0:
-        return crc1
-    return _gf2_times(_zeros_operator(len2), crc1) ^ crc2
-
-
-@functools.lru_cache(maxsize=64)
-def _zeros_operator(length: int) -> list[int]:
-    """The GF(2) matrix that appends ``length`` zero bytes to a CRC32 register."""
-    operator = [0xEDB88320] + [1 << n for n in range(31)]  # appends one zero bit
-    for _ in range(3):
-        operator = _gf2_square(operator)  # one zero byte
-    result = [1 << n for n in range(32)]  # the identity
-    while length:
-        if length & 1:
-            result = [_gf2_times(operator, column) for column in result]
-        length >>= 1
-        if length:
-            operator = _gf2_square(operator)
-    return result
+    hash_span(fd, *plan.bounds(index), hasher)

@@ -1,0 +1,149 @@
+"""The plan of one object's download: its ranges and the end-to-end check of its bytes.
+
+The check is the strongest one S3's answer supports, decided from what S3 says, never from a
+default (``check`` of the ``RangePlan``):
+
+- ``crc64nvme``, ``crc32c``, ``crc32``: a full-object CRC (``ChecksumType: FULL_OBJECT``, or no
+  type on a single-part upload), combined from the ranges' CRCs; ranges of ``download_chunk_mb``.
+- ``sha256``, ``sha1``: the checksum of a single-part object, hashed in order as ranges land.
+- ``composite-<algorithm>``: the checksum of the parts' checksums (``COMPOSITE``, or a ``-N``
+  suffix); the ranges follow the upload's part size (``HEAD ?partNumber=1``).
+- ``etag-parts``: the multipart eTag from each part's MD5, ranges along the parts.
+- ``full-or-composite-<crc>``: a CRC S3 gives without a type for a multipart upload (moto):
+  both readings are computed from the same ranges, the object passes when one matches. Used
+  only where the eTag cannot decide (an encrypted object), else the eTag does.
+- ``etag-md5``: the single-part eTag, the MD5 of the object, hashed in order as ranges land.
+- ``none``: S3 offers nothing that can be checked (SSE-C or SSE-KMS without a checksum, a store
+  without ``partNumber``): downloaded, said unchecked, and the bag manifests decide.
+
+A part size that cannot be read (throttling, a 5xx, a timeout) fails the try as a
+``TransferFault``: retried, never a quiet downgrade to a weaker check.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import Any
+
+from glacier_sync.errors import TransferFault
+from glacier_sync.object_checks import CRC_BYTES, FULL_OBJECT, checksum_of
+from glacier_sync.range_journal import RangePlan
+
+log = logging.getLogger(__name__)
+
+MD5_ETAG = re.compile(r"^[0-9a-f]{32}$")
+PARTS_ETAG = re.compile(r"^[0-9a-f]{32}-(\d+)$")
+ENCRYPTED_WITH_KMS = ("aws:kms", "aws:kms:dsse")
+
+
+class PartsUnknown(Exception):
+    """The S3 store does not answer ``partNumber`` requests."""
+
+
+def plan_download(
+    s3: Any, head: dict[str, Any], bucket: str, key: str, version_id: str | None, part_mb: int
+) -> RangePlan:
+    """Choose the ranges and the end-to-end check for the object ``head`` describes."""
+    etag = str(head.get("ETag", "")).strip('"')
+    size = int(head.get("ContentLength", 0))
+    chunk = max(1, part_mb * 1024 * 1024)
+    base = {
+        "bucket": bucket,
+        "key": key,
+        "version_id": version_id or "",
+        "etag": etag,
+        "size": size,
+    }
+    multipart = PARTS_ETAG.match(etag)
+    checksum = checksum_of(head)
+    parts = int(multipart.group(1)) if multipart else (checksum.parts if checksum else None)
+    encrypted = head.get("ServerSideEncryption") in ENCRYPTED_WITH_KMS or bool(
+        head.get("SSECustomerAlgorithm")
+    )
+    where = f"s3://{bucket}/{key}"
+    if checksum:
+        algorithm, value = checksum.algorithm, checksum.value
+        kind = checksum.kind or ("" if parts else FULL_OBJECT)  # one part: nothing else it can be
+        if kind == FULL_OBJECT:
+            ranged = algorithm if algorithm in CRC_BYTES else "crc32"  # a SHA: hashed in order
+            return RangePlan(
+                **base, part_size=chunk, algorithm=ranged, check=algorithm, expected=value
+            )
+        if not kind and multipart and not encrypted:
+            log.info(
+                "%s: its %s %s comes without a ChecksumType and may be composite (as moto "
+                "answers): the multipart eTag is the check",
+                where,
+                algorithm.upper(),
+                value,
+            )
+        elif parts:
+            part_size = _upload_part_size(s3, bucket, key, version_id, parts)
+            if part_size:
+                reading = "composite" if kind or algorithm not in CRC_BYTES else "full-or-composite"
+                return RangePlan(
+                    **base,
+                    part_size=part_size,
+                    algorithm=algorithm,
+                    check=f"{reading}-{algorithm}",
+                    expected=f"{value}-{parts}",
+                )
+    if multipart and not encrypted:
+        part_size = _upload_part_size(s3, bucket, key, version_id, int(multipart.group(1)))
+        if part_size:
+            return RangePlan(
+                **base, part_size=part_size, algorithm="md5", check="etag-parts", expected=etag
+            )
+    if MD5_ETAG.match(etag) and not encrypted:
+        return RangePlan(
+            **base, part_size=chunk, algorithm="crc32", check="etag-md5", expected=etag
+        )
+    return RangePlan(**base, part_size=chunk, algorithm="crc32", check="none")
+
+
+def part_size(
+    s3: Any, bucket: str, key: str, version_id: str | None, number: int, count: int = 0
+) -> int:
+    """The size of part ``number`` of the object's ``count``-part upload (``HEAD ?partNumber=N``).
+
+    A store that does not know ``partNumber`` (400 or 501, or an answer without the upload's
+    ``PartsCount``) raises ``PartsUnknown``; any other failure (throttling, 5xx, a timeout) is a
+    TransferFault: the check could not be read, and the download is tried again rather than
+    accepted unchecked."""
+    extra = {"VersionId": version_id} if version_id else {}
+    try:
+        head = s3.head_object(Bucket=bucket, Key=key, PartNumber=number, **extra)
+    except Exception as exc:
+        response = getattr(exc, "response", None) or {}  # None on timeouts
+        status = (response.get("ResponseMetadata") or {}).get("HTTPStatusCode")
+        if status in (400, 501):
+            raise PartsUnknown(str(exc)) from exc
+        raise TransferFault(
+            f"s3://{bucket}/{key}: the size of part {number} of its upload could not be read "
+            f"({exc}); the object's check needs it: tried again on the next run"
+        ) from exc
+    if count and head.get("PartsCount") != count:  # a store that ignored partNumber
+        raise PartsUnknown(
+            f"the answer for part {number} says {head.get('PartsCount')} parts, the object {count}"
+        )
+    return int(head["ContentLength"])
+
+
+def _upload_part_size(
+    s3: Any, bucket: str, key: str, version_id: str | None, count: int
+) -> int | None:
+    """The first part's size of the object's multipart upload (the ranges follow it), or None
+    when the store does not tell part sizes (then no part-wise check: said in the log)."""
+    try:
+        first = part_size(s3, bucket, key, version_id, 1, count)
+    except PartsUnknown as exc:
+        log.warning(
+            "s3://%s/%s: the store does not tell the parts of an upload (%s); its multipart "
+            "eTag cannot be checked, nor a composite checksum",
+            bucket,
+            key,
+            exc,
+        )
+        return None
+    return first if first > 0 else None

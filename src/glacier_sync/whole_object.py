@@ -1,0 +1,205 @@
+"""The end-to-end check of a downloaded object against what S3 says of it (``download_plan``).
+
+Every range is on disk and verified against its own digest; this compares the whole with the
+object's checksum or eTag, from the ranges' digests where they line up with the upload's parts,
+else from the file hashed again along the parts' exact bounds (parts may differ in size). A
+first mismatch may be a bad transfer (``UnconfirmedMismatch``, fetched again); the same one on
+the next full fetch is a wrong expectation (``RepeatedMismatch``, held for an operator).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from glacier_sync.download_plan import PartsUnknown, part_size
+from glacier_sync.errors import DownloadError, PermanentError, TransferFault, TransientError
+from glacier_sync.object_checks import (
+    CRC_BYTES,
+    b64,
+    composite_value,
+    full_object_value,
+    multipart_etag,
+    new_hasher,
+)
+from glacier_sync.range_journal import RangePlan
+
+log = logging.getLogger(__name__)
+
+BUFFER_BYTES = 1024 * 1024
+IN_ORDER_CHECKS = {"etag-md5": "md5", "sha256": "sha256", "sha1": "sha1"}
+
+
+class WholeObjectMismatch(DownloadError):
+    """Every range was fetched but the whole file differs from S3's checksum or eTag."""
+
+    def __init__(self, message: str, check: str = "", got: str = "", expected: str = "") -> None:
+        super().__init__(message)
+        self.check, self.got, self.expected = check, got, expected
+
+
+class UnconfirmedMismatch(WholeObjectMismatch, TransientError):
+    """A first mismatch: a bad transfer as likely as a wrong expectation, so it is fetched again
+    without spending an attempt (the same mismatch on the next fetch is RepeatedMismatch)."""
+
+
+class RepeatedMismatch(WholeObjectMismatch, PermanentError):
+    """Two whole fetches gave the same bytes, and both differ from what S3 says of the object:
+    the expectation is wrong (or the object itself), not the transfer. Held for an operator."""
+
+
+def in_order_algorithm(plan: RangePlan) -> str | None:
+    """The hash of the whole file that ``plan``'s check needs in byte order, if any."""
+    return IN_ORDER_CHECKS.get(plan.check)
+
+
+def check_whole(
+    plan: RangePlan,
+    digests: list[str],
+    whole: str | None,
+    work_id: str,
+    exact_parts: Callable[[str], list[bytes]],
+) -> str:
+    """Compare the file with what S3 says of the object; return the check that passed.
+
+    ``digests`` are the ranges' hex digests in order, ``whole`` the in-order hex digest (None
+    when it could not be computed), ``exact_parts(algorithm)`` the parts' binary digests hashed
+    from disk along the upload's exact part bounds (asked only when the ranges' do not match)."""
+    where = f"s3://{plan.bucket}/{plan.key}"
+    check, expected = plan.check, plan.expected
+    if check == "none":
+        log.info(
+            "work %s: %s gives no whole-object check (eTag %s); the bag manifests are the check",
+            work_id,
+            where,
+            plan.etag or "absent",
+        )
+        return check
+    lengths = [end - start for start, end in map(plan.bounds, range(plan.ranges))]
+    if check in IN_ORDER_CHECKS:
+        if whole is None:  # the check could not run: never a pass, never a mismatch
+            raise TransferFault(f"work {work_id}: the {check} of {where} could not be computed")
+        got = whole if check == "etag-md5" else b64(bytes.fromhex(whole))
+    elif check in CRC_BYTES:
+        got = full_object_value(check, digests, lengths)
+    elif check == "etag-parts":
+        got = multipart_etag([bytes.fromhex(d) for d in digests])
+        if got != expected:
+            got = multipart_etag(exact_parts("md5"))
+    else:
+        algorithm = plan.algorithm
+        if check.startswith("full-or-composite-"):
+            full = full_object_value(algorithm, digests, lengths)
+            if full == expected.partition("-")[0]:
+                log.info("work %s: %s matches its %s as a full-object CRC", work_id, where, check)
+                return algorithm
+        else:
+            full = ""
+        parts = [bytes.fromhex(d) for d in digests]
+        got = f"{composite_value(algorithm, parts)}-{len(parts)}"
+        if got != expected:
+            parts = exact_parts(algorithm)
+            got = f"{composite_value(algorithm, parts)}-{len(parts)}"
+        if got == expected:
+            return f"composite-{algorithm}"
+        got = f"{got} (full object {full})" if full else got
+    if got != expected:
+        raise UnconfirmedMismatch(
+            f"work {work_id}: the download of {where} does not match the object ({check}: "
+            f"got {got}, S3 says {expected}); the partial file is dropped, the next try fetches "
+            "it again",
+            check,
+            got,
+            expected,
+        )
+    return check
+
+
+def parts_on_disk(
+    s3: Any, plan: RangePlan, fd: int, concurrency: int, algorithm: str
+) -> list[bytes]:
+    """The binary ``algorithm`` digests of the file on disk hashed along the upload's own part
+    bounds, each part's size read with ``HEAD ?partNumber=N`` (parts may differ: 8, 6, 8 MiB)."""
+    count = _part_count(plan)
+    version = plan.version_id or None
+
+    def size_of(number: int) -> int:
+        try:
+            return part_size(s3, plan.bucket, plan.key, version, number, count)
+        except PartsUnknown as exc:
+            raise TransferFault(
+                f"s3://{plan.bucket}/{plan.key}: part {number}'s size could not be read ({exc})"
+            ) from exc
+
+    with ThreadPoolExecutor(max(1, min(concurrency, 8))) as pool:
+        sizes = list(pool.map(size_of, range(1, count + 1)))
+    if sum(sizes) != plan.size:
+        raise TransferFault(
+            f"s3://{plan.bucket}/{plan.key}: its {count} parts add up to {sum(sizes)} bytes, not "
+            f"the object's {plan.size}: the store's answers disagree; tried again on the next run"
+        )
+    digests, offset = [], 0
+    for size in sizes:
+        hasher = new_hasher(algorithm)
+        hash_span(fd, offset, offset + size, hasher)
+        digests.append(hasher.digest())
+        offset += size
+    return digests
+
+
+def _part_count(plan: RangePlan) -> int:
+    """The upload's part count, from the eTag's ``-N`` or else the composite checksum's."""
+    for text in (plan.etag, plan.expected):
+        head, dash, count = text.rpartition("-")
+        if dash and head and count.isdigit():
+            return int(count)
+    return 0
+
+
+def hash_span(fd: int, start: int, end: int, hasher: Any) -> None:
+    """Hash the file's bytes ``start`` to ``end`` (exclusive) through a fixed buffer."""
+    buffer = bytearray(BUFFER_BYTES)
+    view = memoryview(buffer)
+    offset = start
+    while offset < end:
+        count = os.preadv(fd, [view[: min(BUFFER_BYTES, end - offset)]], offset)
+        if count <= 0:
+            break
+        hasher.update(view[:count])
+        offset += count
+
+
+def mismatch_note(partial: Path) -> Path:
+    """Where the value of the last whole-object mismatch is kept, beside the ``.part`` file."""
+    return partial.with_name(partial.name + ".mismatch")
+
+
+def held_after_repeat(partial: Path, mismatch: WholeObjectMismatch, work_id: str) -> None:
+    """Raise RepeatedMismatch when the previous full fetch ended in the very same mismatch (the
+    same bytes twice: a transfer fault would not repeat itself); else note this one."""
+    note = mismatch_note(partial)
+    seen = f"{mismatch.check} {mismatch.got} {mismatch.expected}"
+    try:
+        before = note.read_text(encoding="utf-8").strip()
+    except OSError:
+        before = ""
+    if before == seen:
+        note.unlink(missing_ok=True)
+        raise RepeatedMismatch(
+            f"work {work_id}: two full downloads of {partial.name.removesuffix('.part')[1:]} "
+            f"gave the same bytes, and both differ from what S3 says ({mismatch.check}: got "
+            f"{mismatch.got} twice, S3 says {mismatch.expected}): the object or its checksum in "
+            "S3 is wrong, not the transfer. Held: compare `aws s3api head-object --checksum-mode "
+            "ENABLED` with the bag's manifests, fix or re-upload the object, then "
+            f"`glacier-sync retry {work_id}`",
+            mismatch.check,
+            mismatch.got,
+            mismatch.expected,
+        ) from None  # permanent: no transient cause in its chain
+    with contextlib.suppress(OSError):  # without the note, the next mismatch is a first again
+        note.write_text(seen + "\n", encoding="utf-8")
