@@ -8,11 +8,18 @@ data under the work folder: it serves ranged GETs from disk, unlike moto, which 
 object for each. Uploads one random object of ``--size``, then runs, alternating the contenders
 in every repetition, each in a child process of its own (wall time and peak RSS are its own):
 
-* ``glacier_sync``      the pipeline's download (ranges, journal, fsync per range, whole-object
+* ``glacier_sync md5``  the pipeline's download (ranges, journal, fsync per range, whole-object
                         check: s3rver's eTag is the MD5 of the object, so the in-order MD5);
+* ``glacier_sync crc64nvme*`` the same, checked by the full-object CRC64NVME that S3 gives a new
+                        multi-GB upload by default: s3rver has no checksums, so the benchmark
+                        hands the value (computed while writing the object) to the download in
+                        the HEAD answer, as S3 would give it (``*`` in the table says so);
 * ``boto3 NxM``         boto3's ``download_file`` with ``TransferConfig`` of N threads, M MB parts;
 * ``aws s3 cp``         the AWS CLI (PyPI ``awscli``, in ``benchmarks/.awscli-venv``), tuned to
                         the same concurrency and part size through its config file.
+
+CPU seconds per GiB (user and system, the contender's process and its children) stand beside
+each figure: s3rver shares the two cores, so a client's CPU is the server's loss.
 
 Then a crash: a download killed (``kill -9``) after ``--kill-at`` of the object was journaled is
 resumed, and the bytes fetched again are printed (the object's size before resumable downloads).
@@ -132,17 +139,57 @@ def upload(endpoint: str, workdir: Path, size: int) -> None:
                 left -= len(block)
     config = TransferConfig(multipart_threshold=64 * MIB, multipart_chunksize=64 * MIB)
     client(endpoint).upload_file(str(source), BUCKET, KEY, Config=config)
+    (workdir / "crc64nvme").write_text(crc64nvme_of(source))
     source.unlink()
 
 
+def crc64nvme_of(path: Path) -> str:
+    """The base64 full-object CRC64NVME of a file, as S3 gives it."""
+    import base64
+
+    from awscrt import checksums
+
+    value = 0
+    with path.open("rb") as source:
+        while block := source.read(16 * MIB):
+            value = checksums.crc64nvme(block, value)
+    return base64.b64encode(value.to_bytes(8, "big")).decode()
+
+
+class HandedChecksum:
+    """An S3 client whose HEAD answer carries a full-object CRC64NVME that s3rver cannot give."""
+
+    def __init__(self, s3, value: str) -> None:
+        self._s3, self._value = s3, value
+
+    def __getattr__(self, name):
+        return getattr(self._s3, name)
+
+    def head_object(self, **kwargs):
+        head = self._s3.head_object(**kwargs)
+        if kwargs.get("ChecksumMode") == "ENABLED":
+            head.update(ChecksumCRC64NVME=self._value, ChecksumType="FULL_OBJECT")
+        return head
+
+
 # -- contenders (each runs in a child process) ---------------------------------------------------
-def run_ours(endpoint: str, out: Path, threads: int, chunk_mb: int) -> None:
+def run_ours(endpoint: str, out: Path, threads: int, chunk_mb: int, handed: bool = False) -> None:
     sys.path.insert(0, str(REPO / "src"))
     from glacier_sync import aws
 
     s3 = client(endpoint, threads)
+    if handed:
+        s3 = HandedChecksum(s3, (out.parent.parent / "crc64nvme").read_text())
     etag = s3.head_object(Bucket=BUCKET, Key=KEY)["ETag"].strip('"')
-    aws.download_object(s3, BUCKET, KEY, etag, out, "W1LARGE", threads, chunk_mb)
+    report: dict = {}
+    aws.download_object(s3, BUCKET, KEY, etag, out, "W1LARGE", threads, chunk_mb, report=report)
+    want = "crc64nvme" if handed else "etag-md5"
+    if report["check"] != want:
+        raise SystemExit(f"bench_large_works: checked by {report['check']}, not {want}")
+
+
+def run_ours_crc64nvme(endpoint: str, out: Path, threads: int, chunk_mb: int) -> None:
+    run_ours(endpoint, out, threads, chunk_mb, handed=True)
 
 
 def run_boto3(endpoint: str, out: Path, threads: int, chunk_mb: int) -> None:
@@ -171,18 +218,22 @@ def run_awscli(endpoint: str, out: Path, threads: int, chunk_mb: int) -> None:
     )  # fmt: skip
 
 
-CONTENDERS = {"glacier_sync": run_ours, "boto3": run_boto3, "aws s3 cp": run_awscli}
+CONTENDERS = {
+    "glacier_sync md5": run_ours,
+    "glacier_sync crc64nvme*": run_ours_crc64nvme,
+    "boto3": run_boto3,
+    "aws s3 cp": run_awscli,
+}
 
 
 def child(name: str, endpoint: str, out: str, threads: int, chunk_mb: int) -> None:
     started = time.perf_counter()
     CONTENDERS[name](endpoint, Path(out), threads, chunk_mb)
     seconds = time.perf_counter() - started
-    rss = max(
-        resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
-        resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss,
-    )
-    print(json.dumps({"seconds": seconds, "rss_mb": rss / 1024}))
+    usage = [resource.getrusage(who) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)]
+    rss = max(u.ru_maxrss for u in usage)
+    cpu = sum(u.ru_utime + u.ru_stime for u in usage)
+    print(json.dumps({"seconds": seconds, "rss_mb": rss / 1024, "cpu_s": cpu}))
 
 
 def measure(name: str, endpoint: str, workdir: Path, threads: int, chunk_mb: int) -> dict:
@@ -215,7 +266,7 @@ def crash_cost(endpoint: str, workdir: Path, size: int, threads: int, chunk_mb: 
     Path(str(fault) + ".fired").unlink(missing_ok=True)
     env = {**os.environ, "GLACIER_SYNC_FAULT_FILE": str(fault)}
     proc = subprocess.run(
-        [sys.executable, __file__, "--child", "glacier_sync", endpoint, str(out), str(threads),
+        [sys.executable, __file__, "--child", "glacier_sync md5", endpoint, str(out), str(threads),
          str(chunk_mb)],
         env=env,
         start_new_session=True,
@@ -276,7 +327,7 @@ def main() -> None:
 def side_by_side(endpoint: str, size: int, args: argparse.Namespace) -> None:
     """The download against boto3 and the AWS CLI, then the crash's cost."""
     upload(endpoint, args.workdir, size)
-    configs = [("glacier_sync", args.concurrency, args.chunk_mb)]
+    configs = [(name, args.concurrency, args.chunk_mb) for name in CONTENDERS if "sync" in name]
     configs += [("boto3", t, c) for t, c in ((4, 64), (8, 64), (8, 8), (10, 8))]
     configs += [("aws s3 cp", args.concurrency, args.chunk_mb), ("aws s3 cp", 10, 8)]
     results: dict[str, list[dict]] = {}
@@ -353,16 +404,22 @@ def end_to_end(endpoint: str, args: argparse.Namespace) -> None:
 def report(results: dict[str, list[dict]], size: int, args: argparse.Namespace) -> None:
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores")
     print(f"object: {size / MIB:.0f} MiB on s3rver (127.0.0.1), {args.reps} repetition(s)\n")
-    print(f"{'contender':<28} {'median s':>9} {'MB/s':>7} {'peak RSS MB':>12} {'ratio':>6}")
+    print(
+        f"{'contender':<32} {'median s':>9} {'MB/s':>7} {'CPU s/GiB':>10} {'peak RSS MB':>12} "
+        f"{'ratio':>6}"
+    )
     medians = {k: statistics.median(r["seconds"] for r in v) for k, v in results.items()}
     best_plain = min(v for k, v in medians.items() if not k.startswith("glacier_sync"))
     for label, seconds in medians.items():
         rss = max(r["rss_mb"] for r in results[label])
+        cpu = statistics.median(r["cpu_s"] for r in results[label]) / (size / (1 << 30))
         ratio = best_plain / seconds
         print(
-            f"{label:<28} {seconds:>9.2f} {size / seconds / 1e6:>7.0f} {rss:>12.0f} {ratio:>6.2f}"
+            f"{label:<32} {seconds:>9.2f} {size / seconds / 1e6:>7.0f} {cpu:>10.2f} "
+            f"{rss:>12.0f} {ratio:>6.2f}"
         )
-    print("(ratio: the best plain client's time over this one's; above 1 is faster than it)")
+    print("(ratio: the best plain client's time over this one's; above 1 is faster than it;")
+    print(" * the checksum handed to the download, as S3 would give it: s3rver gives none)")
 
 
 if __name__ == "__main__":

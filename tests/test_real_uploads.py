@@ -19,8 +19,8 @@ import pytest
 from botocore.config import Config
 from demo_world import FAKE_CREDENTIALS
 
-from glacier_sync import aws
-from glacier_sync.errors import PermanentError, is_transient
+from glacier_sync import aws, ranged_download
+from glacier_sync.errors import DownloadError, PermanentError, is_transient
 from glacier_sync.whole_object import WholeObjectMismatch
 
 pytestmark = pytest.mark.integration
@@ -161,15 +161,10 @@ CASES = [
         True,
         "crc32c",
     ),
-    ("unequal-parts-crc32-kms", "unequal", {"ChecksumAlgorithm": "CRC32"}, True, False, None),
-    (
-        "unequal-parts-sha256-kms-as-s3",
-        "unequal",
-        {"ChecksumAlgorithm": "SHA256"},
-        True,
-        True,
-        None,
-    ),
+    ("8-6-8-rest-crc32-kms", "unequal", {"ChecksumAlgorithm": "CRC32"}, True, False, None),
+    ("8-6-8-rest-sha256-kms-as-s3", "unequal", {"ChecksumAlgorithm": "SHA256"}, True, True, None),
+    ("8-6-rest-crc32c-as-s3", "as-many", {"ChecksumAlgorithm": "CRC32C"}, False, True, None),
+    ("8-6-rest-sha1-kms", "as-many", {"ChecksumAlgorithm": "SHA1"}, True, False, None),
     ("single-part-sha256-kms", "put", {"ChecksumAlgorithm": "SHA256"}, True, False, "sha256"),
     ("single-part-kms", "put", {}, True, False, "crc32"),
 ]
@@ -183,7 +178,7 @@ CASES = [
 def test_each_upload_is_verified_end_to_end_and_a_flipped_byte_is_caught(
     world, tmp_path, kms_key, how, extra, kms, as_s3, check
 ):
-    size = 3 * MIB + 77 if how == "put" else 21 * MIB + 4321
+    size = {"put": 3 * MIB + 77, "unequal": 23 * MIB + 4321}.get(how, 21 * MIB + 4321)
     data = os.urandom(size)
     source = tmp_path / "source.zip"
     source.write_bytes(data)
@@ -195,9 +190,11 @@ def test_each_upload_is_verified_end_to_end_and_a_flipped_byte_is_caught(
     elif how == "parts":
         _upload_parts(world, data, [8 * MIB, 8 * MIB, size - 16 * MIB], extra)
     else:  # a short part in the middle: the ranges follow the first, the check the real ones
-        _upload_parts(world, data, [8 * MIB, 6 * MIB, 8 * MIB - 1, size - 22 * MIB + 1], extra)
-        algorithm = extra["ChecksumAlgorithm"].lower()
-        check = f"composite-{algorithm}"
+        middle = [6 * MIB, 8 * MIB] if how == "unequal" else [6 * MIB]  # 4 parts, or 3 as ranges
+        sizes = [8 * MIB, *middle, size - 8 * MIB - sum(middle)]
+        assert min(sizes) > MIB and sum(sizes) == size
+        _upload_parts(world, data, sizes, extra)
+        check = f"composite-{extra['ChecksumAlgorithm'].lower()}"
     s3 = _client(world.endpoint)
     store = _AsRealS3(s3) if as_s3 else s3
     head = store.head_object(Bucket=world.bucket, Key=KEY, ChecksumMode="ENABLED")
@@ -215,3 +212,93 @@ def test_each_upload_is_verified_end_to_end_and_a_flipped_byte_is_caught(
     assert target.read_bytes() == data
     assert report["check"] == check, report
     assert not list(tmp_path.glob(".*part*")), "nothing left beside the zip, the note neither"
+
+
+def _composite_kms_object(world, tmp_path, kms_key) -> tuple[bytes, str]:
+    data = os.urandom(21 * MIB + 4321)
+    (tmp_path / "source.zip").write_bytes(data)
+    _upload_file(world, tmp_path / "source.zip", _kms(kms_key))
+    head = _client(world.endpoint).head_object(Bucket=world.bucket, Key=KEY)
+    return data, head["ETag"].strip('"')
+
+
+class _PartHeads:
+    """A store as real S3 answers whose part HEADs answer ``status`` (0: as S3 does)."""
+
+    def __init__(self, s3, status: int) -> None:
+        self._s3, self.status, self.asked = _AsRealS3(s3), status, 0
+
+    def __getattr__(self, name):
+        return getattr(self._s3, name)
+
+    def head_object(self, **kwargs):
+        if not kwargs.get("PartNumber"):
+            return self._s3.head_object(**kwargs)
+        self.asked += 1
+        if not self.status:
+            return self._s3.head_object(**kwargs)
+        from botocore.exceptions import ClientError
+
+        error = {"Error": {"Code": str(self.status), "Message": "x"}}
+        raise ClientError(
+            {**error, "ResponseMetadata": {"HTTPStatusCode": self.status}}, "HeadObject"
+        )
+
+
+def test_a_composite_checksum_on_a_store_without_part_numbers_is_said_unchecked(
+    world, tmp_path, kms_key, caplog
+):
+    data, etag = _composite_kms_object(world, tmp_path, kms_key)
+    store = _PartHeads(_client(world.endpoint), 400)
+    target = tmp_path / "W1UP.bag.zip"
+    report: dict = {}
+    with caplog.at_level("INFO", logger="glacier_sync"):
+        assert aws.download_object(
+            store, world.bucket, KEY, etag, target, "W1UP", 2, 4, report=report
+        )
+    assert report["check"] == "none" and target.read_bytes() == data
+    assert store.asked == 1, "the part size is asked once"
+    assert "the bag manifests are the check" in caplog.text
+
+
+def test_a_refused_part_head_spends_an_attempt_and_is_never_retried_without_end(
+    world, tmp_path, kms_key
+):
+    """403 is no fault of the link (as a 503 is): the work's attempts run out and it is held."""
+    data, etag = _composite_kms_object(world, tmp_path, kms_key)
+    store = _PartHeads(_client(world.endpoint), 403)
+    target = tmp_path / "W1UP.bag.zip"
+    with pytest.raises(DownloadError, match="s3:GetObject") as refused:
+        aws.download_object(store, world.bucket, KEY, etag, target, "W1UP", 2, 4)
+    assert not is_transient(refused.value) and not target.exists()
+
+
+def test_a_journal_started_with_the_etag_check_resumes_where_a_checksum_is_now_chosen(
+    world, tmp_path, monkeypatch
+):
+    """A download begun by an earlier release (the multipart eTag) keeps its verified ranges
+    after an upgrade that would choose the object's composite CRC32 instead."""
+    data = os.urandom(21 * MIB + 4321)
+    (tmp_path / "source.zip").write_bytes(data)
+    _upload_file(world, tmp_path / "source.zip", {})
+    s3 = _client(world.endpoint)
+    etag = s3.head_object(Bucket=world.bucket, Key=KEY)["ETag"].strip('"')
+    real_fetch = ranged_download._fetch_range
+
+    def third_fails(s3, plan, fd, index, stop):
+        if index == 2:
+            raise DownloadError("connection reset (injected)")
+        return real_fetch(s3, plan, fd, index, stop)
+
+    monkeypatch.setattr(ranged_download, "_fetch_range", third_fails)
+    target = tmp_path / "W1UP.bag.zip"
+    with pytest.raises(DownloadError, match="injected"):  # moto's answer: the eTag check
+        aws.download_object(s3, world.bucket, KEY, etag, target, "W1UP", 1, 4)
+    monkeypatch.undo()
+    as_s3 = _AsRealS3(s3)
+    head = as_s3.head_object(Bucket=world.bucket, Key=KEY, ChecksumMode="ENABLED")
+    assert head["ChecksumType"] == "COMPOSITE", "today's plan would be composite-crc32"
+    report: dict = {}
+    assert aws.download_object(as_s3, world.bucket, KEY, etag, target, "W1UP", 2, 4, report=report)
+    assert report == {"check": "etag-parts", "reused": 16 * MIB, "fetched": len(data) - 16 * MIB}
+    assert target.read_bytes() == data

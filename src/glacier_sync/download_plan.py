@@ -26,7 +26,7 @@ import logging
 import re
 from typing import Any
 
-from glacier_sync.errors import TransferFault
+from glacier_sync.errors import DownloadError, TransferFault
 from glacier_sync.object_checks import CRC_BYTES, FULL_OBJECT, checksum_of
 from glacier_sync.range_journal import RangePlan
 
@@ -89,6 +89,7 @@ def plan_download(
                     check=f"{reading}-{algorithm}",
                     expected=f"{value}-{parts}",
                 )
+            multipart = None  # no part sizes: its eTag cannot be checked either (asked once)
     if multipart and not encrypted:
         part_size = _upload_part_size(s3, bucket, key, version_id, int(multipart.group(1)))
         if part_size:
@@ -119,6 +120,12 @@ def part_size(
         status = (response.get("ResponseMetadata") or {}).get("HTTPStatusCode")
         if status in (400, 501):
             raise PartsUnknown(str(exc)) from exc
+        if status == 403:  # not a fault of the link: spends an attempt, held when they run out
+            raise DownloadError(
+                f"s3://{bucket}/{key}: reading the size of part {number} of its upload was "
+                f"refused ({exc}); the object's check needs it: give the credentials "
+                "s3:GetObject on the key (the part's HEAD needs what a GET needs)"
+            ) from exc
         raise TransferFault(
             f"s3://{bucket}/{key}: the size of part {number} of its upload could not be read "
             f"({exc}); the object's check needs it: tried again on the next run"

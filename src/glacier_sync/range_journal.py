@@ -29,9 +29,9 @@ class RangePlan:
     etag: str
     size: int
     part_size: int
-    algorithm: str  # "md5" or "crc32"
-    check: str  # "etag-parts", "etag-md5", "crc32" or "none"
-    expected: str = ""  # what the check must find: the eTag, or S3's base64 CRC32
+    algorithm: str  # each range's digest: "md5", "sha1", "sha256", "crc32", "crc32c", "crc64nvme"
+    check: str  # the whole object's check, as download_plan lists them ("none": unchecked)
+    expected: str = ""  # what the check must find: the eTag, or S3's base64 checksum (with -N)
     format: int = JOURNAL_FORMAT
 
     @property
@@ -48,6 +48,28 @@ class RangePlan:
 def journal_path(partial: Path) -> Path:
     """The journal beside a ``.part`` file."""
     return partial.with_name(partial.name + ".journal")
+
+
+IDENTITY = ("bucket", "key", "version_id", "etag", "size", "format")
+ETAG_CHECKS = ("etag-parts", "etag-md5")
+
+
+def journaled_plan(path: Path, plan: RangePlan) -> RangePlan:
+    """The plan the journal at ``path`` was started with, when an earlier release chose the
+    object's eTag as its check where a checksum is now preferred: same object version and
+    format, an ``etag-parts`` or ``etag-md5`` check expecting that very eTag. Its verified
+    ranges are then resumed rather than fetched again. Else ``plan``."""
+    try:
+        with path.open(encoding="utf-8") as journal:
+            header = json.loads(journal.readline())
+        wanted = asdict(plan)
+        if header == wanted or any(header.get(k) != wanted[k] for k in IDENTITY):
+            return plan
+        if header.get("check") not in ETAG_CHECKS or header.get("expected") != plan.etag:
+            return plan
+        return RangePlan(**header)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, TypeError, ValueError):
+        return plan
 
 
 def read_journal(path: Path, plan: RangePlan) -> dict[int, str] | None:

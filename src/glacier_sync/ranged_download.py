@@ -25,7 +25,13 @@ from typing import Any
 from glacier_sync import faults
 from glacier_sync.errors import DownloadError, TransferFault
 from glacier_sync.object_checks import new_hasher
-from glacier_sync.range_journal import RangeJournal, RangePlan, journal_path, read_journal
+from glacier_sync.range_journal import (
+    RangeJournal,
+    RangePlan,
+    journal_path,
+    journaled_plan,
+    read_journal,
+)
 from glacier_sync.whole_object import check_whole, hash_span, in_order_algorithm, parts_on_disk
 
 log = logging.getLogger(__name__)
@@ -50,8 +56,21 @@ class _Stopped(Exception):
 def fetch_ranges(
     s3: Any, plan: RangePlan, partial: Path, concurrency: int, work_id: str
 ) -> Fetched:
-    """Make ``partial`` a verified copy of the planned object."""
+    """Make ``partial`` a verified copy of the planned object (or of the plan its journal was
+    started with, when that one checks the same object version another valid way)."""
     journal_file = journal_path(partial)
+    if partial.is_file():
+        started = journaled_plan(journal_file, plan)
+        if started != plan:
+            log.info(
+                "work %s: %s resumes with the check its journal was started with (%s; now %s "
+                "would be chosen)",
+                work_id,
+                partial.name,
+                started.check,
+                plan.check,
+            )
+            plan = started
     digests = read_journal(journal_file, plan) if partial.is_file() else None
     if digests is None:
         partial.unlink(missing_ok=True)
