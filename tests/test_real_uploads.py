@@ -11,6 +11,7 @@ link that flips one byte: the check catches it as a fault of the transfer, never
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from demo_world import FAKE_CREDENTIALS
 
 from glacier_sync import aws, ranged_download
 from glacier_sync.errors import DownloadError, PermanentError, is_transient
+from glacier_sync.range_journal import journal_path
 from glacier_sync.whole_object import WholeObjectMismatch
 
 pytestmark = pytest.mark.integration
@@ -61,6 +63,20 @@ class _AsRealS3:
             if kind == "COMPOSITE" and "-" not in head[name]:
                 head[name] = f"{head[name]}-{parts}"
         return head
+
+
+class _CountingPartHeads:
+    """A client that counts its part HEADs (``HEAD ?partNumber=N``)."""
+
+    def __init__(self, s3) -> None:
+        self._s3, self.asked = s3, 0
+
+    def __getattr__(self, name):
+        return getattr(self._s3, name)
+
+    def head_object(self, **kwargs):
+        self.asked += bool(kwargs.get("PartNumber"))
+        return self._s3.head_object(**kwargs)
 
 
 class _FlippingBody:
@@ -170,14 +186,17 @@ CASES = [
 ]
 
 
+@pytest.mark.parametrize("chunk_mb", [4, 16], ids=["ranges-in-parts", "2-parts-a-range"])
 @pytest.mark.parametrize(
     ("how", "extra", "kms", "as_s3", "check"),
     [case[1:] for case in CASES],
     ids=[case[0] for case in CASES],
 )
 def test_each_upload_is_verified_end_to_end_and_a_flipped_byte_is_caught(
-    world, tmp_path, kms_key, how, extra, kms, as_s3, check
+    world, tmp_path, kms_key, how, extra, kms, as_s3, check, chunk_mb
 ):
+    """With 4 MB ranges each 8 MiB part is one range (the range size follows the part); with
+    16 MB ranges each range holds two whole parts, each hashed on its own."""
     size = {"put": 3 * MIB + 77, "unequal": 23 * MIB + 4321}.get(how, 21 * MIB + 4321)
     data = os.urandom(size)
     source = tmp_path / "source.zip"
@@ -203,14 +222,23 @@ def test_each_upload_is_verified_end_to_end_and_a_flipped_byte_is_caught(
     target = tmp_path / "W1UP.bag.zip"
 
     with pytest.raises(WholeObjectMismatch) as caught:
-        aws.download_object(_FlippingLink(store), world.bucket, KEY, etag, target, "W1UP", 2, 4)
+        aws.download_object(
+            _FlippingLink(store), world.bucket, KEY, etag, target, "W1UP", 2, chunk_mb
+        )
     assert is_transient(caught.value) and not isinstance(caught.value, PermanentError)
     assert not target.exists()
 
     report: dict = {}
-    assert aws.download_object(store, world.bucket, KEY, etag, target, "W1UP", 2, 4, report=report)
+    counted = _CountingPartHeads(store)
+    assert aws.download_object(
+        counted, world.bucket, KEY, etag, target, "W1UP", 2, chunk_mb, report=report
+    )
     assert target.read_bytes() == data
     assert report["check"] == check, report
+    if how in ("file", "parts"):  # equal parts: at most part 1's size is asked
+        assert counted.asked <= 1, "the parts' digests from the ranges: no second hashing pass"
+    elif how in ("unequal", "as-many"):
+        assert counted.asked == 1 + len(sizes), "hashed again along the parts' exact bounds"
     assert not list(tmp_path.glob(".*part*")), "nothing left beside the zip, the note neither"
 
 
@@ -301,4 +329,48 @@ def test_a_journal_started_with_the_etag_check_resumes_where_a_checksum_is_now_c
     report: dict = {}
     assert aws.download_object(as_s3, world.bucket, KEY, etag, target, "W1UP", 2, 4, report=report)
     assert report == {"check": "etag-parts", "reused": 16 * MIB, "fetched": len(data) - 16 * MIB}
+    assert target.read_bytes() == data
+
+
+@pytest.mark.parametrize("earlier_release", [False, True], ids=["this-release", "older-journal"])
+def test_ranges_of_whole_parts_resume_from_their_journal(
+    world, tmp_path, monkeypatch, earlier_release
+):
+    """boto3's 8 MiB parts in 16 MB ranges of two parts each: a try that fails in the second
+    range keeps the first (two parts, each part's MD5 journaled), and the next try fetches only
+    the rest. A journal written before ranges could hold several parts (no ``parts_per_range``
+    in its header) resumes the same way when its ranges were single parts."""
+    data = os.urandom(40 * MIB + 4321)  # five parts, the last short
+    (tmp_path / "source.zip").write_bytes(data)
+    _upload_file(world, tmp_path / "source.zip", {})
+    s3 = _client(world.endpoint)
+    etag = s3.head_object(Bucket=world.bucket, Key=KEY)["ETag"].strip('"')
+    chunk = 8 if earlier_release else 16
+    real_fetch = ranged_download._fetch_range
+
+    def second_fails(s3, plan, fd, index, stop):
+        if index == 1:
+            raise DownloadError("connection reset (injected)")
+        return real_fetch(s3, plan, fd, index, stop)
+
+    monkeypatch.setattr(ranged_download, "_fetch_range", second_fails)
+    target = tmp_path / "W1UP.bag.zip"
+    with pytest.raises(DownloadError, match="injected"):
+        aws.download_object(s3, world.bucket, KEY, etag, target, "W1UP", 1, chunk)
+    monkeypatch.undo()
+    journal = journal_path(target.with_name(f".{target.name}.part"))
+    lines = journal.read_text().splitlines()
+    header = json.loads(lines[0])
+    assert (header["part_size"], header["parts_per_range"]) == (chunk * MIB, chunk // 8)
+    assert len(json.loads(lines[1])["d"]) == 32 * chunk // 8, "one MD5 per part"
+    if earlier_release:
+        del header["parts_per_range"]
+        journal.write_text("\n".join([json.dumps(header), *lines[1:]]) + "\n")
+    report: dict = {}
+    assert aws.download_object(s3, world.bucket, KEY, etag, target, "W1UP", 2, chunk, report=report)
+    assert report == {
+        "check": "etag-parts",
+        "reused": chunk * MIB,
+        "fetched": len(data) - chunk * MIB,
+    }
     assert target.read_bytes() == data

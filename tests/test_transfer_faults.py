@@ -39,7 +39,12 @@ def scene(world, dirs, settings):
     world.restore(KEY)
     host, port = world.endpoint.removeprefix("http://").split(":")
     with FaultProxy(host, int(port)) as proxy:
-        through = {"aws_endpoint_url": proxy.endpoint, "download_concurrency": 2}
+        # 16 MB ranges of two 8 MiB parts: two ranges, so a fault meets more than one.
+        through = {
+            "aws_endpoint_url": proxy.endpoint,
+            "download_concurrency": 2,
+            "download_chunk_mb": 16,
+        }
         yield proxy, settings.model_copy(update=through), zip_path.stat().st_size
 
 

@@ -7,8 +7,9 @@ default (``check`` of the ``RangePlan``):
   type on a single-part upload), combined from the ranges' CRCs; ranges of ``download_chunk_mb``.
 - ``sha256``, ``sha1``: the checksum of a single-part object, hashed in order as ranges land.
 - ``composite-<algorithm>``: the checksum of the parts' checksums (``COMPOSITE``, or a ``-N``
-  suffix); the ranges follow the upload's part size (``HEAD ?partNumber=1``).
-- ``etag-parts``: the multipart eTag from each part's MD5, ranges along the parts.
+  suffix); each range holds whole parts of the upload's part size (``HEAD ?partNumber=1``), as
+  many as fit in ``download_chunk_mb``, each part hashed on its own by the fetching thread.
+- ``etag-parts``: the multipart eTag from each part's MD5, ranges of whole parts the same way.
 - ``full-or-composite-<crc>``: a CRC S3 gives without a type for a multipart upload (moto):
   both readings are computed from the same ranges, the object passes when one matches. Used
   only where the eTag cannot decide (an encrypted object), else the eTag does.
@@ -84,7 +85,7 @@ def plan_download(
                 reading = "composite" if kind or algorithm not in CRC_BYTES else "full-or-composite"
                 return RangePlan(
                     **base,
-                    part_size=part_size,
+                    **_along_parts(part_size, chunk),
                     algorithm=algorithm,
                     check=f"{reading}-{algorithm}",
                     expected=f"{value}-{parts}",
@@ -94,13 +95,24 @@ def plan_download(
         part_size = _upload_part_size(s3, bucket, key, version_id, int(multipart.group(1)))
         if part_size:
             return RangePlan(
-                **base, part_size=part_size, algorithm="md5", check="etag-parts", expected=etag
+                **base,
+                **_along_parts(part_size, chunk),
+                algorithm="md5",
+                check="etag-parts",
+                expected=etag,
             )
     if MD5_ETAG.match(etag) and not encrypted:
         return RangePlan(
             **base, part_size=chunk, algorithm="crc32", check="etag-md5", expected=etag
         )
     return RangePlan(**base, part_size=chunk, algorithm="crc32", check="none")
+
+
+def _along_parts(part: int, chunk: int) -> dict[str, int]:
+    """Ranges of whole parts: as many as fit in the download's range size (boto3's 8 MiB parts
+    make 64 MiB ranges by default: fewer requests, flushes and journal lines), at least one."""
+    per = max(1, chunk // part)
+    return {"part_size": part * per, "parts_per_range": per}
 
 
 def part_size(

@@ -21,7 +21,9 @@ JOURNAL_FORMAT = 2
 @dataclass(frozen=True)
 class RangePlan:
     """What a download of one object version fetches: ranges of ``part_size`` bytes, each hashed
-    with ``algorithm``; ``check`` names the end-to-end check of the whole object."""
+    with ``algorithm``; ``check`` names the end-to-end check of the whole object. A range may
+    hold ``parts_per_range`` whole parts of the upload (parts smaller than the download's range
+    size): its digest is then each part's digest, one after the other."""
 
     bucket: str
     key: str
@@ -33,6 +35,12 @@ class RangePlan:
     check: str  # the whole object's check, as download_plan lists them ("none": unchecked)
     expected: str = ""  # what the check must find: the eTag, or S3's base64 checksum (with -N)
     format: int = JOURNAL_FORMAT
+    parts_per_range: int = 1
+
+    @property
+    def upload_part(self) -> int:
+        """The upload's part size where the ranges follow the parts (else the range size)."""
+        return self.part_size // self.parts_per_range
 
     @property
     def ranges(self) -> int:
@@ -61,15 +69,31 @@ def journaled_plan(path: Path, plan: RangePlan) -> RangePlan:
     ranges are then resumed rather than fetched again. Else ``plan``."""
     try:
         with path.open(encoding="utf-8") as journal:
-            header = json.loads(journal.readline())
+            header = _header(journal.readline())
         wanted = asdict(plan)
         if header == wanted or any(header.get(k) != wanted[k] for k in IDENTITY):
             return plan
         if header.get("check") not in ETAG_CHECKS or header.get("expected") != plan.etag:
             return plan
         return RangePlan(**header)
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, TypeError, ValueError):
+    except (
+        OSError,
+        UnicodeDecodeError,
+        json.JSONDecodeError,
+        AttributeError,
+        TypeError,
+        ValueError,
+    ):
         return plan
+
+
+def _header(line: str) -> dict:
+    """A journal's header, with the fields a journal of an earlier release lacks at their
+    defaults (so it resumes unchanged)."""
+    header = json.loads(line)
+    if isinstance(header, dict):
+        header.setdefault("parts_per_range", 1)
+    return header
 
 
 def read_journal(path: Path, plan: RangePlan) -> dict[int, str] | None:
@@ -80,7 +104,7 @@ def read_journal(path: Path, plan: RangePlan) -> dict[int, str] | None:
     except (OSError, UnicodeDecodeError):
         return None
     try:
-        header = json.loads(lines[0])
+        header = _header(lines[0])
     except json.JSONDecodeError:
         return None
     if header != asdict(plan):

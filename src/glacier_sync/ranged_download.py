@@ -164,8 +164,40 @@ def _reserve(fd: int, size: int) -> None:
                 raise
 
 
+def range_hasher(plan: RangePlan) -> Any:
+    """The hasher of one range of ``plan``: its digest, or each of its parts' digests."""
+    if plan.parts_per_range == 1:
+        return new_hasher(plan.algorithm)
+    return _PartsHasher(plan.algorithm, plan.upload_part)
+
+
+class _PartsHasher:
+    """The digests of consecutive parts of ``part`` bytes fed in order (a range of whole
+    parts): their hex digests one after the other, the last part's however short."""
+
+    def __init__(self, algorithm: str, part: int) -> None:
+        self._algorithm, self._part = algorithm, part
+        self._hasher, self._left = new_hasher(algorithm), part
+        self._done: list[str] = []
+
+    def update(self, data: Any) -> None:
+        view = memoryview(data)
+        while len(view):
+            take = min(self._left, len(view))
+            self._hasher.update(view[:take])
+            self._left -= take
+            view = view[take:]
+            if not self._left:
+                self._done.append(self._hasher.hexdigest())
+                self._hasher, self._left = new_hasher(self._algorithm), self._part
+
+    def hexdigest(self) -> str:
+        tail = [self._hasher.hexdigest()] if self._left != self._part else []
+        return "".join(self._done + tail)
+
+
 def _hash_on_disk(fd: int, plan: RangePlan, index: int) -> str:
-    hasher = new_hasher(plan.algorithm)
+    hasher = range_hasher(plan)
     _update_from_disk(fd, plan, index, hasher)
     return hasher.hexdigest()
 
@@ -224,7 +256,7 @@ def _fetch_range(s3: Any, plan: RangePlan, fd: int, index: int, stop: threading.
     moved it no further, or ``RANGE_MAX_REQUESTS`` requests in all, fail it as a TransferFault
     (the next run resumes it from its journal)."""
     start, end = plan.bounds(index)
-    hasher = new_hasher(plan.algorithm)
+    hasher = range_hasher(plan)
     cursor = [start]  # the first byte not yet written and hashed
     failures = requests = 0
     while cursor[0] < end:

@@ -67,9 +67,10 @@ def check_whole(
 ) -> str:
     """Compare the file with what S3 says of the object; return the check that passed.
 
-    ``digests`` are the ranges' hex digests in order, ``whole`` the in-order hex digest (None
-    when it could not be computed), ``exact_parts(algorithm)`` the parts' binary digests hashed
-    from disk along the upload's exact part bounds (asked only when the ranges' do not match)."""
+    ``digests`` are the ranges' hex digests in order (each part's, for ranges of parts),
+    ``whole`` the in-order hex digest (None when it could not be computed),
+    ``exact_parts(algorithm)`` the parts' binary digests hashed from disk along the upload's
+    exact part bounds (asked only when the ranges' do not match)."""
     where = f"s3://{plan.bucket}/{plan.key}"
     check, expected = plan.check, plan.expected
     if check == "none":
@@ -80,7 +81,9 @@ def check_whole(
             plan.etag or "absent",
         )
         return check
-    lengths = [end - start for start, end in map(plan.bounds, range(plan.ranges))]
+    digests = _per_part(plan, digests)
+    part = plan.upload_part
+    lengths = [min(part, plan.size - start) for start in range(0, plan.size, part)] or [0]
     if check in IN_ORDER_CHECKS:
         if whole is None:  # the check could not run: never a pass, never a mismatch
             raise TransferFault(f"work {work_id}: the {check} of {where} could not be computed")
@@ -118,6 +121,14 @@ def check_whole(
             expected,
         )
     return check
+
+
+def _per_part(plan: RangePlan, digests: list[str]) -> list[str]:
+    """The ranges' digests one per part (a range of several parts records each part's)."""
+    if plan.parts_per_range == 1:
+        return digests
+    width = len(new_hasher(plan.algorithm).hexdigest())
+    return [d[i : i + width] for d in digests for i in range(0, len(d), width)]
 
 
 def parts_on_disk(
