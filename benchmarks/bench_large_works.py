@@ -14,6 +14,9 @@ in every repetition, each in a child process of its own (wall time and peak RSS 
                         multi-GB upload by default: s3rver has no checksums, so the benchmark
                         hands the value (computed while writing the object) to the download in
                         the HEAD answer, as S3 would give it (``*`` in the table says so);
+* ``glacier_sync etag-parts*`` the same, checked by the multipart eTag of boto3's 8 MiB parts
+                        (each part's MD5 in the thread that fetched it, ranges of whole parts):
+                        the eTag and the part sizes handed the same way;
 * ``boto3 NxM``         boto3's ``download_file`` with ``TransferConfig`` of N threads, M MB parts;
 * ``aws s3 cp``         the AWS CLI (PyPI ``awscli``, in ``benchmarks/.awscli-venv``), tuned to
                         the same concurrency and part size through its config file.
@@ -56,6 +59,7 @@ BUCKET = "bench"
 KEY = "Archive0/00/W1LARGE/W1LARGE.bag.zip"
 CREDS = {"AWS_ACCESS_KEY_ID": "S3RVER", "AWS_SECRET_ACCESS_KEY": "S3RVER"}
 MIB = 1024 * 1024
+PART_MB = 8  # boto3's default part size: the handed multipart eTag's
 
 
 def parse_size(text: str) -> int:
@@ -139,21 +143,55 @@ def upload(endpoint: str, workdir: Path, size: int) -> None:
                 left -= len(block)
     config = TransferConfig(multipart_threshold=64 * MIB, multipart_chunksize=64 * MIB)
     client(endpoint).upload_file(str(source), BUCKET, KEY, Config=config)
-    (workdir / "crc64nvme").write_text(crc64nvme_of(source))
+    crc, etag = checks_of(source)
+    (workdir / "crc64nvme").write_text(crc)
+    (workdir / "etag-parts").write_text(etag)
     source.unlink()
 
 
-def crc64nvme_of(path: Path) -> str:
-    """The base64 full-object CRC64NVME of a file, as S3 gives it."""
+def checks_of(path: Path) -> tuple[str, str]:
+    """The base64 full-object CRC64NVME of a file and its multipart eTag for ``PART_MB`` parts,
+    as S3 gives them."""
     import base64
+    import hashlib
 
     from awscrt import checksums
 
-    value = 0
+    value, md5s = 0, []
     with path.open("rb") as source:
-        while block := source.read(16 * MIB):
+        while block := source.read(PART_MB * MIB):
             value = checksums.crc64nvme(block, value)
-    return base64.b64encode(value.to_bytes(8, "big")).decode()
+            md5s.append(hashlib.md5(block).digest())
+    etag = f"{hashlib.md5(b''.join(md5s)).hexdigest()}-{len(md5s)}"
+    return base64.b64encode(value.to_bytes(8, "big")).decode(), etag
+
+
+class HandedParts:
+    """An S3 client that answers as S3 does for an upload of ``PART_MB`` parts, which s3rver
+    cannot: the multipart eTag (computed while writing the object) and each part's size for
+    ``HEAD ?partNumber=N``; the GETs' ``If-Match`` carries s3rver's own eTag."""
+
+    def __init__(self, s3, etag: str) -> None:
+        self._s3, self._etag = s3, etag
+        self._real = s3.head_object(Bucket=BUCKET, Key=KEY)["ETag"].strip('"')
+
+    def __getattr__(self, name):
+        return getattr(self._s3, name)
+
+    def head_object(self, **kwargs):
+        number = kwargs.pop("PartNumber", None)
+        head = self._s3.head_object(**kwargs)
+        head["ETag"] = f'"{self._etag}"'
+        if number:
+            size, part = int(head["ContentLength"]), PART_MB * MIB
+            head["ContentLength"] = min(part, size - (number - 1) * part)
+            head["PartsCount"] = -(-size // part)
+        return head
+
+    def get_object(self, **kwargs):
+        if "IfMatch" in kwargs:
+            kwargs["IfMatch"] = f'"{self._real}"'
+        return self._s3.get_object(**kwargs)
 
 
 class HandedChecksum:
@@ -173,23 +211,31 @@ class HandedChecksum:
 
 
 # -- contenders (each runs in a child process) ---------------------------------------------------
-def run_ours(endpoint: str, out: Path, threads: int, chunk_mb: int, handed: bool = False) -> None:
+def run_ours(endpoint: str, out: Path, threads: int, chunk_mb: int, handed: str = "") -> None:
+    """The pipeline's download, checked by s3rver's own eTag or by a ``handed`` check."""
     sys.path.insert(0, str(REPO / "src"))
     from glacier_sync import aws
 
     s3 = client(endpoint, threads)
-    if handed:
-        s3 = HandedChecksum(s3, (out.parent.parent / "crc64nvme").read_text())
+    value = (out.parent.parent / handed).read_text() if handed else ""
+    if handed == "crc64nvme":
+        s3 = HandedChecksum(s3, value)
+    elif handed == "etag-parts":
+        s3 = HandedParts(s3, value)
     etag = s3.head_object(Bucket=BUCKET, Key=KEY)["ETag"].strip('"')
     report: dict = {}
     aws.download_object(s3, BUCKET, KEY, etag, out, "W1LARGE", threads, chunk_mb, report=report)
-    want = "crc64nvme" if handed else "etag-md5"
+    want = handed or "etag-md5"
     if report["check"] != want:
         raise SystemExit(f"bench_large_works: checked by {report['check']}, not {want}")
 
 
 def run_ours_crc64nvme(endpoint: str, out: Path, threads: int, chunk_mb: int) -> None:
-    run_ours(endpoint, out, threads, chunk_mb, handed=True)
+    run_ours(endpoint, out, threads, chunk_mb, handed="crc64nvme")
+
+
+def run_ours_etag_parts(endpoint: str, out: Path, threads: int, chunk_mb: int) -> None:
+    run_ours(endpoint, out, threads, chunk_mb, handed="etag-parts")
 
 
 def run_boto3(endpoint: str, out: Path, threads: int, chunk_mb: int) -> None:
@@ -221,6 +267,7 @@ def run_awscli(endpoint: str, out: Path, threads: int, chunk_mb: int) -> None:
 CONTENDERS = {
     "glacier_sync md5": run_ours,
     "glacier_sync crc64nvme*": run_ours_crc64nvme,
+    "glacier_sync etag-parts*": run_ours_etag_parts,
     "boto3": run_boto3,
     "aws s3 cp": run_awscli,
 }
