@@ -111,10 +111,12 @@ def _journaled_bytes(target: Path) -> int:
 @pytest.mark.parametrize(
     ("point", "kept"),
     [
-        ("download:chunk 12", 2 * 5 * MIB),  # inside the third range
-        ("download:range 3", 3 * 5 * MIB),  # between the third and the fourth range
-        ("download:ranges-done", SIZE),  # every range on disk, not checked nor renamed
-        ("download:recorded", SIZE),  # the completion record written, not renamed
+        # Inside the third range: the second may still wait for the committer's next round.
+        ("download:chunk 12", {1 * 5 * MIB, 2 * 5 * MIB}),
+        # The third range journaled: the fourth may have been in the same round.
+        ("download:range 3", {3 * 5 * MIB, 4 * 5 * MIB}),
+        ("download:ranges-done", {SIZE}),  # every range on disk, not checked nor renamed
+        ("download:recorded", {SIZE}),  # the completion record written, not renamed
     ],
 )
 def test_a_killed_download_fetches_only_what_is_missing(
@@ -124,10 +126,11 @@ def test_a_killed_download_fetches_only_what_is_missing(
     target = tmp_path / "incoming" / "W1RES.bag.zip"
     _killed_download(world, target, etag, point)
     assert not target.exists()
-    assert _journaled_bytes(target) == kept
+    journaled = _journaled_bytes(target)
+    assert journaled in kept
     proxy.reset()
     assert _download(proxy.endpoint, world, target, etag) is True
-    missing = SIZE - kept
+    missing = SIZE - journaled
     assert missing <= proxy.served <= missing + 8 * HEADERS, proxy.served
     assert target.read_bytes() == payload
     assert not list(target.parent.glob(".*part*")), "the journal and .part are cleaned up"
@@ -198,12 +201,13 @@ def test_a_torn_journal_line_loses_only_its_range(world, tmp_path, payload, prox
     etag = _upload(world, tmp_path, multipart=True, checksums=False)
     target = tmp_path / "W1RES.bag.zip"
     _killed_download(world, target, etag, "download:range 3")
+    kept = _journaled_bytes(target) - 5 * MIB  # the third range, or the fourth with it
     journal = journal_path(target.with_name(f".{target.name}.part"))
     text = journal.read_text()
     journal.write_text(text[: text.rindex('{"i"') + 5])  # the last line cut mid-write
     proxy.reset()
     assert _download(proxy.endpoint, world, target, etag) is True
-    assert SIZE - 2 * 5 * MIB <= proxy.served <= SIZE - 2 * 5 * MIB + 8 * HEADERS
+    assert SIZE - kept <= proxy.served <= SIZE - kept + 8 * HEADERS
     assert target.read_bytes() == payload
 
 

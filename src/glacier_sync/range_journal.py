@@ -139,8 +139,12 @@ class RangeJournal:
 
     def record(self, index: int, digest: str) -> None:
         """Append one finished range (its bytes already flushed to the ``.part`` file)."""
+        self.record_many([(index, digest)])
+
+    def record_many(self, ranges: list[tuple[int, str]]) -> None:
+        """Append finished ranges with one ``fsync`` (their bytes already flushed)."""
         with self._lock:
-            self._file.write(json.dumps({"i": index, "d": digest}) + "\n")
+            self._file.write("".join(json.dumps({"i": i, "d": d}) + "\n" for i, d in ranges))
             self._file.flush()
             os.fsync(self._file.fileno())
 

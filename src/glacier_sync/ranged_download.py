@@ -25,6 +25,7 @@ from typing import Any
 from glacier_sync import faults
 from glacier_sync.errors import DownloadError, TransferFault
 from glacier_sync.object_checks import new_hasher
+from glacier_sync.range_commit import RangeCommitter
 from glacier_sync.range_journal import (
     RangeJournal,
     RangePlan,
@@ -114,12 +115,13 @@ def _fetch_into(
         try:
             missing = [i for i in range(plan.ranges) if i not in good]
 
-            def finished(index: int, digest: str) -> None:
-                journal.record(index, digest)
+            def durable(index: int, digest: str) -> None:
+                good[index] = digest
                 if in_order:
                     in_order.add(index)
+                faults.checkpoint("download:range")
 
-            _fetch_missing(s3, plan, fd, missing, concurrency, good, finished)
+            _fetch_missing(s3, plan, fd, missing, concurrency, journal, durable)
         except BaseException:
             if in_order:
                 in_order.abort()  # the failure surfaces now, not after a pass over the file
@@ -220,33 +222,38 @@ def _fetch_missing(
     fd: int,
     missing: list[int],
     concurrency: int,
-    good: dict[int, str],
-    record: Callable[[int, str], None],
+    journal: RangeJournal,
+    durable: Callable[[int, str], None],
 ) -> None:
-    """Fetch every missing range; on the first failure stop the others and raise it."""
+    """Fetch every missing range, each made durable and journaled by one committer in batches;
+    on the first failure stop the others, journal what was verified, and raise it."""
     if not missing:
         return
     stop = threading.Event()
+    committer = RangeCommitter(fd, journal, durable, stop)
 
     def one(index: int) -> None:
-        digest = _fetch_range(s3, plan, fd, index, stop)
-        os.fdatasync(fd)  # the bytes are on disk before the journal says so
-        record(index, digest)
-        good[index] = digest
-        faults.checkpoint("download:range")
+        committer.add(index, _fetch_range(s3, plan, fd, index, stop))
 
-    with ThreadPoolExecutor(max(1, concurrency)) as pool:
-        futures = [pool.submit(one, i) for i in missing]
-        done, _ = wait(futures, return_when=FIRST_EXCEPTION)
-        failed = [f for f in done if f.exception() is not None]
-        if failed:
-            stop.set()
-            for future in futures:
-                future.cancel()
-            wait(futures)
-            errors = [f.exception() for f in futures if not f.cancelled() and f.exception()]
-            real = [e for e in errors if not isinstance(e, _Stopped)]
-            raise (real or errors)[0]
+    try:
+        with ThreadPoolExecutor(max(1, concurrency)) as pool:
+            futures = [pool.submit(one, i) for i in missing]
+            done, _ = wait(futures, return_when=FIRST_EXCEPTION)
+            failed = [f for f in done if f.exception() is not None]
+            if failed:
+                stop.set()
+                for future in futures:
+                    future.cancel()
+                wait(futures)
+                errors = [f.exception() for f in futures if not f.cancelled() and f.exception()]
+                real = [e for e in errors if not isinstance(e, _Stopped)]
+                raise (real or errors)[0]
+    except BaseException:
+        committer.close(raise_error=False)  # what was verified is journaled all the same
+        if committer.error is not None:
+            raise committer.error from None  # the disk's error, not the ranges it stopped
+        raise
+    committer.close()
 
 
 def _fetch_range(s3: Any, plan: RangePlan, fd: int, index: int, stop: threading.Event) -> str:
