@@ -332,20 +332,23 @@ def test_a_journal_started_with_the_etag_check_resumes_where_a_checksum_is_now_c
     assert target.read_bytes() == data
 
 
+@pytest.mark.parametrize("as_s3", [False, True], ids=["etag-parts", "composite-crc32"])
 @pytest.mark.parametrize("earlier_release", [False, True], ids=["this-release", "older-journal"])
 def test_ranges_of_whole_parts_resume_from_their_journal(
-    world, tmp_path, monkeypatch, earlier_release
+    world, tmp_path, monkeypatch, earlier_release, as_s3
 ):
-    """boto3's 8 MiB parts in 16 MB ranges of two parts each: a try that fails in the second
-    range keeps the first (two parts, each part's MD5 journaled), and the next try fetches only
-    the rest. A journal written before ranges could hold several parts (no ``parts_per_range``
-    in its header) resumes the same way when its ranges were single parts."""
-    data = os.urandom(40 * MIB + 4321)  # five parts, the last short
+    """boto3's 8 MiB parts (five and a 4321-byte sixth) in 16 MB ranges of two parts each: a
+    try that fails in the second range keeps the first (each part's digest journaled), and the
+    next try fetches only the rest, the last range (a whole part and the short one) checked
+    from the ranges' own digests. A journal of the earlier release (one part a range, no
+    ``parts_per_range`` in its header) resumes with its own plan under the new default."""
+    data = os.urandom(40 * MIB + 4321)
     (tmp_path / "source.zip").write_bytes(data)
     _upload_file(world, tmp_path / "source.zip", {})
-    s3 = _client(world.endpoint)
-    etag = s3.head_object(Bucket=world.bucket, Key=KEY)["ETag"].strip('"')
-    chunk = 8 if earlier_release else 16
+    plain = _client(world.endpoint)
+    s3 = _AsRealS3(plain) if as_s3 else plain
+    etag = plain.head_object(Bucket=world.bucket, Key=KEY)["ETag"].strip('"')
+    first = 8 if earlier_release else 16
     real_fetch = ranged_download._fetch_range
 
     def second_fails(s3, plan, fd, index, stop):
@@ -356,21 +359,23 @@ def test_ranges_of_whole_parts_resume_from_their_journal(
     monkeypatch.setattr(ranged_download, "_fetch_range", second_fails)
     target = tmp_path / "W1UP.bag.zip"
     with pytest.raises(DownloadError, match="injected"):
-        aws.download_object(s3, world.bucket, KEY, etag, target, "W1UP", 1, chunk)
+        aws.download_object(s3, world.bucket, KEY, etag, target, "W1UP", 1, first)
     monkeypatch.undo()
     journal = journal_path(target.with_name(f".{target.name}.part"))
     lines = journal.read_text().splitlines()
     header = json.loads(lines[0])
-    assert (header["part_size"], header["parts_per_range"]) == (chunk * MIB, chunk // 8)
-    assert len(json.loads(lines[1])["d"]) == 32 * chunk // 8, "one MD5 per part"
+    assert (header["part_size"], header["parts_per_range"]) == (first * MIB, first // 8)
+    width = 8 if as_s3 else 32  # a CRC32 or an MD5 a part
+    assert [len(json.loads(line)["d"]) for line in lines[1:]] == [width * first // 8]
     if earlier_release:
         del header["parts_per_range"]
         journal.write_text("\n".join([json.dumps(header), *lines[1:]]) + "\n")
     report: dict = {}
-    assert aws.download_object(s3, world.bucket, KEY, etag, target, "W1UP", 2, chunk, report=report)
-    assert report == {
-        "check": "etag-parts",
-        "reused": chunk * MIB,
-        "fetched": len(data) - chunk * MIB,
-    }
+    counted = _CountingPartHeads(s3)
+    assert aws.download_object(
+        counted, world.bucket, KEY, etag, target, "W1UP", 2, 16, report=report
+    )
+    check = "composite-crc32" if as_s3 else "etag-parts"
+    assert report == {"check": check, "reused": first * MIB, "fetched": len(data) - first * MIB}
+    assert counted.asked <= 1, "the parts' digests from the ranges: no second hashing pass"
     assert target.read_bytes() == data

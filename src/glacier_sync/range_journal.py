@@ -63,17 +63,20 @@ ETAG_CHECKS = ("etag-parts", "etag-md5")
 
 
 def journaled_plan(path: Path, plan: RangePlan) -> RangePlan:
-    """The plan the journal at ``path`` was started with, when an earlier release chose the
-    object's eTag as its check where a checksum is now preferred: same object version and
-    format, an ``etag-parts`` or ``etag-md5`` check expecting that very eTag. Its verified
-    ranges are then resumed rather than fetched again. Else ``plan``."""
+    """The plan the journal at ``path`` was started with, when it checks the same object version
+    (same format) a way that still holds: the very same check with other ranges (an earlier
+    release's range layout, or another ``download_chunk_mb``), or the object's eTag
+    (``etag-parts``, ``etag-md5``) where a checksum is now preferred. Its verified ranges are
+    then resumed rather than fetched again. Else ``plan``."""
     try:
         with path.open(encoding="utf-8") as journal:
             header = _header(journal.readline())
         wanted = asdict(plan)
         if header == wanted or any(header.get(k) != wanted[k] for k in IDENTITY):
             return plan
-        if header.get("check") not in ETAG_CHECKS or header.get("expected") != plan.etag:
+        same_check = all(header.get(k) == wanted[k] for k in ("check", "expected", "algorithm"))
+        etag_check = header.get("check") in ETAG_CHECKS and header.get("expected") == plan.etag
+        if not (same_check or etag_check) or header.get("check") == "none":
             return plan
         return RangePlan(**header)
     except (

@@ -64,12 +64,14 @@ def fetch_ranges(
         started = journaled_plan(journal_file, plan)
         if started != plan:
             log.info(
-                "work %s: %s resumes with the check its journal was started with (%s; now %s "
-                "would be chosen)",
+                "work %s: %s resumes with the plan its journal was started with (%s in ranges "
+                "of %d bytes; now %s in ranges of %d would be chosen)",
                 work_id,
                 partial.name,
                 started.check,
+                started.part_size,
                 plan.check,
+                plan.part_size,
             )
             plan = started
     digests = read_journal(journal_file, plan) if partial.is_file() else None
@@ -238,7 +240,13 @@ def _fetch_missing(
     try:
         with ThreadPoolExecutor(max(1, concurrency)) as pool:
             futures = [pool.submit(one, i) for i in missing]
-            done, _ = wait(futures, return_when=FIRST_EXCEPTION)
+            try:
+                done, _ = wait(futures, return_when=FIRST_EXCEPTION)
+            except BaseException:  # interrupted (SIGTERM, Ctrl-C): the ranges stop now
+                stop.set()
+                for future in futures:
+                    future.cancel()
+                raise
             failed = [f for f in done if f.exception() is not None]
             if failed:
                 stop.set()
