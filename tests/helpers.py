@@ -102,3 +102,43 @@ def glacier_env(world: World, data_root: Path, archive_root: Path, **extra) -> d
     env["GLACIER_SYNC_SQS_SCHEDULE"] = "@hourly"
     env.update({k: str(v) for k, v in extra.items()})
     return env
+
+
+def fail_range(monkeypatch, index: int) -> None:
+    """Make range ``index`` of every download fail as a reset link would (until
+    ``monkeypatch.undo()``); the other ranges are fetched as usual."""
+    from glacier_sync import ranged_download
+    from glacier_sync.errors import DownloadError
+
+    real_fetch = ranged_download._fetch_range
+
+    def failing(s3, plan, fd, number, stop):
+        if number == index:
+            raise DownloadError("connection reset (injected)")
+        return real_fetch(s3, plan, fd, number, stop)
+
+    monkeypatch.setattr(ranged_download, "_fetch_range", failing)
+
+
+def upload_parts(s3, bucket: str, key: str, data: bytes, sizes: list[int], **create) -> str:
+    """A multipart upload of ``data`` in parts of the given sizes (any legal split, unequal ones
+    too), with ``create``'s arguments (a checksum algorithm and type, SSE-KMS); its eTag."""
+    assert sum(sizes) == len(data)
+    upload = s3.create_multipart_upload(Bucket=bucket, Key=key, **create)["UploadId"]
+    algorithm = create.get("ChecksumAlgorithm")
+    per_part = {"ChecksumAlgorithm": algorithm} if algorithm else {}
+    parts, offset = [], 0
+    for number, size in enumerate(sizes, start=1):
+        body = data[offset : offset + size]
+        answer = s3.upload_part(
+            Bucket=bucket, Key=key, UploadId=upload, PartNumber=number, Body=body, **per_part
+        )
+        entry = {"PartNumber": number, "ETag": answer["ETag"]}
+        if algorithm:
+            entry[f"Checksum{algorithm}"] = answer[f"Checksum{algorithm}"]
+        parts.append(entry)
+        offset += size
+    s3.complete_multipart_upload(
+        Bucket=bucket, Key=key, UploadId=upload, MultipartUpload={"Parts": parts}
+    )
+    return s3.head_object(Bucket=bucket, Key=key)["ETag"].strip('"')

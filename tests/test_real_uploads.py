@@ -19,8 +19,9 @@ import boto3
 import pytest
 from botocore.config import Config
 from demo_world import FAKE_CREDENTIALS
+from helpers import fail_range, upload_parts
 
-from glacier_sync import aws, ranged_download
+from glacier_sync import aws
 from glacier_sync.errors import DownloadError, PermanentError, is_transient
 from glacier_sync.range_journal import journal_path
 from glacier_sync.whole_object import WholeObjectMismatch
@@ -120,32 +121,6 @@ def _upload_file(world, source: Path, extra: dict) -> None:
     _client(world.endpoint).upload_file(str(source), world.bucket, KEY, ExtraArgs=extra or None)
 
 
-def _upload_parts(world, data: bytes, sizes: list[int], extra: dict) -> None:
-    """A multipart upload of parts of the given sizes, with the given create arguments."""
-    s3 = _client(world.endpoint)
-    upload = s3.create_multipart_upload(Bucket=world.bucket, Key=KEY, **extra)["UploadId"]
-    algorithm = extra.get("ChecksumAlgorithm")
-    parts, offset = [], 0
-    for number, size in enumerate(sizes, start=1):
-        more = {"ChecksumAlgorithm": algorithm} if algorithm else {}
-        part = s3.upload_part(
-            Bucket=world.bucket,
-            Key=KEY,
-            UploadId=upload,
-            PartNumber=number,
-            Body=data[offset : offset + size],
-            **more,
-        )
-        entry = {"PartNumber": number, "ETag": part["ETag"]}
-        if algorithm:
-            entry[f"Checksum{algorithm}"] = part[f"Checksum{algorithm}"]
-        parts.append(entry)
-        offset += size
-    s3.complete_multipart_upload(
-        Bucket=world.bucket, Key=KEY, UploadId=upload, MultipartUpload={"Parts": parts}
-    )
-
-
 def _kms(kms_key: str) -> dict:
     return {"ServerSideEncryption": "aws:kms", "SSEKMSKeyId": kms_key}
 
@@ -207,12 +182,19 @@ def test_each_upload_is_verified_end_to_end_and_a_flipped_byte_is_caught(
     elif how == "put":
         _client(world.endpoint).put_object(Bucket=world.bucket, Key=KEY, Body=data, **extra)
     elif how == "parts":
-        _upload_parts(world, data, [8 * MIB, 8 * MIB, size - 16 * MIB], extra)
+        upload_parts(
+            _client(world.endpoint),
+            world.bucket,
+            KEY,
+            data,
+            [8 * MIB, 8 * MIB, size - 16 * MIB],
+            **extra,
+        )
     else:  # a short part in the middle: the ranges follow the first, the check the real ones
         middle = [6 * MIB, 8 * MIB] if how == "unequal" else [6 * MIB]  # 4 parts, or 3 as ranges
         sizes = [8 * MIB, *middle, size - 8 * MIB - sum(middle)]
         assert min(sizes) > MIB and sum(sizes) == size
-        _upload_parts(world, data, sizes, extra)
+        upload_parts(_client(world.endpoint), world.bucket, KEY, data, sizes, **extra)
         check = f"composite-{extra['ChecksumAlgorithm'].lower()}"
     s3 = _client(world.endpoint)
     store = _AsRealS3(s3) if as_s3 else s3
@@ -311,14 +293,7 @@ def test_a_journal_started_with_the_etag_check_resumes_where_a_checksum_is_now_c
     _upload_file(world, tmp_path / "source.zip", {})
     s3 = _client(world.endpoint)
     etag = s3.head_object(Bucket=world.bucket, Key=KEY)["ETag"].strip('"')
-    real_fetch = ranged_download._fetch_range
-
-    def third_fails(s3, plan, fd, index, stop):
-        if index == 2:
-            raise DownloadError("connection reset (injected)")
-        return real_fetch(s3, plan, fd, index, stop)
-
-    monkeypatch.setattr(ranged_download, "_fetch_range", third_fails)
+    fail_range(monkeypatch, 2)
     target = tmp_path / "W1UP.bag.zip"
     with pytest.raises(DownloadError, match="injected"):  # moto's answer: the eTag check
         aws.download_object(s3, world.bucket, KEY, etag, target, "W1UP", 1, 4)
@@ -349,14 +324,7 @@ def test_ranges_of_whole_parts_resume_from_their_journal(
     s3 = _AsRealS3(plain) if as_s3 else plain
     etag = plain.head_object(Bucket=world.bucket, Key=KEY)["ETag"].strip('"')
     first = 8 if earlier_release else 16
-    real_fetch = ranged_download._fetch_range
-
-    def second_fails(s3, plan, fd, index, stop):
-        if index == 1:
-            raise DownloadError("connection reset (injected)")
-        return real_fetch(s3, plan, fd, index, stop)
-
-    monkeypatch.setattr(ranged_download, "_fetch_range", second_fails)
+    fail_range(monkeypatch, 1)
     target = tmp_path / "W1UP.bag.zip"
     with pytest.raises(DownloadError, match="injected"):
         aws.download_object(s3, world.bucket, KEY, etag, target, "W1UP", 1, first)

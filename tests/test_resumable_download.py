@@ -20,6 +20,7 @@ from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 from byte_proxy import ByteCountingProxy
 from demo_world import FAKE_CREDENTIALS
+from helpers import fail_range, upload_parts
 
 from glacier_sync import aws, download_plan, ranged_download, whole_object
 from glacier_sync.errors import DownloadError, ObjectUnavailable, PermanentError, is_transient
@@ -326,18 +327,11 @@ def test_a_byte_flipped_in_transit_is_fetched_again_and_never_held(world, tmp_pa
 
 def test_a_failed_range_keeps_the_others(world, tmp_path, payload, proxy, monkeypatch):
     etag = _upload(world, tmp_path, multipart=True, checksums=False)
-    real_fetch = ranged_download._fetch_range
-
-    def flaky(s3, plan, fd, index, stop):
-        if index == 3:
-            raise DownloadError("connection reset (injected)")
-        return real_fetch(s3, plan, fd, index, stop)
-
-    monkeypatch.setattr(ranged_download, "_fetch_range", flaky)
+    fail_range(monkeypatch, 3)
     target = tmp_path / "W1RES.bag.zip"
     with pytest.raises(DownloadError, match="injected"):
         _download(world.endpoint, world, target, etag, concurrency=1)
-    monkeypatch.setattr(ranged_download, "_fetch_range", real_fetch)
+    monkeypatch.undo()
     kept = _journaled_bytes(target)
     assert kept == 3 * 5 * MIB  # ranges 0-2 done; 4 cancelled once 3 failed (one thread)
     proxy.reset()
@@ -364,28 +358,6 @@ def test_an_upload_with_boto3_defaults_is_checked_by_its_multipart_etag(world, t
     assert target.read_bytes() == payload
 
 
-def _upload_parts(world, sizes: list[int], data: bytes) -> str:
-    """A multipart upload of parts of the given sizes (any legal split, unequal ones too)."""
-    s3 = _client(world.endpoint)
-    upload = s3.create_multipart_upload(Bucket=world.bucket, Key=KEY)["UploadId"]
-    parts, offset = [], 0
-    for number, size in enumerate(sizes, start=1):
-        part = s3.upload_part(
-            Bucket=world.bucket,
-            Key=KEY,
-            UploadId=upload,
-            PartNumber=number,
-            Body=data[offset : offset + size],
-        )
-        parts.append({"PartNumber": number, "ETag": part["ETag"]})
-        offset += size
-    assert offset == len(data)
-    s3.complete_multipart_upload(
-        Bucket=world.bucket, Key=KEY, UploadId=upload, MultipartUpload={"Parts": parts}
-    )
-    return s3.head_object(Bucket=world.bucket, Key=KEY)["ETag"].strip('"')
-
-
 @pytest.mark.parametrize(
     "sizes",
     [
@@ -395,7 +367,7 @@ def _upload_parts(world, sizes: list[int], data: bytes) -> str:
     ids=["8-6-8-rest", "5-9-rest"],
 )
 def test_parts_of_unequal_sizes_are_checked_along_their_own_bounds(world, tmp_path, payload, sizes):
-    etag = _upload_parts(world, sizes, payload)
+    etag = upload_parts(_client(world.endpoint), world.bucket, KEY, payload, sizes)
     assert etag.endswith(f"-{len(sizes)}")
     s3 = _client(world.endpoint)
     head = s3.head_object(Bucket=world.bucket, Key=KEY, ChecksumMode="ENABLED")
