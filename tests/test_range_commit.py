@@ -70,3 +70,38 @@ def test_a_disk_error_stops_the_fetching_and_is_raised(fd, monkeypatch):
     with pytest.raises(OSError, match="I/O error"):
         committer.close()
     assert durable == [], "nothing counts as verified that is not on disk"
+
+
+def test_an_interrupted_download_stops_its_ranges_at_once(tmp_path, monkeypatch):
+    """SIGTERM or Ctrl-C while the ranges are fetched: the queued ranges are not fetched first,
+    and what was finished is journaled all the same."""
+    from glacier_sync import ranged_download
+    from glacier_sync.range_journal import RangePlan, journal_path
+
+    fetched: list[int] = []
+
+    def slow_range(s3, plan, fd, index, stop):
+        for _ in range(20):
+            if stop.is_set():
+                raise ranged_download._Stopped()
+            time.sleep(0.01)
+        fetched.append(index)
+        return "00000000"
+
+    real_wait = ranged_download.wait
+
+    def interrupted(futures, return_when):
+        real_wait(futures, timeout=0.5)  # two or so ranges finish, then the signal comes
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ranged_download, "_fetch_range", slow_range)
+    monkeypatch.setattr(ranged_download, "wait", interrupted)
+    plan = RangePlan("b", "k", "", "e", 40 * 1024 * 1024, 1024 * 1024, "crc32", "none")
+    partial = tmp_path / ".W1.bag.zip.part"
+    started = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        ranged_download.fetch_ranges(None, plan, partial, 2, "W1")
+    assert time.monotonic() - started < 2, "40 ranges of 0.2 s on two threads would take 4 s"
+    assert 0 < len(fetched) < 10
+    journaled = journal_path(partial).read_text().splitlines()[1:]
+    assert len(journaled) == len(fetched), "the finished ranges are journaled"
