@@ -142,3 +142,40 @@ def upload_parts(s3, bucket: str, key: str, data: bytes, sizes: list[int], **cre
         Bucket=bucket, Key=key, UploadId=upload, MultipartUpload={"Parts": parts}
     )
     return s3.head_object(Bucket=bucket, Key=key)["ETag"].strip('"')
+
+
+class PassThroughClient:
+    """An S3 client whose calls pass through to ``s3``, but for those a subclass redefines."""
+
+    def __init__(self, s3) -> None:
+        self._s3 = s3
+
+    def __getattr__(self, name):
+        return getattr(self._s3, name)
+
+
+class FlippingBody:
+    """A response body that flips one byte (at random) of what it passes on, as a bad link."""
+
+    def __init__(self, body) -> None:
+        self._body, self._done = body, False
+
+    def readinto(self, view) -> int:
+        count = self._body.readinto(view)
+        if count and not self._done:
+            view[int.from_bytes(os.urandom(4), "big") % count] ^= 0x01  # a byte at random
+            self._done = True
+        return count
+
+    def close(self) -> None:
+        self._body.close()
+
+
+class FlippingLink(PassThroughClient):
+    """A client whose answer for the first range has one byte flipped in transit."""
+
+    def get_object(self, **kwargs):
+        response = self._s3.get_object(**kwargs)
+        if kwargs.get("Range", "").startswith("bytes=0-"):
+            response["Body"] = FlippingBody(response["Body"])
+        return response

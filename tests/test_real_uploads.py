@@ -19,7 +19,7 @@ import boto3
 import pytest
 from botocore.config import Config
 from demo_world import FAKE_CREDENTIALS
-from helpers import fail_range, upload_parts
+from helpers import FlippingLink, PassThroughClient, fail_range, upload_parts
 
 from glacier_sync import aws
 from glacier_sync.errors import DownloadError, PermanentError, is_transient
@@ -39,15 +39,9 @@ def _client(endpoint: str):
     )
 
 
-class _AsRealS3:
+class _AsRealS3(PassThroughClient):
     """moto's client with its HEAD answers completed as real S3 gives them: the checksum's
     ``ChecksumType`` and, for a composite one, its ``-N`` (read from ``GetObjectAttributes``)."""
-
-    def __init__(self, s3) -> None:
-        self._s3 = s3
-
-    def __getattr__(self, name):
-        return getattr(self._s3, name)
 
     def head_object(self, **kwargs):
         head = self._s3.head_object(**kwargs)
@@ -66,49 +60,16 @@ class _AsRealS3:
         return head
 
 
-class _CountingPartHeads:
+class _CountingPartHeads(PassThroughClient):
     """A client that counts its part HEADs (``HEAD ?partNumber=N``)."""
 
     def __init__(self, s3) -> None:
-        self._s3, self.asked = s3, 0
-
-    def __getattr__(self, name):
-        return getattr(self._s3, name)
+        super().__init__(s3)
+        self.asked = 0
 
     def head_object(self, **kwargs):
         self.asked += bool(kwargs.get("PartNumber"))
         return self._s3.head_object(**kwargs)
-
-
-class _FlippingBody:
-    def __init__(self, body) -> None:
-        self._body, self._done = body, False
-
-    def readinto(self, view) -> int:
-        count = self._body.readinto(view)
-        if count and not self._done:
-            view[int.from_bytes(os.urandom(4), "big") % count] ^= 0x01
-            self._done = True
-        return count
-
-    def close(self) -> None:
-        self._body.close()
-
-
-class _FlippingLink:
-    """A client whose first ranged answer has one byte flipped in transit."""
-
-    def __init__(self, s3) -> None:
-        self._s3 = s3
-
-    def __getattr__(self, name):
-        return getattr(self._s3, name)
-
-    def get_object(self, **kwargs):
-        response = self._s3.get_object(**kwargs)
-        if kwargs.get("Range", "").startswith("bytes=0-"):
-            response["Body"] = _FlippingBody(response["Body"])
-        return response
 
 
 @pytest.fixture
@@ -205,7 +166,7 @@ def test_each_upload_is_verified_end_to_end_and_a_flipped_byte_is_caught(
 
     with pytest.raises(WholeObjectMismatch) as caught:
         aws.download_object(
-            _FlippingLink(store), world.bucket, KEY, etag, target, "W1UP", 2, chunk_mb
+            FlippingLink(store), world.bucket, KEY, etag, target, "W1UP", 2, chunk_mb
         )
     assert is_transient(caught.value) and not isinstance(caught.value, PermanentError)
     assert not target.exists()
@@ -232,14 +193,12 @@ def _composite_kms_object(world, tmp_path, kms_key) -> tuple[bytes, str]:
     return data, head["ETag"].strip('"')
 
 
-class _PartHeads:
+class _PartHeads(PassThroughClient):
     """A store as real S3 answers whose part HEADs answer ``status`` (0: as S3 does)."""
 
     def __init__(self, s3, status: int) -> None:
-        self._s3, self.status, self.asked = _AsRealS3(s3), status, 0
-
-    def __getattr__(self, name):
-        return getattr(self._s3, name)
+        super().__init__(_AsRealS3(s3))
+        self.status, self.asked = status, 0
 
     def head_object(self, **kwargs):
         if not kwargs.get("PartNumber"):

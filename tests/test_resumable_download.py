@@ -20,7 +20,7 @@ from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 from byte_proxy import ByteCountingProxy
 from demo_world import FAKE_CREDENTIALS
-from helpers import fail_range, upload_parts
+from helpers import FlippingLink, PassThroughClient, fail_range, upload_parts
 
 from glacier_sync import aws, download_plan, ranged_download, whole_object
 from glacier_sync.errors import DownloadError, ObjectUnavailable, PermanentError, is_transient
@@ -283,37 +283,11 @@ def test_the_same_mismatch_twice_is_held_after_two_fetches(
     assert not list(tmp_path.glob(".*part*")), "nothing kept, the note neither"
 
 
-class _FlippingBody:
-    """A body that flips one byte (at random) of what it passes on, as a bad link could."""
-
-    def __init__(self, body):
-        self._body, self._done = body, False
-
-    def readinto(self, view) -> int:
-        count = self._body.readinto(view)
-        if count and not self._done:
-            view[int.from_bytes(os.urandom(4), "big") % count] ^= 0x01  # a byte at random
-            self._done = True
-        return count
-
-    def close(self) -> None:
-        self._body.close()
-
-
 def test_a_byte_flipped_in_transit_is_fetched_again_and_never_held(world, tmp_path, payload):
     """The single-part MD5 catches it; the next try, with a clean link, archives the object."""
     etag = _upload(world, tmp_path, multipart=False, checksums=False)
     target = tmp_path / "W1RES.bag.zip"
-    flipping = _Faulty(_client(world.endpoint))
-    real_get = flipping._s3.get_object
-
-    def get_object(**kwargs):
-        response = real_get(**kwargs)
-        if kwargs["Range"].startswith("bytes=0-"):
-            response["Body"] = _FlippingBody(response["Body"])
-        return response
-
-    flipping.get_object = get_object
+    flipping = FlippingLink(_client(world.endpoint))
     with pytest.raises(whole_object.WholeObjectMismatch) as caught:
         aws.download_object(flipping, world.bucket, KEY, etag, target, "W1RES", 2, 5)
     assert not isinstance(caught.value, PermanentError), "never a bad object for a bad link"
@@ -385,14 +359,12 @@ def test_parts_of_unequal_sizes_are_checked_along_their_own_bounds(world, tmp_pa
     assert target.read_bytes() == payload
 
 
-class _Faulty:
+class _Faulty(PassThroughClient):
     """An S3 client whose chosen calls fail (or misbehave) the way a throttled store would."""
 
     def __init__(self, s3, fail_part_head: int | None = None, ignore_range: bool = False):
-        self._s3, self.fail_part_head, self.ignore_range = s3, fail_part_head, ignore_range
-
-    def __getattr__(self, name):
-        return getattr(self._s3, name)
+        super().__init__(s3)
+        self.fail_part_head, self.ignore_range = fail_part_head, ignore_range
 
     def head_object(self, **kwargs):
         if kwargs.get("PartNumber") is not None and self.fail_part_head == 200:
