@@ -507,7 +507,7 @@ def test_a_torn_journal_tail_is_cut_before_the_next_record(tmp_path):
     with path.open("a") as journal:
         journal.write('{"i": 0, "d": "00000001"}\n{"i": 1, "d": "0000')  # killed mid-line
     again = RangeJournal(path, plan, fresh=False)
-    again.record(2, "00000003")
+    again.record_many([(2, "00000003")])
     again.close()
     assert read_journal(path, plan) == {0: "00000001", 2: "00000003"}
 

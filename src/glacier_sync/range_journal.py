@@ -140,10 +140,6 @@ class RangeJournal:
             _drop_torn_tail(path)
         self._file = path.open("a", encoding="utf-8")
 
-    def record(self, index: int, digest: str) -> None:
-        """Append one finished range (its bytes already flushed to the ``.part`` file)."""
-        self.record_many([(index, digest)])
-
     def record_many(self, ranges: list[tuple[int, str]]) -> None:
         """Append finished ranges with one ``fsync`` (their bytes already flushed)."""
         with self._lock:

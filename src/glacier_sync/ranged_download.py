@@ -60,6 +60,7 @@ def fetch_ranges(
     """Make ``partial`` a verified copy of the planned object (or of the plan its journal was
     started with, when that one checks the same object version another valid way)."""
     journal_file = journal_path(partial)
+    digests = None
     if partial.is_file():
         started = journaled_plan(journal_file, plan)
         if started != plan:
@@ -74,7 +75,7 @@ def fetch_ranges(
                 plan.part_size,
             )
             plan = started
-    digests = read_journal(journal_file, plan) if partial.is_file() else None
+        digests = read_journal(journal_file, plan)
     if digests is None:
         partial.unlink(missing_ok=True)
         journal_file.unlink(missing_ok=True)
@@ -240,18 +241,20 @@ def _fetch_missing(
     try:
         with ThreadPoolExecutor(max(1, concurrency)) as pool:
             futures = [pool.submit(one, i) for i in missing]
+
+            def halt() -> None:
+                stop.set()
+                for future in futures:
+                    future.cancel()
+
             try:
                 done, _ = wait(futures, return_when=FIRST_EXCEPTION)
             except BaseException:  # interrupted (SIGTERM, Ctrl-C): the ranges stop now
-                stop.set()
-                for future in futures:
-                    future.cancel()
+                halt()
                 raise
             failed = [f for f in done if f.exception() is not None]
             if failed:
-                stop.set()
-                for future in futures:
-                    future.cancel()
+                halt()
                 wait(futures)
                 errors = [f.exception() for f in futures if not f.cancelled() and f.exception()]
                 real = [e for e in errors if not isinstance(e, _Stopped)]

@@ -91,9 +91,7 @@ def check_whole(
     elif check in CRC_BYTES:
         got = full_object_value(check, digests, lengths)
     elif check == "etag-parts":
-        got = multipart_etag([bytes.fromhex(d) for d in digests])
-        if got != expected:
-            got = multipart_etag(exact_parts("md5"))
+        got = _of_parts(multipart_etag, "md5", digests, expected, exact_parts)
     else:
         algorithm = plan.algorithm
         if check.startswith("full-or-composite-"):
@@ -103,11 +101,11 @@ def check_whole(
                 return algorithm
         else:
             full = ""
-        parts = [bytes.fromhex(d) for d in digests]
-        got = f"{composite_value(algorithm, parts)}-{len(parts)}"
-        if got != expected:
-            parts = exact_parts(algorithm)
-            got = f"{composite_value(algorithm, parts)}-{len(parts)}"
+
+        def composite(parts: list[bytes]) -> str:
+            return f"{composite_value(algorithm, parts)}-{len(parts)}"
+
+        got = _of_parts(composite, algorithm, digests, expected, exact_parts)
         if got == expected:
             return f"composite-{algorithm}"
         got = f"{got} (full object {full})" if full else got
@@ -121,6 +119,19 @@ def check_whole(
             expected,
         )
     return check
+
+
+def _of_parts(
+    value_of: Callable[[list[bytes]], str],
+    algorithm: str,
+    digests: list[str],
+    expected: str,
+    exact_parts: Callable[[str], list[bytes]],
+) -> str:
+    """A part-wise value (multipart eTag, composite checksum) from the ranges' part digests;
+    when it differs, from the parts hashed again along their exact bounds (unequal parts)."""
+    got = value_of([bytes.fromhex(d) for d in digests])
+    return got if got == expected else value_of(exact_parts(algorithm))
 
 
 def _per_part(plan: RangePlan, digests: list[str]) -> list[str]:
