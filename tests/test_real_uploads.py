@@ -122,7 +122,7 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("chunk_mb", [4, 16], ids=["ranges-in-parts", "2-parts-a-range"])
+@pytest.mark.parametrize("chunk_mb", [3, 16], ids=["3-ranges-a-part", "2-parts-a-range"])
 @pytest.mark.parametrize(
     ("how", "extra", "kms", "as_s3", "check"),
     [case[1:] for case in CASES],
@@ -131,8 +131,9 @@ CASES = [
 def test_each_upload_is_verified_end_to_end_and_a_flipped_byte_is_caught(
     world, tmp_path, kms_key, how, extra, kms, as_s3, check, chunk_mb
 ):
-    """With 4 MB ranges each 8 MiB part is one range (the range size follows the part); with
-    16 MB ranges each range holds two whole parts, each hashed on its own."""
+    """With 3 MB ranges each 8 MiB part is fetched in three ranges of unequal ends (their CRCs
+    combined, or the part's MD5 or SHA hashed from disk once they are in); with 16 MB ranges
+    each range holds two whole parts, each hashed on its own."""
     size = {"put": 3 * MIB + 77, "unequal": 23 * MIB + 4321}.get(how, 21 * MIB + 4321)
     data = os.urandom(size)
     source = tmp_path / "source.zip"
@@ -262,7 +263,8 @@ def test_a_journal_started_with_the_etag_check_resumes_where_a_checksum_is_now_c
     assert head["ChecksumType"] == "COMPOSITE", "today's plan would be composite-crc32"
     report: dict = {}
     assert aws.download_object(as_s3, world.bucket, KEY, etag, target, "W1UP", 2, 4, report=report)
-    assert report == {"check": "etag-parts", "reused": 16 * MIB, "fetched": len(data) - 16 * MIB}
+    # 4 MB ranges split the 8 MiB parts in two: the first try kept the first part's two ranges
+    assert report == {"check": "etag-parts", "reused": 8 * MIB, "fetched": len(data) - 8 * MIB}
     assert target.read_bytes() == data
 
 
@@ -305,4 +307,70 @@ def test_ranges_of_whole_parts_resume_from_their_journal(
     check = "composite-crc32" if as_s3 else "etag-parts"
     assert report == {"check": check, "reused": first * MIB, "fetched": len(data) - first * MIB}
     assert counted.asked <= 1, "the parts' digests from the ranges: no second hashing pass"
+    assert target.read_bytes() == data
+
+
+@pytest.mark.parametrize(
+    ("extra", "as_s3", "check"),
+    [
+        ({}, False, "etag-parts"),
+        ({"ChecksumAlgorithm": "SHA256"}, True, "composite-sha256"),
+        ({"ChecksumAlgorithm": "CRC32C"}, True, "composite-crc32c"),
+    ],
+    ids=["etag-parts", "composite-sha256", "composite-crc32c"],
+)
+def test_a_part_larger_than_the_range_size_costs_a_range_not_the_part(
+    world, tmp_path, monkeypatch, extra, as_s3, check
+):
+    """20 MiB parts in 4 MB ranges (five a part): a try that fails in the fourth range keeps
+    the three before it, though their part is unfinished; the next try fetches only the rest,
+    and the part's MD5 or SHA is hashed from disk once its five ranges are in (a CRC combined)."""
+    data = os.urandom(25 * MIB + 321)
+    plain = _client(world.endpoint)
+    upload_parts(plain, world.bucket, KEY, data, [20 * MIB, 5 * MIB + 321], **extra)
+    s3 = _AsRealS3(plain) if as_s3 else plain
+    etag = plain.head_object(Bucket=world.bucket, Key=KEY)["ETag"].strip('"')
+    target = tmp_path / "W1UP.bag.zip"
+    fail_range(monkeypatch, 3)
+    with pytest.raises(DownloadError, match="injected"):
+        aws.download_object(s3, world.bucket, KEY, etag, target, "W1UP", 1, 4)
+    monkeypatch.undo()
+    lines = journal_path(target.with_name(f".{target.name}.part")).read_text().splitlines()
+    assert json.loads(lines[0])["ranges_per_part"] == 5 and len(lines) == 1 + 3
+    report: dict = {}
+    counted = _CountingPartHeads(s3)
+    assert aws.download_object(
+        counted, world.bucket, KEY, etag, target, "W1UP", 2, 4, report=report
+    )
+    assert report == {"check": check, "reused": 12 * MIB, "fetched": len(data) - 12 * MIB}
+    assert counted.asked <= 1, "the parts' digests from their ranges: no second hashing pass"
+    assert target.read_bytes() == data
+
+
+def test_a_disk_error_while_hashing_a_split_part_keeps_its_verified_ranges(
+    world, tmp_path, monkeypatch
+):
+    """Reading a part back to hash it failed: reported as the disk's error, never taken for a
+    mismatch, and every verified range stays for the next try (which hashes the parts again)."""
+    from glacier_sync import part_hashes
+
+    data = os.urandom(21 * MIB + 4321)
+    (tmp_path / "source.zip").write_bytes(data)
+    _upload_file(world, tmp_path / "source.zip", {})
+    s3 = _client(world.endpoint)
+    etag = s3.head_object(Bucket=world.bucket, Key=KEY)["ETag"].strip('"')
+    target = tmp_path / "W1UP.bag.zip"
+
+    def failing(fd, start, end, hasher):
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(part_hashes, "hash_span", failing)
+    with pytest.raises(DownloadError, match="Input/output error.*the verified ranges are kept"):
+        aws.download_object(s3, world.bucket, KEY, etag, target, "W1UP", 2, 3)
+    lines = journal_path(target.with_name(f".{target.name}.part")).read_text().splitlines()
+    assert len(lines) == 1 + 8, "all eight ranges (3 + 3 + the 5 MiB last part's 2) journaled"
+    monkeypatch.undo()
+    report: dict = {}
+    assert aws.download_object(s3, world.bucket, KEY, etag, target, "W1UP", 2, 3, report=report)
+    assert report == {"check": "etag-parts", "reused": len(data), "fetched": 0}
     assert target.read_bytes() == data

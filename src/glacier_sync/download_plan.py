@@ -8,8 +8,10 @@ default (``check`` of the ``RangePlan``):
 - ``sha256``, ``sha1``: the checksum of a single-part object, hashed in order as ranges land.
 - ``composite-<algorithm>``: the checksum of the parts' checksums (``COMPOSITE``, or a ``-N``
   suffix); each range holds whole parts of the upload's part size (``HEAD ?partNumber=1``), as
-  many as fit in ``download_chunk_mb``, each part hashed on its own by the fetching thread.
-- ``etag-parts``: the multipart eTag from each part's MD5, ranges of whole parts the same way.
+  many as fit in ``download_chunk_mb``, each part hashed on its own by the fetching thread; a
+  part larger than that is fetched in several ranges, its CRC combined from theirs, its SHA
+  hashed from disk once they are all in.
+- ``etag-parts``: the multipart eTag from each part's MD5, ranges along the parts the same way.
 - ``full-or-composite-<crc>``: a CRC S3 gives without a type for a multipart upload (moto):
   both readings are computed from the same ranges, the object passes when one matches. Used
   only where the eTag cannot decide (an encrypted object), else the eTag does.
@@ -109,9 +111,13 @@ def plan_download(
 
 
 def _along_parts(part: int, chunk: int) -> dict[str, int]:
-    """Ranges of whole parts: as many as fit in the download's range size (boto3's 8 MiB parts
-    make 64 MiB ranges by default: fewer requests, flushes and journal lines), at least one."""
-    per = max(1, chunk // part)
+    """Ranges that line up with the upload's parts: as many whole parts a range as fit in the
+    download's range size (boto3's 8 MiB parts make 64 MiB ranges by default: fewer requests,
+    flushes and journal lines), or a part larger than it split in as many ranges as it takes
+    (a crash then costs at most a range per thread, never a 5 GiB part)."""
+    if part > chunk:
+        return {"part_size": part, "ranges_per_part": -(-part // chunk)}
+    per = chunk // part
     return {"part_size": part * per, "parts_per_range": per}
 
 

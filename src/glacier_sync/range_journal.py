@@ -15,6 +15,8 @@ import threading
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from glacier_sync.object_checks import CRC_BYTES
+
 JOURNAL_FORMAT = 2
 
 
@@ -23,7 +25,9 @@ class RangePlan:
     """What a download of one object version fetches: ranges of ``part_size`` bytes, each hashed
     with ``algorithm``; ``check`` names the end-to-end check of the whole object. A range may
     hold ``parts_per_range`` whole parts of the upload (parts smaller than the download's range
-    size): its digest is then each part's digest, one after the other."""
+    size): its digest is then each part's digest, one after the other. Or each part of
+    ``part_size`` bytes is fetched in ``ranges_per_part`` ranges (parts larger than the range
+    size), each range with its own ``range_algorithm`` digest."""
 
     bucket: str
     key: str
@@ -36,6 +40,7 @@ class RangePlan:
     expected: str = ""  # what the check must find: the eTag, or S3's base64 checksum (with -N)
     format: int = JOURNAL_FORMAT
     parts_per_range: int = 1
+    ranges_per_part: int = 1
 
     @property
     def upload_part(self) -> int:
@@ -43,14 +48,35 @@ class RangePlan:
         return self.part_size // self.parts_per_range
 
     @property
+    def range_size(self) -> int:
+        """The bytes of a range (the last of a part, or of the object, may be shorter)."""
+        return -(-self.part_size // self.ranges_per_part)
+
+    @property
+    def range_algorithm(self) -> str:
+        """Each range's digest: ``algorithm``, but a CRC32C where a part's MD5 or SHA is split
+        over several ranges (it cannot be; the part is hashed once all its ranges are in)."""
+        split = self.ranges_per_part > 1 and self.algorithm not in CRC_BYTES
+        return "crc32c" if split else self.algorithm
+
+    @property
+    def parts(self) -> int:
+        """How many parts of ``part_size`` bytes the object has (one for an empty object)."""
+        return max(1, -(-self.size // self.part_size))
+
+    @property
     def ranges(self) -> int:
         """How many ranges the object has (one for an empty object)."""
-        return max(1, -(-self.size // self.part_size))
+        last_part = self.size - (self.parts - 1) * self.part_size
+        in_last = max(1, -(-last_part // self.range_size))
+        return (self.parts - 1) * self.ranges_per_part + in_last
 
     def bounds(self, index: int) -> tuple[int, int]:
         """The first byte and the byte after the last of range ``index``."""
-        start = index * self.part_size
-        return start, min(self.size, start + self.part_size)
+        part, within = divmod(index, self.ranges_per_part)
+        part_start = part * self.part_size
+        start = part_start + within * self.range_size
+        return start, min(self.size, part_start + self.part_size, start + self.range_size)
 
 
 def journal_path(partial: Path) -> Path:
@@ -96,6 +122,7 @@ def _header(line: str) -> dict:
     header = json.loads(line)
     if isinstance(header, dict):
         header.setdefault("parts_per_range", 1)
+        header.setdefault("ranges_per_part", 1)
     return header
 
 

@@ -25,6 +25,7 @@ from typing import Any
 from glacier_sync import faults
 from glacier_sync.errors import DownloadError, TransferFault
 from glacier_sync.object_checks import new_hasher
+from glacier_sync.part_hashes import PartHashes, hashed_from_disk
 from glacier_sync.range_commit import RangeCommitter
 from glacier_sync.range_journal import (
     RangeJournal,
@@ -70,9 +71,9 @@ def fetch_ranges(
                 work_id,
                 partial.name,
                 started.check,
-                started.part_size,
+                started.range_size,
                 plan.check,
-                plan.part_size,
+                plan.range_size,
             )
             plan = started
         digests = read_journal(journal_file, plan)
@@ -115,27 +116,31 @@ def _fetch_into(
         journal = RangeJournal(journal_file, plan, fresh=digests is None)
         algorithm = in_order_algorithm(plan)
         in_order = _InOrderHash(fd, plan, set(good), algorithm) if algorithm else None
+        parts = PartHashes(fd, plan, set(good), concurrency) if hashed_from_disk(plan) else None
         try:
             missing = [i for i in range(plan.ranges) if i not in good]
 
             def durable(index: int, digest: str) -> None:
                 good[index] = digest
-                if in_order:
-                    in_order.add(index)
+                for behind in (in_order, parts):
+                    if behind:
+                        behind.add(index)
                 faults.checkpoint("download:range")
 
             _fetch_missing(s3, plan, fd, missing, concurrency, journal, durable)
         except BaseException:
-            if in_order:
-                in_order.abort()  # the failure surfaces now, not after a pass over the file
+            for behind in (in_order, parts):  # the failure surfaces now, not after a pass
+                if behind:
+                    behind.abort()
             raise
         finally:
             journal.close()
         whole = in_order.finish() if in_order else None
+        digests = parts.finish() if parts else [good[i] for i in range(plan.ranges)]
         faults.checkpoint("download:ranges-done")
         passed = check_whole(
             plan,
-            [good[i] for i in range(plan.ranges)],
+            digests,
             whole,
             work_id,
             lambda algorithm: parts_on_disk(s3, plan, fd, concurrency, algorithm),
@@ -172,7 +177,7 @@ def _reserve(fd: int, size: int) -> None:
 def range_hasher(plan: RangePlan) -> Any:
     """The hasher of one range of ``plan``: its digest, or each of its parts' digests."""
     if plan.parts_per_range == 1:
-        return new_hasher(plan.algorithm)
+        return new_hasher(plan.range_algorithm)
     return _PartsHasher(plan.algorithm, plan.upload_part)
 
 

@@ -22,6 +22,7 @@ from glacier_sync.errors import DownloadError, PermanentError, TransferFault, Tr
 from glacier_sync.object_checks import (
     CRC_BYTES,
     b64,
+    combine,
     composite_value,
     full_object_value,
     multipart_etag,
@@ -67,7 +68,8 @@ def check_whole(
 ) -> str:
     """Compare the file with what S3 says of the object; return the check that passed.
 
-    ``digests`` are the ranges' hex digests in order (each part's, for ranges of parts),
+    ``digests`` are the ranges' hex digests in order (each part's, for ranges of parts; for
+    an MD5 or SHA of parts split over several ranges, the parts' hashed from disk),
     ``whole`` the in-order hex digest (None when it could not be computed),
     ``exact_parts(algorithm)`` the parts' binary digests hashed from disk along the upload's
     exact part bounds (asked only when the ranges' do not match)."""
@@ -135,11 +137,28 @@ def _of_parts(
 
 
 def _per_part(plan: RangePlan, digests: list[str]) -> list[str]:
-    """The ranges' digests one per part (a range of several parts records each part's)."""
+    """The ranges' digests one per part: a range of several parts records each part's, the
+    CRCs of a part's ranges combine into the part's (a part's MD5 or SHA split over several
+    ranges comes hashed from disk, one per part already)."""
+    if plan.range_algorithm != plan.algorithm:
+        return digests
+    if plan.ranges_per_part > 1:
+        per, count = plan.ranges_per_part, plan.ranges
+        groups = [range(first, min(first + per, count)) for first in range(0, count, per)]
+        return [_combined(plan, group, digests) for group in groups]
     if plan.parts_per_range == 1:
         return digests
     width = len(new_hasher(plan.algorithm).hexdigest())
     return [d[i : i + width] for d in digests for i in range(0, len(d), width)]
+
+
+def _combined(plan: RangePlan, indexes: range, digests: list[str]) -> str:
+    """The hex CRC of consecutive ranges from theirs."""
+    value = 0
+    for index in indexes:
+        start, end = plan.bounds(index)
+        value = combine(plan.algorithm, value, int(digests[index], 16), end - start)
+    return value.to_bytes(CRC_BYTES[plan.algorithm], "big").hex()
 
 
 def parts_on_disk(

@@ -1,0 +1,76 @@
+"""Each upload part's MD5 or SHA, hashed from disk once all the ranges it was split into are in.
+
+A part larger than the download's range size is fetched in several ranges (a crash then costs a
+range, not a part), but an MD5 or a SHA cannot be combined from pieces the way a CRC can. So the
+ranges carry a CRC32C of their own (to verify them on a resume), and the part is read back
+from disk (the page cache, as a rule) and hashed as soon as its last range is durable, while the
+other ranges are still being fetched. A resumed download hashes its parts already complete on
+disk the same way. A read error is reported as itself, never taken for a mismatch.
+"""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
+
+from glacier_sync.errors import DownloadError
+from glacier_sync.object_checks import CRC_BYTES, new_hasher
+from glacier_sync.range_journal import RangePlan
+from glacier_sync.whole_object import hash_span
+
+
+def hashed_from_disk(plan: RangePlan) -> bool:
+    """Whether ``plan``'s parts must be hashed from disk (split parts of an MD5 or SHA)."""
+    return plan.ranges_per_part > 1 and plan.algorithm not in CRC_BYTES
+
+
+class PartHashes:
+    """The parts' hex digests of ``plan.algorithm``, each hashed by a small pool of threads as
+    soon as every range of the part is on disk (``add``), in whatever order the parts complete."""
+
+    def __init__(self, fd: int, plan: RangePlan, done: set[int], threads: int) -> None:
+        self._fd, self._plan = fd, plan
+        self._lock = threading.Lock()
+        self._pool = ThreadPoolExecutor(max(1, threads), thread_name_prefix="part-hash")
+        self._hashed: dict[int, Future[str]] = {}
+        self._left: dict[int, set[int]] = {}
+        for index in range(plan.ranges):
+            self._left.setdefault(index // plan.ranges_per_part, set()).add(index)
+        for index in done:
+            self.add(index)
+
+    def add(self, index: int) -> None:
+        """Range ``index`` is durable on disk; its part is hashed once it is the last one."""
+        part = index // self._plan.ranges_per_part
+        with self._lock:
+            left = self._left[part]
+            left.discard(index)
+            if left or part in self._hashed:
+                return
+            self._hashed[part] = self._pool.submit(self._hash, part)
+
+    def abort(self) -> None:
+        """Stop (the download failed): parts not yet begun are not hashed."""
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def finish(self) -> list[str]:
+        """Every part's hex digest, in order (every range must be in); a DownloadError when
+        reading the file back failed (the verified ranges are kept)."""
+        self._pool.shutdown(wait=True)
+        missing = sorted(set(self._left) - set(self._hashed))
+        if missing:
+            raise RuntimeError(f"parts {missing} of {self._plan.key} were never completed")
+        try:
+            return [self._hashed[part].result() for part in sorted(self._hashed)]
+        except OSError as exc:
+            raise DownloadError(
+                f"reading {self._plan.key} back from disk to hash its parts failed ({exc}); "
+                "the verified ranges are kept and the next try checks it again"
+            ) from exc
+
+    def _hash(self, part: int) -> str:
+        first = part * self._plan.ranges_per_part
+        last = min(first + self._plan.ranges_per_part, self._plan.ranges) - 1
+        hasher = new_hasher(self._plan.algorithm)
+        hash_span(self._fd, self._plan.bounds(first)[0], self._plan.bounds(last)[1], hasher)
+        return hasher.hexdigest()
