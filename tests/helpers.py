@@ -179,3 +179,27 @@ class FlippingLink(PassThroughClient):
         if kwargs.get("Range", "").startswith("bytes=0-"):
             response["Body"] = FlippingBody(response["Body"])
         return response
+
+
+def aws_cli_upload(world: World, source: Path, key: str, *options: str) -> None:
+    """Upload ``source`` with the AWS CLI's ``aws s3 cp`` and its defaults (multipart from
+    8 MiB, its own checksum default), plus ``options`` (``--sse aws:kms``, a storage class)."""
+    import subprocess
+
+    env = {
+        "PATH": os.environ.get("PATH", ""),
+        "HOME": str(source.parent),  # no ~/.aws of the developer's
+        "AWS_ACCESS_KEY_ID": "demo",
+        "AWS_SECRET_ACCESS_KEY": "demo",
+        "AWS_DEFAULT_REGION": world.region,
+    }
+    command = [str(VENV_BIN / "aws"), "s3", "cp", "--only-show-errors", "--endpoint-url"]
+    target = f"s3://{world.bucket}/{key}"
+    done = subprocess.run(
+        [*command, world.endpoint, str(source), target, *options],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr

@@ -19,7 +19,7 @@ import boto3
 import pytest
 from botocore.config import Config
 from demo_world import FAKE_CREDENTIALS
-from helpers import FlippingLink, PassThroughClient, fail_range, upload_parts
+from helpers import FlippingLink, PassThroughClient, aws_cli_upload, fail_range, upload_parts
 
 from glacier_sync import aws
 from glacier_sync.errors import DownloadError, PermanentError, is_transient
@@ -374,3 +374,37 @@ def test_a_disk_error_while_hashing_a_split_part_keeps_its_verified_ranges(
     assert aws.download_object(s3, world.bucket, KEY, etag, target, "W1UP", 2, 3, report=report)
     assert report == {"check": "etag-parts", "reused": len(data), "fetched": 0}
     assert target.read_bytes() == data
+
+
+@pytest.mark.parametrize(
+    ("options", "as_s3", "check"),
+    [
+        ((), False, "etag-parts"),
+        ((), True, "composite-crc32"),
+        (("--sse", "aws:kms"), False, "composite-crc32"),
+        (("--sse", "aws:kms"), True, "composite-crc32"),
+    ],
+    ids=["defaults", "defaults-as-s3", "kms", "kms-as-s3"],
+)
+def test_an_upload_by_the_aws_cli_is_verified_end_to_end(
+    world, tmp_path, kms_key, options, as_s3, check
+):
+    """``aws s3 cp`` with its defaults (aws-cli 1.46: 8 MiB parts, a CRC32 sent), 21 MiB in
+    three parts, in 3 MB ranges (each part split in three)."""
+    data = os.urandom(21 * MIB + 4321)
+    source = tmp_path / "source.zip"
+    source.write_bytes(data)
+    kms = ("--sse-kms-key-id", kms_key) if options else ()
+    aws_cli_upload(world, source, KEY, *options, *kms)
+    plain = _client(world.endpoint)
+    head = plain.head_object(Bucket=world.bucket, Key=KEY, ChecksumMode="ENABLED")
+    assert head["ETag"].strip('"').endswith("-3") and head.get("ChecksumCRC32"), head
+    assert (head.get("ServerSideEncryption") == "aws:kms") is bool(options)
+    store = _AsRealS3(plain) if as_s3 else plain
+    etag = head["ETag"].strip('"')
+    target = tmp_path / "W1UP.bag.zip"
+    with pytest.raises(WholeObjectMismatch):
+        aws.download_object(FlippingLink(store), world.bucket, KEY, etag, target, "W1UP", 2, 3)
+    report: dict = {}
+    assert aws.download_object(store, world.bucket, KEY, etag, target, "W1UP", 2, 3, report=report)
+    assert report["check"] == check and target.read_bytes() == data

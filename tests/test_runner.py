@@ -10,7 +10,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from helpers import DEFAULT_FILES, make_bag_dir, make_bag_zip, zip_dir
+from helpers import DEFAULT_FILES, aws_cli_upload, make_bag_dir, make_bag_zip, zip_dir
 
 from glacier_sync.errors import (
     ArchiveUnavailable,
@@ -107,6 +107,27 @@ def test_an_sse_kms_bag_is_archived_checked_by_its_composite_crc32(world, dirs, 
     assert (row.state, row.attempts) == ("synced", 0), row.summary()
     [done] = [h for h in row.history if h["event"] == "download done"]
     assert done["check"] == "composite-crc32", done
+
+
+def test_a_bag_uploaded_with_the_aws_cli_is_archived(world, dirs, settings):
+    """``aws s3 cp --storage-class DEEP_ARCHIVE`` with the CLI's defaults (8 MiB parts, a CRC32
+    sent): restored, downloaded and checked, debagged and synced through ``run-once``."""
+    mib = 1024 * 1024
+    files = {"images/I0001.tif": os.urandom(11 * mib), "images/I0002.tif": os.urandom(7 * mib)}
+    key = "Archive0/00/W1CLI/W1CLI.bag.zip"
+    zip_path = make_bag_zip(dirs["bags"], "W1CLI", files)
+    aws_cli_upload(world, zip_path, key, "--storage-class", "DEEP_ARCHIVE")
+    world.restore(key)
+    pipeline = Pipeline(settings)
+    report, outcomes = pipeline.run_once()
+    assert [o.ok for o in outcomes] == [True], [o.__dict__ for o in outcomes]
+    archived = dirs["archive"] / "Archive0" / "00" / "W1CLI"
+    for rel, content in files.items():
+        assert (archived / rel).read_bytes() == content
+    row = pipeline.store.find(["W1CLI"])[0]
+    assert (row.state, row.attempts) == ("synced", 0), row.summary()
+    [done] = [h for h in row.history if h["event"] == "download done"]
+    assert done["check"] == "etag-parts", done
 
 
 def test_same_event_twice_is_processed_once(world, dirs, settings):
