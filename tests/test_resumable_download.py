@@ -550,3 +550,56 @@ def test_a_disk_error_while_rechecking_a_resumed_file_keeps_it(
     monkeypatch.undo()
     assert _download(world.endpoint, world, target, etag) is True
     assert target.read_bytes() == payload
+
+
+def test_each_write_is_durable_before_the_record_that_depends_on_it(
+    world, tmp_path, payload, monkeypatch
+):
+    """Bytes, then their record, down to the disk: every journal ``fsync`` comes after an
+    ``fdatasync`` of the ``.part`` file; the completion record is fsynced before its rename,
+    renamed before the zip is, and the folder fsynced after both renames, before the download
+    returns (and the database records ``downloaded``). A power loss then leaves no record
+    ahead of what it records."""
+    etag = _upload(world, tmp_path, multipart=True, checksums=False)
+    target = tmp_path / "W1RES.bag.zip"
+    steps: list[tuple[str, str]] = []
+    real = {name: getattr(os, name) for name in ("fsync", "fdatasync", "replace")}
+
+    def synced(name):
+        def sync(fd):
+            steps.append((name, os.readlink(f"/proc/self/fd/{fd}")))
+            return real[name](fd)
+
+        return sync
+
+    def replace(source, destination, **kwargs):
+        steps.append(("replace", f"{Path(source).name} -> {Path(destination).name}"))
+        return real["replace"](source, destination, **kwargs)
+
+    monkeypatch.setattr(os, "fsync", synced("fsync"))
+    monkeypatch.setattr(os, "fdatasync", synced("fdatasync"))
+    monkeypatch.setattr(os, "replace", replace)
+    assert _download(world.endpoint, world, target, etag, concurrency=2) is True
+    steps.append(("returned", ""))
+    monkeypatch.undo()
+    part, journal = f".{target.name}.part", f".{target.name}.part.journal"
+    record = f"{target.name}.download.json"
+
+    def where(step: tuple[str, str]) -> int:
+        return steps.index(step)
+
+    journal_syncs = [
+        i for i, (op, path) in enumerate(steps) if op == "fsync" and path.endswith(journal)
+    ]
+    part_syncs = [
+        i for i, (op, path) in enumerate(steps) if op == "fdatasync" and path.endswith(part)
+    ]
+    assert len(journal_syncs) >= 2, steps  # its header, then at least one round of ranges
+    for index in journal_syncs[1:]:
+        assert any(s < index for s in part_syncs), "a journal line before its range's bytes"
+    record_sync = next(i for i, (op, path) in enumerate(steps) if path.endswith(f".{record}.tmp"))
+    record_rename = where(("replace", f".{record}.tmp -> {record}"))
+    zip_rename = where(("replace", f"{part} -> {target.name}"))
+    folder_sync = max(i for i, (op, path) in enumerate(steps) if path == str(tmp_path))
+    assert record_sync < record_rename < zip_rename < folder_sync < where(("returned", ""))
+    assert target.read_bytes() == payload
