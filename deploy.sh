@@ -66,8 +66,8 @@ fail() { echo "deploy.sh: $*" >&2; exit 1; }
 # The host's python3, resolved once: behind a version manager's shim (pyenv) every call would
 # start a tree of shell processes first.
 host_python=$(python3 -c 'import sys; print(sys.executable)' 2>/dev/null || echo python3)
-# tool SUBCOMMAND ARG...: glacier_sync.deploytools, stdlib only (the host's python3, no venv).
-tool() { PYTHONPATH="$repo/src" PYTHONDONTWRITEBYTECODE=1 "$host_python" -m glacier_sync.deploytools "$@"; }
+# tool SUBCOMMAND ARG...: deploytools (src/deploytools), stdlib only (the host's python3, no venv).
+tool() { PYTHONPATH="$repo/src" PYTHONDONTWRITEBYTECODE=1 "$host_python" -m deploytools "$@"; }
 # check SUBCOMMAND ARG...: a deploytools check; its one-line error becomes deploy.sh's.
 check() { local why; why=$(tool "$@" 2>&1) || die "$why"; }
 say() { echo "==> $*"; }

@@ -59,8 +59,8 @@ ensure_venv() {
     [ -n "$venv" ] || venv=$(bash "$repo/scripts/ensure-venv.sh")
 }
 
-# tool SUBCOMMAND ARG...: glacier_sync.deploytools of this checkout (after ensure_venv).
-tool() { PYTHONPATH="$repo/src" "$venv/bin/python" -m glacier_sync.deploytools "$@"; }
+# tool SUBCOMMAND ARG...: deploytools of this checkout (after ensure_venv).
+tool() { PYTHONPATH="$repo/src" "$venv/bin/python" -m deploytools "$@"; }
 
 # The secrets every component must share; generated once per AIRFLOW_HOME, never printed.
 ensure_secrets() {

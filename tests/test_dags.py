@@ -370,6 +370,6 @@ def test_restore_request_form_refuses_bad_input(airflow_home, world, dirs):
 def test_a_run_started_before_batches_still_maps_its_single_ids():
     """An upgrade while a run is under way: its tasks read the new DAG file, and its poll's
     XCom holds single ids where the new tasks expect batches."""
-    from glacier_sync_airflow import _as_batch
+    from glacier_sync_airflow.runs import as_batch
 
-    assert _as_batch(7) == [7] and _as_batch([3, 4]) == [3, 4]
+    assert as_batch(7) == [7] and as_batch([3, 4]) == [3, 4]

@@ -1,4 +1,4 @@
-"""glacier_sync.deploytools, run as deploy.sh runs it: python -m with PYTHONPATH=src, stdlib only.
+"""deploytools, run as deploy.sh runs it: python -m with PYTHONPATH=src, stdlib only.
 
 Every run uses ``python -S``: no site-packages, so an import of anything outside the standard
 library (pydantic, boto3, cryptography, ...) would fail these tests.
@@ -58,7 +58,7 @@ def tool(*args, stdin: str | None = None, timeout: float = 60) -> subprocess.Com
         "PYTHONDONTWRITEBYTECODE": "1",
     }
     return subprocess.run(
-        [sys.executable, "-S", "-m", "glacier_sync.deploytools", *map(str, args)],
+        [sys.executable, "-S", "-m", "deploytools", *map(str, args)],
         input=stdin,
         capture_output=True,
         text=True,
@@ -77,9 +77,10 @@ def test_the_harness_has_no_site_packages():
 
 def test_imports_only_the_standard_library():
     code = (
-        "import sys, glacier_sync.deploytools, glacier_sync.credentials\n"
+        "import sys, deploytools.commands, glacier_sync.credentials\n"
         "tops = {name.split('.')[0] for name in sys.modules}\n"
-        "print(sorted(tops - set(sys.stdlib_module_names) - {'glacier_sync', '__main__'}))\n"
+        "ours = {'glacier_sync', 'deploytools', '__main__'}\n"
+        "print(sorted(tops - set(sys.stdlib_module_names) - ours))\n"
     )
     result = subprocess.run(
         [sys.executable, "-S", "-c", code],

@@ -18,6 +18,9 @@ from glacier_sync.errors import ArchiveUnavailable, DiskFull
 
 log = logging.getLogger(__name__)
 
+# Where the stack mounts the archive root from, on the host (set by the Compose file).
+ARCHIVE_HOST_ROOT_ENV = "GLACIER_SYNC_ARCHIVE_HOST_ROOT"
+
 # Staging names of the default sync script: .<work>.syncing.<host>.<pid>.<start>, and .replaced.
 STAGING_KINDS = ("syncing", "replaced")
 
@@ -133,3 +136,22 @@ def sweep_staging(parent: Path, work_id: str) -> list[Path]:
             log.warning("work %s: removed %s left by an interrupted sync", work_id, path)
             removed.append(path)
     return removed
+
+
+def archive_host_root() -> str | None:
+    """The host's folder mounted as the archive root, when the stack says (else None)."""
+    return os.environ.get(ARCHIVE_HOST_ROOT_ENV, "").strip() or None
+
+
+def archive_host_path(
+    archive_path: str | None, archive_root: Path | None, host_root: str | None
+) -> str | None:
+    """``archive_path`` (a path in the container) with the container's archive root replaced by
+    the host's; None when there is no host root, no path, or it lies outside the archive root."""
+    if not (host_root and archive_path and archive_root):
+        return None
+    try:
+        relative = Path(archive_path).relative_to(archive_root)
+    except ValueError:
+        return None
+    return str(Path(host_root) / relative)

@@ -9,14 +9,12 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 from pathlib import Path
 from typing import Any
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
 # The host's path of the archive root (the Compose stack sets it): `status` shows both paths.
-ARCHIVE_HOST_ROOT_ENV = "GLACIER_SYNC_ARCHIVE_HOST_ROOT"
 
 
 def _settings(args: argparse.Namespace, **overrides: Any):
@@ -110,6 +108,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     """Show progress rows: the named works, all, or the stuck ones."""
     from datetime import timedelta
 
+    from glacier_sync.archive import archive_host_path, archive_host_root
     from glacier_sync.models import utcnow
     from glacier_sync.progress import expires_soon, expiry_note
     from glacier_sync.runner import open_store
@@ -124,12 +123,12 @@ def cmd_status(args: argparse.Namespace) -> int:
     if args.works and not rows:
         print(f"no progress row for {', '.join(args.works)}", file=sys.stderr)
         return EXIT_FAILED
-    host_root = os.environ.get(ARCHIVE_HOST_ROOT_ENV, "").strip() or None
+    host_root = archive_host_root()
     if args.json:
         summaries = [r.summary() for r in rows]
         if host_root:
             for summary in summaries:
-                summary["archive_host_path"] = _host_path(
+                summary["archive_host_path"] = archive_host_path(
                     summary["archive_path"], settings.archive_root, host_root
                 )
         print(json.dumps(summaries, indent=2))
@@ -156,7 +155,7 @@ def cmd_status(args: argparse.Namespace) -> int:
             for line in _fixity_lines(row.fixity):
                 print(f"       {line}")
         if row.archive_path and args.works:
-            host = host_root and _host_path(row.archive_path, settings.archive_root, host_root)
+            host = archive_host_path(row.archive_path, settings.archive_root, host_root)
             print(f"       archive: {row.archive_path}" + (f" (host: {host})" if host else ""))
     return EXIT_OK
 
@@ -171,18 +170,6 @@ def _fixity_lines(fixity: dict[str, Any]) -> list[str]:
     for name, digest in (fixity.get("manifest_sha256") or {}).items():
         lines.append(f"  {name} sha256 {digest}")
     return lines
-
-
-def _host_path(archive_path: str | None, archive_root: Path | None, host_root: str) -> str | None:
-    """``archive_path`` (a path in the container) with the container's archive root replaced by
-    the host's; None when there is no path or it lies outside the archive root."""
-    if not archive_path or archive_root is None:
-        return None
-    try:
-        relative = Path(archive_path).relative_to(archive_root)
-    except ValueError:
-        return None
-    return str(Path(host_root) / relative)
 
 
 def _claim_note(row) -> str:

@@ -1,7 +1,7 @@
 """The AWS credentials secret file: INI with one section per profile (stdlib only).
 
 Read by the pipeline when it opens a profile's session (``glacier_sync.aws``) and by deploy.sh
-before it installs the file (``glacier_sync.deploytools``): the same checks, the same messages.
+before it installs the file (``deploytools``): the same checks, the same messages.
 No message quotes a line of the file (it may hold a secret).
 """
 

@@ -57,7 +57,8 @@ class RestoreQueueWatcher(BaseEventTrigger):
         )
 
     def _clients_and_settings(self) -> tuple[Any, Settings]:
-        from glacier_sync_airflow import HookClients, load_settings
+        from glacier_sync.settings import load_settings
+        from glacier_sync_airflow.clients import HookClients
 
         settings = load_settings()
         return HookClients(settings), settings

@@ -1,6 +1,6 @@
 """Small helpers of deploy.sh and local-airflow.sh, stdlib only (the host's python3, no venv).
 
-    PYTHONPATH=src python3 -m glacier_sync.deploytools SUBCOMMAND ...
+    PYTHONPATH=src python3 -m deploytools SUBCOMMAND ...
 
     secret [NBYTES]                  a random URL-safe secret of NBYTES random bytes (default 32)
     fernet-key                       an Airflow fernet key (32 random bytes, URL-safe base64)
@@ -249,7 +249,3 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())

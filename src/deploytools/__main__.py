@@ -1,0 +1,7 @@
+"""``python -m deploytools``: see ``deploytools.commands``."""
+
+import sys
+
+from deploytools.commands import main
+
+sys.exit(main())

@@ -1,0 +1,66 @@
+"""The last task of a restore run: one line per work of the run, archived or failed and why."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from airflow.sdk import get_current_context
+from airflow.sdk.exceptions import AirflowFailException
+
+from glacier_sync.settings import Settings
+from glacier_sync_airflow.runs import as_batch, make_pipeline
+
+log = logging.getLogger(__name__)
+
+POLL_TASK_ID = "get_restored_object_messages"
+
+
+def summarize(settings: Settings) -> dict[str, Any]:
+    """Log one line per work of this run and return them; fail (after the lines) when a task
+    of the run failed, so that the run's state still says so."""
+    context = get_current_context()
+    ti, run_id = context["ti"], context["run_id"]
+    batches = ti.xcom_pull(task_ids=POLL_TASK_ID) or []
+    ids = [progress_id for batch in batches for progress_id in as_batch(batch)]
+    store = make_pipeline(settings, run_id).store
+    works = [_work_line(store.get(progress_id)) for progress_id in ids]
+    for work in works:
+        if work["state"] == "synced":
+            log.info("%s: archived in %s", work["work_id"], work["archive_path"])
+        else:
+            held = (
+                " (needs attention: `glacier-sync retry` or Clear)"
+                if work["needs_attention"]
+                else ""
+            )
+            log.warning(
+                "%s: %s in %s: %s%s",
+                work["work_id"],
+                work["state"],
+                work["failed_phase"],
+                work["error"],
+                held,
+            )
+    synced = sum(w["state"] == "synced" for w in works)
+    totals = f"{synced} of {len(works)} works archived" if works else "no work in this run"
+    log.info("summary: %s", totals)
+    failed = ti.get_ti_count(
+        dag_id=ti.dag_id, run_ids=[run_id], states=["failed", "upstream_failed"]
+    )
+    if failed:
+        raise AirflowFailException(f"{failed} task(s) of this run failed; {totals}")
+    return {"summary": totals, "works": works}
+
+
+def _work_line(row: Any) -> dict[str, Any]:
+    """A work of the run as the summary says it."""
+    synced = row.state == "synced"
+    return {
+        "work_id": row.work_id,
+        "state": row.state,
+        "archive_path": row.archive_path if synced else None,
+        "failed_phase": row.failed_phase if not synced else None,
+        "error": row.last_error if not synced else None,
+        "needs_attention": row.needs_attention,
+    }
