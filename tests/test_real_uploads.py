@@ -352,7 +352,7 @@ def test_a_disk_error_while_hashing_a_split_part_keeps_its_verified_ranges(
 ):
     """Reading a part back to hash it failed: reported as the disk's error, never taken for a
     mismatch, and every verified range stays for the next try (which hashes the parts again)."""
-    from glacier_sync import part_hashes
+    from glacier_sync import disk_hashes
 
     data = os.urandom(21 * MIB + 4321)
     (tmp_path / "source.zip").write_bytes(data)
@@ -364,7 +364,7 @@ def test_a_disk_error_while_hashing_a_split_part_keeps_its_verified_ranges(
     def failing(fd, start, end, hasher):
         raise OSError(5, "Input/output error")
 
-    monkeypatch.setattr(part_hashes, "hash_span", failing)
+    monkeypatch.setattr(disk_hashes, "hash_span", failing)
     with pytest.raises(DownloadError, match="Input/output error.*the verified ranges are kept"):
         aws.download_object(s3, world.bucket, KEY, etag, target, "W1UP", 2, 3)
     lines = journal_path(target.with_name(f".{target.name}.part")).read_text().splitlines()

@@ -22,7 +22,7 @@ from byte_proxy import ByteCountingProxy
 from demo_world import FAKE_CREDENTIALS
 from helpers import FlippingLink, PassThroughClient, fail_range, upload_parts
 
-from glacier_sync import aws, download_plan, ranged_download, whole_object
+from glacier_sync import aws, disk_hashes, download_plan, ranged_download, whole_object
 from glacier_sync.errors import DownloadError, ObjectUnavailable, PermanentError, is_transient
 from glacier_sync.range_journal import RangePlan, journal_path
 
@@ -518,10 +518,10 @@ def test_a_disk_error_while_hashing_back_keeps_the_verified_ranges(
     etag = _upload(world, tmp_path, multipart=False, checksums=False)  # the in-order MD5 check
     target = tmp_path / "W1RES.bag.zip"
 
-    def failing(fd, plan, index, hasher):
+    def failing(fd, start, end, hasher):
         raise OSError(5, "Input/output error")
 
-    monkeypatch.setattr(ranged_download, "_update_from_disk", failing)
+    monkeypatch.setattr(disk_hashes, "hash_span", failing)
     with pytest.raises(DownloadError, match="Input/output error.*the verified ranges are kept"):
         _download(world.endpoint, world, target, etag)
     assert _journaled_bytes(target) == SIZE, "nothing thrown away for a disk error"

@@ -7,7 +7,6 @@ passed. The zip itself is never modified or deleted here.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import logging
 import os
@@ -15,11 +14,8 @@ import queue
 import re
 import secrets
 import shutil
-import stat
 import threading
-import unicodedata
 import zipfile
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -27,14 +23,13 @@ from pathlib import Path, PurePosixPath
 from glacier_sync import faults
 from glacier_sync.errors import BagError, DiskFull, is_disk_full
 from glacier_sync.workspace import debag_stagings
+from glacier_sync.zip_vetting import nfc, read_small, undecodable_name, vet_members
 
 log = logging.getLogger(__name__)
 
 SUPPORTED_ALGORITHMS = ("sha512", "sha256", "sha1", "md5")
 CHUNK_SIZE = 256 * 1024
 THREADED_HASH_MIN_SIZE = 4 * 1024 * 1024
-MAX_TAG_FILE_SIZE = 256 * 1024 * 1024
-_OXUM = re.compile(r"^Payload-Oxum:\s*(\d+)\.(\d+)\s*$", re.IGNORECASE | re.MULTILINE)
 
 
 @dataclass(frozen=True)
@@ -50,117 +45,6 @@ class DebagResult:
     # the evidence names exactly the lists the payload was checked against.
     manifest_digests: dict[str, str] = field(default_factory=dict)
     payload_oxum: str | None = None
-
-
-def _nfc(path: str) -> str:
-    return unicodedata.normalize("NFC", path)
-
-
-def _fix_legacy_name(info: zipfile.ZipInfo) -> None:
-    """Zips made without the UTF-8 flag often still hold UTF-8 names: decode them as such."""
-    if info.flag_bits & 0x800:
-        return
-    with contextlib.suppress(UnicodeEncodeError, UnicodeDecodeError):
-        info.filename = info.filename.encode("cp437").decode("utf-8")
-
-
-def _undecodable_name(zip_path: Path, exc: UnicodeDecodeError) -> BagError:
-    """zipfile could not decode a member name flagged as UTF-8 (0x800): name its raw bytes."""
-    raw = exc.object if isinstance(exc.object, bytes) else str(exc.object).encode()
-    return BagError(
-        f"refused {zip_path.name}: a member name is not valid UTF-8 although the zip flags it as "
-        "UTF-8; nothing was extracted; rebuild the zip with UTF-8 names",
-        [f"{raw!r}: name is not valid UTF-8 ({exc.reason} at byte {exc.start})"],
-    )
-
-
-def _member_problems(info: zipfile.ZipInfo) -> list[str]:
-    name = info.filename
-    problems = []
-    mode = info.external_attr >> 16
-    kind = stat.S_IFMT(mode)
-    if name.startswith("/") or re.match(r"^[A-Za-z]:", name):
-        problems.append(f"{name}: absolute path")
-    if "\\" in name:
-        problems.append(f"{name}: backslash in member name")
-    if ".." in PurePosixPath(name).parts:
-        problems.append(f"{name}: climbs out of the bag with '..'")
-    if kind == stat.S_IFLNK:
-        problems.append(f"{name}: symbolic link")
-    elif kind not in (0, stat.S_IFREG, stat.S_IFDIR):
-        problems.append(f"{name}: special file (mode {oct(mode)})")
-    if info.flag_bits & 0x1:
-        problems.append(f"{name}: encrypted member")
-    return problems
-
-
-def _nfc_clashes(names: list[str]) -> list[str]:
-    """Distinct names that are one path once NFC-normalised (extracted, one would be lost)."""
-    by_path: dict[str, list[str]] = {}
-    for name in dict.fromkeys(names):
-        by_path.setdefault(_nfc(name), []).append(name)
-    return [
-        f"{path}: stored under {len(group)} names that differ only in Unicode normalisation "
-        f"({' and '.join(ascii(n) for n in group)}); keep one"
-        for path, group in by_path.items()
-        if len(group) > 1
-    ]
-
-
-def _file_folder_clashes(infos: list[zipfile.ZipInfo]) -> list[str]:
-    """Names that are a file and also a folder of other members (``data/a``, ``data/a/b``)."""
-    folders: dict[str, str] = {}  # NFC folder path -> the first member that makes it a folder
-    for info in infos:
-        parts = _nfc(info.filename).rstrip("/").split("/")
-        depth = len(parts) if info.is_dir() else len(parts) - 1
-        for end in range(1, depth + 1):
-            folders.setdefault("/".join(parts[:end]), info.filename)
-    return [
-        f"{info.filename}: a file, but {folders[_nfc(info.filename)]} makes it a folder; "
-        "keep one of them"
-        for info in infos
-        if not info.is_dir() and _nfc(info.filename) in folders
-    ]
-
-
-def _manifest_clashes(zf: zipfile.ZipFile, tags: list[zipfile.ZipInfo], root: str) -> list[str]:
-    """Payload manifests listing one path under names that differ only in normalisation."""
-    problems = []
-    for info in tags:
-        manifest = info.filename[len(root) :]
-        if not re.fullmatch(r"manifest-\w+\.txt", manifest):
-            continue
-        names = []
-        for line in _read_small(zf, info).decode("utf-8", errors="replace").splitlines():
-            parts = line.strip().split(None, 1)
-            if len(parts) == 2:
-                path = parts[1].replace("%0D", "\r").replace("%0A", "\n").replace("%25", "%")
-                names.append(path.removeprefix("./"))
-        problems += [f"{manifest}: {clash}" for clash in _nfc_clashes(names)]
-    return problems
-
-
-def _find_bag_root(infos: list[zipfile.ZipInfo]) -> str:
-    candidates = [
-        i.filename
-        for i in infos
-        if PurePosixPath(i.filename).name == "bagit.txt" and not i.is_dir()
-    ]
-    if not candidates:
-        raise BagError("not a bag: the zip holds no bagit.txt")
-    shallowest = min(candidates, key=lambda n: n.count("/"))
-    return shallowest[: -len("bagit.txt")]
-
-
-def _read_small(zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> bytes:
-    if info.file_size > MAX_TAG_FILE_SIZE:
-        raise BagError(
-            f"tag file {info.filename} is {info.file_size} bytes; refusing tag files this large"
-        )
-    try:
-        return zf.read(info)
-    except (zipfile.BadZipFile, OSError, EOFError) as exc:
-        raise BagError(f"tag file {info.filename} cannot be read from the zip ({exc})") from None
 
 
 class _ParallelHasher:
@@ -224,86 +108,6 @@ def _extract_hashing(
     return written, digests
 
 
-def _payload_oxum(bag_info: bytes) -> tuple[int, int] | None:
-    match = _OXUM.search(bag_info.decode("utf-8", errors="replace"))
-    return (int(match.group(1)), int(match.group(2))) if match else None
-
-
-def _manifest_paths(zf: zipfile.ZipFile, tags: list[zipfile.ZipInfo], root: str) -> set[str]:
-    """Payload paths named by the payload manifests, read in memory (for early error lists)."""
-    paths: set[str] = set()
-    for info in tags:
-        if not re.fullmatch(r"manifest-\w+\.txt", info.filename[len(root) :]):
-            continue
-        for line in _read_small(zf, info).decode("utf-8", errors="replace").splitlines():
-            parts = line.strip().split(None, 1)
-            if len(parts) == 2:
-                path = parts[1].replace("%0D", "\r").replace("%0A", "\n").replace("%25", "%")
-                paths.add(_nfc(path.removeprefix("./")))
-    return paths
-
-
-def _precheck(zip_path: Path, zf: zipfile.ZipFile, work_root: Path, margin: int):
-    """Checks that need no writing: member names and types, declared sizes, free space."""
-    infos = zf.infolist()
-    for info in infos:
-        _fix_legacy_name(info)
-    problems = [p for info in infos for p in _member_problems(info)]
-    counts = Counter(i.filename for i in infos)
-    dupes = sorted(name for name, count in counts.items() if count > 1)
-    problems += [f"{n}: stored more than once" for n in dupes]
-    problems += _nfc_clashes([i.filename for i in infos]) + _file_folder_clashes(infos)
-    if problems:
-        raise BagError(
-            f"refused {zip_path.name}: unsafe or clashing members; nothing was extracted", problems
-        )
-    root = _find_bag_root(infos)
-    outside = [i.filename for i in infos if not i.filename.startswith(root)]
-    outside = [n for n in outside if not (n.endswith("/") and root.startswith(n))]
-    if outside:
-        raise BagError(
-            f"refused {zip_path.name}: members outside the bag folder {root or '/'!s}",
-            [f"{n}: outside the bag" for n in outside],
-        )
-    files = [i for i in infos if not i.is_dir()]
-    payload = [i for i in files if i.filename[len(root) :].startswith("data/")]
-    tags = [i for i in files if not i.filename[len(root) :].startswith("data/")]
-    clashes = _manifest_clashes(zf, tags, root)
-    if clashes:
-        raise BagError(
-            f"refused {zip_path.name}: a payload manifest names one path twice; "
-            "nothing was extracted",
-            clashes,
-        )
-    declared = sum(i.file_size for i in payload)
-    info_name = root + "bag-info.txt"
-    info_member = next((i for i in tags if i.filename == info_name), None)
-    oxum = _payload_oxum(_read_small(zf, info_member)) if info_member else None
-    if oxum is not None and (declared, len(payload)) != oxum:
-        listed = _manifest_paths(zf, tags, root)
-        members = {_nfc(i.filename[len(root) :]) for i in payload}
-        raise BagError(
-            f"refused {zip_path.name}: the zip declares {declared} payload bytes in {len(payload)}"
-            f" files, but Payload-Oxum says {oxum[0]}.{oxum[1]}; nothing was extracted",
-            [f"Payload-Oxum {oxum[0]}.{oxum[1]} != declared {declared}.{len(payload)}"]
-            + [
-                f"{p}: listed in the manifest but missing from the zip"
-                for p in sorted(listed - members)
-            ]
-            + [f"{p}: in the zip but not in any manifest" for p in sorted(members - listed)],
-        )
-    needed = declared + sum(i.file_size for i in tags) + margin
-    work_root.mkdir(parents=True, exist_ok=True)
-    free = shutil.disk_usage(work_root).free
-    if needed > free:
-        raise DiskFull(
-            f"{zip_path.name} needs {needed} bytes in {work_root} (payload plus {margin} bytes "
-            f"margin) but only {free} are free; free some space there, the debag is tried again "
-            "on the next run"
-        )
-    return root, payload, tags, oxum
-
-
 def _load_bag(tag_dir: Path, zip_name: str):
     import bagit
 
@@ -354,8 +158,8 @@ def _check_tags(bag, tag_dir: Path) -> list[str]:
 
 def _extract_payload(zf, payload, root, bag, dest: Path) -> tuple[list[str], int]:
     """Extract and hash the payload; return (problems, bytes written)."""
-    expected = {_nfc(p): h for p, h in bag.payload_entries().items()}
-    members = {_nfc(i.filename[len(root) :]): i for i in payload}
+    expected = {nfc(p): h for p, h in bag.payload_entries().items()}
+    members = {nfc(i.filename[len(root) :]): i for i in payload}
     problems = [
         f"{p}: listed in the manifest but missing from the zip"
         for p in sorted(set(expected) - set(members))
@@ -442,9 +246,9 @@ def debag(
             "download it again"
         ) from None
     except UnicodeDecodeError as exc:
-        raise _undecodable_name(zip_path, exc) from None
+        raise undecodable_name(zip_path, exc) from None
     with zf:
-        root, payload, tags, oxum = _precheck(zip_path, zf, work_root, free_space_margin)
+        root, payload, tags, oxum = vet_members(zip_path, zf, work_root, free_space_margin)
         for stale in debag_stagings(work_root, work_id):  # killed tries of this work
             shutil.rmtree(stale, ignore_errors=True)
         staging = work_root / f".debag-{work_id}.{secrets.token_hex(4)}"
@@ -457,7 +261,7 @@ def debag(
                 name = info.filename[len(root) :]
                 target = tag_dir / name
                 target.parent.mkdir(parents=True, exist_ok=True)
-                content = _read_small(zf, info)
+                content = read_small(zf, info)
                 if re.fullmatch(r"(tag)?manifest-\w+\.txt", name):
                     digests[name] = hashlib.sha256(content).hexdigest()
                 try:

@@ -145,29 +145,39 @@ def run_batch_phase(
     """
     report = BatchReport(phase)
     action = getattr(pipeline, phase)
-    for pid in ids:
-        row = pipeline.store.get(pid)
+    for progress_id in ids:
+        row = pipeline.store.get(progress_id)
         reason = blocked_reason(row, phase)
         if reason is not None:
-            log.warning("work %s (row %s): %s skipped: %s", row.work_id, pid, phase, reason)
+            log.warning("work %s (row %s): %s skipped: %s", row.work_id, progress_id, phase, reason)
             report.skipped[row.work_id] = reason
             continue
         if phase == "download" and row.source != "s3":
-            report.done.append(pid)  # a bag dropped into the incoming folder: nothing to fetch
+            report.done.append(
+                progress_id
+            )  # a bag dropped into the incoming folder: nothing to fetch
             continue
         try:
-            action(pid, release_on_failure=release_on_failure)
+            action(progress_id, release_on_failure=release_on_failure)
         except Exception as exc:
             if is_transient(exc):
-                log.warning("work %s (row %s): %s retried: %s", row.work_id, pid, phase, exc)
+                log.warning(
+                    "work %s (row %s): %s retried: %s", row.work_id, progress_id, phase, exc
+                )
                 report.transient = report.transient or exc
                 report.transient_works.append(row.work_id)
-                report.transient_ids.append(pid)
+                report.transient_ids.append(progress_id)
                 continue
-            pipeline.store.release(pid, pipeline.run_id)
-            log.error("work %s (row %s): %s failed (not retried): %s", row.work_id, pid, phase, exc)
+            pipeline.store.release(progress_id, pipeline.run_id)
+            log.error(
+                "work %s (row %s): %s failed (not retried): %s",
+                row.work_id,
+                progress_id,
+                phase,
+                exc,
+            )
             report.failed[row.work_id] = str(exc)
             continue
-        report.done.append(pid)
+        report.done.append(progress_id)
     log.info("batch of %s works: %s", len(ids), report.summary())
     return report

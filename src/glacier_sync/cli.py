@@ -11,23 +11,14 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import Any
 
-EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
-# The host's path of the archive root (the Compose stack sets it): `status` shows both paths.
-
-
-def _settings(args: argparse.Namespace, **overrides: Any):
-    from glacier_sync.settings import load_settings
-
-    if getattr(args, "data_dir", None):
-        overrides.setdefault("data_root", args.data_dir)
-    return load_settings(args.config, args.env, **overrides)
+from glacier_sync.cli_common import EXIT_CONFIG, EXIT_FAILED, EXIT_OK, settings_from
+from glacier_sync.cli_status import cmd_status
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
     """Validate the settings, print them with secrets masked, optionally reach the database."""
-    settings = _settings(args)
+    settings = settings_from(args)
     print(json.dumps(settings.public_dict(), indent=2, default=str))
     settings.database_url()
     if not settings.sync_command.is_file():
@@ -57,7 +48,7 @@ def cmd_run_once(args: argparse.Namespace) -> int:
     """Poll every queue once and carry each restored work to the archive."""
     from glacier_sync.runner import Pipeline
 
-    settings = _settings(args)
+    settings = settings_from(args)
     settings.require_archive_root()
     pipeline = Pipeline(settings)
     report, outcomes = pipeline.run_once()
@@ -79,7 +70,7 @@ def cmd_process_bag(args: argparse.Namespace) -> int:
     from glacier_sync.runner import Pipeline
     from glacier_sync.states import State
 
-    settings = _settings(args, archive_root=args.archive_root)
+    settings = settings_from(args, archive_root=args.archive_root)
     if not args.zip.is_file():
         print(f"error: bag zip {args.zip} does not exist", file=sys.stderr)
         return EXIT_FAILED
@@ -91,100 +82,17 @@ def cmd_process_bag(args: argparse.Namespace) -> int:
         return EXIT_FAILED
     pipeline = Pipeline(settings)
     pipeline.archive_root()
-    pid = pipeline.register_bag(args.zip, args.key)
-    claimed = pipeline.claim("local", ids=[pid])
+    progress_id = pipeline.register_bag(args.zip, args.key)
+    claimed = pipeline.claim("local", ids=[progress_id])
     if not claimed:
-        row = pipeline.store.get(pid)
+        row = pipeline.store.get(progress_id)
         print(
-            f"work {row.work_id} (row {pid}) is {row.state}"
+            f"work {row.work_id} (row {progress_id}) is {row.state}"
             + (" and claimed by another run" if row.claimed_by else "")
             + "; nothing to do (`glacier-sync retry` to force another attempt)"
         )
         return EXIT_OK if row.state == State.SYNCED else EXIT_FAILED
-    return _print_outcomes([pipeline.process(pid)])
-
-
-def cmd_status(args: argparse.Namespace) -> int:
-    """Show progress rows: the named works, all, or the stuck ones."""
-    from datetime import timedelta
-
-    from glacier_sync.archive import archive_host_path, archive_host_root
-    from glacier_sync.models import utcnow
-    from glacier_sync.progress import expires_soon, expiry_note
-    from glacier_sync.runner import open_store
-
-    settings = _settings(args)
-    store = open_store(settings)
-    margin = timedelta(hours=settings.expiry_warning_hours)
-    if args.stuck:
-        rows = store.stuck(timedelta(hours=args.hours), settings.max_attempts, margin)
-    else:
-        rows = store.find(args.works or None)
-    if args.works and not rows:
-        print(f"no progress row for {', '.join(args.works)}", file=sys.stderr)
-        return EXIT_FAILED
-    host_root = archive_host_root()
-    if args.json:
-        summaries = [r.summary() for r in rows]
-        if host_root:
-            for summary in summaries:
-                summary["archive_host_path"] = archive_host_path(
-                    summary["archive_path"], settings.archive_root, host_root
-                )
-        print(json.dumps(summaries, indent=2))
-        return EXIT_OK
-    print(f"{'ID':>5}  {'WORK':<16} {'STATE':<10} {'PHASE':<9} {'TRIES':>5}  {'UPDATED':<19}  KEY")
-    for row in rows:
-        print(
-            f"{row.id:>5}  {row.work_id:<16} {row.state:<10} {row.failed_phase or '':<9} "
-            f"{row.attempts:>5}  {row.updated_at:%Y-%m-%d %H:%M:%S}  {row.object_key}"
-        )
-        if row.last_error and (args.works or args.stuck):
-            print(f"       error: {row.last_error}")
-        if (args.works or args.stuck) and expires_soon(row, utcnow(), margin):
-            print(f"       {expiry_note(row)}")
-        if row.needs_attention and (args.works or args.stuck):
-            print(
-                f"       needs attention: a permanent failure (in {row.failed_run}); no run takes "
-                f"it again until you fix the cause and run `glacier-sync retry {row.work_id}` "
-                "(or clear that run's failed task in the UI)"
-            )
-        if row.claimed_by and (args.works or args.stuck):
-            print(f"       {_claim_note(row)}")
-        if row.fixity and args.works:
-            for line in _fixity_lines(row.fixity):
-                print(f"       {line}")
-        if row.archive_path and args.works:
-            host = archive_host_path(row.archive_path, settings.archive_root, host_root)
-            print(f"       archive: {row.archive_path}" + (f" (host: {host})" if host else ""))
-    return EXIT_OK
-
-
-def _fixity_lines(fixity: dict[str, Any]) -> list[str]:
-    """The fixity evidence of a work, readable: what its debag proved and when."""
-    lines = [
-        f"fixity: {fixity.get('files')} files, {fixity.get('bytes')} bytes checked against "
-        f"{', '.join(fixity.get('algorithms') or [])} at {fixity.get('validated_at')}"
-        + (f" (Payload-Oxum {fixity['payload_oxum']})" if fixity.get("payload_oxum") else "")
-    ]
-    for name, digest in (fixity.get("manifest_sha256") or {}).items():
-        lines.append(f"  {name} sha256 {digest}")
-    return lines
-
-
-def _claim_note(row) -> str:
-    from glacier_sync.claimants import is_dead_local_run
-    from glacier_sync.models import utcnow
-
-    until = row.claimed_until
-    if is_dead_local_run(row.claimed_by):
-        return f"held by {row.claimed_by}, whose process is gone; the next run takes it over"
-    if until is not None and until < utcnow():
-        return (
-            f"held by {row.claimed_by}, which stopped renewing its claim at {until:%H:%M:%S} UTC "
-            "(a dead run); the next run takes the work over"
-        )
-    return f"being processed by {row.claimed_by} (lease until {until:%H:%M:%S} UTC)"
+    return _print_outcomes([pipeline.process(progress_id)])
 
 
 def cmd_request_restore(args: argparse.Namespace) -> int:
@@ -198,7 +106,7 @@ def cmd_request_restore(args: argparse.Namespace) -> int:
     )
     from glacier_sync.runner import open_store
 
-    settings = _settings(args)
+    settings = settings_from(args)
     items = parse_items(" ".join(args.works)) if args.works else [args.key]
     requester = RestoreRequester(
         settings, open_store(settings), queue=pick_queue(settings, args.queue), bucket=args.bucket
@@ -217,7 +125,7 @@ def cmd_retry(args: argparse.Namespace) -> int:
     """Make a failed work eligible again and, unless --reset-only, process it now."""
     from glacier_sync.runner import Pipeline
 
-    settings = _settings(args)
+    settings = settings_from(args)
     pipeline = Pipeline(settings)
     if not args.reset_only:
         pipeline.archive_root()  # before any claim or reset: the archive must be there
@@ -247,7 +155,7 @@ def _open_unmigrated(args: argparse.Namespace):
     from glacier_sync.progress import ProgressStore
     from glacier_sync.settings import mask_url
 
-    url = _settings(args).database_url()
+    url = settings_from(args).database_url()
     return ProgressStore(url, auto_migrate=False), mask_url(url)
 
 
@@ -306,7 +214,7 @@ def cmd_shared_mark(args: argparse.Namespace) -> int:
     """Mark the shared folders with the instance id (airflow-init, once per `up`)."""
     from glacier_sync.shared_storage import mark_shared_roots
 
-    written = mark_shared_roots(_settings(args))
+    written = mark_shared_roots(settings_from(args))
     for marker in written:
         print(f"marked {marker.parent} for instance {marker.read_text().strip()}")
     if not written:
@@ -318,7 +226,7 @@ def cmd_shared_check(args: argparse.Namespace) -> int:
     """Exit 1 unless this machine sees the instance's shared folders (a worker's start)."""
     from glacier_sync.shared_storage import check_shared_roots, shared_roots
 
-    settings = _settings(args)
+    settings = settings_from(args)
     if not settings.instance_id:
         print("shared folders: not checked (instance_id is not set)")
         return EXIT_OK

@@ -19,12 +19,14 @@ class Heartbeat:
     database was unreachable, say); the phase then records nothing.
     """
 
-    def __init__(self, store: ProgressStore, pid: int, run_id: str, lease: timedelta) -> None:
-        self.store, self.pid, self.run_id, self.lease = store, pid, run_id, lease
+    def __init__(
+        self, store: ProgressStore, progress_id: int, run_id: str, lease: timedelta
+    ) -> None:
+        self.store, self.progress_id, self.run_id, self.lease = store, progress_id, run_id, lease
         self.interval = max(lease.total_seconds() / 3, 0.5)
         self.lost = False
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=f"lease-{pid}", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=f"lease-{progress_id}", daemon=True)
 
     def __enter__(self) -> Heartbeat:
         self._thread.start()
@@ -42,9 +44,11 @@ class Heartbeat:
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
             try:
-                if not self.store.renew(self.pid, self.run_id, self.lease):
+                if not self.store.renew(self.progress_id, self.run_id, self.lease):
                     self.lost = True
-                    log.error("row %s: claim of %s was taken over", self.pid, self.run_id)
+                    log.error("row %s: claim of %s was taken over", self.progress_id, self.run_id)
                     return
             except Exception as exc:  # the database may be back before the lease runs out
-                log.warning("row %s: lease renewal failed (%s); trying again", self.pid, exc)
+                log.warning(
+                    "row %s: lease renewal failed (%s); trying again", self.progress_id, exc
+                )

@@ -54,19 +54,21 @@ class Claims(ProgressDatabase):
         with self.session() as session:
             candidates = list(session.execute(query.limit(limit * 4 + 10)))
         claimed: list[int] = []
-        for pid, owner, until in candidates:
+        for progress_id, owner, until in candidates:
             if len(claimed) >= limit:
                 break
             live_other = owner not in (None, run_id) and until is not None and until >= now
             if live_other and not is_dead_local_run(owner):
                 continue
-            if self._try_claim(pid, run_id, lease, max_attempts, owner if live_other else None):
-                claimed.append(pid)
+            if self._try_claim(
+                progress_id, run_id, lease, max_attempts, owner if live_other else None
+            ):
+                claimed.append(progress_id)
         return claimed
 
     def _try_claim(
         self,
-        pid: int,
+        progress_id: int,
         run_id: str,
         lease: timedelta,
         max_attempts: int,
@@ -81,7 +83,7 @@ class Claims(ProgressDatabase):
         """
         now = utcnow()
         with self.session() as session:
-            first = session.get(Progress, pid)
+            first = session.get(Progress, progress_id)
             if first is None or first.state not in PENDING:
                 return False
             siblings = session.scalars(
@@ -90,7 +92,7 @@ class Claims(ProgressDatabase):
                 .with_for_update()
                 .execution_options(populate_existing=True)
             ).all()
-            row = next(r for r in siblings if r.id == pid)
+            row = next(r for r in siblings if r.id == progress_id)
             if row.state not in PENDING:
                 return False
             free = row.claimed_until is None or row.claimed_until < now
@@ -114,62 +116,65 @@ class Claims(ProgressDatabase):
                 row.add_history("claim taken over", previous=previous, reason=reason)
             return True
 
-    def acquire(self, pid: int, run_id: str, lease: timedelta, max_attempts: int) -> Progress:
+    def acquire(
+        self, progress_id: int, run_id: str, lease: timedelta, max_attempts: int
+    ) -> Progress:
         """Claim (or renew) one row for a phase; return it, or say why it cannot be taken.
 
         A synced row is returned unclaimed: its phases have nothing left to do.
         """
-        if self._try_claim(pid, run_id, lease, max_attempts):
-            return self.get(pid)
-        row = self.get(pid)
+        if self._try_claim(progress_id, run_id, lease, max_attempts):
+            return self.get(progress_id)
+        row = self.get(progress_id)
         if is_dead_local_run(row.claimed_by) and self._try_claim(
-            pid, run_id, lease, max_attempts, row.claimed_by
+            progress_id, run_id, lease, max_attempts, row.claimed_by
         ):
-            return self.get(pid)
+            return self.get(progress_id)
         if row.state == State.SYNCED:
             return row
         if row.state not in PENDING:
             raise GlacierSyncError(
-                f"work {row.work_id} (row {pid}) is {row.state}; it has no phase to run yet"
+                f"work {row.work_id} (row {progress_id}) is {row.state}; it has no phase to run yet"
             )
         if row.claimed_by and row.claimed_until and row.claimed_until >= utcnow():
             raise WorkBusy(
-                f"work {row.work_id} (row {pid}) is being processed by {row.claimed_by} (lease "
-                f"until {row.claimed_until:%Y-%m-%d %H:%M:%S} UTC); it is tried again later"
+                f"work {row.work_id} (row {progress_id}) is being processed by {row.claimed_by} "
+                f"(lease until {row.claimed_until:%Y-%m-%d %H:%M:%S} UTC); it is tried again later"
             )
         if self.work_is_held(row.work_id, run_id):
             raise WorkBusy(
-                f"work {row.work_id} (row {pid}) is being processed by another run (through "
-                "another row of the same work); it is tried again later"
+                f"work {row.work_id} (row {progress_id}) is being processed by another run "
+                "(through another row of the same work); it is tried again later"
             )
         if row.needs_attention:
             raise NeedsAttention(
-                f"work {row.work_id} (row {pid}) failed permanently in {row.failed_run} "
+                f"work {row.work_id} (row {progress_id}) failed permanently in {row.failed_run} "
                 f"({row.failed_phase}: {row.last_error}); fix the cause, then "
                 f"`glacier-sync retry {row.work_id}` or clear that run's failed task in the UI"
             )
         raise AttemptsExhausted(
-            f"work {row.work_id} (row {pid}) failed {row.attempts} times ({row.failed_phase}: "
-            f"{row.last_error}); fix the cause, then `glacier-sync retry {row.work_id}`"
+            f"work {row.work_id} (row {progress_id}) failed {row.attempts} times "
+            f"({row.failed_phase}: {row.last_error}); fix the cause, then "
+            f"`glacier-sync retry {row.work_id}`"
         )
 
-    def renew(self, pid: int, run_id: str, lease: timedelta) -> bool:
+    def renew(self, progress_id: int, run_id: str, lease: timedelta) -> bool:
         """Extend ``run_id``'s lease on a row; False when the claim is no longer ours."""
         with self.session() as session:
             result = session.execute(
                 update(Progress)
-                .where(Progress.id == pid, Progress.claimed_by == run_id)
+                .where(Progress.id == progress_id, Progress.claimed_by == run_id)
                 .values(claimed_until=utcnow() + lease)
                 .execution_options(synchronize_session=False)
             )
             return result.rowcount == 1
 
-    def release(self, pid: int, run_id: str) -> None:
+    def release(self, progress_id: int, run_id: str) -> None:
         """Drop ``run_id``'s claim on a row (nothing when another run holds it)."""
         with self.session() as session:
             session.execute(
                 update(Progress)
-                .where(Progress.id == pid, Progress.claimed_by == run_id)
+                .where(Progress.id == progress_id, Progress.claimed_by == run_id)
                 .values(claimed_by=None, claimed_until=None)
                 .execution_options(synchronize_session=False)
             )

@@ -200,12 +200,12 @@ class ProgressDatabase:
                 session.rollback()
                 raise
 
-    def get(self, pid: int) -> Progress:
+    def get(self, progress_id: int) -> Progress:
         """One row (detached), or WorkNotFound."""
         with self.session() as session:
-            row = session.get(Progress, pid)
+            row = session.get(Progress, progress_id)
             if row is None:
-                raise WorkNotFound(f"no progress row with id {pid}")
+                raise WorkNotFound(f"no progress row with id {progress_id}")
             return row
 
 

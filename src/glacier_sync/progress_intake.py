@@ -5,6 +5,7 @@ an event completes the row its request made."""
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -18,11 +19,21 @@ from glacier_sync.progress_db import ProgressDatabase
 from glacier_sync.states import State
 
 
+class Recorded(StrEnum):
+    """What recording an event, a request or a zip found on disk did to its work's row."""
+
+    NEW = "new"  # a new row, or a request's row completed by its event
+    DUPLICATE = "duplicate"  # the same object version again: merged into its row
+    REOPENED = "reopened"  # a newer restore of a synced or held work: it runs again
+
+
 class EventIntake(ProgressDatabase):
     """Records what enters the pipeline: events, requests, local zips."""
 
-    def record_event(self, record: RestoreEvent, queue_name: str | None, message_id: str):
-        """Store a restore event; return (row id, 'new' | 'duplicate' | 'reopened')."""
+    def record_event(
+        self, record: RestoreEvent, queue_name: str | None, message_id: str
+    ) -> tuple[int, Recorded]:
+        """Store a restore event; return its row's id and what recording it did."""
         when = parse_event_time(record.event_time) or utcnow()
         details = {
             "message_id": message_id,
@@ -56,16 +67,16 @@ class EventIntake(ProgressDatabase):
                 except IntegrityError:  # another run recorded the same object a moment ago
                     session.rollback()
                     return self._duplicate(record, details)
-                return row.id, "new"
+                return row.id, Recorded.NEW
             if expires is not None and (row.restore_expires_at or expires) <= expires:
                 row.restore_expires_at = expires  # the newest restore's copy lasts longest
             return self._merge_existing(session, row, record, when, details)
 
-    def _duplicate(self, record: RestoreEvent, details: dict[str, Any]):
+    def _duplicate(self, record: RestoreEvent, details: dict[str, Any]) -> tuple[int, Recorded]:
         with self.session() as session:
             row = _by_key(session, record.dedup_key)
             row.add_history("duplicate event", **details)
-            return row.id, "duplicate"
+            return row.id, Recorded.DUPLICATE
 
     @staticmethod
     def _merge_existing(
@@ -74,7 +85,7 @@ class EventIntake(ProgressDatabase):
         record: RestoreEvent,
         when: datetime,
         details: dict[str, Any],
-    ):
+    ) -> tuple[int, Recorded]:
         if row.state == State.REQUESTED:
             # The request's row becomes the event's (one row per work from request to archive),
             # keyed as the event is, so that its duplicates find it.
@@ -88,21 +99,21 @@ class EventIntake(ProgressDatabase):
             row.size = record.size if record.size is not None else row.size
             row.queue_name = details.get("queue") or row.queue_name
             row.add_history("restore completed", **details)
-            return row.id, "new"
+            return row.id, Recorded.NEW
         newer = row.restore_completed_at is None or when > row.restore_completed_at
         if row.state == State.SYNCED and newer:
             row.state, row.restore_completed_at, row.attempts = State.RESTORED, when, 0
             row.downloaded_at = row.debagged_at = row.cleaned_at = None
             row.failed_phase = row.last_error = None
             row.add_history("restored again after an earlier sync", **details)
-            return row.id, "reopened"
+            return row.id, Recorded.REOPENED
         if row.needs_attention and newer:  # restored again: the hold (an expired copy, say) ends
             row.restore_completed_at, row.attempts = when, 0
             row.needs_attention, row.failed_run = False, None
             row.add_history("restored again; the work is tried again", **details)
-            return row.id, "reopened"
+            return row.id, Recorded.REOPENED
         row.add_history("duplicate event", **details)
-        return row.id, "duplicate"
+        return row.id, Recorded.DUPLICATE
 
     def record_restore_request(
         self,
@@ -148,15 +159,15 @@ class EventIntake(ProgressDatabase):
                 row.add_history(event[0], **event[1])
             return row.id
 
-    def register_local(self, zip_path: Path, key: str, work_id: str) -> tuple[int, str]:
-        """Register a bag zip found on disk; return (row id, 'new' | 'duplicate')."""
+    def register_local(self, zip_path: Path, key: str, work_id: str) -> tuple[int, Recorded]:
+        """Register a bag zip found on disk; return its row's id and ``NEW`` or ``DUPLICATE``."""
         stat = zip_path.stat()
         etag = f"local-{stat.st_size}-{stat.st_mtime_ns}"
         dkey = dedup_key("", str(zip_path.resolve()), etag)
         with self.session() as session:
             row = _by_key(session, dkey)
             if row is not None:
-                return row.id, "duplicate"
+                return row.id, Recorded.DUPLICATE
             row = _new_row(
                 session,
                 dkey,
@@ -171,7 +182,7 @@ class EventIntake(ProgressDatabase):
                 local_path=str(zip_path.resolve()),
                 restore_completed_at=utcnow(),
             )
-            return row.id, "new"
+            return row.id, Recorded.NEW
 
     def known_local_paths(self) -> set[str]:
         """Every local zip path a row already refers to, resolved (as ``register_local`` stores

@@ -20,7 +20,7 @@ class PhaseRecords(ProgressDatabase):
 
     def update_row(
         self,
-        pid: int,
+        progress_id: int,
         event: str,
         release: bool = False,
         owner: str | None = None,
@@ -34,13 +34,14 @@ class PhaseRecords(ProgressDatabase):
         """
         details = fields.pop("details", {})
         with self.session() as session:
-            row = session.get(Progress, pid, with_for_update=True)
+            row = session.get(Progress, progress_id, with_for_update=True)
             if row is None:
-                raise WorkNotFound(f"no progress row with id {pid}")
+                raise WorkNotFound(f"no progress row with id {progress_id}")
             if owner is not None and row.claimed_by != owner:
                 raise LostClaim(
-                    f"work {row.work_id} (row {pid}): the claim of {owner} was taken over by "
-                    f"{row.claimed_by or 'nobody'} (its lease ran out); {event!r} is not recorded"
+                    f"work {row.work_id} (row {progress_id}): the claim of {owner} was taken over "
+                    f"by {row.claimed_by or 'nobody'} (its lease ran out); {event!r} is not "
+                    "recorded"
                 )
             if "state" in fields:
                 fields["state"] = check_move(row.state, fields["state"])
@@ -54,11 +55,11 @@ class PhaseRecords(ProgressDatabase):
             faults.checkpoint("progress:before-commit")
             return row
 
-    def mark_cleaned(self, pid: int, synced_at: datetime | None) -> bool:
+    def mark_cleaned(self, progress_id: int, synced_at: datetime | None) -> bool:
         """Record the clean-up of the sync at ``synced_at``; False when the row moved on (a
         newer restore reopened it) or another run recorded it first."""
         with self.session() as session:
-            row = session.get(Progress, pid, with_for_update=True)
+            row = session.get(Progress, progress_id, with_for_update=True)
             if row is None or row.state != State.SYNCED or row.cleaned_at is not None:
                 return False
             if row.synced_at != synced_at:

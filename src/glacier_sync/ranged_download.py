@@ -13,6 +13,7 @@ ranges as they land, not in a pass of its own afterwards.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import threading
@@ -23,9 +24,9 @@ from pathlib import Path
 from typing import Any
 
 from glacier_sync import faults
-from glacier_sync.errors import DownloadError, TransferFault
+from glacier_sync.disk_hashes import InOrderHash, PartHashes, hashed_from_disk
+from glacier_sync.errors import TransferFault
 from glacier_sync.object_checks import new_hasher
-from glacier_sync.part_hashes import PartHashes, hashed_from_disk
 from glacier_sync.range_commit import RangeCommitter
 from glacier_sync.range_journal import (
     RangeJournal,
@@ -115,7 +116,7 @@ def _fetch_into(
         reused = set(good)
         journal = RangeJournal(journal_file, plan, fresh=digests is None)
         algorithm = in_order_algorithm(plan)
-        in_order = _InOrderHash(fd, plan, set(good), algorithm) if algorithm else None
+        in_order = InOrderHash(fd, plan, set(good), algorithm) if algorithm else None
         parts = PartHashes(fd, plan, set(good), concurrency) if hashed_from_disk(plan) else None
         try:
             missing = [i for i in range(plan.ranges) if i not in good]
@@ -170,7 +171,7 @@ def _reserve(fd: int, size: int) -> None:
         try:
             os.posix_fallocate(fd, 0, size)
         except OSError as exc:
-            if exc.errno not in (95, 22):  # EOPNOTSUPP, EINVAL: file systems without it
+            if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL):  # file systems without it
                 raise
 
 
@@ -208,7 +209,7 @@ class _PartsHasher:
 
 def _hash_on_disk(fd: int, plan: RangePlan, index: int) -> str:
     hasher = range_hasher(plan)
-    _update_from_disk(fd, plan, index, hasher)
+    hash_span(fd, *plan.bounds(index), hasher)
     return hasher.hexdigest()
 
 
@@ -423,66 +424,3 @@ def _require_the_range(plan: RangePlan, response: dict[str, Any], start: int, en
         f"Content-Range {response.get('ContentRange')!r}: a proxy or store that ignores ranges; "
         "nothing of it was written, the download is tried again"
     )
-
-
-class _InOrderHash:
-    """The hash of the whole file, read from disk behind the ranges as they complete in order
-    (so a single-part eTag or SHA is checked without a pass of its own after the download)."""
-
-    def __init__(self, fd: int, plan: RangePlan, done: set[int], algorithm: str) -> None:
-        self._fd, self._plan, self._done = fd, plan, done
-        self._hasher = new_hasher(algorithm)
-        self._ready = threading.Condition()
-        self._closing = False
-        self._digest: str | None = None
-        self._error: OSError | None = None
-        self._aborted = False
-        self._thread = threading.Thread(target=self._run, name="in-order-hash", daemon=True)
-        self._thread.start()
-
-    def add(self, index: int) -> None:
-        """Range ``index`` is on disk."""
-        with self._ready:
-            self._done.add(index)
-            self._ready.notify()
-
-    def abort(self) -> None:
-        """Stop hashing (the download failed): the thread ends at its next range."""
-        with self._ready:
-            self._closing = self._aborted = True
-            self._ready.notify()
-        self._thread.join()
-
-    def finish(self) -> str | None:
-        """The whole file's hex digest, or None when a range is missing (the download failed); a
-        DownloadError when reading the file back failed (the verified ranges are kept)."""
-        with self._ready:
-            self._closing = True
-            self._ready.notify()
-        self._thread.join()
-        if self._error is not None:
-            raise DownloadError(
-                f"reading {self._plan.key} back from disk to hash it failed ({self._error}); "
-                "the verified ranges are kept and the next try checks it again"
-            ) from self._error
-        return self._digest
-
-    def _run(self) -> None:
-        try:
-            self._hash_in_order()
-        except OSError as exc:  # a disk error: reported by finish(), not taken for a mismatch
-            self._error = exc
-
-    def _hash_in_order(self) -> None:
-        for index in range(self._plan.ranges):
-            with self._ready:
-                while index not in self._done and not self._closing:
-                    self._ready.wait()
-                if index not in self._done or self._aborted:
-                    return
-            _update_from_disk(self._fd, self._plan, index, self._hasher)
-        self._digest = self._hasher.hexdigest()
-
-
-def _update_from_disk(fd: int, plan: RangePlan, index: int, hasher: Any) -> None:
-    hash_span(fd, *plan.bounds(index), hasher)

@@ -1,6 +1,10 @@
-"""Each upload part's MD5 or SHA, hashed from disk once all the ranges it was split into are in.
+"""Hashes read back from disk behind a download's ranges, while the other ranges are fetched.
 
-A part larger than the download's range size is fetched in several ranges (a crash then costs a
+``InOrderHash``: the whole file's MD5 or SHA in byte order (a single-part eTag or checksum),
+each range hashed as soon as the ranges before it are in, so no pass of its own follows.
+
+``PartHashes``: each upload part's MD5 or SHA, once all the ranges it was split into are in. A
+part larger than the download's range size is fetched in several ranges (a crash then costs a
 range, not a part), but an MD5 or a SHA cannot be combined from pieces the way a CRC can. So the
 ranges carry a CRC32C of their own (to verify them on a resume), and the part is read back
 from disk (the page cache, as a rule) and hashed as soon as its last range is durable, while the
@@ -74,3 +78,62 @@ class PartHashes:
         hasher = new_hasher(self._plan.algorithm)
         hash_span(self._fd, self._plan.bounds(first)[0], self._plan.bounds(last)[1], hasher)
         return hasher.hexdigest()
+
+
+class InOrderHash:
+    """The hash of the whole file, read from disk behind the ranges as they complete in order
+    (so a single-part eTag or SHA is checked without a pass of its own after the download)."""
+
+    def __init__(self, fd: int, plan: RangePlan, done: set[int], algorithm: str) -> None:
+        self._fd, self._plan, self._done = fd, plan, done
+        self._hasher = new_hasher(algorithm)
+        self._ready = threading.Condition()
+        self._closing = False
+        self._digest: str | None = None
+        self._error: OSError | None = None
+        self._aborted = False
+        self._thread = threading.Thread(target=self._run, name="in-order-hash", daemon=True)
+        self._thread.start()
+
+    def add(self, index: int) -> None:
+        """Range ``index`` is on disk."""
+        with self._ready:
+            self._done.add(index)
+            self._ready.notify()
+
+    def abort(self) -> None:
+        """Stop hashing (the download failed): the thread ends at its next range."""
+        with self._ready:
+            self._closing = self._aborted = True
+            self._ready.notify()
+        self._thread.join()
+
+    def finish(self) -> str | None:
+        """The whole file's hex digest, or None when a range is missing (the download failed); a
+        DownloadError when reading the file back failed (the verified ranges are kept)."""
+        with self._ready:
+            self._closing = True
+            self._ready.notify()
+        self._thread.join()
+        if self._error is not None:
+            raise DownloadError(
+                f"reading {self._plan.key} back from disk to hash it failed ({self._error}); "
+                "the verified ranges are kept and the next try checks it again"
+            ) from self._error
+        return self._digest
+
+    def _run(self) -> None:
+        try:
+            self._hash_in_order()
+        except OSError as exc:  # a disk error: reported by finish(), not taken for a mismatch
+            self._error = exc
+
+    def _hash_in_order(self) -> None:
+        for index in range(self._plan.ranges):
+            with self._ready:
+                while index not in self._done and not self._closing:
+                    self._ready.wait()
+                if index not in self._done or self._aborted:
+                    return
+            hash_span(self._fd, *self._plan.bounds(index), self._hasher)
+        self._digest = self._hasher.hexdigest()

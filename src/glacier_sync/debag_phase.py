@@ -1,0 +1,84 @@
+"""The debag phase: a work's zip validated against its BagIt manifests and extracted into its
+work folder, vouched for by a marker, with the fixity evidence recorded."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from glacier_sync import faults, workspace
+from glacier_sync.bags import DebagResult, debag
+from glacier_sync.claimants import this_host
+from glacier_sync.download_phase import local_zip_path
+from glacier_sync.errors import DiskFull
+from glacier_sync.models import Progress, utcnow
+from glacier_sync.phase_base import PhaseRunner
+from glacier_sync.states import State
+from glacier_sync.workspace import verified_work_folder
+
+
+def fixity_evidence(result: DebagResult, validated_at: datetime) -> dict[str, Any]:
+    """What a debag proved, as recorded in the progress row (``fixity``) and published with the
+    archived work: every payload file matched every manifest, in count and bytes."""
+    return {
+        "algorithms": list(result.algorithms),
+        "files": result.files,
+        "bytes": result.bytes,
+        "payload_oxum": result.payload_oxum,
+        "manifest_sha256": result.manifest_digests,
+        "validated_at": validated_at.isoformat(timespec="seconds") + "Z",
+    }
+
+
+class DebagPhase(PhaseRunner):
+    """Debags works."""
+
+    def _debag_fields(self, row: Progress) -> dict[str, Any]:
+        """Make the work folder a verified debag of the row's zip (re-extract unless its marker
+        vouches for it); return the fields to record."""
+        work_root, zip_path = self.settings.work_dir, local_zip_path(self.settings, row)
+        if verified_work_folder(work_root, row.work_id, row.id, zip_path):
+            return {"state": State.DEBAGGED, "details": {"skipped": "already debagged"}}
+        workspace.forget_debag(work_root, row.work_id)
+        try:
+            result = debag(
+                zip_path,
+                work_root,
+                row.work_id,
+                self.settings.free_space_margin_mb * 1024 * 1024,
+                before_place=lambda: self._still_mine(row, "placing the work folder"),
+            )
+        except DiskFull as exc:
+            raise DiskFull(f"work {row.work_id}: {exc}") from exc
+        faults.checkpoint("debag:placed")
+        stat = zip_path.stat()
+        folder = result.work_path.lstat()
+        marker = workspace.DebagMarker(
+            row.id,
+            stat.st_size,
+            stat.st_mtime_ns,
+            result.files,
+            result.bytes,
+            list(result.algorithms),
+            folder.st_dev,
+            folder.st_ino,
+            this_host(),
+        )
+        workspace.write_marker(work_root, row.work_id, marker)
+        faults.checkpoint("debag:marked")
+        validated_at = utcnow()
+        return {
+            "state": State.DEBAGGED,
+            "debagged_at": validated_at,
+            "fixity": fixity_evidence(result, validated_at),
+            "details": {
+                "files": result.files,
+                "bytes": result.bytes,
+                "algorithms": list(result.algorithms),
+            },
+        }
+
+    def debag(self, progress_id: int, release_on_failure: bool = True) -> int:
+        """Validate and extract the row's zip into ``<work root>/<WorkRID>``."""
+        self._phase(progress_id, "debag", self._debag_fields, release_on_failure=release_on_failure)
+        return progress_id

@@ -1,0 +1,117 @@
+"""The sync phase: a verified work folder synced into the archive by the sync script (debagged
+again first when nothing vouches for it), then the work's local files cleaned up."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from glacier_sync import faults, workspace
+from glacier_sync.archive import ensure_parent, remove_if_empty, require_room, sweep_staging
+from glacier_sync.debag_phase import DebagPhase
+from glacier_sync.download_phase import local_zip_path, same_device
+from glacier_sync.errors import ArchiveUnavailable
+from glacier_sync.models import Progress, utcnow
+from glacier_sync.states import State
+from glacier_sync.sync import archive_parent_for_key, sync_work
+
+log = logging.getLogger(__name__)
+
+
+class SyncPhase(DebagPhase):
+    """Syncs works into the archive and cleans up after them."""
+
+    def sync(self, progress_id: int, release_on_failure: bool = True) -> int:
+        """Sync the verified work folder into the archive, record it, then clean up."""
+
+        def action(row: Progress) -> dict[str, Any]:
+            root = self.archive_root()
+            parent = archive_parent_for_key(root, row.object_key, row.work_id)
+            work_root = self.settings.work_dir
+            # Staging of a dead try first: it may be this work's folder, renamed there by a
+            # killed sync (then the folder is gone and is debagged again just below).
+            sweep_staging(parent, row.work_id)
+            redone = self._debag_fields(row)  # extracts again only when not vouched for
+            if "debagged_at" in redone:
+                log.warning("work %s: work folder was not verified; debagged again", row.work_id)
+            created = ensure_parent(root, parent)
+            work = work_root / row.work_id
+            try:
+                copying = self.settings.sync_replace_archive or not (parent / row.work_id).exists()
+                if copying and not (self.settings.sync_move_work and same_device(work, parent)):
+                    require_room(parent, workspace.disk_usage(work), f"work {row.work_id}")
+                faults.checkpoint("sync:before-script")
+                self._still_mine(row, "the sync")
+                result = sync_work(
+                    self.settings.sync_command,
+                    work,
+                    parent,
+                    self.settings.logs_dir,
+                    replace=self.settings.sync_replace_archive,
+                    db_config=self.settings.sync_db_config,
+                    timeout=self.settings.sync_timeout_seconds,
+                    move_work=self.settings.sync_move_work,
+                )
+            except Exception as exc:
+                if not parent.is_dir():  # another work's failed sync removed its empty folder
+                    raise ArchiveUnavailable(
+                        f"work {row.work_id}: {parent} vanished during the sync (another work's "
+                        "failed sync removed it while empty); tried again on the next run"
+                    ) from exc
+                remove_if_empty(created)
+                raise
+            faults.checkpoint("sync:after-script")
+            fields: dict[str, Any] = {
+                "state": State.SYNCED,
+                "synced_at": utcnow(),
+                "archive_path": str(result.archive_path),
+                "details": {
+                    "archive_path": str(result.archive_path),
+                    "log": str(result.log_file),
+                    "moved": result.moved,
+                },
+            }
+            if "debagged_at" in redone:
+                fields["debagged_at"] = redone["debagged_at"]
+            return fields
+
+        row = self._phase(
+            progress_id, "sync", action, release=True, release_on_failure=release_on_failure
+        )
+        faults.checkpoint("sync:recorded")
+        self._clean_quietly(row)
+        return progress_id
+
+    def clean(self, row: Progress) -> None:
+        """Remove a synced work's local files (after the sync is recorded) and record it.
+
+        Left alone while another run holds the work (a newer restore of it is on its way: the
+        files are its now); recorded only for the sync that was cleaned.
+        """
+        if row.state != State.SYNCED or row.cleaned_at is not None:
+            return
+        if self.store.work_is_held(row.work_id, self.run_id):
+            return
+        zip_path = local_zip_path(self.settings, row)
+        incoming = self.settings.incoming_dir.resolve()
+        keep = self.settings.keep_zip_after_sync or not zip_path.resolve().is_relative_to(incoming)
+        workspace.clean_work(
+            self.settings.work_dir,
+            row.work_id,
+            None if keep else zip_path,
+            self.settings.incoming_dir,
+            self.settings.logs_dir,
+        )
+        self.store.mark_cleaned(row.id, row.synced_at)
+
+    def _clean_quietly(self, row: Progress) -> None:
+        """Clean up; a failure is logged (the work is synced; the next run cleans again)."""
+        try:
+            self.clean(row)
+        except OSError as exc:
+            log.warning("work %s: clean-up failed (%s); tried again later", row.work_id, exc)
+
+    def finish_cleanups(self) -> None:
+        """Finish the clean-up of synced works that a crash interrupted."""
+        for row in self.store.needs_cleanup():
+            self._clean_quietly(row)

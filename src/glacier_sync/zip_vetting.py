@@ -1,0 +1,221 @@
+"""A bag zip's members vetted before anything is written: names (absolute, ``..``, backslashes,
+Unicode twins, a file that is also a folder), types (links, special files, encrypted members),
+the bag folder, the payload manifests' own clashes, the Payload-Oxum against the declared sizes,
+and the room the extraction needs. Each refusal names every member at fault."""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import shutil
+import stat
+import unicodedata
+import zipfile
+from collections import Counter
+from pathlib import Path, PurePosixPath
+from typing import NamedTuple
+
+from glacier_sync.errors import BagError, DiskFull
+
+MAX_TAG_FILE_SIZE = 256 * 1024 * 1024
+_OXUM = re.compile(r"^Payload-Oxum:\s*(\d+)\.(\d+)\s*$", re.IGNORECASE | re.MULTILINE)
+
+
+class Vetted(NamedTuple):
+    """A zip's members once vetted."""
+
+    root: str  # the bag folder inside the zip ("" or "W1/"), the prefix of every member
+    payload: list[zipfile.ZipInfo]  # the files under data/
+    tags: list[zipfile.ZipInfo]  # the other files: bagit.txt, manifests, bag-info.txt
+    oxum: tuple[int, int] | None  # Payload-Oxum (bytes, files), when bag-info.txt has one
+
+
+# General purpose flag bit 11 (APPNOTE 4.4.4): the member's name and comment are UTF-8.
+UTF8_NAME_FLAG = 0x800
+
+
+def nfc(path: str) -> str:
+    return unicodedata.normalize("NFC", path)
+
+
+def _fix_legacy_name(info: zipfile.ZipInfo) -> None:
+    """Zips made without the UTF-8 flag often still hold UTF-8 names: decode them as such."""
+    if info.flag_bits & UTF8_NAME_FLAG:
+        return
+    with contextlib.suppress(UnicodeEncodeError, UnicodeDecodeError):
+        info.filename = info.filename.encode("cp437").decode("utf-8")
+
+
+def undecodable_name(zip_path: Path, exc: UnicodeDecodeError) -> BagError:
+    """zipfile could not decode a member name flagged as UTF-8: name its raw bytes."""
+    raw = exc.object if isinstance(exc.object, bytes) else str(exc.object).encode()
+    return BagError(
+        f"refused {zip_path.name}: a member name is not valid UTF-8 although the zip flags it as "
+        "UTF-8; nothing was extracted; rebuild the zip with UTF-8 names",
+        [f"{raw!r}: name is not valid UTF-8 ({exc.reason} at byte {exc.start})"],
+    )
+
+
+def _member_problems(info: zipfile.ZipInfo) -> list[str]:
+    name = info.filename
+    problems = []
+    mode = info.external_attr >> 16
+    kind = stat.S_IFMT(mode)
+    if name.startswith("/") or re.match(r"^[A-Za-z]:", name):
+        problems.append(f"{name}: absolute path")
+    if "\\" in name:
+        problems.append(f"{name}: backslash in member name")
+    if ".." in PurePosixPath(name).parts:
+        problems.append(f"{name}: climbs out of the bag with '..'")
+    if kind == stat.S_IFLNK:
+        problems.append(f"{name}: symbolic link")
+    elif kind not in (0, stat.S_IFREG, stat.S_IFDIR):
+        problems.append(f"{name}: special file (mode {oct(mode)})")
+    if info.flag_bits & 0x1:
+        problems.append(f"{name}: encrypted member")
+    return problems
+
+
+def _nfc_clashes(names: list[str]) -> list[str]:
+    """Distinct names that are one path once NFC-normalised (extracted, one would be lost)."""
+    by_path: dict[str, list[str]] = {}
+    for name in dict.fromkeys(names):
+        by_path.setdefault(nfc(name), []).append(name)
+    return [
+        f"{path}: stored under {len(group)} names that differ only in Unicode normalisation "
+        f"({' and '.join(ascii(n) for n in group)}); keep one"
+        for path, group in by_path.items()
+        if len(group) > 1
+    ]
+
+
+def _file_folder_clashes(infos: list[zipfile.ZipInfo]) -> list[str]:
+    """Names that are a file and also a folder of other members (``data/a``, ``data/a/b``)."""
+    folders: dict[str, str] = {}  # NFC folder path -> the first member that makes it a folder
+    for info in infos:
+        parts = nfc(info.filename).rstrip("/").split("/")
+        depth = len(parts) if info.is_dir() else len(parts) - 1
+        for end in range(1, depth + 1):
+            folders.setdefault("/".join(parts[:end]), info.filename)
+    return [
+        f"{info.filename}: a file, but {folders[nfc(info.filename)]} makes it a folder; "
+        "keep one of them"
+        for info in infos
+        if not info.is_dir() and nfc(info.filename) in folders
+    ]
+
+
+def _payload_manifests(
+    zf: zipfile.ZipFile, tags: list[zipfile.ZipInfo], root: str
+) -> dict[str, list[str]]:
+    """Each payload manifest's name and the paths it lists (decoded as BagIt writes them),
+    read in memory: for the checks and error lists before anything is extracted."""
+    manifests = {}
+    for info in tags:
+        name = info.filename[len(root) :]
+        if not re.fullmatch(r"manifest-\w+\.txt", name):
+            continue
+        paths = manifests[name] = []
+        for line in read_small(zf, info).decode("utf-8", errors="replace").splitlines():
+            parts = line.strip().split(None, 1)
+            if len(parts) == 2:
+                path = parts[1].replace("%0D", "\r").replace("%0A", "\n").replace("%25", "%")
+                paths.append(path.removeprefix("./"))
+    return manifests
+
+
+def _manifest_clashes(manifests: dict[str, list[str]]) -> list[str]:
+    """Payload manifests listing one path under names that differ only in normalisation."""
+    return [
+        f"{name}: {clash}" for name, paths in manifests.items() for clash in _nfc_clashes(paths)
+    ]
+
+
+def _find_bag_root(infos: list[zipfile.ZipInfo]) -> str:
+    candidates = [
+        i.filename
+        for i in infos
+        if PurePosixPath(i.filename).name == "bagit.txt" and not i.is_dir()
+    ]
+    if not candidates:
+        raise BagError("not a bag: the zip holds no bagit.txt")
+    shallowest = min(candidates, key=lambda n: n.count("/"))
+    return shallowest[: -len("bagit.txt")]
+
+
+def read_small(zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> bytes:
+    if info.file_size > MAX_TAG_FILE_SIZE:
+        raise BagError(
+            f"tag file {info.filename} is {info.file_size} bytes; refusing tag files this large"
+        )
+    try:
+        return zf.read(info)
+    except (zipfile.BadZipFile, OSError, EOFError) as exc:
+        raise BagError(f"tag file {info.filename} cannot be read from the zip ({exc})") from None
+
+
+def _payload_oxum(bag_info: bytes) -> tuple[int, int] | None:
+    match = _OXUM.search(bag_info.decode("utf-8", errors="replace"))
+    return (int(match.group(1)), int(match.group(2))) if match else None
+
+
+def vet_members(zip_path: Path, zf: zipfile.ZipFile, work_root: Path, margin: int) -> Vetted:
+    """Checks that need no writing: member names and types, declared sizes, free space."""
+    infos = zf.infolist()
+    for info in infos:
+        _fix_legacy_name(info)
+    problems = [p for info in infos for p in _member_problems(info)]
+    counts = Counter(i.filename for i in infos)
+    dupes = sorted(name for name, count in counts.items() if count > 1)
+    problems += [f"{n}: stored more than once" for n in dupes]
+    problems += _nfc_clashes([i.filename for i in infos]) + _file_folder_clashes(infos)
+    if problems:
+        raise BagError(
+            f"refused {zip_path.name}: unsafe or clashing members; nothing was extracted", problems
+        )
+    root = _find_bag_root(infos)
+    outside = [i.filename for i in infos if not i.filename.startswith(root)]
+    outside = [n for n in outside if not (n.endswith("/") and root.startswith(n))]
+    if outside:
+        raise BagError(
+            f"refused {zip_path.name}: members outside the bag folder {root or '/'!s}",
+            [f"{n}: outside the bag" for n in outside],
+        )
+    files = [i for i in infos if not i.is_dir()]
+    payload = [i for i in files if i.filename[len(root) :].startswith("data/")]
+    tags = [i for i in files if not i.filename[len(root) :].startswith("data/")]
+    manifests = _payload_manifests(zf, tags, root)
+    clashes = _manifest_clashes(manifests)
+    if clashes:
+        raise BagError(
+            f"refused {zip_path.name}: a payload manifest names one path twice; "
+            "nothing was extracted",
+            clashes,
+        )
+    declared = sum(i.file_size for i in payload)
+    info_name = root + "bag-info.txt"
+    info_member = next((i for i in tags if i.filename == info_name), None)
+    oxum = _payload_oxum(read_small(zf, info_member)) if info_member else None
+    if oxum is not None and (declared, len(payload)) != oxum:
+        listed = {nfc(path) for paths in manifests.values() for path in paths}
+        members = {nfc(i.filename[len(root) :]) for i in payload}
+        raise BagError(
+            f"refused {zip_path.name}: the zip declares {declared} payload bytes in {len(payload)}"
+            f" files, but Payload-Oxum says {oxum[0]}.{oxum[1]}; nothing was extracted",
+            [f"Payload-Oxum {oxum[0]}.{oxum[1]} != declared {declared}.{len(payload)}"]
+            + [
+                f"{p}: listed in the manifest but missing from the zip"
+                for p in sorted(listed - members)
+            ]
+            + [f"{p}: in the zip but not in any manifest" for p in sorted(members - listed)],
+        )
+    needed = declared + sum(i.file_size for i in tags) + margin
+    work_root.mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(work_root).free
+    if needed > free:
+        raise DiskFull(
+            f"{zip_path.name} needs {needed} bytes in {work_root} (payload plus {margin} bytes "
+            f"margin) but only {free} are free; free some space there, the debag is tried again "
+            "on the next run"
+        )
+    return Vetted(root, payload, tags, oxum)
