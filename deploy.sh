@@ -47,15 +47,14 @@
 set -euo pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-case "${1:-}" in
-    user|backup|restore) exec bash "$repo/scripts/stack-admin.sh" "$@" ;;
-esac
 
 # Options left empty are taken from the instance's .env on a re-deploy, else the defaults.
 dest="" env_name="" arch_root="" sync_uid="" aws_credentials="" db_config="" pipeline_config=""
 endpoint="" endpoint_given=0 image="" ui_port="" dry_run=0 force=0
 postgres_image=${POSTGRES_IMAGE:-} redis_image=${REDIS_IMAGE:-} auth="" admin_user="" project=""
 executor="" workers="" workers_given=0 concurrency="" flower="" flower_port="" statsd=""
+# What this deploy changed (the next steps depend on them), and what the instance had.
+changed_secrets=0 changed_compose=0 changed_dags=0 changed_env=0 old_admin=""
 readonly FAB_MANAGER=airflow.providers.fab.auth_manager.fab_auth_manager.FabAuthManager
 readonly SIMPLE_MANAGER=airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager
 
@@ -84,35 +83,38 @@ deployed_value() {
 docker_up() { command -v docker >/dev/null && docker info >/dev/null 2>&1; }
 
 need_value() { [ $# -ge 2 ] && [ -n "$2" ] || die "$1 needs a value (see -h)"; }
-while [ $# -gt 0 ]; do
-    case "$1" in
-        --dest) need_value "$@"; dest=$2; shift 2 ;;
-        --env) need_value "$@"; env_name=$2; shift 2 ;;
-        --arch-root) need_value "$@"; arch_root=$2; shift 2 ;;
-        --sync-uid) need_value "$@"; sync_uid=$2; shift 2 ;;
-        --aws-credentials) need_value "$@"; aws_credentials=$2; shift 2 ;;
-        --db-config) need_value "$@"; db_config=$2; shift 2 ;;
-        --pipeline-config) need_value "$@"; pipeline_config=$2; shift 2 ;;
-        --aws-endpoint-url) need_value "$@"; endpoint=$2; endpoint_given=1; shift 2 ;;
-        --image) need_value "$@"; image=$2; shift 2 ;;
-        --postgres-image) need_value "$@"; postgres_image=$2; shift 2 ;;
-        --redis-image) need_value "$@"; redis_image=$2; shift 2 ;;
-        --auth) need_value "$@"; auth=$2; shift 2 ;;
-        --executor) need_value "$@"; executor=$2; shift 2 ;;
-        --workers) need_value "$@"; workers=$2; workers_given=1; shift 2 ;;
-        --worker-concurrency) need_value "$@"; concurrency=$2; shift 2 ;;
-        --flower) need_value "$@"; flower=$2; shift 2 ;;
-        --statsd) need_value "$@"; statsd=$2; shift 2 ;;
-        --flower-port) need_value "$@"; flower_port=$2; shift 2 ;;
-        --admin-user) need_value "$@"; admin_user=$2; shift 2 ;;
-        --project-name) need_value "$@"; project=$2; shift 2 ;;
-        --ui-port) need_value "$@"; ui_port=$2; shift 2 ;;
-        --dry-run) dry_run=1; shift ;;
-        --force) force=1; shift ;;
-        -h|--help) usage; exit 0 ;;
-        *) usage >&2; die "unknown option $1" ;;
-    esac
-done
+# parse_args ARG...: the options into their variables; bad usage exits 2.
+parse_args() {
+    while [ $# -gt 0 ]; do
+        case "$1" in
+            --dest) need_value "$@"; dest=$2; shift 2 ;;
+            --env) need_value "$@"; env_name=$2; shift 2 ;;
+            --arch-root) need_value "$@"; arch_root=$2; shift 2 ;;
+            --sync-uid) need_value "$@"; sync_uid=$2; shift 2 ;;
+            --aws-credentials) need_value "$@"; aws_credentials=$2; shift 2 ;;
+            --db-config) need_value "$@"; db_config=$2; shift 2 ;;
+            --pipeline-config) need_value "$@"; pipeline_config=$2; shift 2 ;;
+            --aws-endpoint-url) need_value "$@"; endpoint=$2; endpoint_given=1; shift 2 ;;
+            --image) need_value "$@"; image=$2; shift 2 ;;
+            --postgres-image) need_value "$@"; postgres_image=$2; shift 2 ;;
+            --redis-image) need_value "$@"; redis_image=$2; shift 2 ;;
+            --auth) need_value "$@"; auth=$2; shift 2 ;;
+            --executor) need_value "$@"; executor=$2; shift 2 ;;
+            --workers) need_value "$@"; workers=$2; workers_given=1; shift 2 ;;
+            --worker-concurrency) need_value "$@"; concurrency=$2; shift 2 ;;
+            --flower) need_value "$@"; flower=$2; shift 2 ;;
+            --statsd) need_value "$@"; statsd=$2; shift 2 ;;
+            --flower-port) need_value "$@"; flower_port=$2; shift 2 ;;
+            --admin-user) need_value "$@"; admin_user=$2; shift 2 ;;
+            --project-name) need_value "$@"; project=$2; shift 2 ;;
+            --ui-port) need_value "$@"; ui_port=$2; shift 2 ;;
+            --dry-run) dry_run=1; shift ;;
+            --force) force=1; shift ;;
+            -h|--help) usage; exit 0 ;;
+            *) usage >&2; die "unknown option $1" ;;
+        esac
+    done
+}
 
 # ---- check every input before touching anything -------------------------------------------
 
@@ -291,24 +293,22 @@ check_archive_writable() {
         || echo "deploy.sh: warning: uid $sync_uid cannot write the archive root $arch_root; syncs will fail until it can (chown or chmod it)" >&2
 }
 
-check_inputs
-choose_names
-check_project_free
-
 # ---- lay out the instance ---------------------------------------------------------------------
-act mkdir -p "$dest"
-say "${env_name} instance in $dest (Compose project $project, sign-in: $auth)"
-for sub in logs dags plugins processing data config secrets; do
-    act mkdir -p "$dest/$sub"
-done
-if [ -z "$arch_root" ]; then
-    arch_root=$dest/archive
-    if [ ! -d "$arch_root" ]; then
-        act mkdir -p "$arch_root"
-        [ "$(id -u)" -ne 0 ] || act chown "$sync_uid:0" "$arch_root"
+# lay_out_folders: the instance's folders, and the dev archive root when none is given.
+lay_out_folders() {
+    act mkdir -p "$dest"
+    say "${env_name} instance in $dest (Compose project $project, sign-in: $auth)"
+    for sub in logs dags plugins processing data config secrets; do
+        act mkdir -p "$dest/$sub"
+    done
+    if [ -z "$arch_root" ]; then
+        arch_root=$dest/archive
+        if [ ! -d "$arch_root" ]; then
+            act mkdir -p "$arch_root"
+            [ "$(id -u)" -ne 0 ] || act chown "$sync_uid:0" "$arch_root"
+        fi
     fi
-fi
-check_archive_writable
+}
 
 random_secret() { tool secret; }
 fernet_key() { tool fernet-key; }
@@ -316,7 +316,6 @@ fernet_key() { tool fernet-key; }
 # write_secret NAME GENERATOR|--from FILE: created once (generated) or copied from FILE. A
 # changed copy is written into the same file (a running container's file secret is a bind
 # mount of it) and the services must be recreated to read it.
-changed_secrets=0
 write_secret() {
     local name=$1 target="$dest/secrets/$1"
     if [ "$2" = --from ]; then
@@ -381,15 +380,16 @@ write_secrets() {
         chmod 0644 "$dest/secrets/redis_conf" 2>/dev/null || true
     fi
 }
-write_secrets
 
 # ---- code and configuration ---------------------------------------------------------------
-changed_compose=0
-if ! cmp -s "$repo/bdrc-docker-compose.yml" "$dest/docker-compose.yaml"; then
-    changed_compose=1
-    act cp "$repo/bdrc-docker-compose.yml" "$dest/docker-compose.yaml.deploying"
-    act mv -f "$dest/docker-compose.yaml.deploying" "$dest/docker-compose.yaml"
-fi
+# install_compose_file: the stack's Compose file, replaced whole when it changed.
+install_compose_file() {
+    if ! cmp -s "$repo/bdrc-docker-compose.yml" "$dest/docker-compose.yaml"; then
+        changed_compose=1
+        act cp "$repo/bdrc-docker-compose.yml" "$dest/docker-compose.yaml.deploying"
+        act mv -f "$dest/docker-compose.yaml.deploying" "$dest/docker-compose.yaml"
+    fi
+}
 
 # dag_files ROOT: the DAG files below ROOT (no caches, build artefacts or hidden files).
 dag_files() {
@@ -415,21 +415,27 @@ update_dags() {
     (cd "$dst" && find . -mindepth 1 -type d ! -name __pycache__ -print) | sort -r \
         | while read -r rel; do [ -d "$src/$rel" ] || rm -rf "${dst:?}/$rel"; done
 }
-changed_dags=0
-if [ "$dry_run" -eq 1 ]; then
-    echo "would: update $dest/dags in place from $repo/dags"
-else
-    update_dags
-    say "dags/: $([ "$changed_dags" -eq 1 ] && echo "updated in place from $repo/dags" || echo unchanged)"
-fi
-if [ -n "$pipeline_config" ]; then
-    if ! cmp -s "$pipeline_config" "$dest/config/glacier-sync.toml"; then
-        # Readable by the sync user whatever the source's mode (it holds no secret).
-        act install -m 0644 "$pipeline_config" "$dest/config/glacier-sync.toml"
-        say "config/glacier-sync.toml: from $pipeline_config"
+
+# install_dags: dags/ updated in place (said), or what would be (--dry-run).
+install_dags() {
+    if [ "$dry_run" -eq 1 ]; then
+        echo "would: update $dest/dags in place from $repo/dags"
+    else
+        update_dags
+        say "dags/: $([ "$changed_dags" -eq 1 ] && echo "updated in place from $repo/dags" || echo unchanged)"
     fi
-elif [ ! -e "$dest/config/glacier-sync.toml" ] && [ "$dry_run" -eq 0 ]; then
-    cat > "$dest/config/glacier-sync.toml" <<'TOML'
+}
+
+# install_pipeline_config: the given pipeline settings, or a template once.
+install_pipeline_config() {
+    if [ -n "$pipeline_config" ]; then
+        if ! cmp -s "$pipeline_config" "$dest/config/glacier-sync.toml"; then
+            # Readable by the sync user whatever the source's mode (it holds no secret).
+            act install -m 0644 "$pipeline_config" "$dest/config/glacier-sync.toml"
+            say "config/glacier-sync.toml: from $pipeline_config"
+        fi
+    elif [ ! -e "$dest/config/glacier-sync.toml" ] && [ "$dry_run" -eq 0 ]; then
+        cat > "$dest/config/glacier-sync.toml" <<'TOML'
 # Settings of the restore pipeline (docs/configuration.md). The stack sets data_root,
 # work_root, archive_root (/mnt), the credentials file and the progress DB; add the queues:
 #
@@ -440,8 +446,9 @@ elif [ ! -e "$dest/config/glacier-sync.toml" ] && [ "$dry_run" -eq 0 ]; then
 # bucket = "glacier.archive.example.org"
 # profile = "default"          # a section of secrets/aws
 TOML
-    say "config/glacier-sync.toml: template (add your queues)"
-fi
+        say "config/glacier-sync.toml: template (add your queues)"
+    fi
+}
 
 # ---- .env ---------------------------------------------------------------------------------
 # compose_profiles: the optional services of this instance, comma-separated.
@@ -449,9 +456,11 @@ compose_profiles() {
     [ "$executor" = celery ] || return 0
     [ "$flower" = on ] && echo celery,flower || echo celery
 }
-env_file=$dest/.env
-deployed=$dest/.env.deployed   # the .env as deploy.sh last wrote it: hand edits are the diff
-new_env=$(cat <<ENV
+# compose_env: the .env this deploy writes (new_env), and where it goes.
+compose_env() {
+    env_file=$dest/.env
+    deployed=$dest/.env.deployed   # the .env as deploy.sh last wrote it: hand edits are the diff
+    new_env=$(cat <<ENV
 # Generated by deploy.sh for the ${env_name} instance. Edit by hand if you must: deploy.sh keeps
 # your edits unless run with --force. Secrets are not here: they are files in secrets/.
 
@@ -525,6 +534,7 @@ DAG_REFRESH_SECONDS=60
 COMPOSE_PROJECT_NAME=${project}
 ENV
 )
+}
 
 # env_status: new, same, deployed (as deploy.sh last wrote it) or edited (by hand since).
 env_status() {
@@ -575,12 +585,13 @@ write_env() {
     changed_env=1
     say ".env: written"
 }
-changed_env=0
-write_env
-if [ "$dry_run" -eq 0 ]; then   # a kept hand-edited .env is what the stack will use
+
+# adopt_written_env: a kept hand-edited .env is what the stack will use: its names win.
+adopt_written_env() {
+    [ "$dry_run" -eq 0 ] || return 0
     admin_user=$(env_value AIRFLOW_ADMIN_USER) ui_port=$(env_value AIRFLOW_UI_PORT)
     project=$(env_value COMPOSE_PROJECT_NAME) auth=$(env_value AIRFLOW_AUTH)
-fi
+}
 # fix_ownership: the sync user of the .env the stack will use (a kept hand edit included) owns
 # the secrets and the writable mounts.
 fix_ownership() {
@@ -590,7 +601,6 @@ fix_ownership() {
     chown "$uid:0" "$dest/secrets" "$dest/secrets"/* \
         "$dest/logs" "$dest/data" "$dest/processing" "$dest/plugins"
 }
-fix_ownership
 
 # ---- what to run next -----------------------------------------------------------------------
 stack_running() {
@@ -637,10 +647,36 @@ next_steps_running() {
     fi
 }
 
-if [ "$dry_run" -eq 1 ]; then
-    exit 0
-elif stack_running; then
-    next_steps_running
-else
-    next_steps_new
-fi
+print_next_steps() {
+    if [ "$dry_run" -eq 1 ]; then
+        return 0
+    elif stack_running; then
+        next_steps_running
+    else
+        next_steps_new
+    fi
+}
+
+# ---- main -------------------------------------------------------------------------------------
+main() {
+    case "${1:-}" in
+        user|backup|restore) exec bash "$repo/scripts/stack-admin.sh" "$@" ;;
+    esac
+    parse_args "$@"
+    check_inputs
+    choose_names
+    check_project_free
+    lay_out_folders
+    check_archive_writable
+    write_secrets
+    install_compose_file
+    install_dags
+    install_pipeline_config
+    compose_env
+    write_env
+    adopt_written_env
+    fix_ownership
+    print_next_steps
+}
+
+main "$@"
