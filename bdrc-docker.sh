@@ -33,9 +33,10 @@ export SYNC_SCRIPTS_HOME=${SYNC_SCRIPTS_HOME:-/opt/bdrc/sync-scripts}
 export CONFIG_ROOT=${CONFIG_ROOT:-/home/airflow/.config}
 export PY_REQS=requirements.txt
 
-usage() { sed -n '2,/^[^#]/{/^#/s/^# \{0,1\}//p}' "$0"; }
-die() { echo "bdrc-docker.sh: $*" >&2; exit 1; }
-say() { echo "==> $*"; }
+me=bdrc-docker.sh
+# shellcheck source=scripts/shell-common.sh
+source "$repo/scripts/shell-common.sh"   # usage, say
+die() { fail "$@"; }   # this script's errors all exit 1
 
 while [ $# -gt 0 ]; do
     case "$1" in

@@ -58,10 +58,9 @@ changed_secrets=0 changed_compose=0 changed_dags=0 changed_env=0 old_admin=""
 readonly FAB_MANAGER=airflow.providers.fab.auth_manager.fab_auth_manager.FabAuthManager
 readonly SIMPLE_MANAGER=airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager
 
-usage() { sed -n '2,/^[^#]/{/^#/s/^# \{0,1\}//p}' "$0"; }
-# die: a usage or settings error (exit 2); fail: the machine refuses (exit 1).
-die() { echo "deploy.sh: $*" >&2; exit 2; }
-fail() { echo "deploy.sh: $*" >&2; exit 1; }
+me=deploy.sh
+# shellcheck source=scripts/shell-common.sh
+source "$repo/scripts/shell-common.sh"   # usage, say, die (exit 2), fail (exit 1), need_value
 # The host's python3, resolved once: behind a version manager's shim (pyenv) every call would
 # start a tree of shell processes first.
 host_python=$(python3 -c 'import sys; print(sys.executable)' 2>/dev/null || echo python3)
@@ -69,7 +68,6 @@ host_python=$(python3 -c 'import sys; print(sys.executable)' 2>/dev/null || echo
 tool() { PYTHONPATH="$repo/src" PYTHONDONTWRITEBYTECODE=1 "$host_python" -m deploytools "$@"; }
 # check SUBCOMMAND ARG...: a deploytools check; its one-line error becomes deploy.sh's.
 check() { local why; why=$(tool "$@" 2>&1) || die "$why"; }
-say() { echo "==> $*"; }
 act() { if [ "$dry_run" -eq 1 ]; then echo "would: $*"; else "$@"; fi; }
 # env_value NAME: NAME's value in the instance's current .env (empty when absent).
 env_value() { [ -f "$dest/.env" ] && sed -n "s/^$1=//p" "$dest/.env" | tail -n 1 || true; }
@@ -82,7 +80,6 @@ deployed_value() {
 }
 docker_up() { command -v docker >/dev/null && docker info >/dev/null 2>&1; }
 
-need_value() { [ $# -ge 2 ] && [ -n "$2" ] || die "$1 needs a value (see -h)"; }
 # parse_args ARG...: the options into their variables; bad usage exits 2.
 parse_args() {
     while [ $# -gt 0 ]; do

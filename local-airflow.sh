@@ -51,9 +51,10 @@ passwords_file=$AIRFLOW_HOME/local-passwords.json
 secrets_file=$AIRFLOW_HOME/local-secrets.env
 venv=""
 
-usage() { sed -n '2,/^[^#]/{/^#/s/^# \{0,1\}//p}' "$0"; }
-say() { printf '==> %s\n' "$*"; }
-die() { printf 'local-airflow.sh: %s\n' "$*" >&2; exit 1; }
+me=local-airflow.sh
+# shellcheck source=scripts/shell-common.sh
+source "$repo/scripts/shell-common.sh"   # usage, say
+die() { fail "$@"; }   # this script's errors all exit 1
 
 ensure_venv() {
     [ -n "$venv" ] || venv=$(bash "$repo/scripts/ensure-venv.sh")

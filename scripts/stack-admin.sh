@@ -26,11 +26,9 @@ command=$1
 shift
 dest="" out="" from="" yes=0 start=1 args=() tmp="" safety="" step=""
 
-usage() { sed -n '2,/^[^#]/{/^#/s/^# \{0,1\}//p}' "$0"; }
-die() { echo "deploy.sh $command: $*" >&2; exit 2; }
-fail() { echo "deploy.sh $command: $*" >&2; exit 1; }
-say() { echo "==> $*"; }
-need_value() { [ $# -ge 2 ] && [ -n "$2" ] || die "$1 needs a value (see -h)"; }
+me="deploy.sh $command"
+# shellcheck source=scripts/shell-common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/shell-common.sh"   # usage, say, die, fail, need_value
 
 while [ $# -gt 0 ]; do
     case "$1" in

@@ -1,0 +1,15 @@
+# shell-common.sh - what deploy.sh, scripts/stack-admin.sh, local-airflow.sh and bdrc-docker.sh
+# share; sourced, never run. The script sets `me` (the name its errors start with) first.
+
+# usage: the script's header comment, from line 2 to the first line that is not a comment.
+usage() { sed -n '2,/^[^#]/{/^#/s/^# \{0,1\}//p}' "$0"; }
+
+# say MESSAGE: a step, on stdout.
+say() { echo "==> $*"; }
+
+# die MESSAGE: bad usage or settings (exit 2); fail MESSAGE: an operation failed (exit 1).
+die() { echo "$me: $*" >&2; exit 2; }
+fail() { echo "$me: $*" >&2; exit 1; }
+
+# need_value OPTION [VALUE]: the option was given a value.
+need_value() { [ $# -ge 2 ] && [ -n "$2" ] || die "$1 needs a value (see -h)"; }
