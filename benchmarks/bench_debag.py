@@ -85,7 +85,7 @@ def make_bag_zip(path: Path, total: int, files: int, compression: int, seed: int
 
 
 def run_glacier_sync(zip_path: Path, out: Path) -> None:
-    from glacier_sync.bags import debag
+    from glacier_sync.bag.bags import debag
 
     debag(zip_path, out, "W1BENCH")
 
@@ -131,7 +131,7 @@ def child(contender: str, zip_path: str, out: str) -> None:
     """Run one contender; print its measurements as JSON (imports are not timed)."""
     import bagit  # noqa: F401
 
-    import glacier_sync.bags  # noqa: F401
+    import glacier_sync.bag.bags  # noqa: F401
 
     before = _io()
     started = time.perf_counter()

@@ -39,7 +39,7 @@ from airflow_rest import AirflowApi  # noqa: E402
 from demo_world import create_world, settings_env  # noqa: E402
 from helpers import free_port, make_bag_zip, moto_server  # noqa: E402
 
-from glacier_sync.progress import ProgressStore  # noqa: E402
+from glacier_sync.records.progress import ProgressStore  # noqa: E402
 
 
 def p95(values: list[float]) -> float:

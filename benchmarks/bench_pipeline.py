@@ -42,7 +42,7 @@ from airflow_rest import AirflowApi  # noqa: E402
 from demo_world import setup  # noqa: E402
 from helpers import free_port, moto_server  # noqa: E402
 
-from glacier_sync.progress import ProgressStore  # noqa: E402
+from glacier_sync.records.progress import ProgressStore  # noqa: E402
 
 
 def fresh_database(server: str, name: str) -> str:

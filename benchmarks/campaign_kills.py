@@ -40,8 +40,8 @@ from campaign_world import (  # noqa: E402
     restore_bags,
 )
 
-from glacier_sync.claimants import this_host  # noqa: E402
 from glacier_sync.faults import FAULT_FILE_ENV  # noqa: E402
+from glacier_sync.records.claimants import this_host  # noqa: E402
 
 
 @dataclass
@@ -203,7 +203,7 @@ def fault_points() -> dict[str, int]:
     """The fault points the library and the default sync script pass, with their pass bounds
     (the run ids, staging names and points change as the library does: read them)."""
     points = set()
-    for source in (REPO / "src" / "glacier_sync").glob("*.py"):
+    for source in (REPO / "src" / "glacier_sync").rglob("*.py"):
         points |= set(re.findall(r'checkpoint\("([^"]+)"\)', source.read_text(encoding="utf-8")))
     script = SYNC_SCRIPT.read_text(encoding="utf-8")
     points |= {f"sync:{name}" for name in re.findall(r"^\s*fault_point ([\w-]+)", script, re.M)}

@@ -164,7 +164,7 @@ def scene_for(
 
 def phase_seconds(progress_url: str, work_id: str) -> dict[str, float]:
     """The seconds of each phase of the work's synced row."""
-    from glacier_sync.progress import ProgressStore
+    from glacier_sync.records.progress import ProgressStore
 
     store = ProgressStore(progress_url)
     try:

@@ -107,8 +107,8 @@ def glacier_env(world: World, data_root: Path, archive_root: Path, **extra) -> d
 def fail_range(monkeypatch, index: int) -> None:
     """Make range ``index`` of every download fail as a reset link would (until
     ``monkeypatch.undo()``); the other ranges are fetched as usual."""
-    from glacier_sync import ranged_download
     from glacier_sync.errors import DownloadError
+    from glacier_sync.transfer import ranged_download
 
     real_fetch = ranged_download._fetch_range
 

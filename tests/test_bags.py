@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from helpers import DEFAULT_FILES, make_bag_dir, make_bag_zip, zip_dir
 
-from glacier_sync import bags
-from glacier_sync.bags import debag
+from glacier_sync.bag import bags
+from glacier_sync.bag.bags import debag
 from glacier_sync.errors import BagError, DiskFull
 
 pytestmark = pytest.mark.unit

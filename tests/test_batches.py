@@ -14,7 +14,7 @@ from glacier_sync.batches import (
     plan_batches,
     run_batch_phase,
 )
-from glacier_sync.models import Progress
+from glacier_sync.records.models import Progress
 from glacier_sync.runner import Pipeline
 
 MB = 1024 * 1024

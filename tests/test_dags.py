@@ -20,7 +20,7 @@ from airflow_helpers import (
 )
 from helpers import DEFAULT_FILES, VENV_BIN, glacier_env, make_bag_dir, make_bag_zip, zip_dir
 
-from glacier_sync.progress import ProgressStore
+from glacier_sync.records.progress import ProgressStore
 
 pytestmark = pytest.mark.airflow
 DATA = Path(__file__).parent / "data"

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 from helpers import VENV_BIN, glacier_env, make_bag_dir, zip_dir
 
-from glacier_sync.progress import ProgressStore
+from glacier_sync.records.progress import ProgressStore
 
 pytestmark = pytest.mark.integration
 

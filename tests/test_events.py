@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from glacier_sync.errors import MalformedMessage
-from glacier_sync.events import event_name_matches, parse_message_body, work_id_from_key
+from glacier_sync.intake.events import event_name_matches, parse_message_body, work_id_from_key
 
 pytestmark = pytest.mark.unit
 

@@ -18,7 +18,7 @@ from airflow_rest import AirflowApi
 from demo_world import settings_env
 from helpers import REPO, free_port, make_bag_zip, make_world
 
-from glacier_sync.progress import ProgressStore
+from glacier_sync.records.progress import ProgressStore
 
 pytestmark = pytest.mark.services
 SCRIPT = REPO / "local-airflow.sh"

@@ -10,7 +10,7 @@ import zlib
 import pytest
 from awscrt import checksums as crt
 
-from glacier_sync.object_checks import (
+from glacier_sync.transfer.object_checks import (
     CRC_BYTES,
     checksum_of,
     composite_value,

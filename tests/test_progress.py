@@ -23,9 +23,9 @@ from glacier_sync.errors import (
     WorkNotFound,
     is_transient,
 )
-from glacier_sync.events import parse_message_body
-from glacier_sync.models import utcnow
-from glacier_sync.progress import (
+from glacier_sync.intake.events import parse_message_body
+from glacier_sync.records.models import utcnow
+from glacier_sync.records.progress import (
     HEAD_REVISION,
     ProgressStore,
     expiry_note,
@@ -98,7 +98,7 @@ def test_head_revision_constant_matches_the_migrations():
     from alembic.config import Config
     from alembic.script import ScriptDirectory
 
-    from glacier_sync.progress import HEAD_REVISION, MIGRATIONS
+    from glacier_sync.records.progress import HEAD_REVISION, MIGRATIONS
 
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
@@ -122,7 +122,7 @@ def test_model_and_migrations_agree(store):
     from alembic.autogenerate import compare_metadata
     from alembic.migration import MigrationContext
 
-    from glacier_sync.models import Base
+    from glacier_sync.records.models import Base
 
     with store.engine.connect() as conn:
         context = MigrationContext.configure(conn, opts={"version_table": VERSION_TABLE})
@@ -138,7 +138,7 @@ def _migrate_to(connection, revision: str) -> None:
     from alembic import command
     from alembic.config import Config
 
-    from glacier_sync.progress import MIGRATIONS
+    from glacier_sync.records.progress import MIGRATIONS
 
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))

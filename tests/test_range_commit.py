@@ -9,8 +9,8 @@ import time
 
 import pytest
 
-from glacier_sync import range_commit
-from glacier_sync.range_commit import RangeCommitter
+from glacier_sync.transfer import range_commit
+from glacier_sync.transfer.range_commit import RangeCommitter
 
 pytestmark = pytest.mark.unit
 
@@ -75,8 +75,8 @@ def test_a_disk_error_stops_the_fetching_and_is_raised(fd, monkeypatch):
 def test_an_interrupted_download_stops_its_ranges_at_once(tmp_path, monkeypatch):
     """SIGTERM or Ctrl-C while the ranges are fetched: the queued ranges are not fetched first,
     and what was finished is journaled all the same."""
-    from glacier_sync import ranged_download
-    from glacier_sync.range_journal import RangePlan, journal_path
+    from glacier_sync.transfer import ranged_download
+    from glacier_sync.transfer.range_journal import RangePlan, journal_path
 
     fetched: list[int] = []
 

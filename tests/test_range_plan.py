@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from glacier_sync.download_plan import _along_parts
-from glacier_sync.range_journal import RangePlan
+from glacier_sync.transfer.download_plan import _along_parts
+from glacier_sync.transfer.range_journal import RangePlan
 
 pytestmark = pytest.mark.unit
 

@@ -23,8 +23,8 @@ from helpers import FlippingLink, PassThroughClient, aws_cli_upload, fail_range,
 
 from glacier_sync import aws
 from glacier_sync.errors import DownloadError, PermanentError, is_transient
-from glacier_sync.range_journal import journal_path
-from glacier_sync.whole_object import WholeObjectMismatch
+from glacier_sync.transfer.range_journal import journal_path
+from glacier_sync.transfer.whole_object import WholeObjectMismatch
 
 pytestmark = pytest.mark.integration
 
@@ -352,7 +352,7 @@ def test_a_disk_error_while_hashing_a_split_part_keeps_its_verified_ranges(
 ):
     """Reading a part back to hash it failed: reported as the disk's error, never taken for a
     mismatch, and every verified range stays for the next try (which hashes the parts again)."""
-    from glacier_sync import disk_hashes
+    from glacier_sync.transfer import disk_hashes
 
     data = os.urandom(21 * MIB + 4321)
     (tmp_path / "source.zip").write_bytes(data)

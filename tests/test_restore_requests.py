@@ -12,8 +12,7 @@ from pathlib import Path
 import pytest
 from helpers import make_bag_zip
 
-from glacier_sync.progress import ProgressStore
-from glacier_sync.restore_requests import (
+from glacier_sync.intake.restore_requests import (
     AVAILABLE,
     IN_PROGRESS,
     NO_SUCH_KEY,
@@ -24,6 +23,7 @@ from glacier_sync.restore_requests import (
     parse_items,
     summary,
 )
+from glacier_sync.records.progress import ProgressStore
 from glacier_sync.runner import Pipeline, open_store
 
 pytestmark = pytest.mark.integration

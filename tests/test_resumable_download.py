@@ -22,9 +22,10 @@ from byte_proxy import ByteCountingProxy
 from demo_world import FAKE_CREDENTIALS
 from helpers import FlippingLink, PassThroughClient, fail_range, upload_parts
 
-from glacier_sync import aws, disk_hashes, download_plan, ranged_download, whole_object
+from glacier_sync import aws
 from glacier_sync.errors import DownloadError, ObjectUnavailable, PermanentError, is_transient
-from glacier_sync.range_journal import RangePlan, journal_path
+from glacier_sync.transfer import disk_hashes, download_plan, ranged_download, whole_object
+from glacier_sync.transfer.range_journal import RangePlan, journal_path
 
 pytestmark = pytest.mark.integration
 
@@ -499,7 +500,7 @@ def test_a_range_that_keeps_failing_fails_the_try_and_keeps_the_others(
 
 
 def test_a_torn_journal_tail_is_cut_before_the_next_record(tmp_path):
-    from glacier_sync.range_journal import RangeJournal, read_journal
+    from glacier_sync.transfer.range_journal import RangeJournal, read_journal
 
     plan = RangePlan("b", "k", "", "e", 3 * MIB, MIB, "crc32", "none")
     path = tmp_path / "x.part.journal"

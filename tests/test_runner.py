@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from helpers import DEFAULT_FILES, aws_cli_upload, make_bag_dir, make_bag_zip, zip_dir
 
+from glacier_sync.bag.workspace import read_marker, verified_work_folder, write_marker
 from glacier_sync.errors import (
     ArchiveUnavailable,
     BagError,
@@ -21,7 +22,6 @@ from glacier_sync.errors import (
 )
 from glacier_sync.runner import Pipeline
 from glacier_sync.settings import load_settings
-from glacier_sync.workspace import read_marker, verified_work_folder, write_marker
 
 pytestmark = pytest.mark.integration
 
@@ -337,7 +337,7 @@ def test_a_new_restore_of_a_held_work_ends_the_hold(world, dirs, settings):
 
 
 def _event_of(row):
-    from glacier_sync.events import RestoreEvent
+    from glacier_sync.intake.events import RestoreEvent
 
     return RestoreEvent(
         event_name="ObjectRestore:Completed",

@@ -1,10 +1,10 @@
-"""The states of a work and the allowed moves (glacier_sync.states), enforced by the store."""
+"""A work's states and the allowed moves (glacier_sync.records.states), enforced by the store."""
 
 from __future__ import annotations
 
 import pytest
 
-from glacier_sync.states import PENDING, TRANSITIONS, State, check_move
+from glacier_sync.records.states import PENDING, TRANSITIONS, State, check_move
 
 pytestmark = pytest.mark.unit
 
@@ -47,7 +47,7 @@ def test_refused_moves(current, new, message):
 
 
 def test_the_store_refuses_a_refused_move(tmp_path):
-    from glacier_sync.progress import ProgressStore
+    from glacier_sync.records.progress import ProgressStore
 
     store = ProgressStore(f"sqlite:///{tmp_path}/p.sqlite")
     zip_path = tmp_path / "W1.bag.zip"

@@ -14,16 +14,16 @@ from pathlib import Path
 
 import pytest
 
-from glacier_sync.archive import (
+from glacier_sync.archive.root import (
     ensure_parent,
     remove_if_empty,
     sweep_staging,
     verify_archive_root,
 )
-from glacier_sync.claimants import is_dead_local_run, local_run_id, process_start
+from glacier_sync.archive.sync import archive_parent_for_key, job_environment, sync_work
 from glacier_sync.errors import ArchiveUnavailable, DiskFull, SyncError
+from glacier_sync.records.claimants import is_dead_local_run, local_run_id, process_start
 from glacier_sync.settings import DEFAULT_SYNC_COMMAND
-from glacier_sync.sync import archive_parent_for_key, job_environment, sync_work
 
 pytestmark = pytest.mark.integration
 

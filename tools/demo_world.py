@@ -231,8 +231,8 @@ def setup(endpoint: str, state_dir: Path, works: int = 1) -> dict[str, str]:
 
 def summary(data_root: Path, work_id: str = DEMO_WORK) -> tuple[bool, str]:
     """Where the work landed, its progress row and each phase's seconds."""
-    from glacier_sync.progress import ProgressStore
-    from glacier_sync.states import State
+    from glacier_sync.records.progress import ProgressStore
+    from glacier_sync.records.states import State
 
     store = ProgressStore(f"sqlite:///{data_root / 'progress.sqlite'}")
     rows = store.find([work_id])

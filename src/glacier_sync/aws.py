@@ -11,10 +11,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from glacier_sync import download_plan, faults, ranged_download, whole_object
+from glacier_sync import faults
 from glacier_sync.credentials import profile_credentials, read_credentials
 from glacier_sync.errors import DiskFull, DownloadError, ObjectUnavailable, is_disk_full
-from glacier_sync.range_journal import fsync_dir, fsync_file, journal_path
+from glacier_sync.transfer import download_plan, ranged_download, whole_object
+from glacier_sync.transfer.range_journal import fsync_dir, fsync_file, journal_path
 
 if TYPE_CHECKING:
     import boto3

@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from glacier_sync.errors import is_transient
-from glacier_sync.models import Progress
-from glacier_sync.states import State
+from glacier_sync.records.models import Progress
+from glacier_sync.records.states import State
 
 if TYPE_CHECKING:
     from glacier_sync.runner import Pipeline

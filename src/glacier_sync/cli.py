@@ -67,8 +67,8 @@ def cmd_run_once(args: argparse.Namespace) -> int:
 
 def cmd_process_bag(args: argparse.Namespace) -> int:
     """Debag and sync one bag zip from disk."""
+    from glacier_sync.records.states import State
     from glacier_sync.runner import Pipeline
-    from glacier_sync.states import State
 
     settings = settings_from(args, archive_root=args.archive_root)
     if not args.zip.is_file():
@@ -97,7 +97,7 @@ def cmd_process_bag(args: argparse.Namespace) -> int:
 
 def cmd_request_restore(args: argparse.Namespace) -> int:
     """Ask S3 to restore works' bags from Glacier / Deep Archive, one result line per work."""
-    from glacier_sync.restore_requests import (
+    from glacier_sync.intake.restore_requests import (
         RECORDED,
         RestoreRequester,
         parse_items,
@@ -152,7 +152,7 @@ def cmd_retry(args: argparse.Namespace) -> int:
 def _open_unmigrated(args: argparse.Namespace):
     """The settings' progress database, opened without migrating (UnknownRevision when a newer
     glacier-sync migrated it), and its masked URL."""
-    from glacier_sync.progress import ProgressStore
+    from glacier_sync.records.progress import ProgressStore
     from glacier_sync.settings import mask_url
 
     url = settings_from(args).database_url()
@@ -161,7 +161,7 @@ def _open_unmigrated(args: argparse.Namespace):
 
 def cmd_db_current(args: argparse.Namespace) -> int:
     """Print the database's schema revision and the newest this glacier-sync knows."""
-    from glacier_sync.progress import HEAD_REVISION
+    from glacier_sync.records.progress import HEAD_REVISION
 
     store, where = _open_unmigrated(args)
     current = store.current_revision()
@@ -177,7 +177,7 @@ def cmd_db_current(args: argparse.Namespace) -> int:
 
 def cmd_db_upgrade(args: argparse.Namespace) -> int:
     """Migrate the progress database to the newest revision (nothing to do when current)."""
-    from glacier_sync.progress import HEAD_REVISION
+    from glacier_sync.records.progress import HEAD_REVISION
 
     store, where = _open_unmigrated(args)
     before = store.current_revision()
@@ -194,7 +194,7 @@ def cmd_db_upgrade(args: argparse.Namespace) -> int:
 
 def cmd_db_downgrade(args: argparse.Namespace) -> int:
     """Take the progress database back to an older revision, for an older image."""
-    from glacier_sync.progress import require_known
+    from glacier_sync.records.progress import require_known
 
     require_known(args.revision)
     store, where = _open_unmigrated(args)

@@ -16,9 +16,9 @@ def cmd_status(args: argparse.Namespace) -> int:
     """Show progress rows: the named works, all, or the stuck ones."""
     from datetime import timedelta
 
-    from glacier_sync.archive import archive_host_path, archive_host_root
-    from glacier_sync.models import utcnow
-    from glacier_sync.progress import expires_soon, expiry_note
+    from glacier_sync.archive.root import archive_host_path, archive_host_root
+    from glacier_sync.records.models import utcnow
+    from glacier_sync.records.progress import expires_soon, expiry_note
     from glacier_sync.runner import open_store
 
     settings = settings_from(args)
@@ -81,8 +81,8 @@ def _fixity_lines(fixity: dict[str, Any]) -> list[str]:
 
 
 def _claim_note(row) -> str:
-    from glacier_sync.claimants import is_dead_local_run
-    from glacier_sync.models import utcnow
+    from glacier_sync.records.claimants import is_dead_local_run
+    from glacier_sync.records.models import utcnow
 
     until = row.claimed_until
     if is_dead_local_run(row.claimed_by):

@@ -13,8 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from glacier_sync import aws
-from glacier_sync.archive import verify_archive_root
-from glacier_sync.claimants import local_run_id
+from glacier_sync.archive.root import verify_archive_root
 from glacier_sync.errors import (
     ConfigError,
     GlacierSyncError,
@@ -23,13 +22,14 @@ from glacier_sync.errors import (
     is_permanent,
     is_transient,
 )
-from glacier_sync.lease import Heartbeat
 from glacier_sync.metrics import metrics_for
-from glacier_sync.models import Progress
-from glacier_sync.progress import ProgressStore
+from glacier_sync.records.claimants import local_run_id
+from glacier_sync.records.lease import Heartbeat
+from glacier_sync.records.models import Progress
+from glacier_sync.records.progress import ProgressStore
+from glacier_sync.records.states import State
 from glacier_sync.settings import QueueSource, Settings
 from glacier_sync.shared_storage import check_shared_roots
-from glacier_sync.states import State
 
 log = logging.getLogger(__name__)
 

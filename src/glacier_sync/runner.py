@@ -14,13 +14,13 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from glacier_sync.download_phase import DownloadPhase
+from glacier_sync.archive.sync_phase import SyncPhase
 from glacier_sync.errors import NoRestoredWork, is_transient
-from glacier_sync.events import work_id_from_key
+from glacier_sync.intake.events import work_id_from_key
+from glacier_sync.intake.poll_phase import PollReport, QueuePolling
 from glacier_sync.phase_base import open_store
-from glacier_sync.poll_phase import PollReport, QueuePolling
 from glacier_sync.shared_storage import check_shared_roots
-from glacier_sync.sync_phase import SyncPhase
+from glacier_sync.transfer.download_phase import DownloadPhase
 
 log = logging.getLogger(__name__)
 

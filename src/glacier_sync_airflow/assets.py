@@ -7,7 +7,7 @@ from typing import Any
 
 from airflow.sdk import get_current_context
 
-from glacier_sync.archive import archive_host_path, archive_host_root
+from glacier_sync.archive.root import archive_host_path, archive_host_root
 from glacier_sync.runner import Pipeline
 from glacier_sync.settings import Settings
 

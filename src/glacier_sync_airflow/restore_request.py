@@ -9,7 +9,7 @@ from typing import Any
 from airflow.sdk import get_current_context
 from airflow.sdk.exceptions import AirflowFailException
 
-from glacier_sync.restore_requests import RECORDED, RestoreRequester, parse_items, summary
+from glacier_sync.intake.restore_requests import RECORDED, RestoreRequester, parse_items, summary
 from glacier_sync.runner import open_store
 from glacier_sync.settings import Settings
 

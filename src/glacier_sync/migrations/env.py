@@ -1,8 +1,8 @@
-"""Alembic environment of the progress database (run through glacier_sync.progress)."""
+"""Alembic environment of the progress database (run through glacier_sync.records.progress)."""
 
 from alembic import context
 
-from glacier_sync.models import Base
+from glacier_sync.records.models import Base
 
 connection = context.config.attributes["connection"]
 context.configure(

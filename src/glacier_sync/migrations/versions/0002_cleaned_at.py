@@ -12,8 +12,6 @@ import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects import mysql
 
-from glacier_sync.states import State
-
 revision = "0002"
 down_revision = "0001"
 branch_labels = None
@@ -26,9 +24,9 @@ def upgrade() -> None:
     tz = sa.DateTime().with_variant(mysql.DATETIME(fsp=6), "mysql", "mariadb")
     with op.batch_alter_table("glacier_sync_progress") as batch:
         batch.add_column(sa.Column("cleaned_at", tz))
-    op.execute(
-        f"UPDATE glacier_sync_progress SET cleaned_at = synced_at WHERE state = '{State.SYNCED}'"
-    )
+    # The state's value as it was at this revision (a migration imports none of the code it
+    # outlives: the modules move, the value stays).
+    op.execute("UPDATE glacier_sync_progress SET cleaned_at = synced_at WHERE state = 'synced'")
 
 
 def downgrade() -> None:

@@ -16,8 +16,8 @@ from typing import Any
 
 from glacier_sync import aws
 from glacier_sync.errors import ConfigError, DownloadError, is_transient
-from glacier_sync.events import work_id_from_key
-from glacier_sync.progress import ProgressStore
+from glacier_sync.intake.events import work_id_from_key
+from glacier_sync.records.progress import ProgressStore
 from glacier_sync.settings import QueueSource, Settings
 
 log = logging.getLogger(__name__)

@@ -13,8 +13,8 @@ import os
 import shutil
 from pathlib import Path
 
-from glacier_sync.claimants import pid_alive, this_host
 from glacier_sync.errors import ArchiveUnavailable, DiskFull
+from glacier_sync.records.claimants import pid_alive, this_host
 
 log = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ import threading
 from datetime import timedelta
 from types import TracebackType
 
-from glacier_sync.progress import ProgressStore
+from glacier_sync.records.progress import ProgressStore
 
 log = logging.getLogger(__name__)
 

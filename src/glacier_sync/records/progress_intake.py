@@ -13,10 +13,10 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from glacier_sync.events import RestoreEvent, dedup_key
-from glacier_sync.models import Progress, utcnow
-from glacier_sync.progress_db import ProgressDatabase
-from glacier_sync.states import State
+from glacier_sync.intake.events import RestoreEvent, dedup_key
+from glacier_sync.records.models import Progress, utcnow
+from glacier_sync.records.progress_db import ProgressDatabase
+from glacier_sync.records.states import State
 
 
 class Recorded(StrEnum):

@@ -18,9 +18,9 @@ import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 
 from glacier_sync.errors import DownloadError
-from glacier_sync.object_checks import CRC_BYTES, new_hasher
-from glacier_sync.range_journal import RangePlan
-from glacier_sync.whole_object import hash_span
+from glacier_sync.transfer.object_checks import CRC_BYTES, new_hasher
+from glacier_sync.transfer.range_journal import RangePlan
+from glacier_sync.transfer.whole_object import hash_span
 
 
 def hashed_from_disk(plan: RangePlan) -> bool:

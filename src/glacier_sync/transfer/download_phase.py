@@ -6,13 +6,14 @@ from __future__ import annotations
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from glacier_sync import aws, room
+from glacier_sync import aws
+from glacier_sync.archive.sync import archive_parent_for_key
 from glacier_sync.errors import GlacierSyncError
-from glacier_sync.models import Progress, utcnow
 from glacier_sync.phase_base import PhaseRunner
+from glacier_sync.records.models import Progress, utcnow
+from glacier_sync.records.states import State
 from glacier_sync.settings import Settings
-from glacier_sync.states import State
-from glacier_sync.sync import archive_parent_for_key
+from glacier_sync.transfer import room
 
 
 def local_zip_path(settings: Settings, row: Progress) -> Path:

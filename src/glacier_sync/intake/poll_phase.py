@@ -11,11 +11,11 @@ from typing import Any
 
 from glacier_sync import aws, faults
 from glacier_sync.errors import MalformedMessage
-from glacier_sync.events import parse_message_body
-from glacier_sync.models import utcnow
+from glacier_sync.intake.events import parse_message_body
 from glacier_sync.phase_base import PhaseRunner
-from glacier_sync.progress import expires_soon, expiry_note
-from glacier_sync.progress_intake import Recorded
+from glacier_sync.records.models import utcnow
+from glacier_sync.records.progress import expires_soon, expiry_note
+from glacier_sync.records.progress_intake import Recorded
 from glacier_sync.settings import QueueSource
 
 log = logging.getLogger(__name__)

@@ -21,9 +21,9 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from glacier_sync import faults
+from glacier_sync.bag.workspace import debag_stagings
+from glacier_sync.bag.zip_vetting import nfc, read_small, undecodable_name, vet_members
 from glacier_sync.errors import BagError, DiskFull, is_disk_full
-from glacier_sync.workspace import debag_stagings
-from glacier_sync.zip_vetting import nfc, read_small, undecodable_name, vet_members
 
 log = logging.getLogger(__name__)
 

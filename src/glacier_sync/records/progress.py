@@ -6,17 +6,17 @@ requests, zips found on disk), ``progress_claims`` (claims and leases), ``progre
 (phase records, clean-up, retry) and ``progress_views`` (status queries).
 """
 
-from glacier_sync.progress_claims import Claims
-from glacier_sync.progress_db import (
+from glacier_sync.records.progress_claims import Claims
+from glacier_sync.records.progress_db import (
     HEAD_REVISION,
     MIGRATIONS,
     VERSION_TABLE,
     known_revisions,
     require_known,
 )
-from glacier_sync.progress_intake import EventIntake, parse_event_time
-from glacier_sync.progress_records import PhaseRecords
-from glacier_sync.progress_views import StatusViews, expires_soon, expiry_note
+from glacier_sync.records.progress_intake import EventIntake, parse_event_time
+from glacier_sync.records.progress_records import PhaseRecords
+from glacier_sync.records.progress_views import StatusViews, expires_soon, expiry_note
 
 
 class ProgressStore(EventIntake, Claims, PhaseRecords, StatusViews):

@@ -14,7 +14,7 @@ import os
 import threading
 from collections.abc import Callable
 
-from glacier_sync.range_journal import RangeJournal
+from glacier_sync.transfer.range_journal import RangeJournal
 
 
 class RangeCommitter:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from glacier_sync import faults
 from glacier_sync.aws import remove_download, remove_partial_downloads
-from glacier_sync.claimants import this_host
+from glacier_sync.records.claimants import this_host
 
 log = logging.getLogger(__name__)
 

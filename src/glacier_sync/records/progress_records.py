@@ -10,9 +10,9 @@ from sqlalchemy import select
 
 from glacier_sync import faults
 from glacier_sync.errors import LostClaim, WorkNotFound
-from glacier_sync.models import Progress, utcnow
-from glacier_sync.progress_db import ProgressDatabase
-from glacier_sync.states import PENDING, State, check_move
+from glacier_sync.records.models import Progress, utcnow
+from glacier_sync.records.progress_db import ProgressDatabase
+from glacier_sync.records.states import PENDING, State, check_move
 
 
 class PhaseRecords(ProgressDatabase):

@@ -7,11 +7,11 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import or_, select, update
 
-from glacier_sync.claimants import is_dead_local_run, local_run_prefix
 from glacier_sync.errors import AttemptsExhausted, GlacierSyncError, NeedsAttention, WorkBusy
-from glacier_sync.models import Progress, utcnow
-from glacier_sync.progress_db import ProgressDatabase
-from glacier_sync.states import PENDING, State
+from glacier_sync.records.claimants import is_dead_local_run, local_run_prefix
+from glacier_sync.records.models import Progress, utcnow
+from glacier_sync.records.progress_db import ProgressDatabase
+from glacier_sync.records.states import PENDING, State
 
 
 class Claims(ProgressDatabase):

@@ -6,15 +6,16 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from glacier_sync import faults, workspace
-from glacier_sync.bags import DebagResult, debag
-from glacier_sync.claimants import this_host
-from glacier_sync.download_phase import local_zip_path
+from glacier_sync import faults
+from glacier_sync.bag import workspace
+from glacier_sync.bag.bags import DebagResult, debag
+from glacier_sync.bag.workspace import verified_work_folder
 from glacier_sync.errors import DiskFull
-from glacier_sync.models import Progress, utcnow
 from glacier_sync.phase_base import PhaseRunner
-from glacier_sync.states import State
-from glacier_sync.workspace import verified_work_folder
+from glacier_sync.records.claimants import this_host
+from glacier_sync.records.models import Progress, utcnow
+from glacier_sync.records.states import State
+from glacier_sync.transfer.download_phase import local_zip_path
 
 
 def fixity_evidence(result: DebagResult, validated_at: datetime) -> dict[str, Any]:

@@ -17,9 +17,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from glacier_sync.download_plan import PartsUnknown, part_size
 from glacier_sync.errors import DownloadError, PermanentError, TransferFault, TransientError
-from glacier_sync.object_checks import (
+from glacier_sync.transfer.download_plan import PartsUnknown, part_size
+from glacier_sync.transfer.object_checks import (
     CRC_BYTES,
     b64,
     combine,
@@ -28,7 +28,7 @@ from glacier_sync.object_checks import (
     multipart_etag,
     new_hasher,
 )
-from glacier_sync.range_journal import RangePlan
+from glacier_sync.transfer.range_journal import RangePlan
 
 log = logging.getLogger(__name__)
 

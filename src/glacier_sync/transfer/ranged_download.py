@@ -24,18 +24,23 @@ from pathlib import Path
 from typing import Any
 
 from glacier_sync import faults
-from glacier_sync.disk_hashes import InOrderHash, PartHashes, hashed_from_disk
 from glacier_sync.errors import TransferFault
-from glacier_sync.object_checks import new_hasher
-from glacier_sync.range_commit import RangeCommitter
-from glacier_sync.range_journal import (
+from glacier_sync.transfer.disk_hashes import InOrderHash, PartHashes, hashed_from_disk
+from glacier_sync.transfer.object_checks import new_hasher
+from glacier_sync.transfer.range_commit import RangeCommitter
+from glacier_sync.transfer.range_journal import (
     RangeJournal,
     RangePlan,
     journal_path,
     journaled_plan,
     read_journal,
 )
-from glacier_sync.whole_object import check_whole, hash_span, in_order_algorithm, parts_on_disk
+from glacier_sync.transfer.whole_object import (
+    check_whole,
+    hash_span,
+    in_order_algorithm,
+    parts_on_disk,
+)
 
 log = logging.getLogger(__name__)
 

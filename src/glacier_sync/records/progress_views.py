@@ -7,10 +7,10 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import select
 
-from glacier_sync.claimants import is_dead_local_run
-from glacier_sync.models import Progress, utcnow
-from glacier_sync.progress_db import ProgressDatabase
-from glacier_sync.states import State
+from glacier_sync.records.claimants import is_dead_local_run
+from glacier_sync.records.models import Progress, utcnow
+from glacier_sync.records.progress_db import ProgressDatabase
+from glacier_sync.records.states import State
 
 
 class StatusViews(ProgressDatabase):

@@ -9,7 +9,7 @@ from sqlalchemy import JSON, BigInteger, Boolean, DateTime, Index, Integer, Stri
 from sqlalchemy.dialects import mysql
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from glacier_sync.states import State
+from glacier_sync.records.states import State
 
 # Microsecond timestamps everywhere (MySQL/MariaDB DATETIME drops them unless fsp=6).
 Timestamp = DateTime().with_variant(mysql.DATETIME(fsp=6), "mysql", "mariadb")

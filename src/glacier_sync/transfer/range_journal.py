@@ -15,7 +15,7 @@ import threading
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from glacier_sync.object_checks import CRC_BYTES
+from glacier_sync.transfer.object_checks import CRC_BYTES
 
 JOURNAL_FORMAT = 2
 

@@ -30,8 +30,8 @@ import re
 from typing import Any
 
 from glacier_sync.errors import DownloadError, TransferFault
-from glacier_sync.object_checks import CRC_BYTES, FULL_OBJECT, checksum_of
-from glacier_sync.range_journal import RangePlan
+from glacier_sync.transfer.object_checks import CRC_BYTES, FULL_OBJECT, checksum_of
+from glacier_sync.transfer.range_journal import RangePlan
 
 log = logging.getLogger(__name__)
 

@@ -16,10 +16,10 @@ from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from glacier_sync.errors import ConfigError, ProgressDatabaseError, UnknownRevision, WorkNotFound
-from glacier_sync.models import Progress
+from glacier_sync.records.models import Progress
 from glacier_sync.settings import mask_url
 
-MIGRATIONS = Path(__file__).parent / "migrations"
+MIGRATIONS = Path(__file__).parents[1] / "migrations"  # glacier_sync/migrations
 VERSION_TABLE = "glacier_sync_alembic_version"
 HEAD_REVISION = "0004"  # the newest file in migrations/versions (a test keeps them in step)
 

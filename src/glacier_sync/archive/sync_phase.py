@@ -6,14 +6,15 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from glacier_sync import faults, workspace
-from glacier_sync.archive import ensure_parent, remove_if_empty, require_room, sweep_staging
-from glacier_sync.debag_phase import DebagPhase
-from glacier_sync.download_phase import local_zip_path, same_device
+from glacier_sync import faults
+from glacier_sync.archive.root import ensure_parent, remove_if_empty, require_room, sweep_staging
+from glacier_sync.archive.sync import archive_parent_for_key, sync_work
+from glacier_sync.bag import workspace
+from glacier_sync.bag.debag_phase import DebagPhase
 from glacier_sync.errors import ArchiveUnavailable
-from glacier_sync.models import Progress, utcnow
-from glacier_sync.states import State
-from glacier_sync.sync import archive_parent_for_key, sync_work
+from glacier_sync.records.models import Progress, utcnow
+from glacier_sync.records.states import State
+from glacier_sync.transfer.download_phase import local_zip_path, same_device
 
 log = logging.getLogger(__name__)
 
