@@ -495,3 +495,45 @@ def test_the_debag_records_its_fixity_evidence(world, dirs, settings):
         }
     assert fixity["manifest_sha256"] == manifests and "manifest-sha512.txt" in manifests
     assert fixity["validated_at"].endswith("Z")
+
+
+def test_a_phase_longer_than_two_leases_keeps_its_claim_and_another_run_leaves_it_alone(
+    world, dirs, settings, monkeypatch
+):
+    """Run A's download takes longer than two leases (3 s each here); its heartbeat renews the
+    claim, so run B, started while A's first lease would have run out, claims nothing of the
+    work; A then archives it with no take-over in its history and no attempt spent."""
+    import threading
+    import time
+
+    from glacier_sync import aws
+
+    _restored(world, dirs)
+    quick = load_settings(
+        **{**settings.model_dump(exclude_unset=True), "claim_lease_minutes": 0.05}
+    )
+    lease = 0.05 * 60
+    real_download = aws.download_object
+    in_download = threading.Event()
+
+    def slow_download(*args, **kwargs):
+        in_download.set()
+        time.sleep(2.5 * lease)
+        return real_download(*args, **kwargs)
+
+    monkeypatch.setattr(aws, "download_object", slow_download)
+    run_a = Pipeline(quick, run_id="airflow:run-a")
+    finished: dict = {}
+    thread = threading.Thread(target=lambda: finished.update(a=run_a.run_once()))
+    thread.start()
+    assert in_download.wait(30), "run A never reached its download"
+    time.sleep(1.5 * lease)  # A's first lease has run out by now, unless it was renewed
+    report_b, outcomes_b = Pipeline(quick, run_id="airflow:run-b").run_once()
+    row = run_a.store.find(["W1NLM4700"])[0]
+    assert outcomes_b == [] and row.claimed_by == "airflow:run-a", (outcomes_b, row.summary())
+    thread.join(60)
+    _, outcomes_a = finished["a"]
+    assert [o.ok for o in outcomes_a] == [True], [o.__dict__ for o in outcomes_a]
+    row = run_a.store.find(["W1NLM4700"])[0]
+    assert (row.state, row.attempts) == ("synced", 0), row.summary()
+    assert not [h for h in row.history if h["event"] == "claim taken over"], row.history
