@@ -728,3 +728,30 @@ def test_statsd_refuses_a_malformed_address(inputs, value):
     result = deploy(*_args(inputs, "--statsd", value))
     assert result.returncode == 2 and "--statsd" in result.stderr, result.stderr
     assert not inputs["dest"].exists()
+
+
+@pytest.mark.integration
+def test_the_secrets_table_lists_every_file_deploy_writes_with_its_mode(inputs):
+    """docs/operations.md's `secrets/` row names every file a deploy writes there, and the
+    mode of each that is not 0600 (a drift test: it fails when a secret is added unsaid)."""
+    assert deploy(*_args(inputs)).returncode == 0
+    row = next(
+        line
+        for line in (REPO / "docs" / "operations.md").read_text().splitlines()
+        if line.startswith("| `secrets/` (0700) |")
+    )
+    for path in sorted((inputs["dest"] / "secrets").iterdir()):
+        mode = f"{path.stat().st_mode & 0o777:04o}"
+        assert f"`{path.name}`" in row, f"secrets/{path.name} is not in docs/operations.md"
+        said = "mode 0600" if mode == "0600" else f"`{path.name}` (mode {mode}"
+        assert said in row, f"secrets/{path.name} is mode {mode}; the docs do not say so"
+
+
+@pytest.mark.unit
+def test_the_revision_table_lists_every_migration():
+    """docs/upgrading.md's table has a row for every revision the code ships."""
+    from glacier_sync.records.progress_db import known_revisions
+
+    text = (REPO / "docs" / "upgrading.md").read_text()
+    missing = [revision for revision in known_revisions() if f"| `{revision}` |" not in text]
+    assert not missing, f"docs/upgrading.md's revision table lacks {missing}"
