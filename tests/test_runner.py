@@ -451,15 +451,15 @@ def test_the_marker_vouches_for_the_folder_the_debag_placed_only(dirs, settings,
     (work_root / "W1MARK.copy").rename(work)
     assert not verified_work_folder(work_root, "W1MARK", pid, zip_path), "same bytes, other folder"
     placed = {}
-    original = pipeline._debag_fields
+    original = pipeline._debagged
 
     def spy(row):
-        fields = original(row)
+        result = original(row)
         placed["identity"] = (work.stat().st_dev, work.stat().st_ino)
-        placed["redone"] = "debagged_at" in fields
-        return fields
+        placed["redone"] = result.debagged_at is not None
+        return result
 
-    pipeline._debag_fields = spy
+    pipeline._debagged = spy
     pipeline.sync(pid)
     row = pipeline.store.get(pid)
     assert row.state == "synced" and placed["redone"], "debagged again before the sync"

@@ -8,7 +8,8 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from datetime import timedelta
+from dataclasses import dataclass, field, fields
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,32 @@ from glacier_sync.settings import QueueSource, Settings
 from glacier_sync.shared_storage import check_shared_roots
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class PhaseResult:
+    """What a phase did to its work: the state it reached, the row's columns it sets (only
+    those given), and the details of its ``<phase> done`` history event (``skipped`` names why
+    nothing had to be done: the work was that far already)."""
+
+    state: State
+    details: dict[str, Any] = field(default_factory=dict)
+    local_path: str | None = None
+    downloaded_at: datetime | None = None
+    debagged_at: datetime | None = None
+    fixity: dict[str, Any] | None = None
+    synced_at: datetime | None = None
+    archive_path: str | None = None
+
+    @property
+    def skipped(self) -> bool:
+        """Nothing was run (done already): not counted in the phase's metrics."""
+        return bool(self.details.get("skipped"))
+
+    def columns(self) -> dict[str, Any]:
+        """The row's columns to write: the state and every column given."""
+        given = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "details"}
+        return {name: value for name, value in given.items() if value is not None}
 
 
 def open_store(settings: Settings) -> ProgressStore:
@@ -103,7 +130,7 @@ class PhaseRunner:
         self,
         progress_id: int,
         name: str,
-        action: Callable[[Progress], dict[str, Any]],
+        action: Callable[[Progress], PhaseResult],
         release: bool = False,
         release_on_failure: bool = True,
     ) -> Progress:
@@ -120,7 +147,7 @@ class PhaseRunner:
         try:
             check_shared_roots(self.settings)  # this worker sees the instance's folders
             with Heartbeat(self.store, progress_id, self.run_id, self.lease) as beat:
-                fields = action(row)
+                result = action(row)
             if beat.lost:
                 raise lost_claim(row, f"during {name}")
         except Exception as exc:
@@ -131,8 +158,8 @@ class PhaseRunner:
             self.metrics.incr(f"phase.{name}.failures.{kind}")
             raise
         seconds = round(time.monotonic() - started, 3)
-        self._count_phase(name, row, fields, seconds)
-        details = {**fields.pop("details", {}), "seconds": seconds, "run": self.run_id}
+        self._count_phase(name, row, result, seconds)
+        details = {**result.details, "seconds": seconds, "run": self.run_id}
         return self.store.update_row(
             progress_id,
             f"{name} done",
@@ -143,16 +170,14 @@ class PhaseRunner:
             needs_attention=False,
             failed_run=None,
             details=details,
-            **fields,
+            **result.columns(),
         )
 
-    def _count_phase(
-        self, name: str, row: Progress, fields: dict[str, Any], seconds: float
-    ) -> None:
+    def _count_phase(self, name: str, row: Progress, result: PhaseResult, seconds: float) -> None:
         """Works, bytes and seconds of a phase that ran (not of one skipped as done already)."""
-        if fields.get("details", {}).get("skipped"):
+        if result.skipped:
             return
-        fixity = fields.get("fixity") or row.fixity or {}
+        fixity = result.fixity or row.fixity or {}
         size = row.size if name == "download" else fixity.get("bytes")
         self.metrics.incr(f"phase.{name}.works")
         self.metrics.timing(f"phase.{name}.seconds", seconds)

@@ -4,7 +4,6 @@ again first when nothing vouches for it), then the work's local files cleaned up
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 from glacier_sync import faults
 from glacier_sync.archive.root import ensure_parent, remove_if_empty, require_room, sweep_staging
@@ -12,6 +11,7 @@ from glacier_sync.archive.sync import archive_parent_for_key, sync_work
 from glacier_sync.bag import workspace
 from glacier_sync.bag.debag_phase import DebagPhase
 from glacier_sync.errors import ArchiveUnavailable
+from glacier_sync.phase_base import PhaseResult
 from glacier_sync.records.models import Progress, utcnow
 from glacier_sync.records.states import State
 from glacier_sync.transfer.download_phase import local_zip_path, same_device
@@ -25,15 +25,15 @@ class SyncPhase(DebagPhase):
     def sync(self, progress_id: int, release_on_failure: bool = True) -> int:
         """Sync the verified work folder into the archive, record it, then clean up."""
 
-        def action(row: Progress) -> dict[str, Any]:
+        def action(row: Progress) -> PhaseResult:
             root = self.archive_root()
             parent = archive_parent_for_key(root, row.object_key, row.work_id)
             work_root = self.settings.work_dir
             # Staging of a dead try first: it may be this work's folder, renamed there by a
             # killed sync (then the folder is gone and is debagged again just below).
             sweep_staging(parent, row.work_id)
-            redone = self._debag_fields(row)  # extracts again only when not vouched for
-            if "debagged_at" in redone:
+            redone = self._debagged(row)  # extracts again only when not vouched for
+            if redone.debagged_at is not None:
                 log.warning("work %s: work folder was not verified; debagged again", row.work_id)
             created = ensure_parent(root, parent)
             work = work_root / row.work_id
@@ -62,19 +62,18 @@ class SyncPhase(DebagPhase):
                 remove_if_empty(created)
                 raise
             faults.checkpoint("sync:after-script")
-            fields: dict[str, Any] = {
-                "state": State.SYNCED,
-                "synced_at": utcnow(),
+            details = {
                 "archive_path": str(result.archive_path),
-                "details": {
-                    "archive_path": str(result.archive_path),
-                    "log": str(result.log_file),
-                    "moved": result.moved,
-                },
+                "log": str(result.log_file),
+                "moved": result.moved,
             }
-            if "debagged_at" in redone:
-                fields["debagged_at"] = redone["debagged_at"]
-            return fields
+            return PhaseResult(
+                State.SYNCED,
+                details,
+                synced_at=utcnow(),
+                archive_path=str(result.archive_path),
+                debagged_at=redone.debagged_at,  # recorded when it was debagged again just now
+            )
 
         row = self._phase(
             progress_id, "sync", action, release=True, release_on_failure=release_on_failure

@@ -11,7 +11,7 @@ from glacier_sync.bag import workspace
 from glacier_sync.bag.bags import DebagResult, debag
 from glacier_sync.bag.workspace import verified_work_folder
 from glacier_sync.errors import DiskFull
-from glacier_sync.phase_base import PhaseRunner
+from glacier_sync.phase_base import PhaseResult, PhaseRunner
 from glacier_sync.records.claimants import this_host
 from glacier_sync.records.models import Progress, utcnow
 from glacier_sync.records.states import State
@@ -34,12 +34,12 @@ def fixity_evidence(result: DebagResult, validated_at: datetime) -> dict[str, An
 class DebagPhase(PhaseRunner):
     """Debags works."""
 
-    def _debag_fields(self, row: Progress) -> dict[str, Any]:
+    def _debagged(self, row: Progress) -> PhaseResult:
         """Make the work folder a verified debag of the row's zip (re-extract unless its marker
-        vouches for it); return the fields to record."""
+        vouches for it); say what was done (``debagged_at`` only when it was extracted now)."""
         work_root, zip_path = self.settings.work_dir, local_zip_path(self.settings, row)
         if verified_work_folder(work_root, row.work_id, row.id, zip_path):
-            return {"state": State.DEBAGGED, "details": {"skipped": "already debagged"}}
+            return PhaseResult(State.DEBAGGED, {"skipped": "already debagged"})
         workspace.forget_debag(work_root, row.work_id)
         try:
             result = debag(
@@ -68,18 +68,14 @@ class DebagPhase(PhaseRunner):
         workspace.write_marker(work_root, row.work_id, marker)
         faults.checkpoint("debag:marked")
         validated_at = utcnow()
-        return {
-            "state": State.DEBAGGED,
-            "debagged_at": validated_at,
-            "fixity": fixity_evidence(result, validated_at),
-            "details": {
-                "files": result.files,
-                "bytes": result.bytes,
-                "algorithms": list(result.algorithms),
-            },
-        }
+        return PhaseResult(
+            State.DEBAGGED,
+            {"files": result.files, "bytes": result.bytes, "algorithms": list(result.algorithms)},
+            debagged_at=validated_at,
+            fixity=fixity_evidence(result, validated_at),
+        )
 
     def debag(self, progress_id: int, release_on_failure: bool = True) -> int:
         """Validate and extract the row's zip into ``<work root>/<WorkRID>``."""
-        self._phase(progress_id, "debag", self._debag_fields, release_on_failure=release_on_failure)
+        self._phase(progress_id, "debag", self._debagged, release_on_failure=release_on_failure)
         return progress_id

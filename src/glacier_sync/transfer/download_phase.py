@@ -4,12 +4,11 @@ checked end to end, ``aws.download_object``), refused first when the work cannot
 from __future__ import annotations
 
 from pathlib import Path, PurePosixPath
-from typing import Any
 
 from glacier_sync import aws
 from glacier_sync.archive.sync import archive_parent_for_key
 from glacier_sync.errors import GlacierSyncError
-from glacier_sync.phase_base import PhaseRunner
+from glacier_sync.phase_base import PhaseResult, PhaseRunner
 from glacier_sync.records.models import Progress, utcnow
 from glacier_sync.records.states import State
 from glacier_sync.settings import Settings
@@ -43,7 +42,7 @@ class DownloadPhase(PhaseRunner):
     def download(self, progress_id: int, release_on_failure: bool = True) -> int:
         """Download the row's object into the incoming folder (skipped when already there)."""
 
-        def action(row: Progress) -> dict[str, Any]:
+        def action(row: Progress) -> PhaseResult:
             target = local_zip_path(self.settings, row)
             queue = self._queue_for(row)
             if row.local_path != str(target):  # claim the path before the file appears
@@ -63,16 +62,14 @@ class DownloadPhase(PhaseRunner):
                 room=lambda still_to_fetch, size: self._require_room(row, still_to_fetch, size),
                 report=(report := {}),
             )
-            fields: dict[str, Any] = {"state": State.DOWNLOADED, "local_path": str(target)}
-            if fetched or row.downloaded_at is None:
-                fields["downloaded_at"] = utcnow()
             # The whole-object check used ("none": unchecked, the bag's manifests decide).
-            fields["details"] = {
-                "path": str(target),
-                "skipped": None if fetched else "complete",
-                **report,
-            }
-            return fields
+            details = {"path": str(target), "skipped": None if fetched else "complete", **report}
+            return PhaseResult(
+                State.DOWNLOADED,
+                details,
+                local_path=str(target),
+                downloaded_at=utcnow() if fetched or row.downloaded_at is None else None,
+            )
 
         self._phase(progress_id, "download", action, release_on_failure=release_on_failure)
         return progress_id
