@@ -4,10 +4,11 @@ again first when nothing vouches for it), then the work's local files cleaned up
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 from glacier_sync import faults
 from glacier_sync.archive.root import ensure_parent, remove_if_empty, require_room, sweep_staging
-from glacier_sync.archive.sync import archive_parent_for_key, sync_work
+from glacier_sync.archive.sync import SyncResult, archive_parent_for_key, sync_work
 from glacier_sync.bag import workspace
 from glacier_sync.bag.debag_phase import DebagPhase
 from glacier_sync.errors import ArchiveUnavailable
@@ -24,63 +25,68 @@ class SyncPhase(DebagPhase):
 
     def sync(self, progress_id: int, release_on_failure: bool = True) -> int:
         """Sync the verified work folder into the archive, record it, then clean up."""
-
-        def action(row: Progress) -> PhaseResult:
-            root = self.archive_root()
-            parent = archive_parent_for_key(root, row.object_key, row.work_id)
-            work_root = self.settings.work_dir
-            # Staging of a dead try first: it may be this work's folder, renamed there by a
-            # killed sync (then the folder is gone and is debagged again just below).
-            sweep_staging(parent, row.work_id)
-            redone = self._debagged(row)  # extracts again only when not vouched for
-            if redone.debagged_at is not None:
-                log.warning("work %s: work folder was not verified; debagged again", row.work_id)
-            created = ensure_parent(root, parent)
-            work = work_root / row.work_id
-            try:
-                copying = self.settings.sync_replace_archive or not (parent / row.work_id).exists()
-                if copying and not (self.settings.sync_move_work and same_device(work, parent)):
-                    require_room(parent, workspace.disk_usage(work), f"work {row.work_id}")
-                faults.checkpoint("sync:before-script")
-                self._still_mine(row, "the sync")
-                result = sync_work(
-                    self.settings.sync_command,
-                    work,
-                    parent,
-                    self.settings.logs_dir,
-                    replace=self.settings.sync_replace_archive,
-                    db_config=self.settings.sync_db_config,
-                    timeout=self.settings.sync_timeout_seconds,
-                    move_work=self.settings.sync_move_work,
-                )
-            except Exception as exc:
-                if not parent.is_dir():  # another work's failed sync removed its empty folder
-                    raise ArchiveUnavailable(
-                        f"work {row.work_id}: {parent} vanished during the sync (another work's "
-                        "failed sync removed it while empty); tried again on the next run"
-                    ) from exc
-                remove_if_empty(created)
-                raise
-            faults.checkpoint("sync:after-script")
-            details = {
-                "archive_path": str(result.archive_path),
-                "log": str(result.log_file),
-                "moved": result.moved,
-            }
-            return PhaseResult(
-                State.SYNCED,
-                details,
-                synced_at=utcnow(),
-                archive_path=str(result.archive_path),
-                debagged_at=redone.debagged_at,  # recorded when it was debagged again just now
-            )
-
         row = self._phase(
-            progress_id, "sync", action, release=True, release_on_failure=release_on_failure
+            progress_id, "sync", self._synced, release=True, release_on_failure=release_on_failure
         )
         faults.checkpoint("sync:recorded")
         self._clean_quietly(row)
         return progress_id
+
+    def _synced(self, row: Progress) -> PhaseResult:
+        """The work in the archive: its target folder found and swept, its work folder vouched
+        for (debagged again if not), then the sync script run (``_run_sync``)."""
+        root = self.archive_root()
+        parent = archive_parent_for_key(root, row.object_key, row.work_id)
+        # Staging of a dead try first: it may be this work's folder, renamed there by a killed
+        # sync (then the folder is gone and is debagged again just below).
+        sweep_staging(parent, row.work_id)
+        redone = self._debagged(row)  # extracts again only when not vouched for
+        if redone.debagged_at is not None:
+            log.warning("work %s: work folder was not verified; debagged again", row.work_id)
+        result = self._run_sync(row, root, parent)
+        faults.checkpoint("sync:after-script")
+        details = {
+            "archive_path": str(result.archive_path),
+            "log": str(result.log_file),
+            "moved": result.moved,
+        }
+        return PhaseResult(
+            State.SYNCED,
+            details,
+            synced_at=utcnow(),
+            archive_path=str(result.archive_path),
+            debagged_at=redone.debagged_at,  # recorded when it was debagged again just now
+        )
+
+    def _run_sync(self, row: Progress, root: Path, parent: Path) -> SyncResult:
+        """Room checked for a copy, the claim renewed, then the sync script; a group folder this
+        try created is removed again when the sync fails and leaves it empty."""
+        created = ensure_parent(root, parent)
+        work = self.settings.work_dir / row.work_id
+        try:
+            copying = self.settings.sync_replace_archive or not (parent / row.work_id).exists()
+            if copying and not (self.settings.sync_move_work and same_device(work, parent)):
+                require_room(parent, workspace.disk_usage(work), f"work {row.work_id}")
+            faults.checkpoint("sync:before-script")
+            self._still_mine(row, "the sync")
+            return sync_work(
+                self.settings.sync_command,
+                work,
+                parent,
+                self.settings.logs_dir,
+                replace=self.settings.sync_replace_archive,
+                db_config=self.settings.sync_db_config,
+                timeout=self.settings.sync_timeout_seconds,
+                move_work=self.settings.sync_move_work,
+            )
+        except Exception as exc:
+            if not parent.is_dir():  # another work's failed sync removed its empty folder
+                raise ArchiveUnavailable(
+                    f"work {row.work_id}: {parent} vanished during the sync (another work's "
+                    "failed sync removed it while empty); tried again on the next run"
+                ) from exc
+            remove_if_empty(created)
+            raise
 
     def clean(self, row: Progress) -> None:
         """Remove a synced work's local files (after the sync is recorded) and record it.
