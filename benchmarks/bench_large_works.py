@@ -214,7 +214,7 @@ class HandedChecksum:
 def run_ours(endpoint: str, out: Path, threads: int, chunk_mb: int, handed: str = "") -> None:
     """The pipeline's download, checked by s3rver's own eTag or by a ``handed`` check."""
     sys.path.insert(0, str(REPO / "src"))
-    from glacier_sync import aws
+    from glacier_sync.transfer import object_download
 
     s3 = client(endpoint, threads)
     value = (out.parent.parent / handed).read_text() if handed else ""
@@ -224,7 +224,9 @@ def run_ours(endpoint: str, out: Path, threads: int, chunk_mb: int, handed: str 
         s3 = HandedParts(s3, value)
     etag = s3.head_object(Bucket=BUCKET, Key=KEY)["ETag"].strip('"')
     report: dict = {}
-    aws.download_object(s3, BUCKET, KEY, etag, out, "W1LARGE", threads, chunk_mb, report=report)
+    object_download.download_object(
+        s3, BUCKET, KEY, etag, out, "W1LARGE", threads, chunk_mb, report=report
+    )
     want = handed or "etag-md5"
     if report["check"] != want:
         raise SystemExit(f"bench_large_works: checked by {report['check']}, not {want}")
@@ -302,7 +304,7 @@ def measure(name: str, endpoint: str, workdir: Path, threads: int, chunk_mb: int
 def crash_cost(endpoint: str, workdir: Path, size: int, threads: int, chunk_mb: int, at: float):
     """Kill a download once ``at`` of it is journaled; return (journaled, refetched) bytes."""
     sys.path.insert(0, str(REPO / "src"))
-    from glacier_sync import aws
+    from glacier_sync.transfer import object_download
 
     out = workdir / "out" / "W1LARGE.bag.zip"
     shutil.rmtree(out.parent, ignore_errors=True)
@@ -333,7 +335,7 @@ def crash_cost(endpoint: str, workdir: Path, size: int, threads: int, chunk_mb: 
     )
     etag = s3.head_object(Bucket=BUCKET, Key=KEY)["ETag"].strip('"')
     started = time.perf_counter()
-    aws.download_object(s3, BUCKET, KEY, etag, out, "W1LARGE", threads, chunk_mb)
+    object_download.download_object(s3, BUCKET, KEY, etag, out, "W1LARGE", threads, chunk_mb)
     seconds = time.perf_counter() - started
     shutil.rmtree(out.parent, ignore_errors=True)
     return journaled, counted["bytes"], seconds

@@ -7,7 +7,9 @@ from helpers import make_bag_zip
 
 from glacier_sync import aws
 from glacier_sync.errors import ConfigError, DownloadError
+from glacier_sync.intake.sqs import receive_messages
 from glacier_sync.settings import QueueSource, load_settings
+from glacier_sync.transfer import object_download
 
 
 def _queue(world, **extra) -> QueueSource:
@@ -52,17 +54,23 @@ def test_download_restored_then_skip_identical(world, tmp_path):
     s3 = world.client("s3")
     target = tmp_path / "incoming" / key
     with pytest.raises(DownloadError) as info:
-        aws.download_object(s3, world.bucket, key, "", target, "W1DL", 2, 5)
+        object_download.download_object(s3, world.bucket, key, "", target, "W1DL", 2, 5)
     assert "glacier-sync request-restore W1DL" in str(info.value)
     assert "InvalidObjectState" in str(info.value)
     assert not target.exists() and not list(target.parent.glob(".*part*"))
     world.restore(key)
     etag = s3.head_object(Bucket=world.bucket, Key=key)["ETag"].strip('"')
-    assert aws.download_object(s3, world.bucket, key, etag, target, "W1DL", 2, 5) is True
+    assert (
+        object_download.download_object(s3, world.bucket, key, etag, target, "W1DL", 2, 5) is True
+    )
     assert target.read_bytes() == zip_path.read_bytes()
-    assert aws.download_object(s3, world.bucket, key, etag, target, "W1DL", 2, 5) is False
+    assert (
+        object_download.download_object(s3, world.bucket, key, etag, target, "W1DL", 2, 5) is False
+    )
     target.write_bytes(b"truncated")
-    assert aws.download_object(s3, world.bucket, key, etag, target, "W1DL", 2, 5) is True
+    assert (
+        object_download.download_object(s3, world.bucket, key, etag, target, "W1DL", 2, 5) is True
+    )
     assert target.read_bytes() == zip_path.read_bytes()
 
 
@@ -70,12 +78,14 @@ def test_download_restored_then_skip_identical(world, tmp_path):
 def test_missing_object_and_changed_object(world, tmp_path):
     s3 = world.client("s3")
     with pytest.raises(DownloadError, match="does not exist"):
-        aws.download_object(
+        object_download.download_object(
             s3, world.bucket, "A/W1X/W1X.bag.zip", "e", tmp_path / "x.zip", "W1X", 1, 5
         )
     s3.put_object(Bucket=world.bucket, Key="W1Y.bag.zip", Body=b"now")
     with pytest.raises(DownloadError, match="changed since the restore event"):
-        aws.download_object(s3, world.bucket, "W1Y.bag.zip", "0ld", tmp_path / "y.zip", "W1Y", 1, 5)
+        object_download.download_object(
+            s3, world.bucket, "W1Y.bag.zip", "0ld", tmp_path / "y.zip", "W1Y", 1, 5
+        )
 
 
 @pytest.mark.integration
@@ -84,7 +94,9 @@ def test_multipart_download_with_threads(world, tmp_path):
     s3 = world.client("s3")
     s3.put_object(Bucket=world.bucket, Key="big/W1BIG.bag.zip", Body=data)
     target = tmp_path / "W1BIG.bag.zip"
-    assert aws.download_object(s3, world.bucket, "big/W1BIG.bag.zip", "", target, "W1BIG", 4, 5)
+    assert object_download.download_object(
+        s3, world.bucket, "big/W1BIG.bag.zip", "", target, "W1BIG", 4, 5
+    )
     assert target.read_bytes() == data
 
 
@@ -105,7 +117,7 @@ def test_profile_clients_reach_the_emulator(world, tmp_path):
     )
     sqs = aws.ProfileClients(settings).client("sqs", _queue(world))
     world.send_body('{"Records": []}')
-    messages = aws.receive_messages(sqs, _queue(world), limit=5, wait=0, visibility=30)
+    messages = receive_messages(sqs, _queue(world), limit=5, wait=0, visibility=30)
     bodies = [m.body for m in messages]
     assert '{"Records": []}' in bodies and "s3:TestEvent" in bodies[0]
     assert all(m.receive_count == 1 for m in messages)

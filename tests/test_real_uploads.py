@@ -21,8 +21,8 @@ from botocore.config import Config
 from demo_world import FAKE_CREDENTIALS
 from helpers import FlippingLink, PassThroughClient, aws_cli_upload, fail_range, upload_parts
 
-from glacier_sync import aws
 from glacier_sync.errors import DownloadError, PermanentError, is_transient
+from glacier_sync.transfer import object_download
 from glacier_sync.transfer.range_journal import journal_path
 from glacier_sync.transfer.whole_object import WholeObjectMismatch
 
@@ -166,7 +166,7 @@ def test_each_upload_is_verified_end_to_end_and_a_flipped_byte_is_caught(
     target = tmp_path / "W1UP.bag.zip"
 
     with pytest.raises(WholeObjectMismatch) as caught:
-        aws.download_object(
+        object_download.download_object(
             FlippingLink(store), world.bucket, KEY, etag, target, "W1UP", 2, chunk_mb
         )
     assert is_transient(caught.value) and not isinstance(caught.value, PermanentError)
@@ -174,7 +174,7 @@ def test_each_upload_is_verified_end_to_end_and_a_flipped_byte_is_caught(
 
     report: dict = {}
     counted = _CountingPartHeads(store)
-    assert aws.download_object(
+    assert object_download.download_object(
         counted, world.bucket, KEY, etag, target, "W1UP", 2, chunk_mb, report=report
     )
     assert target.read_bytes() == data
@@ -223,7 +223,7 @@ def test_a_composite_checksum_on_a_store_without_part_numbers_is_said_unchecked(
     target = tmp_path / "W1UP.bag.zip"
     report: dict = {}
     with caplog.at_level("INFO", logger="glacier_sync"):
-        assert aws.download_object(
+        assert object_download.download_object(
             store, world.bucket, KEY, etag, target, "W1UP", 2, 4, report=report
         )
     assert report["check"] == "none" and target.read_bytes() == data
@@ -239,7 +239,7 @@ def test_a_refused_part_head_spends_an_attempt_and_is_never_retried_without_end(
     store = _PartHeads(_client(world.endpoint), 403)
     target = tmp_path / "W1UP.bag.zip"
     with pytest.raises(DownloadError, match="s3:GetObject") as refused:
-        aws.download_object(store, world.bucket, KEY, etag, target, "W1UP", 2, 4)
+        object_download.download_object(store, world.bucket, KEY, etag, target, "W1UP", 2, 4)
     assert not is_transient(refused.value) and not target.exists()
 
 
@@ -256,13 +256,15 @@ def test_a_journal_started_with_the_etag_check_resumes_where_a_checksum_is_now_c
     fail_range(monkeypatch, 2)
     target = tmp_path / "W1UP.bag.zip"
     with pytest.raises(DownloadError, match="injected"):  # moto's answer: the eTag check
-        aws.download_object(s3, world.bucket, KEY, etag, target, "W1UP", 1, 4)
+        object_download.download_object(s3, world.bucket, KEY, etag, target, "W1UP", 1, 4)
     monkeypatch.undo()
     as_s3 = _AsRealS3(s3)
     head = as_s3.head_object(Bucket=world.bucket, Key=KEY, ChecksumMode="ENABLED")
     assert head["ChecksumType"] == "COMPOSITE", "today's plan would be composite-crc32"
     report: dict = {}
-    assert aws.download_object(as_s3, world.bucket, KEY, etag, target, "W1UP", 2, 4, report=report)
+    assert object_download.download_object(
+        as_s3, world.bucket, KEY, etag, target, "W1UP", 2, 4, report=report
+    )
     # 4 MB ranges split the 8 MiB parts in two: the first try kept the first part's two ranges
     assert report == {"check": "etag-parts", "reused": 8 * MIB, "fetched": len(data) - 8 * MIB}
     assert target.read_bytes() == data
@@ -288,7 +290,7 @@ def test_ranges_of_whole_parts_resume_from_their_journal(
     fail_range(monkeypatch, 1)
     target = tmp_path / "W1UP.bag.zip"
     with pytest.raises(DownloadError, match="injected"):
-        aws.download_object(s3, world.bucket, KEY, etag, target, "W1UP", 1, first)
+        object_download.download_object(s3, world.bucket, KEY, etag, target, "W1UP", 1, first)
     monkeypatch.undo()
     journal = journal_path(target.with_name(f".{target.name}.part"))
     lines = journal.read_text().splitlines()
@@ -301,7 +303,7 @@ def test_ranges_of_whole_parts_resume_from_their_journal(
         journal.write_text("\n".join([json.dumps(header), *lines[1:]]) + "\n")
     report: dict = {}
     counted = _CountingPartHeads(s3)
-    assert aws.download_object(
+    assert object_download.download_object(
         counted, world.bucket, KEY, etag, target, "W1UP", 2, 16, report=report
     )
     check = "composite-crc32" if as_s3 else "etag-parts"
@@ -333,13 +335,13 @@ def test_a_part_larger_than_the_range_size_costs_a_range_not_the_part(
     target = tmp_path / "W1UP.bag.zip"
     fail_range(monkeypatch, 3)
     with pytest.raises(DownloadError, match="injected"):
-        aws.download_object(s3, world.bucket, KEY, etag, target, "W1UP", 1, 4)
+        object_download.download_object(s3, world.bucket, KEY, etag, target, "W1UP", 1, 4)
     monkeypatch.undo()
     lines = journal_path(target.with_name(f".{target.name}.part")).read_text().splitlines()
     assert json.loads(lines[0])["ranges_per_part"] == 5 and len(lines) == 1 + 3
     report: dict = {}
     counted = _CountingPartHeads(s3)
-    assert aws.download_object(
+    assert object_download.download_object(
         counted, world.bucket, KEY, etag, target, "W1UP", 2, 4, report=report
     )
     assert report == {"check": check, "reused": 12 * MIB, "fetched": len(data) - 12 * MIB}
@@ -366,12 +368,14 @@ def test_a_disk_error_while_hashing_a_split_part_keeps_its_verified_ranges(
 
     monkeypatch.setattr(disk_hashes, "hash_span", failing)
     with pytest.raises(DownloadError, match="Input/output error.*the verified ranges are kept"):
-        aws.download_object(s3, world.bucket, KEY, etag, target, "W1UP", 2, 3)
+        object_download.download_object(s3, world.bucket, KEY, etag, target, "W1UP", 2, 3)
     lines = journal_path(target.with_name(f".{target.name}.part")).read_text().splitlines()
     assert len(lines) == 1 + 8, "all eight ranges (3 + 3 + the 5 MiB last part's 2) journaled"
     monkeypatch.undo()
     report: dict = {}
-    assert aws.download_object(s3, world.bucket, KEY, etag, target, "W1UP", 2, 3, report=report)
+    assert object_download.download_object(
+        s3, world.bucket, KEY, etag, target, "W1UP", 2, 3, report=report
+    )
     assert report == {"check": "etag-parts", "reused": len(data), "fetched": 0}
     assert target.read_bytes() == data
 
@@ -404,7 +408,11 @@ def test_an_upload_by_the_aws_cli_is_verified_end_to_end(
     etag = head["ETag"].strip('"')
     target = tmp_path / "W1UP.bag.zip"
     with pytest.raises(WholeObjectMismatch):
-        aws.download_object(FlippingLink(store), world.bucket, KEY, etag, target, "W1UP", 2, 3)
+        object_download.download_object(
+            FlippingLink(store), world.bucket, KEY, etag, target, "W1UP", 2, 3
+        )
     report: dict = {}
-    assert aws.download_object(store, world.bucket, KEY, etag, target, "W1UP", 2, 3, report=report)
+    assert object_download.download_object(
+        store, world.bucket, KEY, etag, target, "W1UP", 2, 3, report=report
+    )
     assert report["check"] == check and target.read_bytes() == data

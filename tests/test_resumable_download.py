@@ -22,9 +22,14 @@ from byte_proxy import ByteCountingProxy
 from demo_world import FAKE_CREDENTIALS
 from helpers import FlippingLink, PassThroughClient, fail_range, upload_parts
 
-from glacier_sync import aws
 from glacier_sync.errors import DownloadError, ObjectUnavailable, PermanentError, is_transient
-from glacier_sync.transfer import disk_hashes, download_plan, ranged_download, whole_object
+from glacier_sync.transfer import (
+    disk_hashes,
+    download_plan,
+    object_download,
+    ranged_download,
+    whole_object,
+)
 from glacier_sync.transfer.range_journal import RangePlan, journal_path
 
 pytestmark = pytest.mark.integration
@@ -72,7 +77,9 @@ def _upload(world, tmp_path, multipart: bool, checksums: bool) -> str:
 
 def _download(endpoint: str, world, target: Path, etag: str, concurrency: int = 1) -> bool:
     s3 = _client(endpoint)
-    return aws.download_object(s3, world.bucket, KEY, etag, target, "W1RES", concurrency, 5)
+    return object_download.download_object(
+        s3, world.bucket, KEY, etag, target, "W1RES", concurrency, 5
+    )
 
 
 def _killed_download(world, target: Path, etag: str, point: str, concurrency: int = 1) -> None:
@@ -290,10 +297,10 @@ def test_a_byte_flipped_in_transit_is_fetched_again_and_never_held(world, tmp_pa
     target = tmp_path / "W1RES.bag.zip"
     flipping = FlippingLink(_client(world.endpoint))
     with pytest.raises(whole_object.WholeObjectMismatch) as caught:
-        aws.download_object(flipping, world.bucket, KEY, etag, target, "W1RES", 2, 5)
+        object_download.download_object(flipping, world.bucket, KEY, etag, target, "W1RES", 2, 5)
     assert not isinstance(caught.value, PermanentError), "never a bad object for a bad link"
     with pytest.raises(whole_object.WholeObjectMismatch) as again:
-        aws.download_object(flipping, world.bucket, KEY, etag, target, "W1RES", 2, 5)
+        object_download.download_object(flipping, world.bucket, KEY, etag, target, "W1RES", 2, 5)
     assert not isinstance(again.value, PermanentError), "a different flip each time: not held"
     assert _download(world.endpoint, world, target, etag) is True
     assert target.read_bytes() == payload
@@ -391,7 +398,7 @@ def test_a_failed_part_head_is_retried_never_a_silent_downgrade(world, tmp_path,
     target = tmp_path / "W1RES.bag.zip"
     faulty = _Faulty(_client(world.endpoint), fail_part_head=503)
     with pytest.raises(DownloadError, match="size of part 1 of its upload could not be read") as e:
-        aws.download_object(faulty, world.bucket, KEY, etag, target, "W1RES", 2, 5)
+        object_download.download_object(faulty, world.bucket, KEY, etag, target, "W1RES", 2, 5)
     assert is_transient(e.value), "a fault of the store: no attempt spent"
     assert not target.exists()
     assert _download(world.endpoint, world, target, etag) is True, "the next try checks it"
@@ -407,7 +414,7 @@ def test_a_store_without_part_numbers_is_downloaded_and_said_unchecked(
     faulty = _Faulty(_client(world.endpoint), fail_part_head=answer)
     report: dict = {}
     with caplog.at_level("INFO", logger="glacier_sync"):
-        assert aws.download_object(
+        assert object_download.download_object(
             faulty, world.bucket, KEY, etag, target, "W1RES", 2, 5, report=report
         )
     assert report["check"] == "none", "said unchecked in the work's record too"
@@ -421,7 +428,7 @@ def test_an_answer_that_ignores_the_range_is_refused(world, tmp_path, payload):
     target = tmp_path / "W1RES.bag.zip"
     faulty = _Faulty(_client(world.endpoint), ignore_range=True)
     with pytest.raises(DownloadError, match="a proxy or store that ignores ranges"):
-        aws.download_object(faulty, world.bucket, KEY, etag, target, "W1RES", 2, 5)
+        object_download.download_object(faulty, world.bucket, KEY, etag, target, "W1RES", 2, 5)
     assert not target.exists()
     assert _download(world.endpoint, world, target, etag) is True
     assert target.read_bytes() == payload
@@ -470,7 +477,9 @@ def test_a_reset_inside_a_range_resumes_that_range_from_its_byte(world, tmp_path
     etag = _upload(world, tmp_path, multipart=False, checksums=True)
     target = tmp_path / "W1RES.bag.zip"
     resetting = _Resetting(_client(world.endpoint), every=2)
-    assert aws.download_object(resetting, world.bucket, KEY, etag, target, "W1RES", 2, 5)
+    assert object_download.download_object(
+        resetting, world.bucket, KEY, etag, target, "W1RES", 2, 5
+    )
     assert target.read_bytes() == payload
     assert resetting.calls > 5, "some ranges were asked again"
     assert resetting.served[0] == SIZE, "each retry asked for the rest of its range only"
@@ -493,7 +502,7 @@ def test_a_range_that_keeps_failing_fails_the_try_and_keeps_the_others(
 
     broken.get_object = range_2_breaks
     with pytest.raises(DownloadError, match="failed 5 time.*Connection broken") as caught:
-        aws.download_object(broken, world.bucket, KEY, etag, target, "W1RES", 1, 5)
+        object_download.download_object(broken, world.bucket, KEY, etag, target, "W1RES", 1, 5)
     assert is_transient(caught.value), "a fault of the network: no attempt spent"
     assert broken.calls == ranged_download.RANGE_ATTEMPTS, "retried, then given up"
     assert _journaled_bytes(target) == 2 * 5 * MIB, "the ranges before it are kept"

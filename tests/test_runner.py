@@ -506,14 +506,14 @@ def test_a_phase_longer_than_two_leases_keeps_its_claim_and_another_run_leaves_i
     import threading
     import time
 
-    from glacier_sync import aws
+    from glacier_sync.transfer import object_download
 
     _restored(world, dirs)
     quick = load_settings(
         **{**settings.model_dump(exclude_unset=True), "claim_lease_minutes": 0.05}
     )
     lease = 0.05 * 60
-    real_download = aws.download_object
+    real_download = object_download.download_object
     in_download = threading.Event()
 
     def slow_download(*args, **kwargs):
@@ -521,7 +521,7 @@ def test_a_phase_longer_than_two_leases_keeps_its_claim_and_another_run_leaves_i
         time.sleep(2.5 * lease)
         return real_download(*args, **kwargs)
 
-    monkeypatch.setattr(aws, "download_object", slow_download)
+    monkeypatch.setattr(object_download, "download_object", slow_download)
     run_a = Pipeline(quick, run_id="airflow:run-a")
     finished: dict = {}
     thread = threading.Thread(target=lambda: finished.update(a=run_a.run_once()))

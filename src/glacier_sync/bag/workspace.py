@@ -17,8 +17,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from glacier_sync import faults
-from glacier_sync.aws import remove_download, remove_partial_downloads
 from glacier_sync.records.claimants import this_host
+from glacier_sync.transfer.object_download import remove_download, remove_partial_downloads
 
 log = logging.getLogger(__name__)
 

@@ -9,9 +9,10 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
-from glacier_sync import aws, faults
+from glacier_sync import faults
 from glacier_sync.errors import MalformedMessage
 from glacier_sync.intake.events import parse_message_body
+from glacier_sync.intake.sqs import SqsMessage, delete_message, receive_messages
 from glacier_sync.phase_base import PhaseRunner
 from glacier_sync.records.models import utcnow
 from glacier_sync.records.progress import expires_soon, expiry_note
@@ -44,7 +45,7 @@ class QueuePolling(PhaseRunner):
             if budget <= 0:
                 break
             sqs = self.clients.client("sqs", queue)
-            messages = aws.receive_messages(
+            messages = receive_messages(
                 sqs,
                 queue,
                 budget,
@@ -76,7 +77,7 @@ class QueuePolling(PhaseRunner):
             log.debug("metrics: queue depth of %s not read: %s", queue.name, exc)
 
     def _handle_message(
-        self, sqs: Any, queue: QueueSource, message: aws.SqsMessage, report: PollReport
+        self, sqs: Any, queue: QueueSource, message: SqsMessage, report: PollReport
     ) -> None:
         try:
             parsed = parse_message_body(message.body, self.settings.event_names)
@@ -110,7 +111,7 @@ class QueuePolling(PhaseRunner):
             log.error(note)
             report.malformed.append(note)
             return
-        if aws.delete_message(sqs, message):
+        if delete_message(sqs, message):
             report.deleted += 1
 
     def _warn_expiring(self, ids: list[int]) -> None:

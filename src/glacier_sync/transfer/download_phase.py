@@ -1,18 +1,17 @@
 """The download phase: a work's restored object into the incoming folder (resumable and
-checked end to end, ``aws.download_object``), refused first when the work cannot fit."""
+checked end to end, ``object_download``), refused first when the work cannot fit."""
 
 from __future__ import annotations
 
 from pathlib import Path, PurePosixPath
 
-from glacier_sync import aws
 from glacier_sync.archive.sync import archive_parent_for_key
 from glacier_sync.errors import GlacierSyncError
 from glacier_sync.phase_base import PhaseResult, PhaseRunner
 from glacier_sync.records.models import Progress, utcnow
 from glacier_sync.records.states import State
 from glacier_sync.settings import Settings
-from glacier_sync.transfer import room
+from glacier_sync.transfer import object_download, room
 
 
 def local_zip_path(settings: Settings, row: Progress) -> Path:
@@ -49,7 +48,7 @@ class DownloadPhase(PhaseRunner):
                 self.store.update_row(
                     progress_id, "download started", owner=self.run_id, local_path=str(target)
                 )
-            fetched = aws.download_object(
+            fetched = object_download.download_object(
                 self.clients.client("s3", queue),
                 row.bucket,
                 row.object_key,
