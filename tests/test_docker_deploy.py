@@ -505,6 +505,10 @@ def test_backup_then_restore_into_a_second_instance_with_fab_roles(e2e):
     try:
         b.compose("up", "-d")
         b.wait_healthy(client)
+        # The broker asks for its password (the healthcheck pings with it): without, NOAUTH.
+        anonymous = b.compose("exec", "-T", "redis", "redis-cli", "ping", check=False)
+        said = anonymous.stdout + anonymous.stderr
+        assert "NOAUTH" in said and "PONG" not in said, said
         restored = b.admin("restore", "--from", str(backup))
         assert "restored" in restored.stdout, restored.stdout + restored.stderr
         b.wait_healthy(client)
