@@ -10,6 +10,7 @@ from pathlib import Path
 
 import bagit
 from demo_world import (  # free_port and moto_server: the tests import them from here
+    FAKE_CREDENTIALS,
     World,
     create_world,
     free_port,  # noqa: F401
@@ -189,8 +190,8 @@ def aws_cli_upload(world: World, source: Path, key: str, *options: str) -> None:
     env = {
         "PATH": os.environ.get("PATH", ""),
         "HOME": str(source.parent),  # no ~/.aws of the developer's
-        "AWS_ACCESS_KEY_ID": "demo",
-        "AWS_SECRET_ACCESS_KEY": "demo",
+        "AWS_ACCESS_KEY_ID": FAKE_CREDENTIALS["aws_access_key_id"],
+        "AWS_SECRET_ACCESS_KEY": FAKE_CREDENTIALS["aws_secret_access_key"],
         "AWS_DEFAULT_REGION": world.region,
     }
     command = [str(VENV_BIN / "aws"), "s3", "cp", "--only-show-errors", "--endpoint-url"]

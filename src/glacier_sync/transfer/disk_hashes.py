@@ -18,14 +18,9 @@ import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 
 from glacier_sync.errors import DownloadError
-from glacier_sync.transfer.object_checks import CRC_BYTES, new_hasher
+from glacier_sync.transfer.object_checks import new_hasher
 from glacier_sync.transfer.range_journal import RangePlan
 from glacier_sync.transfer.whole_object import hash_span
-
-
-def hashed_from_disk(plan: RangePlan) -> bool:
-    """Whether ``plan``'s parts must be hashed from disk (split parts of an MD5 or SHA)."""
-    return plan.ranges_per_part > 1 and plan.algorithm not in CRC_BYTES
 
 
 class PartHashes:

@@ -88,12 +88,17 @@ def combine(algorithm: str, first: int, second: int, second_length: int) -> int:
     return _COMBINE[algorithm](first, second, second_length)
 
 
-def full_object_value(algorithm: str, digests: list[str], lengths: list[int]) -> str:
-    """The base64 full-object CRC of consecutive ranges from their hex CRCs and lengths."""
+def combined_crc(algorithm: str, digests: list[str], lengths: list[int]) -> bytes:
+    """The CRC of consecutive spans from their hex CRCs and lengths."""
     value = 0
     for digest, length in zip(digests, lengths, strict=True):
         value = combine(algorithm, value, int(digest, 16), length)
-    return b64(value.to_bytes(CRC_BYTES[algorithm], "big"))
+    return value.to_bytes(CRC_BYTES[algorithm], "big")
+
+
+def full_object_value(algorithm: str, digests: list[str], lengths: list[int]) -> str:
+    """The base64 full-object CRC of consecutive ranges from their hex CRCs and lengths."""
+    return b64(combined_crc(algorithm, digests, lengths))
 
 
 def composite_value(algorithm: str, part_digests: list[bytes]) -> str:

@@ -53,11 +53,16 @@ class RangePlan:
         return -(-self.part_size // self.ranges_per_part)
 
     @property
+    def parts_hashed_from_disk(self) -> bool:
+        """Whether each part's MD5 or SHA is split over several ranges (it cannot be combined
+        from theirs: the part is hashed from disk once all its ranges are in)."""
+        return self.ranges_per_part > 1 and self.algorithm not in CRC_BYTES
+
+    @property
     def range_algorithm(self) -> str:
-        """Each range's digest: ``algorithm``, but a CRC32C where a part's MD5 or SHA is split
-        over several ranges (it cannot be; the part is hashed once all its ranges are in)."""
-        split = self.ranges_per_part > 1 and self.algorithm not in CRC_BYTES
-        return "crc32c" if split else self.algorithm
+        """Each range's digest: ``algorithm``, but a CRC32C where the parts are hashed from
+        disk (it verifies the range on a resume)."""
+        return "crc32c" if self.parts_hashed_from_disk else self.algorithm
 
     @property
     def parts(self) -> int:

@@ -25,7 +25,7 @@ from typing import Any
 
 from glacier_sync import faults
 from glacier_sync.errors import TransferFault
-from glacier_sync.transfer.disk_hashes import InOrderHash, PartHashes, hashed_from_disk
+from glacier_sync.transfer.disk_hashes import InOrderHash, PartHashes
 from glacier_sync.transfer.object_checks import new_hasher
 from glacier_sync.transfer.range_commit import RangeCommitter
 from glacier_sync.transfer.range_journal import (
@@ -122,7 +122,9 @@ def _fetch_into(
         journal = RangeJournal(journal_file, plan, fresh=digests is None)
         algorithm = in_order_algorithm(plan)
         in_order = InOrderHash(fd, plan, set(good), algorithm) if algorithm else None
-        parts = PartHashes(fd, plan, set(good), concurrency) if hashed_from_disk(plan) else None
+        parts = (
+            PartHashes(fd, plan, set(good), concurrency) if plan.parts_hashed_from_disk else None
+        )
         try:
             missing = [i for i in range(plan.ranges) if i not in good]
 

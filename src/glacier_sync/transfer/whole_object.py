@@ -22,7 +22,7 @@ from glacier_sync.transfer.download_plan import PartsUnknown, part_size
 from glacier_sync.transfer.object_checks import (
     CRC_BYTES,
     b64,
-    combine,
+    combined_crc,
     composite_value,
     full_object_value,
     multipart_etag,
@@ -140,7 +140,7 @@ def _per_part(plan: RangePlan, digests: list[str]) -> list[str]:
     """The ranges' digests one per part: a range of several parts records each part's, the
     CRCs of a part's ranges combine into the part's (a part's MD5 or SHA split over several
     ranges comes hashed from disk, one per part already)."""
-    if plan.range_algorithm != plan.algorithm:
+    if plan.parts_hashed_from_disk:
         return digests
     if plan.ranges_per_part > 1:
         per, count = plan.ranges_per_part, plan.ranges
@@ -154,11 +154,8 @@ def _per_part(plan: RangePlan, digests: list[str]) -> list[str]:
 
 def _combined(plan: RangePlan, indexes: range, digests: list[str]) -> str:
     """The hex CRC of consecutive ranges from theirs."""
-    value = 0
-    for index in indexes:
-        start, end = plan.bounds(index)
-        value = combine(plan.algorithm, value, int(digests[index], 16), end - start)
-    return value.to_bytes(CRC_BYTES[plan.algorithm], "big").hex()
+    lengths = [end - start for start, end in map(plan.bounds, indexes)]
+    return combined_crc(plan.algorithm, [digests[i] for i in indexes], lengths).hex()
 
 
 def parts_on_disk(
