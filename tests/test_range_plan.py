@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import json
+from dataclasses import asdict
+
 import pytest
 
 from glacier_sync.transfer.download_plan import _along_parts
-from glacier_sync.transfer.range_journal import RangePlan
+from glacier_sync.transfer.object_checks import Check
+from glacier_sync.transfer.range_journal import RangePlan, journaled_plan
 
 pytestmark = pytest.mark.unit
 
@@ -69,3 +73,22 @@ def test_a_split_md5_or_sha_is_carried_by_a_crc32c_a_range_and_a_crc_by_itself()
         8 * MIB,
         16 * MIB,
     )
+
+
+def test_a_plan_and_a_journal_header_carry_the_check_as_a_check(tmp_path):
+    """The check is a ``Check`` whether written by the planner or read back from a journal; a
+    journal naming a check this release does not know is not trusted (the new plan is used)."""
+    plan = _plan(24 * MIB, 8 * MIB, 3 * MIB)
+    assert plan.check is Check.ETAG_PARTS
+    assert Check.of_parts("crc32", ambiguous=True) is Check.FULL_OR_COMPOSITE_CRC32
+    assert Check.of_parts("sha256") is Check.COMPOSITE_SHA256
+    assert [c for c in Check if c.in_order_algorithm] == [Check.SHA256, Check.SHA1, Check.ETAG_MD5]
+    journal = tmp_path / "w.part.journal"
+    other = _plan(24 * MIB, 8 * MIB, 4 * MIB)  # the same check with other ranges: resumed
+    journal.write_text(json.dumps(asdict(other)) + "\n")
+    resumed = journaled_plan(journal, plan)
+    assert resumed == other and resumed.check is Check.ETAG_PARTS
+    journal.write_text(json.dumps({**asdict(other), "check": "md6-parts"}) + "\n")
+    assert journaled_plan(journal, plan) is plan
+    with pytest.raises(ValueError, match="md6"):
+        RangePlan("b", "k", "", "e", 1, 1, "md5", check="md6")

@@ -1,7 +1,7 @@
 """The plan of one object's download: its ranges and the end-to-end check of its bytes.
 
 The check is the strongest one S3's answer supports, decided from what S3 says, never from a
-default (``check`` of the ``RangePlan``):
+default (``check`` of the ``RangePlan``, a ``Check``):
 
 - ``crc64nvme``, ``crc32c``, ``crc32``: a full-object CRC (``ChecksumType: FULL_OBJECT``, or no
   type on a single-part upload), combined from the ranges' CRCs; ranges of ``download_chunk_mb``.
@@ -30,7 +30,7 @@ import re
 from typing import Any
 
 from glacier_sync.errors import DownloadError, TransferFault
-from glacier_sync.transfer.object_checks import CRC_BYTES, FULL_OBJECT, checksum_of
+from glacier_sync.transfer.object_checks import CRC_BYTES, FULL_OBJECT, Check, checksum_of
 from glacier_sync.transfer.range_journal import RangePlan
 
 log = logging.getLogger(__name__)
@@ -71,7 +71,7 @@ def plan_download(
         if kind == FULL_OBJECT:
             ranged = algorithm if algorithm in CRC_BYTES else "crc32"  # a SHA: hashed in order
             return RangePlan(
-                **base, part_size=chunk, algorithm=ranged, check=algorithm, expected=value
+                **base, part_size=chunk, algorithm=ranged, check=Check(algorithm), expected=value
             )
         if not kind and multipart and not encrypted:
             log.info(
@@ -84,12 +84,12 @@ def plan_download(
         elif parts:
             part_size = _upload_part_size(s3, bucket, key, version_id, parts)
             if part_size:
-                reading = "composite" if kind or algorithm not in CRC_BYTES else "full-or-composite"
+                ambiguous = not kind and algorithm in CRC_BYTES
                 return RangePlan(
                     **base,
                     **_along_parts(part_size, chunk),
                     algorithm=algorithm,
-                    check=f"{reading}-{algorithm}",
+                    check=Check.of_parts(algorithm, ambiguous),
                     expected=f"{value}-{parts}",
                 )
             multipart = None  # no part sizes: its eTag cannot be checked either (asked once)
@@ -100,14 +100,14 @@ def plan_download(
                 **base,
                 **_along_parts(part_size, chunk),
                 algorithm="md5",
-                check="etag-parts",
+                check=Check.ETAG_PARTS,
                 expected=etag,
             )
     if MD5_ETAG.match(etag) and not encrypted:
         return RangePlan(
-            **base, part_size=chunk, algorithm="crc32", check="etag-md5", expected=etag
+            **base, part_size=chunk, algorithm="crc32", check=Check.ETAG_MD5, expected=etag
         )
-    return RangePlan(**base, part_size=chunk, algorithm="crc32", check="none")
+    return RangePlan(**base, part_size=chunk, algorithm="crc32", check=Check.NONE)
 
 
 def _along_parts(part: int, chunk: int) -> dict[str, int]:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import hashlib
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any
 
 from awscrt import checksums as crt
@@ -29,6 +30,48 @@ _COMBINE = {
     "crc64nvme": crt.combine_crc64nvme,
 }
 FULL_OBJECT, COMPOSITE = "FULL_OBJECT", "COMPOSITE"
+
+
+class Check(StrEnum):
+    """The end-to-end check of a whole object (``download_plan`` chooses it; its value is what
+    the download journal and the work's record hold)."""
+
+    CRC64NVME = "crc64nvme"  # a full-object CRC, combined from the ranges' CRCs
+    CRC32C = "crc32c"
+    CRC32 = "crc32"
+    SHA256 = "sha256"  # the SHA of a single-part object, hashed in order
+    SHA1 = "sha1"
+    COMPOSITE_CRC64NVME = "composite-crc64nvme"  # the checksum of the parts' checksums
+    COMPOSITE_CRC32C = "composite-crc32c"
+    COMPOSITE_CRC32 = "composite-crc32"
+    COMPOSITE_SHA256 = "composite-sha256"
+    COMPOSITE_SHA1 = "composite-sha1"
+    FULL_OR_COMPOSITE_CRC64NVME = "full-or-composite-crc64nvme"  # no ChecksumType (moto)
+    FULL_OR_COMPOSITE_CRC32C = "full-or-composite-crc32c"
+    FULL_OR_COMPOSITE_CRC32 = "full-or-composite-crc32"
+    ETAG_PARTS = "etag-parts"  # the multipart eTag, from each part's MD5
+    ETAG_MD5 = "etag-md5"  # the single-part eTag, the MD5 of the object, hashed in order
+    NONE = "none"  # nothing S3 offers can be checked: the bag's manifests decide
+
+    @classmethod
+    def of_parts(cls, algorithm: str, ambiguous: bool = False) -> Check:
+        """The composite check of ``algorithm``, or both readings where S3 gave no type."""
+        return cls(f"{'full-or-composite' if ambiguous else 'composite'}-{algorithm}")
+
+    @property
+    def ambiguous(self) -> bool:
+        """Whether both the full-object and the composite reading are tried."""
+        return self.value.startswith("full-or-composite-")
+
+    @property
+    def full_object_crc(self) -> bool:
+        """Whether this is a full-object CRC, combined from the ranges' CRCs."""
+        return self.value in CRC_BYTES
+
+    @property
+    def in_order_algorithm(self) -> str | None:
+        """The hash of the whole file this check needs in byte order, if any."""
+        return {"etag-md5": "md5", "sha256": "sha256", "sha1": "sha1"}.get(self.value)
 
 
 @dataclass(frozen=True)

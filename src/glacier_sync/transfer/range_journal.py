@@ -15,7 +15,7 @@ import threading
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from glacier_sync.transfer.object_checks import CRC_BYTES
+from glacier_sync.transfer.object_checks import CRC_BYTES, Check
 
 JOURNAL_FORMAT = 2
 
@@ -36,11 +36,15 @@ class RangePlan:
     size: int
     part_size: int
     algorithm: str  # each range's digest: "md5", "sha1", "sha256", "crc32", "crc32c", "crc64nvme"
-    check: str  # the whole object's check, as download_plan lists them ("none": unchecked)
+    check: Check  # the whole object's check (Check.NONE: unchecked)
     expected: str = ""  # what the check must find: the eTag, or S3's base64 checksum (with -N)
     format: int = JOURNAL_FORMAT
     parts_per_range: int = 1
     ranges_per_part: int = 1
+
+    def __post_init__(self) -> None:
+        """A check read back from a journal is a ``Check`` again (an unknown one: ValueError)."""
+        object.__setattr__(self, "check", Check(self.check))
 
     @property
     def upload_part(self) -> int:
@@ -90,7 +94,7 @@ def journal_path(partial: Path) -> Path:
 
 
 IDENTITY = ("bucket", "key", "version_id", "etag", "size", "format")
-ETAG_CHECKS = ("etag-parts", "etag-md5")
+ETAG_CHECKS = (Check.ETAG_PARTS, Check.ETAG_MD5)
 
 
 def journaled_plan(path: Path, plan: RangePlan) -> RangePlan:
@@ -107,7 +111,7 @@ def journaled_plan(path: Path, plan: RangePlan) -> RangePlan:
             return plan
         same_check = all(header.get(k) == wanted[k] for k in ("check", "expected", "algorithm"))
         etag_check = header.get("check") in ETAG_CHECKS and header.get("expected") == plan.etag
-        if not (same_check or etag_check) or header.get("check") == "none":
+        if not (same_check or etag_check) or header.get("check") == Check.NONE:
             return plan
         return RangePlan(**header)
     except (

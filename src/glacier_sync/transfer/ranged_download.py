@@ -26,7 +26,7 @@ from typing import Any
 from glacier_sync import faults
 from glacier_sync.errors import TransferFault
 from glacier_sync.transfer.disk_hashes import InOrderHash, PartHashes
-from glacier_sync.transfer.object_checks import new_hasher
+from glacier_sync.transfer.object_checks import Check, new_hasher
 from glacier_sync.transfer.range_commit import RangeCommitter
 from glacier_sync.transfer.range_journal import (
     RangeJournal,
@@ -49,10 +49,10 @@ BUFFER_BYTES = 1024 * 1024
 
 @dataclass(frozen=True)
 class Fetched:
-    """What a download did: the whole-object check that passed (``none``: unchecked), the bytes
-    ``reused`` (verified on disk from an earlier try) and ``fetched`` (from S3 now)."""
+    """What a download did: the whole-object check that passed (``Check.NONE``: unchecked), the
+    bytes ``reused`` (verified on disk from an earlier try) and ``fetched`` (from S3 now)."""
 
-    check: str
+    check: Check
     reused: int
     fetched: int
 

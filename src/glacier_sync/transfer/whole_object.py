@@ -20,7 +20,7 @@ from typing import Any
 from glacier_sync.errors import DownloadError, PermanentError, TransferFault, TransientError
 from glacier_sync.transfer.download_plan import PartsUnknown, part_size
 from glacier_sync.transfer.object_checks import (
-    CRC_BYTES,
+    Check,
     b64,
     combined_crc,
     composite_value,
@@ -33,7 +33,6 @@ from glacier_sync.transfer.range_journal import RangePlan
 log = logging.getLogger(__name__)
 
 BUFFER_BYTES = 1024 * 1024
-IN_ORDER_CHECKS = {"etag-md5": "md5", "sha256": "sha256", "sha1": "sha1"}
 
 
 class WholeObjectMismatch(DownloadError):
@@ -56,7 +55,7 @@ class RepeatedMismatch(WholeObjectMismatch, PermanentError):
 
 def in_order_algorithm(plan: RangePlan) -> str | None:
     """The hash of the whole file that ``plan``'s check needs in byte order, if any."""
-    return IN_ORDER_CHECKS.get(plan.check)
+    return plan.check.in_order_algorithm
 
 
 def check_whole(
@@ -65,7 +64,7 @@ def check_whole(
     whole: str | None,
     work_id: str,
     exact_parts: Callable[[str], list[bytes]],
-) -> str:
+) -> Check:
     """Compare the file with what S3 says of the object; return the check that passed.
 
     ``digests`` are the ranges' hex digests in order (each part's, for ranges of parts; for
@@ -75,7 +74,7 @@ def check_whole(
     exact part bounds (asked only when the ranges' do not match)."""
     where = f"s3://{plan.bucket}/{plan.key}"
     check, expected = plan.check, plan.expected
-    if check == "none":
+    if check == Check.NONE:
         log.info(
             "work %s: %s gives no whole-object check (eTag %s); the bag manifests are the check",
             work_id,
@@ -86,21 +85,21 @@ def check_whole(
     digests = _per_part(plan, digests)
     part = plan.upload_part
     lengths = [min(part, plan.size - start) for start in range(0, plan.size, part)] or [0]
-    if check in IN_ORDER_CHECKS:
+    if check.in_order_algorithm:
         if whole is None:  # the check could not run: never a pass, never a mismatch
             raise TransferFault(f"work {work_id}: the {check} of {where} could not be computed")
-        got = whole if check == "etag-md5" else b64(bytes.fromhex(whole))
-    elif check in CRC_BYTES:
+        got = whole if check == Check.ETAG_MD5 else b64(bytes.fromhex(whole))
+    elif check.full_object_crc:
         got = full_object_value(check, digests, lengths)
-    elif check == "etag-parts":
+    elif check == Check.ETAG_PARTS:
         got = _of_parts(multipart_etag, "md5", digests, expected, exact_parts)
     else:
         algorithm = plan.algorithm
-        if check.startswith("full-or-composite-"):
+        if check.ambiguous:
             full = full_object_value(algorithm, digests, lengths)
             if full == expected.partition("-")[0]:
                 log.info("work %s: %s matches its %s as a full-object CRC", work_id, where, check)
-                return algorithm
+                return Check(algorithm)
         else:
             full = ""
 
@@ -109,7 +108,7 @@ def check_whole(
 
         got = _of_parts(composite, algorithm, digests, expected, exact_parts)
         if got == expected:
-            return f"composite-{algorithm}"
+            return Check.of_parts(algorithm)
         got = f"{got} (full object {full})" if full else got
     if got != expected:
         raise UnconfirmedMismatch(
