@@ -14,6 +14,7 @@ no registry to pull from.
 from __future__ import annotations
 
 import base64
+import configparser
 import hashlib
 import json
 import os
@@ -34,6 +35,8 @@ from helpers import REPO, free_port, make_bag_zip
 
 pytestmark = pytest.mark.docker
 NEW_IMAGE, OLD_IMAGE = "bdrc-airflow:e2e-test", "bdrc-airflow:e2e-previous"
+# A secret key of its own (moto takes any), so that a search for it finds nothing else.
+AWS_SECRET = "e2e-aws-secret-" + base64.b32encode(os.urandom(10)).decode().lower()
 EVENT_DAG = "sqs_event_dag"  # on by default: restore events start its runs, nobody triggers
 PROBE_DAG = '''"""A DAG added by a re-deploy of the running stack (tests/test_docker_deploy.py)."""
 from airflow.sdk import dag, task
@@ -218,8 +221,8 @@ def _deployed(client, tmp: Path):
     _build_images(tmp)
     creds = tmp / "aws-credentials"
     creds.write_text(
-        "[default]\naws_access_key_id = testing\naws_secret_access_key = testing\n"
-        "region_name = us-east-1\n"
+        "[default]\naws_access_key_id = testing\n"
+        f"aws_secret_access_key = {AWS_SECRET}\nregion_name = us-east-1\n"
     )
     config = tmp / "glacier-sync.toml"
     # Only the runs the tests trigger (no schedule); short leases and retry delays, so that a
@@ -677,6 +680,66 @@ def test_celery_workers_share_a_burst_and_survive_a_killed_worker(e2e):
     finally:
         b.compose("up", "-d")  # the killed worker back, for the rollback
         b.wait_healthy(client)
+
+
+def _secret_values(dest: Path) -> dict[str, str]:
+    """Every secret of the instance in ``dest`` by name: each file of ``secrets/`` (the AWS
+    credentials file by its secret keys; ``redis_conf`` is derived from ``redis_password``)."""
+    values = {}
+    for file in sorted((dest / "secrets").iterdir()):
+        text = file.read_text().strip()
+        if file.name == "aws":
+            ini = configparser.ConfigParser()
+            ini.read_string(text)
+            for section in ini.sections():
+                for key, value in ini[section].items():
+                    if "secret" in key or "token" in key:
+                        values[f"aws [{section}] {key}"] = value
+        elif file.name != "redis_conf":
+            values[file.name] = text
+    return {name: value for name, value in values.items() if len(value) >= 12}
+
+
+def _haystacks(stack: Stack) -> dict[str, str]:
+    """What anyone with access to the Docker engine can read of the stack: each container's
+    definition (``docker inspect``), each image's layers and settings (``docker history``,
+    ``docker image inspect``), and every service's whole log."""
+    ids = stack.compose("ps", "-aq").stdout.split()
+    assert ids, f"no container of {stack.project}"
+    found = {f"docker inspect {i[:12]}": run(["docker", "inspect", i]).stdout for i in ids}
+    for image in (NEW_IMAGE, OLD_IMAGE):
+        found[f"docker history {image}"] = run(
+            ["docker", "history", "--no-trunc", "--format", "{{.CreatedBy}}", image]
+        ).stdout
+        found[f"docker image inspect {image}"] = run(["docker", "image", "inspect", image]).stdout
+    logs = stack.compose("logs", "--no-color", "--timestamps", check=False, timeout=600)
+    found[f"docker compose logs of {stack.project}"] = logs.stdout + logs.stderr
+    return found
+
+
+def test_no_secret_in_a_container_definition_an_image_or_a_log(e2e):
+    """No secret of either instance (PostgreSQL, fernet, JWT, API, admin, Redis, Flower, the
+    AWS secret key) is in what the Docker engine shows: container definitions, image history
+    and settings, and the whole logs of every service after all the steps above."""
+    _needs(e2e, "b")
+    searched, leaks = set(), []
+    for stack in e2e["stacks"]:
+        secrets = _secret_values(stack.dest)
+        searched |= set(secrets)
+        for where, text in _haystacks(stack).items():
+            leaks += [
+                f"{name} of {stack.project} in {where}" for name, v in secrets.items() if v in text
+            ]
+    assert not leaks, leaks
+    assert {
+        "postgres_password",
+        "airflow_fernet_key",
+        "airflow_jwt_secret",
+        "airflow_admin_password",
+        "redis_password",
+        "flower_password",
+        "aws [default] aws_secret_access_key",
+    } <= searched, searched
 
 
 def test_rollback_to_the_previous_image(e2e):
