@@ -10,7 +10,8 @@
 #                         by uv (repeatable; requirement lines only, no pip options); a conflict,
 #                         direct or through dependencies, stops the build naming the files
 #   --config-dir DIR      a config folder to put in the image at CONFIG_ROOT (e.g. the audit
-#                         tool's settings folder; never your whole ~/.config)
+#                         tool's settings folder; never your whole ~/.config); refused when it
+#                         holds credentials (key files, passwords, tokens, AWS keys)
 #   --base-image IMAGE    BASE_IMAGE (default python:3.11-slim-bookworm)
 #   --image NAME          image name (default bdrc-airflow:latest)
 #   --prepare-only        fill the build folder, do not run the build
@@ -67,11 +68,26 @@ for req in "${extra_reqs[@]}"; do
     [ -f "$req" ] || die "--requirements $req does not exist"
     reject_pip_options "$req"
 done
+# refuse_credentials DIR: the folder goes into the image, which anyone who can run it reads:
+# no key or credentials file by its name, no secret by its content (named by file and line, the
+# value never printed).
+refuse_credentials() {
+    local dir=$1 hit
+    hit=$(find "$dir" \( -iname credentials -o -iname '*.pem' -o -iname '*.key' -o -iname '*.p12' \
+        -o -iname '*.pfx' -o -name 'id_rsa*' -o -name 'id_ecdsa*' -o -name 'id_ed25519*' \
+        -o -name .netrc -o -name .pgpass \) -print -quit)
+    [ -z "$hit" ] || die "--config-dir: $hit is a credentials or key file by its name; keep it out of the image (remove it from $dir) and give it to the stack as a secret (docs/operations.md)"
+    hit=$(grep -rInIE -m1 "$credential_pattern" "$dir" | head -1 | cut -d: -f1,2) || true
+    [ -z "$hit" ] || die "--config-dir: $hit holds a secret (a key, a password or a token); keep it out of the image (remove it from $dir) and give it to the stack as a secret (docs/operations.md)"
+}
+credential_pattern='aws_secret_access_key|aws_session_token|-----BEGIN [A-Z ]*PRIVATE KEY-----|(^|[^[:alpha:]])(A3T[A-Z0-9]|AKIA|ASIA)[A-Z0-9]{16}([^[:alnum:]]|$)|(^|[^[:alpha:]])(password|passwd|secret|token|api_?key)[[:space:]]*[=:][[:space:]]*[^[:space:]]'
+
 if [ -n "$config_dir" ]; then
     [ -d "$config_dir" ] || die "--config-dir $config_dir is not a folder"
     case "$(cd "$config_dir" && pwd)" in
         "$HOME/.config"|"$HOME") die "--config-dir: give the one tool's folder, not $config_dir" ;;
     esac
+    refuse_credentials "$config_dir"
 fi
 
 compose() {

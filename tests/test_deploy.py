@@ -550,6 +550,36 @@ def test_garbage_is_refused_naming_the_file(tmp_path):
     assert not (tmp_path / "build" / "requirements.txt").exists()
 
 
+@pytest.mark.integration
+@pytest.mark.parametrize(
+    ("name", "content", "said"),
+    [
+        ("tool/conf.ini", "[default]\naws_secret_access_key = abc\n", "conf.ini:2 holds a secret"),
+        ("db.properties", "user=a\ndb_password = hunter2\n", "db.properties:2 holds a secret"),
+        ("keys.yml", "id: AKIAIOSFODNN7EXAMPLE\n", "keys.yml:1 holds a secret"),
+        ("client.yml", "api_key: 0123abcd\n", "client.yml:1 holds a secret"),
+        ("deploy", "-----BEGIN OPENSSH PRIVATE KEY-----\nb3Bl\n", "deploy:1 holds a secret"),
+        ("tls/server.PEM", "anything", "server.PEM is a credentials or key file"),
+        (".aws/credentials", "[default]\n", "credentials is a credentials or key file"),
+    ],
+)
+def test_a_config_dir_holding_credentials_never_enters_the_image(tmp_path, name, content, said):
+    """The folder is refused before anything is built, naming the file and line, never the
+    value; a folder of plain settings beside passes that check (its build is the test below)."""
+    config = tmp_path / "audit-config"
+    (config / name).parent.mkdir(parents=True, exist_ok=True)
+    (config / name).write_text(content)
+    (config / "audit.properties").write_text("db=archive\ntoken_url = \n")
+    build = tmp_path / "build"
+    result = build_script("--build-dir", build, "--config-dir", config, "--prepare-only")
+    assert result.returncode == 1, result.stdout + result.stderr
+    [line] = result.stderr.strip().splitlines()
+    assert said in line and "keep it out of the image" in line, line
+    for secret in ("abc", "hunter2", "AKIAIOSFODNN7EXAMPLE", "0123abcd", "b3Bl"):
+        assert secret not in line.split(str(config))[-1]
+    assert not build.exists(), "refused before the build folder is made"
+
+
 # The image's wheelhouse is built (pip wheel of every locked package, ~1 min): the
 # docker tier, with the image builds it feeds.
 @pytest.mark.docker
