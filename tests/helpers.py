@@ -113,10 +113,10 @@ def fail_range(monkeypatch, index: int) -> None:
 
     real_fetch = ranged_download._fetch_range
 
-    def failing(s3, plan, fd, number, stop):
+    def failing(s3, plan, fd, number, stop, progress):
         if number == index:
             raise DownloadError("connection reset (injected)")
-        return real_fetch(s3, plan, fd, number, stop)
+        return real_fetch(s3, plan, fd, number, stop, progress)
 
     monkeypatch.setattr(ranged_download, "_fetch_range", failing)
 

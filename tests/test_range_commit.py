@@ -80,7 +80,7 @@ def test_an_interrupted_download_stops_its_ranges_at_once(tmp_path, monkeypatch)
 
     fetched: list[int] = []
 
-    def slow_range(s3, plan, fd, index, stop):
+    def slow_range(s3, plan, fd, index, stop, progress):
         for _ in range(20):
             if stop.is_set():
                 raise ranged_download._Stopped()

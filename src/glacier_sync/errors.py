@@ -95,6 +95,11 @@ class SyncTimeout(TransientError):
     """The sync script ran past ``sync_timeout_seconds`` (a slow archive volume, say)."""
 
 
+class Stalled(TransientError):
+    """A phase made no progress for ``stall_minutes`` (a hung mount or link): stopped, its
+    claim given up, and tried again on the next run."""
+
+
 class AttemptsExhausted(GlacierSyncError):
     """The work failed ``max_attempts`` times; only an operator's retry brings it back."""
 

@@ -24,6 +24,7 @@ from glacier_sync.errors import (
     is_transient,
 )
 from glacier_sync.metrics import metrics_for
+from glacier_sync.progress_watch import ProgressWatch, no_watch
 from glacier_sync.records.claimants import local_run_id
 from glacier_sync.records.lease import Heartbeat
 from glacier_sync.records.models import Progress
@@ -88,6 +89,9 @@ class PhaseRunner:
         self.clients = clients or aws.ProfileClients(settings)
         self.run_id = run_id or local_run_id()
         self.metrics = metrics_for(settings)
+        # The running phase's watch: its action ticks it as bytes or files move (phases of one
+        # runner run one at a time).
+        self.watch = no_watch()
 
     @property
     def lease(self) -> timedelta:
@@ -144,9 +148,11 @@ class PhaseRunner:
             log.info("work %s (row %s): already synced; %s skipped", row.work_id, progress_id, name)
             return row
         started = time.monotonic()
+        stall_limit = self.settings.stall_minutes * 60 or None
+        self.watch = ProgressWatch(f"work {row.work_id}: the {name}", stall_limit)
         try:
             check_shared_roots(self.settings)  # this worker sees the instance's folders
-            with Heartbeat(self.store, progress_id, self.run_id, self.lease) as beat:
+            with Heartbeat(self.store, progress_id, self.run_id, self.lease, self.watch) as beat:
                 result = action(row)
             if beat.lost:
                 raise lost_claim(row, f"during {name}")

@@ -102,6 +102,7 @@ class Settings(BaseSettings):
     sync_move_work: bool = True
     sync_db_config: Path | None = None
     sync_timeout_seconds: int = Field(default=6 * 3600, ge=1)
+    stall_minutes: float = Field(default=30, ge=0)
     keep_zip_after_sync: bool = False
     max_messages_per_run: int = Field(default=10, ge=1, le=1000)
     sqs_wait_seconds: int = Field(default=20, ge=0, le=20)

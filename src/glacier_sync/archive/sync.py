@@ -9,11 +9,14 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 
+from glacier_sync.archive import process_tree
 from glacier_sync.errors import DiskFull, SyncError, SyncTimeout
+from glacier_sync.progress_watch import ProgressWatch, no_watch
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +82,7 @@ def sync_work(
     timeout: int = 6 * 3600,
     now: datetime | None = None,
     move_work: bool = False,
+    watch: ProgressWatch | None = None,
 ) -> SyncResult:
     """Run ``bash command [-A] -a archive_parent -s success_list work_path``.
 
@@ -89,6 +93,10 @@ def sync_work(
     it may rename the work folder into the archive instead of copying it, which the default
     script does when both are on one file system; a script that ignores it copies. After a
     failed sync the work folder is where it was (the default script puts it back).
+
+    The script's progress is the bytes its processes read and write: ``watch`` is ticked while
+    they move and stops the script when it stalls (``Stalled``). Stopped, timed out or
+    interrupted, the script and every process it started are killed.
     """
     work_id = work_path.name
     if not command.is_file():
@@ -116,23 +124,22 @@ def sync_work(
         out.write(f"=== {now.isoformat()} {' '.join(argv)}\n")
         out.flush()
         start = out.tell()
+        proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+            preexec_fn=_die_with_parent,
+        )
         try:
-            proc = subprocess.run(
-                argv,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                env=env,
-                timeout=timeout,
-                check=False,
-                preexec_fn=_die_with_parent,
-            )
+            returncode = _wait_while_moving(proc, timeout, watch or no_watch())
         except subprocess.TimeoutExpired as exc:
             raise SyncTimeout(
                 f"work {work_id}: sync timed out after {timeout} s; see {log_file}"
             ) from exc
-        out.write(f"=== exit status {proc.returncode}\n")
-    if proc.returncode != 0:
+        out.write(f"=== exit status {returncode}\n")
+    if returncode != 0:
         output = _read_from(log_file, start)
         if "No space left on device" in output or "Disk quota exceeded" in output:
             raise DiskFull(
@@ -140,7 +147,7 @@ def sync_work(
                 f"there, the sync is tried again on the next run. Log: {log_file}"
             )
         raise SyncError(
-            f"work {work_id}: sync command exited with status {proc.returncode}; "
+            f"work {work_id}: sync command exited with status {returncode}; "
             f"{_work_folder_note(work_path)}. Log: {log_file}{_tail(log_file)}"
         )
     listed = success_list.read_text(encoding="utf-8").split() if success_list.exists() else []
@@ -177,6 +184,34 @@ def _load_prctl():
 
 
 _PRCTL = _load_prctl()  # resolved before any fork: the child only calls it
+
+
+POLL_SECONDS = 1.0
+
+
+def _wait_while_moving(proc: subprocess.Popen, timeout: float, watch: ProgressWatch) -> int:
+    """The script's exit status. Every ``POLL_SECONDS`` the watch is ticked when the script's
+    processes moved bytes (else only asked whether the phase was stopped: ``Stalled``); past
+    ``timeout`` seconds, ``TimeoutExpired``. Whatever ends the wait early kills the tree."""
+    deadline = time.monotonic() + timeout
+    before: dict[int, int | None] = {}
+    try:
+        while True:
+            try:
+                return proc.wait(timeout=min(POLL_SECONDS, max(0.0, deadline - time.monotonic())))
+            except subprocess.TimeoutExpired:
+                if time.monotonic() >= deadline:
+                    raise
+            now = process_tree.io_counts(process_tree.tree(proc.pid))
+            if process_tree.moved(before, now):
+                watch.tick()
+            else:
+                watch.check()
+            before = now
+    except BaseException:
+        process_tree.kill_tree(proc.pid)
+        proc.wait()
+        raise
 
 
 def _die_with_parent() -> None:

@@ -78,6 +78,7 @@ class SyncPhase(DebagPhase):
                 db_config=self.settings.sync_db_config,
                 timeout=self.settings.sync_timeout_seconds,
                 move_work=self.settings.sync_move_work,
+                watch=self.watch,
             )
         except Exception as exc:
             if not parent.is_dir():  # another work's failed sync removed its empty folder

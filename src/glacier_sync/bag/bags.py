@@ -91,9 +91,14 @@ class _InlineHasher:
 
 
 def _extract_hashing(
-    zf: zipfile.ZipFile, info: zipfile.ZipInfo, dest: Path, algorithms: tuple[str, ...]
+    zf: zipfile.ZipFile,
+    info: zipfile.ZipInfo,
+    dest: Path,
+    algorithms: tuple[str, ...],
+    progress: Callable[[], None] = lambda: None,
 ) -> tuple[int, dict[str, str]]:
-    """Copy one member to ``dest`` and hash it in the same pass; zipfile checks the CRC."""
+    """Copy one member to ``dest`` and hash it in the same pass; zipfile checks the CRC;
+    ``progress`` is called after every chunk written (it may raise to stop the debag)."""
     big = info.file_size >= THREADED_HASH_MIN_SIZE and len(algorithms) > 0
     hasher = _ParallelHasher(algorithms) if big else _InlineHasher(algorithms)
     written = 0
@@ -103,6 +108,7 @@ def _extract_hashing(
                 hasher.update(chunk)
                 out.write(chunk)
                 written += len(chunk)
+                progress()
     finally:
         digests = hasher.digests()
     return written, digests
@@ -156,7 +162,9 @@ def _check_tags(bag, tag_dir: Path) -> list[str]:
     return problems
 
 
-def _extract_payload(zf, payload, root, bag, dest: Path) -> tuple[list[str], int]:
+def _extract_payload(
+    zf, payload, root, bag, dest: Path, progress: Callable[[], None]
+) -> tuple[list[str], int]:
     """Extract and hash the payload; return (problems, bytes written)."""
     expected = {nfc(p): h for p, h in bag.payload_entries().items()}
     members = {nfc(i.filename[len(root) :]): i for i in payload}
@@ -178,7 +186,7 @@ def _extract_payload(zf, payload, root, bag, dest: Path) -> tuple[list[str], int
             made.add(target.parent)
         hashes = expected[path]
         try:
-            size, digests = _extract_hashing(zf, info, target, tuple(hashes))
+            size, digests = _extract_hashing(zf, info, target, tuple(hashes), progress)
         except OSError as exc:
             if is_disk_full(exc):
                 raise DiskFull(
@@ -228,12 +236,14 @@ def debag(
     work_id: str,
     free_space_margin: int = 0,
     before_place: Callable[[], None] | None = None,
+    progress: Callable[[], None] = lambda: None,
 ) -> DebagResult:
     """Validate ``zip_path`` and extract it to ``<work_root>/<work_id>``; raise BagError if bad.
 
     ``before_place`` is called (and may raise) just before the validated folder replaces the
     work folder. The staging folder is this call's own (``.debag-<work>.<nonce>``); staging of
-    earlier, killed tries of the work is removed first.
+    earlier, killed tries of the work is removed first. ``progress`` is called as the payload
+    is written (it may raise ``Stalled`` to stop the debag; nothing is then kept).
     """
     zip_path, work_root = Path(zip_path), Path(work_root)
     if not zip_path.is_file():
@@ -275,7 +285,9 @@ def debag(
                     ) from exc
             bag = _load_bag(tag_dir, zip_path.name)
             problems = _check_tags(bag, tag_dir)
-            extract_problems, total = _extract_payload(zf, payload, root, bag, payload_dir)
+            extract_problems, total = _extract_payload(
+                zf, payload, root, bag, payload_dir, progress
+            )
             problems += extract_problems
             if not extract_problems and oxum and (total, len(payload)) != oxum:
                 problems.append(

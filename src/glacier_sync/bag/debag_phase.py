@@ -48,6 +48,7 @@ class DebagPhase(PhaseRunner):
                 row.work_id,
                 self.settings.free_space_margin_mb * 1024 * 1024,
                 before_place=lambda: self._still_mine(row, "placing the work folder"),
+                progress=self.watch.tick,
             )
         except DiskFull as exc:
             raise DiskFull(f"work {row.work_id}: {exc}") from exc

@@ -60,6 +60,7 @@ class DownloadPhase(PhaseRunner):
                 row.version_id,
                 room=lambda still_to_fetch, size: self._require_room(row, still_to_fetch, size),
                 report=(report := {}),
+                progress=self.watch.tick,
             )
             # The whole-object check used ("none": unchecked, the bag's manifests decide).
             details = {"path": str(target), "skipped": None if fetched else "complete", **report}

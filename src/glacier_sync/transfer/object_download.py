@@ -76,6 +76,7 @@ def download_object(
     version_id: str | None = None,
     room: Callable[[int, int], None] | None = None,
     report: dict[str, Any] | None = None,
+    progress: Callable[[], None] = lambda: None,
 ) -> bool:
     """Download ``s3://bucket/key`` to ``target``; return False when already complete there.
 
@@ -89,7 +90,8 @@ def download_object(
     ``report`` receives the whole-object check that passed (``check``: ``crc64nvme``,
     ``composite-crc32``, ``etag-parts``, ``etag-md5``, ... as ``download_plan`` lists them, or
     ``none``: unchecked, the bag manifests then being the only check) and the bytes ``reused``
-    from an earlier try and ``fetched`` now.
+    from an earlier try and ``fetched`` now. ``progress`` is called as bytes arrive (it may
+    raise ``Stalled`` to stop the download).
     """
     from botocore.exceptions import ClientError
 
@@ -133,7 +135,7 @@ def download_object(
             _require_room(target.parent, still_to_fetch, work_id, bucket, key)
         else:
             room(still_to_fetch, size)
-        fetched = ranged_download.fetch_ranges(s3, plan, partial, concurrency, work_id)
+        fetched = ranged_download.fetch_ranges(s3, plan, partial, concurrency, work_id, progress)
         if report is not None:
             report.update(check=fetched.check, reused=fetched.reused, fetched=fetched.fetched)
         if fetched.reused:

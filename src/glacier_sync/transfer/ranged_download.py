@@ -62,10 +62,16 @@ class _Stopped(Exception):
 
 
 def fetch_ranges(
-    s3: Any, plan: RangePlan, partial: Path, concurrency: int, work_id: str
+    s3: Any,
+    plan: RangePlan,
+    partial: Path,
+    concurrency: int,
+    work_id: str,
+    progress: Callable[[], None] = lambda: None,
 ) -> Fetched:
     """Make ``partial`` a verified copy of the planned object (or of the plan its journal was
-    started with, when that one checks the same object version another valid way)."""
+    started with, when that one checks the same object version another valid way).
+    ``progress`` is called after every buffer written (it may raise to stop the download)."""
     journal_file = journal_path(partial)
     digests = None
     if partial.is_file():
@@ -88,7 +94,7 @@ def fetch_ranges(
         journal_file.unlink(missing_ok=True)
     good: dict[int, str] = {}
     try:
-        return _fetch_into(s3, plan, partial, concurrency, work_id, digests, good)
+        return _fetch_into(s3, plan, partial, concurrency, work_id, digests, good, progress)
     except BaseException:
         if not good and not digests:  # nothing verified nor journaled: nothing worth keeping
             discard(partial)
@@ -105,6 +111,7 @@ def _fetch_into(
     work_id: str,
     digests: dict[int, str] | None,
     good: dict[int, str],
+    progress: Callable[[], None],
 ) -> Fetched:
     journal_file = journal_path(partial)
     fd = os.open(partial, os.O_RDWR | os.O_CREAT, 0o644)
@@ -135,7 +142,7 @@ def _fetch_into(
                         behind.add(index)
                 faults.checkpoint("download:range")
 
-            _fetch_missing(s3, plan, fd, missing, concurrency, journal, durable)
+            _fetch_missing(s3, plan, fd, missing, concurrency, journal, durable, progress)
         except BaseException:
             for behind in (in_order, parts):  # the failure surfaces now, not after a pass
                 if behind:
@@ -240,6 +247,7 @@ def _fetch_missing(
     concurrency: int,
     journal: RangeJournal,
     durable: Callable[[int, str], None],
+    progress: Callable[[], None],
 ) -> None:
     """Fetch every missing range, each made durable and journaled by one committer in batches;
     on the first failure stop the others, journal what was verified, and raise it."""
@@ -249,7 +257,7 @@ def _fetch_missing(
     committer = RangeCommitter(fd, journal, durable, stop)
 
     def one(index: int) -> None:
-        committer.add(index, _fetch_range(s3, plan, fd, index, stop))
+        committer.add(index, _fetch_range(s3, plan, fd, index, stop, progress))
 
     try:
         with ThreadPoolExecutor(max(1, concurrency)) as pool:
@@ -280,7 +288,14 @@ def _fetch_missing(
     committer.close()
 
 
-def _fetch_range(s3: Any, plan: RangePlan, fd: int, index: int, stop: threading.Event) -> str:
+def _fetch_range(
+    s3: Any,
+    plan: RangePlan,
+    fd: int,
+    index: int,
+    stop: threading.Event,
+    progress: Callable[[], None],
+) -> str:
     """Fetch range ``index`` into place and return its digest. A reset, a timeout, a short
     body, a 5xx or a SlowDown is retried with backoff from the byte it stopped at (the hash
     carries on), without stopping the other ranges; ``RANGE_ATTEMPTS`` failures in a row that
@@ -296,7 +311,7 @@ def _fetch_range(s3: Any, plan: RangePlan, fd: int, index: int, stop: threading.
         before = cursor[0]
         requests += 1
         try:
-            _stream(s3, plan, fd, cursor, end, hasher, stop)
+            _stream(s3, plan, fd, cursor, end, hasher, stop, progress)
         except Exception as exc:
             failures = 1 if cursor[0] > before else failures + 1
             if not _worth_retrying(exc):
@@ -382,6 +397,7 @@ def _stream(
     end: int,
     hasher: Any,
     stop: threading.Event,
+    progress: Callable[[], None],
 ) -> None:
     """One GET of bytes ``cursor[0]`` to ``end`` written in place and hashed; ``cursor[0]``
     follows every buffer written, so a failure leaves it where the next request starts."""
@@ -411,6 +427,7 @@ def _stream(
                 written += os.pwrite(fd, view[written:count], cursor[0] + written)
             hasher.update(view[:count])
             cursor[0] += count
+            progress()
             faults.checkpoint("download:chunk")
     finally:
         body.close()
