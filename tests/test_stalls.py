@@ -37,11 +37,11 @@ def _quick(settings, **changes):
 
 
 def _alive(marker: str) -> list[int]:
-    """Processes whose command line holds ``marker``."""
+    """Processes whose command line starts with ``marker`` (a zombie's is empty)."""
     found = []
     for entry in Path("/proc").glob("[0-9]*"):
         try:
-            if marker in (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode():
+            if (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode().startswith(marker):
                 found.append(int(entry.name))
         except OSError:
             continue
@@ -155,14 +155,17 @@ def test_a_watch_stops_only_after_its_limit_without_a_tick():
 
 def test_kill_tree_reaches_what_the_script_started():
     script = subprocess.Popen(["bash", "-c", "sleep 302.25 & (sleep 302.5 & wait) & wait"])
-    deadline = time.monotonic() + 10
-    while len(_alive("sleep 302.")) < 2:
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
-    assert len(process_tree.tree(script.pid)) >= 4  # bash, a subshell, two sleeps
-    process_tree.kill_tree(script.pid)
+    try:
+        deadline = time.monotonic() + 10
+        while len(process_tree.tree(script.pid)) < 4:  # bash, a subshell, two sleeps
+            assert time.monotonic() < deadline, process_tree.tree(script.pid)
+            time.sleep(0.05)
+        sleeps = [p for p in process_tree.tree(script.pid) if p in _alive("sleep 302.")]
+        assert len(sleeps) == 2
+    finally:
+        process_tree.kill_tree(script.pid)
     script.wait(10)
     deadline = time.monotonic() + 10
-    while _alive("sleep 302."):
+    while [p for p in sleeps if p in _alive("sleep 302.")]:
         assert time.monotonic() < deadline, _alive("sleep 302.")
         time.sleep(0.05)
