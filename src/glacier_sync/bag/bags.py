@@ -121,7 +121,7 @@ def _load_bag(tag_dir: Path, zip_name: str):
         """bagit's Bag without its per-path realpath() danger test (1.6 s per 20,000 files).
 
         Safe here: a payload file is only ever written to a path taken from a zip member that
-        _precheck vetted (not absolute, no '..', no link); a manifest path that is not such a
+        vet_members vetted (not absolute, no '..', no link); a manifest path that is not such a
         member is reported as missing and nothing is written for it.
         """
 
