@@ -353,6 +353,7 @@ def signed_in_browser(services, name: str):
             )
         pytest.skip("Debian's chromium and chromium-driver are not installed")
     from selenium import webdriver
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as ec
@@ -377,7 +378,8 @@ def signed_in_browser(services, name: str):
     browser = webdriver.Chrome(service=Service(executable_path=driver_path), options=options)
     ARTIFACTS.mkdir(exist_ok=True)
     try:
-        wait = WebDriverWait(browser, 60)
+        # A React page re-renders under the test: an element found may be stale a moment later.
+        wait = WebDriverWait(browser, 60, ignored_exceptions=(StaleElementReferenceException,))
         browser.get(services["api"].base_url + "/")
         wait.until(ec.presence_of_element_located((By.NAME, "username")))
         browser.find_element(By.NAME, "username").send_keys("tester")
@@ -439,6 +441,22 @@ def test_browser_login_and_finished_run(services):
         assert "Success" in row, row
 
 
+def _click_button(browser, css: str, text: str, last: bool = False) -> bool:
+    """Click the first (or ``last``) element matching ``css`` that reads ``text``; False while
+    there is none, or while the page re-renders it under our feet (a stale element)."""
+    from selenium.common.exceptions import StaleElementReferenceException
+    from selenium.webdriver.common.by import By
+
+    try:
+        found = [e for e in browser.find_elements(By.CSS_SELECTOR, css) if e.text.strip() == text]
+        if not found:
+            return False
+        found[-1 if last else 0].click()
+        return True
+    except StaleElementReferenceException:
+        return False
+
+
 def test_browser_restore_from_request_to_archive(services):
     """docs/operations.md, "A restore from request to archive", done in the UI: the trigger
     form of restore_request_dag asks for the restore; when it completes, the restore run
@@ -454,23 +472,11 @@ def test_browser_restore_from_request_to_archive(services):
     before = {r["dag_run_id"] for r in api.runs("restore_request_dag")}
     with signed_in_browser(services, "request-restore") as (browser, wait):
         browser.get(f"{base}/dags/restore_request_dag")
-        trigger = wait.until(
-            lambda b: next(
-                (e for e in b.find_elements(By.TAG_NAME, "button") if e.text.strip() == "Trigger"),
-                False,
-            )
-        )
-        trigger.click()
+        wait.until(lambda b: _click_button(b, "button", "Trigger"))
         works = wait.until(lambda b: b.find_elements(By.CSS_SELECTOR, "textarea") or False)[0]
         works.send_keys(key)
         browser.save_screenshot(str(ARTIFACTS / "restore_request_dag-form.png"))
-        submit = [
-            e
-            for e in browser.find_elements(By.CSS_SELECTOR, "[role=dialog] button")
-            if e.text.strip() == "Trigger"
-        ]
-        assert submit, "the form's Trigger button"
-        submit[-1].click()
+        wait.until(lambda b: _click_button(b, "[role=dialog] button", "Trigger", last=True))
         deadline = time.monotonic() + 60
         while not ({r["dag_run_id"] for r in api.runs("restore_request_dag")} - before):
             assert time.monotonic() < deadline, "the form started no run"
