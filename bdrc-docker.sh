@@ -68,6 +68,11 @@ for req in "${extra_reqs[@]}"; do
     [ -f "$req" ] || die "--requirements $req does not exist"
     reject_pip_options "$req"
 done
+
+# A secret in a config file: AWS keys and tokens, a private key block, a password, secret, token
+# or API key with a value (extended grep).
+credential_pattern='aws_secret_access_key|aws_session_token|-----BEGIN [A-Z ]*PRIVATE KEY-----|(^|[^[:alpha:]])(A3T[A-Z0-9]|AKIA|ASIA)[A-Z0-9]{16}([^[:alnum:]]|$)|(^|[^[:alpha:]])(password|passwd|secret|token|api_?key)[[:space:]]*[=:][[:space:]]*[^[:space:]]'
+
 # refuse_credentials DIR: the folder goes into the image, which anyone who can run it reads:
 # no key or credentials file by its name, no secret by its content (named by file and line, the
 # value never printed).
@@ -77,10 +82,9 @@ refuse_credentials() {
         -o -iname '*.pfx' -o -name 'id_rsa*' -o -name 'id_ecdsa*' -o -name 'id_ed25519*' \
         -o -name .netrc -o -name .pgpass \) -print -quit)
     [ -z "$hit" ] || die "--config-dir: $hit is a credentials or key file by its name; keep it out of the image (remove it from $dir) and give it to the stack as a secret (docs/operations.md)"
-    hit=$(grep -rInIE -m1 "$credential_pattern" "$dir" | head -1 | cut -d: -f1,2) || true
+    hit=$(grep -rnIE -m1 "$credential_pattern" "$dir" | head -1 | cut -d: -f1,2) || true
     [ -z "$hit" ] || die "--config-dir: $hit holds a secret (a key, a password or a token); keep it out of the image (remove it from $dir) and give it to the stack as a secret (docs/operations.md)"
 }
-credential_pattern='aws_secret_access_key|aws_session_token|-----BEGIN [A-Z ]*PRIVATE KEY-----|(^|[^[:alpha:]])(A3T[A-Z0-9]|AKIA|ASIA)[A-Z0-9]{16}([^[:alnum:]]|$)|(^|[^[:alpha:]])(password|passwd|secret|token|api_?key)[[:space:]]*[=:][[:space:]]*[^[:space:]]'
 
 if [ -n "$config_dir" ]; then
     [ -d "$config_dir" ] || die "--config-dir $config_dir is not a folder"

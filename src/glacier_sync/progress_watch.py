@@ -39,10 +39,10 @@ class ProgressWatch:
 
     def stalled(self) -> bool:
         """Whether the phase has gone ``limit`` seconds without progress; if so, stop it."""
-        if self.limit is None or self.stopped.is_set():
-            return self.stopped.is_set()
+        if self.stopped.is_set():
+            return True
         idle = self.idle_seconds()
-        if idle < self.limit:
+        if self.limit is None or idle < self.limit:
             return False
         self.reason = (
             f"{self.what} made no progress for {idle:.0f} s (stall_minutes = "

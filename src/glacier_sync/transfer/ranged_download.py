@@ -35,12 +35,7 @@ from glacier_sync.transfer.range_journal import (
     journaled_plan,
     read_journal,
 )
-from glacier_sync.transfer.whole_object import (
-    check_whole,
-    hash_span,
-    in_order_algorithm,
-    parts_on_disk,
-)
+from glacier_sync.transfer.whole_object import check_whole, hash_span, parts_on_disk
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +122,7 @@ def _fetch_into(
             )
         reused = set(good)
         journal = RangeJournal(journal_file, plan, fresh=digests is None)
-        algorithm = in_order_algorithm(plan)
+        algorithm = plan.check.in_order_algorithm
         in_order = InOrderHash(fd, plan, set(good), algorithm) if algorithm else None
         parts = (
             PartHashes(fd, plan, set(good), concurrency) if plan.parts_hashed_from_disk else None

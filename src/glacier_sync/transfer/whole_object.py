@@ -53,11 +53,6 @@ class RepeatedMismatch(WholeObjectMismatch, PermanentError):
     the expectation is wrong (or the object itself), not the transfer. Held for an operator."""
 
 
-def in_order_algorithm(plan: RangePlan) -> str | None:
-    """The hash of the whole file that ``plan``'s check needs in byte order, if any."""
-    return plan.check.in_order_algorithm
-
-
 def check_whole(
     plan: RangePlan,
     digests: list[str],
