@@ -336,3 +336,133 @@ def test_manifest_naming_one_path_in_two_unicode_forms_is_refused(tmp_path, monk
     assert problem.startswith("manifest-sha512.txt: data/caf\u00e9.txt: stored under 2 names")
     assert ascii("data/caf\u00e9.txt") in problem and ascii("data/cafe\u0301.txt") in problem
     assert writes == []
+
+
+# -- payload manifests read into one table -------------------------------------------------
+
+
+def _with_manifest_edit(tmp_path: Path, edit, checksums=("sha512",)) -> Path:
+    """The default bag with its payload manifests changed by ``edit(bag_dir)``, tag manifests
+    dropped (so that only the payload manifests are in question), zipped."""
+    bag_dir = make_bag_dir(tmp_path, "W1TEST", checksums=checksums)
+    edit(bag_dir)
+    for tagmanifest in bag_dir.glob("tagmanifest-*.txt"):
+        tagmanifest.unlink()
+    return zip_dir(bag_dir, tmp_path / "W1TEST.bag.zip")
+
+
+def _append(name: str, text: str):
+    def edit(bag_dir: Path) -> None:
+        manifest = bag_dir / name
+        manifest.write_text(manifest.read_text() + text)
+
+    return edit
+
+
+def _drop_line(name: str, ending: str):
+    def edit(bag_dir: Path) -> None:
+        manifest = bag_dir / name
+        lines = manifest.read_text().splitlines(keepends=True)
+        manifest.write_text("".join(ln for ln in lines if not ln.rstrip().endswith(ending)))
+
+    return edit
+
+
+NOTES = "data/archive/notes.txt"
+BOTH = "manifest-sha512.txt, manifest-md5.txt"
+
+
+@pytest.mark.parametrize(
+    ("edit", "checksums", "expected"),
+    [
+        pytest.param(
+            _append("manifest-sha512.txt", "not-a-line\n"),
+            ("sha512",),
+            "manifest-sha512.txt line 5: not '<digest>  <path>': 'not-a-line'",
+            id="a line without a path",
+        ),
+        pytest.param(
+            _append("manifest-sha512.txt", "abcd  data/short.txt\n"),
+            ("sha512",),
+            "manifest-sha512.txt line 5: 'abcd' is not a sha512 digest",
+            id="a digest of the wrong length",
+        ),
+        pytest.param(
+            _drop_line("manifest-md5.txt", NOTES),
+            ("sha512", "md5"),
+            f"{NOTES}: not listed in every payload manifest ({BOTH})",
+            id="a file missing from one of two manifests",
+        ),
+        pytest.param(
+            _drop_line("manifest-sha512.txt", NOTES),
+            ("sha512", "md5"),
+            f"{NOTES}: not listed in every payload manifest ({BOTH})",
+            id="a file missing from the first of two manifests",
+        ),
+        pytest.param(
+            _append("manifest-sha512.txt", "0" * 128 + "  bagit.txt\n"),
+            ("sha512",),
+            "bagit.txt: manifest-sha512.txt names a file outside data/",
+            id="a tag file in the payload manifest",
+        ),
+    ],
+)
+def test_a_payload_manifest_line_that_cannot_be_taken_is_refused(
+    tmp_path, monkeypatch, edit, checksums, expected
+):
+    """bagit logged such lines and went on; here each is named and nothing is written."""
+    writes = []
+    monkeypatch.setattr(bags, "_extract_hashing", lambda *a, **k: writes.append(a))
+    zip_path = _with_manifest_edit(tmp_path, edit, checksums)
+    error = _refused(zip_path, tmp_path / "work", "cannot be taken", "nothing was extracted")
+    assert error.problems == [expected]
+    assert writes == []
+
+
+def test_a_path_listed_twice_in_one_manifest_is_refused(tmp_path):
+    line = next(
+        ln
+        for ln in (make_bag_dir(tmp_path, "W0") / "manifest-sha512.txt").read_text().splitlines()
+        if ln.endswith(NOTES)
+    )
+    zip_path = _with_manifest_edit(tmp_path, _append("manifest-sha512.txt", line + "\n"))
+    error = _refused(zip_path, tmp_path / "work", "names one path twice")
+    assert error.problems == [f"manifest-sha512.txt: {NOTES}: listed twice"]
+
+
+def test_a_manifest_of_an_unknown_algorithm_is_refused(tmp_path):
+    """bagit skipped a manifest-<alg>.txt of an algorithm it does not know, unread."""
+
+    def add_blake3(bag_dir: Path) -> None:
+        (bag_dir / "manifest-blake3.txt").write_text("0" * 64 + f"  {NOTES}\n")
+
+    zip_path = _with_manifest_edit(tmp_path, add_blake3)
+    _refused(zip_path, tmp_path / "work", "unsupported manifest algorithm(s) ['blake3']")
+
+
+def test_manifest_with_a_bom_upper_case_digests_and_comments_is_taken(tmp_path):
+    def reformat(bag_dir: Path) -> None:
+        manifest = bag_dir / "manifest-sha512.txt"
+        lines = manifest.read_text().splitlines()
+        upper = [f"{ln[:128].upper()} {ln[128:]}" for ln in lines]
+        manifest.write_text("\ufeff# made by hand\n\n" + "\n".join(upper) + "\n")
+
+    zip_path = _with_manifest_edit(tmp_path, reformat)
+    result = debag(zip_path, tmp_path / "work", "W1TEST")
+    assert result.files == len(DEFAULT_FILES) and result.algorithms == ("sha512",)
+
+
+def test_a_bad_digest_is_still_named_with_both_values(tmp_path):
+    def corrupt(bag_dir: Path) -> None:
+        manifest = bag_dir / "manifest-sha256.txt"
+        lines = manifest.read_text().splitlines()
+        at = next(i for i, ln in enumerate(lines) if ln.endswith(NOTES))
+        lines[at] = "ab" * 32 + lines[at][64:]
+        manifest.write_text("\n".join(lines) + "\n")
+
+    zip_path = _with_manifest_edit(tmp_path, corrupt, ("sha512", "sha256"))
+    error = _refused(zip_path, tmp_path / "work", "the bag is invalid")
+    assert error.problems == [
+        f"{NOTES}: sha256 mismatch (manifest {'ab' * 8}..., file "
+        f"{hashlib.sha256(DEFAULT_FILES['archive/notes.txt']).hexdigest()[:16]}...)"
+    ]

@@ -21,13 +21,13 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from glacier_sync import faults
+from glacier_sync.bag.payload_manifest import SUPPORTED_ALGORITHMS, PayloadManifest, nfc
 from glacier_sync.bag.workspace import debag_stagings
-from glacier_sync.bag.zip_vetting import nfc, read_small, undecodable_name, vet_members
+from glacier_sync.bag.zip_vetting import small_enough, undecodable_name, vet_members
 from glacier_sync.errors import BagError, DiskFull, is_disk_full
 
 log = logging.getLogger(__name__)
 
-SUPPORTED_ALGORITHMS = ("sha512", "sha256", "sha1", "md5")
 CHUNK_SIZE = 256 * 1024
 THREADED_HASH_MIN_SIZE = 4 * 1024 * 1024
 
@@ -93,7 +93,7 @@ class _InlineHasher:
 def _extract_hashing(
     zf: zipfile.ZipFile,
     info: zipfile.ZipInfo,
-    dest: Path,
+    dest: Path | str,
     algorithms: tuple[str, ...],
     progress: Callable[[], None] = lambda: None,
 ) -> tuple[int, dict[str, str]]:
@@ -114,39 +114,45 @@ def _extract_hashing(
     return written, digests
 
 
-def _load_bag(tag_dir: Path, zip_name: str):
+def _load_bag(tag_dir: Path, zip_name: str, manifest: PayloadManifest):
+    """bagit reads the declaration, bag-info.txt and the tag manifests; the payload manifests
+    were read into ``manifest`` while the zip was vetted."""
     import bagit
 
-    class CheckedPathsBag(bagit.Bag):
-        """bagit's Bag without its per-path realpath() danger test (1.6 s per 20,000 files).
+    class TagsOnlyBag(bagit.Bag):
+        """bagit's Bag without the payload manifests (``manifest`` holds them, in a fifth of
+        the memory) and without its per-path realpath() danger test (1.6 s per 20,000 files).
 
         Safe here: a payload file is only ever written to a path taken from a zip member that
         vet_members vetted (not absolute, no '..', no link); a manifest path that is not such a
         member is reported as missing and nothing is written for it.
         """
 
+        def manifest_files(self):
+            return iter(())
+
         def _path_is_dangerous(self, path: str) -> bool:
             return False
 
     try:
-        bag = CheckedPathsBag(str(tag_dir))
+        bag = TagsOnlyBag(str(tag_dir))
     except bagit.BagError as exc:
         raise BagError(f"refused {zip_name}: invalid bag declaration: {exc}") from None
     if list(bag.fetch_entries()):
         raise BagError(f"refused {zip_name}: fetch.txt lists remote files; this tool fetches none")
-    unsupported = [a for a in bag.algorithms if a not in SUPPORTED_ALGORITHMS]
+    unsupported = list(manifest.unsupported)
+    unsupported += [a for a in bag.algorithms if a not in SUPPORTED_ALGORITHMS]
     if unsupported:
         raise BagError(f"refused {zip_name}: unsupported manifest algorithm(s) {unsupported}")
-    if not bag.algorithms:
+    if not manifest.algorithms:
         raise BagError(f"refused {zip_name}: no payload manifest (manifest-<alg>.txt)")
     return bag
 
 
 def _check_tags(bag, tag_dir: Path) -> list[str]:
     problems = []
-    payload = set(bag.payload_entries())
     for path, hashes in bag.entries.items():
-        if path in payload:
+        if path.startswith("data/"):  # a tag manifest listing payload: the manifests check it
             continue
         if PurePosixPath(path).is_absolute() or ".." in PurePosixPath(path).parts:
             problems.append(f"{path}: a manifest names a path outside the bag")
@@ -162,29 +168,41 @@ def _check_tags(bag, tag_dir: Path) -> list[str]:
     return problems
 
 
+def _unlisted(payload, root: str, manifest: PayloadManifest) -> list[str]:
+    """Files missing from the zip or from the manifests; the member names kept in a set only
+    when the counts already disagree."""
+    extra = [
+        f"{path}: in the zip but not in any manifest"
+        for info in payload
+        if (path := nfc(info.filename[len(root) :])) not in manifest.digests
+    ]
+    if not extra and len(payload) == len(manifest.digests):
+        return []
+    members = {nfc(info.filename[len(root) :]) for info in payload}
+    missing = [
+        f"{p}: listed in the manifest but missing from the zip"
+        for p in sorted(manifest.digests.keys() - members)
+    ]
+    return missing + sorted(extra)
+
+
 def _extract_payload(
-    zf, payload, root, bag, dest: Path, progress: Callable[[], None]
+    zf, payload, root, manifest: PayloadManifest, dest: Path, progress: Callable[[], None]
 ) -> tuple[list[str], int]:
     """Extract and hash the payload; return (problems, bytes written)."""
-    expected = {nfc(p): h for p, h in bag.payload_entries().items()}
-    members = {nfc(i.filename[len(root) :]): i for i in payload}
-    problems = [
-        f"{p}: listed in the manifest but missing from the zip"
-        for p in sorted(set(expected) - set(members))
-    ]
-    problems += [
-        f"{p}: in the zip but not in any manifest" for p in sorted(set(members) - set(expected))
-    ]
+    problems = _unlisted(payload, root, manifest)
     if problems:
         return problems, 0
     total = 0
-    made: set[Path] = set()
-    for path, info in members.items():
-        target = dest / path[len("data/") :]
-        if target.parent not in made:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            made.add(target.parent)
-        hashes = expected[path]
+    made: set[str] = set()
+    for info in payload:
+        path = nfc(info.filename[len(root) :])
+        target = os.path.join(dest, path[len("data/") :])  # no pathlib: it interns every name
+        folder = os.path.dirname(target)
+        if folder not in made:
+            os.makedirs(folder, exist_ok=True)
+            made.add(folder)
+        hashes = manifest.expected(path)
         try:
             size, digests = _extract_hashing(zf, info, target, tuple(hashes), progress)
         except OSError as exc:
@@ -207,6 +225,33 @@ def _extract_payload(
                     f"{path}: {alg} mismatch (manifest {want[:16]}..., file {digests[alg][:16]}...)"
                 )
     return problems, total
+
+
+def _write_tags(zf, tags, root: str, tag_dir: Path) -> dict[str, str]:
+    """The tag files copied into ``tag_dir`` as they are read (a manifest of 100,000 lines is
+    never whole in memory); returns the SHA-256 of each manifest file."""
+    digests: dict[str, str] = {}
+    for info in tags:
+        name = info.filename[len(root) :]
+        target = tag_dir / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        small_enough(info)
+        try:
+            _, sha256 = _extract_hashing(zf, info, target, ("sha256",))
+        except OSError as exc:  # the disk's fault, not the bag's
+            if not is_disk_full(exc):
+                raise
+            raise DiskFull(
+                f"no space left in {tag_dir.parent.parent} while writing the tag file "
+                f"{info.filename}; free space there, the debag starts again on the next run"
+            ) from exc
+        except (zipfile.BadZipFile, EOFError) as exc:
+            raise BagError(
+                f"tag file {info.filename} cannot be read from the zip ({exc})"
+            ) from None
+        if re.fullmatch(r"(tag)?manifest-\w+\.txt", name):
+            digests[name] = sha256["sha256"]
+    return digests
 
 
 def _place(staging: Path, payload_dir: Path, tag_dir: Path, work_root: Path, work_id: str) -> Path:
@@ -258,7 +303,9 @@ def debag(
     except UnicodeDecodeError as exc:
         raise undecodable_name(zip_path, exc) from None
     with zf:
-        root, payload, tags, oxum = vet_members(zip_path, zf, work_root, free_space_margin)
+        root, payload, tags, oxum, manifest = vet_members(
+            zip_path, zf, work_root, free_space_margin
+        )
         for stale in debag_stagings(work_root, work_id):  # killed tries of this work
             shutil.rmtree(stale, ignore_errors=True)
         staging = work_root / f".debag-{work_id}.{secrets.token_hex(4)}"
@@ -266,27 +313,11 @@ def debag(
         payload_dir = staging / "payload"
         try:
             payload_dir.mkdir(parents=True)
-            digests: dict[str, str] = {}
-            for info in tags:
-                name = info.filename[len(root) :]
-                target = tag_dir / name
-                target.parent.mkdir(parents=True, exist_ok=True)
-                content = read_small(zf, info)
-                if re.fullmatch(r"(tag)?manifest-\w+\.txt", name):
-                    digests[name] = hashlib.sha256(content).hexdigest()
-                try:
-                    target.write_bytes(content)
-                except OSError as exc:
-                    if not is_disk_full(exc):
-                        raise
-                    raise DiskFull(
-                        f"no space left in {work_root} while writing the tag file "
-                        f"{info.filename}; free space there, the debag starts again on the next run"
-                    ) from exc
-            bag = _load_bag(tag_dir, zip_path.name)
+            digests = _write_tags(zf, tags, root, tag_dir)
+            bag = _load_bag(tag_dir, zip_path.name, manifest)
             problems = _check_tags(bag, tag_dir)
             extract_problems, total = _extract_payload(
-                zf, payload, root, bag, payload_dir, progress
+                zf, payload, root, manifest, payload_dir, progress
             )
             problems += extract_problems
             if not extract_problems and oxum and (total, len(payload)) != oxum:
@@ -307,7 +338,7 @@ def debag(
         final,
         len(payload),
         total,
-        tuple(bag.algorithms),
+        manifest.algorithms + tuple(a for a in bag.algorithms if a not in manifest.algorithms),
         dict(sorted(digests.items())),
         f"{oxum[0]}.{oxum[1]}" if oxum else None,
     )

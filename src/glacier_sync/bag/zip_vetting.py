@@ -9,12 +9,18 @@ import contextlib
 import re
 import shutil
 import stat
-import unicodedata
 import zipfile
-from collections import Counter
-from pathlib import Path, PurePosixPath
+from collections.abc import Iterable
+from pathlib import Path
 from typing import NamedTuple
 
+from glacier_sync.bag.payload_manifest import (
+    MANIFEST_NAME,
+    PayloadManifest,
+    nfc,
+    read_payload_manifests,
+    tag_encoding,
+)
 from glacier_sync.errors import BagError, DiskFull
 
 MAX_TAG_FILE_SIZE = 256 * 1024 * 1024
@@ -28,19 +34,16 @@ class Vetted(NamedTuple):
     payload: list[zipfile.ZipInfo]  # the files under data/
     tags: list[zipfile.ZipInfo]  # the other files: bagit.txt, manifests, bag-info.txt
     oxum: tuple[int, int] | None  # Payload-Oxum (bytes, files), when bag-info.txt has one
+    manifest: PayloadManifest  # the payload manifests, joined
 
 
 # General purpose flag bit 11 (APPNOTE 4.4.4): the member's name and comment are UTF-8.
 UTF8_NAME_FLAG = 0x800
 
 
-def nfc(path: str) -> str:
-    return unicodedata.normalize("NFC", path)
-
-
 def _fix_legacy_name(info: zipfile.ZipInfo) -> None:
     """Zips made without the UTF-8 flag often still hold UTF-8 names: decode them as such."""
-    if info.flag_bits & UTF8_NAME_FLAG:
+    if info.flag_bits & UTF8_NAME_FLAG or info.filename.isascii():  # ASCII: no new string
         return
     with contextlib.suppress(UnicodeEncodeError, UnicodeDecodeError):
         info.filename = info.filename.encode("cp437").decode("utf-8")
@@ -65,7 +68,7 @@ def _member_problems(info: zipfile.ZipInfo) -> list[str]:
         problems.append(f"{name}: absolute path")
     if "\\" in name:
         problems.append(f"{name}: backslash in member name")
-    if ".." in PurePosixPath(name).parts:
+    if ".." in name.split("/"):  # no pathlib: it interns every name
         problems.append(f"{name}: climbs out of the bag with '..'")
     if kind == stat.S_IFLNK:
         problems.append(f"{name}: symbolic link")
@@ -76,16 +79,25 @@ def _member_problems(info: zipfile.ZipInfo) -> list[str]:
     return problems
 
 
-def _nfc_clashes(names: list[str]) -> list[str]:
-    """Distinct names that are one path once NFC-normalised (extracted, one would be lost)."""
-    by_path: dict[str, list[str]] = {}
-    for name in dict.fromkeys(names):
-        by_path.setdefault(nfc(name), []).append(name)
-    return [
+def _name_clashes(names: Iterable[str]) -> list[str]:
+    """Names stored twice, and distinct names that are one path once NFC-normalised (extracted,
+    one would be lost). Keeps one entry per name, never a list per name."""
+    first: dict[str, str] = {}  # NFC path -> the first name seen for it
+    twice: dict[str, None] = {}
+    twins: dict[str, list[str]] = {}
+    for name in names:
+        path = nfc(name)
+        seen = first.setdefault(path, name)
+        if seen is name:
+            continue
+        if seen == name:
+            twice[name] = None
+        elif name not in (group := twins.setdefault(path, [seen])):
+            group.append(name)
+    return [f"{n}: stored more than once" for n in sorted(twice)] + [
         f"{path}: stored under {len(group)} names that differ only in Unicode normalisation "
         f"({' and '.join(ascii(n) for n in group)}); keep one"
-        for path, group in by_path.items()
-        if len(group) > 1
+        for path, group in twins.items()
     ]
 
 
@@ -105,37 +117,9 @@ def _file_folder_clashes(infos: list[zipfile.ZipInfo]) -> list[str]:
     ]
 
 
-def _payload_manifests(
-    zf: zipfile.ZipFile, tags: list[zipfile.ZipInfo], root: str
-) -> dict[str, list[str]]:
-    """Each payload manifest's name and the paths it lists (decoded as BagIt writes them),
-    read in memory: for the checks and error lists before anything is extracted."""
-    manifests = {}
-    for info in tags:
-        name = info.filename[len(root) :]
-        if not re.fullmatch(r"manifest-\w+\.txt", name):
-            continue
-        paths = manifests[name] = []
-        for line in read_small(zf, info).decode("utf-8", errors="replace").splitlines():
-            parts = line.strip().split(None, 1)
-            if len(parts) == 2:
-                path = parts[1].replace("%0D", "\r").replace("%0A", "\n").replace("%25", "%")
-                paths.append(path.removeprefix("./"))
-    return manifests
-
-
-def _manifest_clashes(manifests: dict[str, list[str]]) -> list[str]:
-    """Payload manifests listing one path under names that differ only in normalisation."""
-    return [
-        f"{name}: {clash}" for name, paths in manifests.items() for clash in _nfc_clashes(paths)
-    ]
-
-
 def _find_bag_root(infos: list[zipfile.ZipInfo]) -> str:
     candidates = [
-        i.filename
-        for i in infos
-        if PurePosixPath(i.filename).name == "bagit.txt" and not i.is_dir()
+        i.filename for i in infos if i.filename.rsplit("/", 1)[-1] == "bagit.txt" and not i.is_dir()
     ]
     if not candidates:
         raise BagError("not a bag: the zip holds no bagit.txt")
@@ -143,11 +127,15 @@ def _find_bag_root(infos: list[zipfile.ZipInfo]) -> str:
     return shallowest[: -len("bagit.txt")]
 
 
-def read_small(zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> bytes:
+def small_enough(info: zipfile.ZipInfo) -> None:
     if info.file_size > MAX_TAG_FILE_SIZE:
         raise BagError(
             f"tag file {info.filename} is {info.file_size} bytes; refusing tag files this large"
         )
+
+
+def read_small(zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> bytes:
+    small_enough(info)
     try:
         return zf.read(info)
     except (zipfile.BadZipFile, OSError, EOFError) as exc:
@@ -159,16 +147,44 @@ def _payload_oxum(bag_info: bytes) -> tuple[int, int] | None:
     return (int(match.group(1)), int(match.group(2))) if match else None
 
 
+def _payload_manifest(
+    zip_path: Path, zf: zipfile.ZipFile, tags: list[zipfile.ZipInfo], root: str
+) -> PayloadManifest:
+    """The payload manifests read from the zip in the declared encoding; refused when one
+    names a path twice (a duplicate or a Unicode twin) or has a line that cannot be taken."""
+    declaration = next((i for i in tags if i.filename == root + "bagit.txt"), None)
+    encoding = tag_encoding(read_small(zf, declaration)) if declaration else "utf-8"
+    for info in tags:
+        if MANIFEST_NAME.fullmatch(info.filename[len(root) :]):
+            small_enough(info)
+    try:
+        manifest = read_payload_manifests(zf, tags, root, encoding)
+    except (zipfile.BadZipFile, OSError, EOFError) as exc:
+        raise BagError(
+            f"refused {zip_path.name}: a payload manifest cannot be read from the zip ({exc})"
+        ) from None
+    if manifest.clashes:
+        raise BagError(
+            f"refused {zip_path.name}: a payload manifest names one path twice; "
+            "nothing was extracted",
+            manifest.clashes + manifest.problems,
+        )
+    if manifest.problems:
+        raise BagError(
+            f"refused {zip_path.name}: a payload manifest has entries that cannot be taken; "
+            "nothing was extracted",
+            manifest.problems,
+        )
+    return manifest
+
+
 def vet_members(zip_path: Path, zf: zipfile.ZipFile, work_root: Path, margin: int) -> Vetted:
     """Checks that need no writing: member names and types, declared sizes, free space."""
     infos = zf.infolist()
     for info in infos:
         _fix_legacy_name(info)
     problems = [p for info in infos for p in _member_problems(info)]
-    counts = Counter(i.filename for i in infos)
-    dupes = sorted(name for name, count in counts.items() if count > 1)
-    problems += [f"{n}: stored more than once" for n in dupes]
-    problems += _nfc_clashes([i.filename for i in infos]) + _file_folder_clashes(infos)
+    problems += _name_clashes(i.filename for i in infos) + _file_folder_clashes(infos)
     if problems:
         raise BagError(
             f"refused {zip_path.name}: unsafe or clashing members; nothing was extracted", problems
@@ -184,20 +200,13 @@ def vet_members(zip_path: Path, zf: zipfile.ZipFile, work_root: Path, margin: in
     files = [i for i in infos if not i.is_dir()]
     payload = [i for i in files if i.filename[len(root) :].startswith("data/")]
     tags = [i for i in files if not i.filename[len(root) :].startswith("data/")]
-    manifests = _payload_manifests(zf, tags, root)
-    clashes = _manifest_clashes(manifests)
-    if clashes:
-        raise BagError(
-            f"refused {zip_path.name}: a payload manifest names one path twice; "
-            "nothing was extracted",
-            clashes,
-        )
+    manifest = _payload_manifest(zip_path, zf, tags, root)
     declared = sum(i.file_size for i in payload)
     info_name = root + "bag-info.txt"
     info_member = next((i for i in tags if i.filename == info_name), None)
     oxum = _payload_oxum(read_small(zf, info_member)) if info_member else None
     if oxum is not None and (declared, len(payload)) != oxum:
-        listed = {nfc(path) for paths in manifests.values() for path in paths}
+        listed = manifest.digests.keys()
         members = {nfc(i.filename[len(root) :]) for i in payload}
         raise BagError(
             f"refused {zip_path.name}: the zip declares {declared} payload bytes in {len(payload)}"
@@ -218,4 +227,4 @@ def vet_members(zip_path: Path, zf: zipfile.ZipFile, work_root: Path, margin: in
             f"margin) but only {free} are free; free some space there, the debag is tried again "
             "on the next run"
         )
-    return Vetted(root, payload, tags, oxum)
+    return Vetted(root, payload, tags, oxum, manifest)
