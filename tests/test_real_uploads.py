@@ -23,6 +23,7 @@ from helpers import FlippingLink, PassThroughClient, aws_cli_upload, fail_range,
 
 from glacier_sync.errors import DownloadError, PermanentError, is_transient
 from glacier_sync.transfer import object_download
+from glacier_sync.transfer.object_checks import b64, checksum_of, new_hasher
 from glacier_sync.transfer.range_journal import journal_path
 from glacier_sync.transfer.whole_object import WholeObjectMismatch
 
@@ -41,11 +42,16 @@ def _client(endpoint: str):
 
 class _AsRealS3(PassThroughClient):
     """moto's client with its HEAD answers completed as real S3 gives them: the checksum's
-    ``ChecksumType`` and, for a composite one, its ``-N`` (read from ``GetObjectAttributes``)."""
+    ``ChecksumType`` and, for a composite one, its ``-N`` (read from ``GetObjectAttributes``);
+    a part's HEAD carries the object's eTag (moto gives the part's MD5) and, with
+    ``ChecksumMode``, the part's own checksum of a composite upload (computed here from the
+    part's bytes: moto gives none)."""
 
     def head_object(self, **kwargs):
+        if kwargs.get("PartNumber"):
+            return self._part_head(**kwargs)
         head = self._s3.head_object(**kwargs)
-        if kwargs.get("ChecksumMode") != "ENABLED" or kwargs.get("PartNumber"):
+        if kwargs.get("ChecksumMode") != "ENABLED":
             return head
         attributes = self._s3.get_object_attributes(
             Bucket=kwargs["Bucket"], Key=kwargs["Key"], ObjectAttributes=["Checksum"]
@@ -57,6 +63,25 @@ class _AsRealS3(PassThroughClient):
         for name in [n for n in head if n.startswith("Checksum") and n != "ChecksumType"]:
             if kind == "COMPOSITE" and "-" not in head[name]:
                 head[name] = f"{head[name]}-{parts}"
+        return head
+
+    def _part_head(self, **kwargs):
+        head = self._s3.head_object(**kwargs)
+        whole = self.head_object(**{k: v for k, v in kwargs.items() if k != "PartNumber"})
+        head["ETag"] = whole["ETag"]
+        checksum = checksum_of(whole) if kwargs.get("ChecksumMode") == "ENABLED" else None
+        if checksum and checksum.kind == "COMPOSITE":
+            base = {k: v for k, v in kwargs.items() if k in ("Bucket", "Key", "VersionId")}
+            sizes = [
+                self._s3.head_object(**base, PartNumber=n)["ContentLength"]
+                for n in range(1, kwargs["PartNumber"])
+            ]
+            start = sum(sizes)
+            end = start + head["ContentLength"] - 1
+            body = self._s3.get_object(**base, Range=f"bytes={start}-{end}")["Body"].read()
+            hasher = new_hasher(checksum.algorithm)
+            hasher.update(body)
+            head[f"Checksum{checksum.algorithm.upper()}"] = b64(hasher.digest())
         return head
 
 
@@ -416,3 +441,86 @@ def test_an_upload_by_the_aws_cli_is_verified_end_to_end(
         store, world.bucket, KEY, etag, target, "W1UP", 2, 3, report=report
     )
     assert report["check"] == check and target.read_bytes() == data
+
+
+class _CountingGets(PassThroughClient):
+    """A client that adds up the object bytes its GETs answer."""
+
+    def __init__(self, s3) -> None:
+        super().__init__(s3)
+        self.fetched = 0
+
+    def get_object(self, **kwargs):
+        response = self._s3.get_object(**kwargs)
+        self.fetched += response["ContentLength"]
+        return response
+
+
+class _NoPartValues(PassThroughClient):
+    """A store whose part HEADs with ``ChecksumMode`` fail (503): no part's own value is read
+    (the part sizes the plan needs, asked without it, are answered)."""
+
+    def head_object(self, **kwargs):
+        if kwargs.get("PartNumber") and kwargs.get("ChecksumMode"):
+            from botocore.exceptions import ClientError
+
+            error = {"Error": {"Code": "503", "Message": "Slow Down"}}
+            raise ClientError({**error, "ResponseMetadata": {"HTTPStatusCode": 503}}, "HeadObject")
+        return self._s3.head_object(**kwargs)
+
+
+@pytest.mark.parametrize("as_s3", [False, True], ids=["moto-part-md5", "s3-part-checksum"])
+def test_a_flipped_byte_costs_the_part_it_was_in_not_the_object(world, tmp_path, as_s3, caplog):
+    """boto3's defaults (8 MiB parts, composite CRC32), 3 MB ranges: a byte flipped in the first
+    range fails the whole-object check; each part is then compared with its own value in the
+    store (moto: the part's eTag, its MD5; S3: the part's CRC32), and only part 1's three ranges
+    are dropped. The next try fetches 8 MiB, not 21."""
+    data = os.urandom(21 * MIB + 4321)
+    (tmp_path / "source.zip").write_bytes(data)
+    _upload_file(world, tmp_path / "source.zip", {})
+    s3 = _client(world.endpoint)
+    store = _AsRealS3(s3) if as_s3 else s3
+    etag = s3.head_object(Bucket=world.bucket, Key=KEY)["ETag"].strip('"')
+    target = tmp_path / "W1UP.bag.zip"
+    partial = target.with_name(f".{target.name}.part")
+
+    with pytest.raises(WholeObjectMismatch) as caught:
+        object_download.download_object(
+            FlippingLink(store), world.bucket, KEY, etag, target, "W1UP", 2, 3
+        )
+    assert is_transient(caught.value)
+    assert partial.is_file() and not target.exists()
+    assert "part(s) 1 of 3 differ from their own values in S3" in caplog.text
+    assert len(journal_path(partial).read_text().splitlines()) == 1 + 8 - 3  # header, kept
+
+    report: dict = {}
+    counting = _CountingGets(store)
+    assert object_download.download_object(
+        counting, world.bucket, KEY, etag, target, "W1UP", 2, 3, report=report
+    )
+    assert target.read_bytes() == data
+    assert counting.fetched == report["fetched"] == 8 * MIB, report
+    assert report["reused"] == len(data) - 8 * MIB
+
+
+def test_a_mismatch_whose_parts_cannot_be_read_drops_the_whole_file(world, tmp_path, caplog):
+    data = os.urandom(21 * MIB + 4321)
+    (tmp_path / "source.zip").write_bytes(data)
+    _upload_file(world, tmp_path / "source.zip", {})
+    s3 = _client(world.endpoint)
+    etag = s3.head_object(Bucket=world.bucket, Key=KEY)["ETag"].strip('"')
+    target = tmp_path / "W1UP.bag.zip"
+
+    with pytest.raises(WholeObjectMismatch) as caught:
+        object_download.download_object(
+            FlippingLink(_NoPartValues(s3)), world.bucket, KEY, etag, target, "W1UP", 2, 3
+        )
+    assert is_transient(caught.value), "the check ran and failed: fetched again, never passed"
+    partial = target.with_name(f".{target.name}.part")
+    assert not partial.exists() and not journal_path(partial).exists(), "the whole file dropped"
+    assert "the parts at fault cannot be told (part 1's own value not read" in caplog.text
+    report: dict = {}
+    assert object_download.download_object(
+        s3, world.bucket, KEY, etag, target, "W1UP", 2, 3, report=report
+    )
+    assert target.read_bytes() == data and report["fetched"] == len(data)

@@ -15,7 +15,7 @@ from typing import Any
 from glacier_sync import faults
 from glacier_sync.aws import error_code
 from glacier_sync.errors import DiskFull, DownloadError, ObjectUnavailable, is_disk_full
-from glacier_sync.transfer import download_plan, ranged_download, whole_object
+from glacier_sync.transfer import download_plan, part_checks, ranged_download, whole_object
 from glacier_sync.transfer.range_journal import fsync_dir, fsync_file, journal_path
 
 log = logging.getLogger(__name__)
@@ -172,7 +172,11 @@ def download_object(
             "its verified ranges on the next try"
         ) from exc
     except whole_object.WholeObjectMismatch as mismatch:
-        ranged_download.discard(partial)
+        narrowed = mismatch.plan is not None and part_checks.keep_good_parts(
+            s3, mismatch.plan, partial, concurrency, work_id
+        )
+        if not narrowed:
+            ranged_download.discard(partial)
         whole_object.held_after_repeat(partial, mismatch, work_id)
         raise
     except OSError as exc:

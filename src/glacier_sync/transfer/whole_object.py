@@ -38,9 +38,17 @@ BUFFER_BYTES = 1024 * 1024
 class WholeObjectMismatch(DownloadError):
     """Every range was fetched but the whole file differs from S3's checksum or eTag."""
 
-    def __init__(self, message: str, check: str = "", got: str = "", expected: str = "") -> None:
+    def __init__(
+        self,
+        message: str,
+        check: str = "",
+        got: str = "",
+        expected: str = "",
+        plan: RangePlan | None = None,
+    ) -> None:
         super().__init__(message)
         self.check, self.got, self.expected = check, got, expected
+        self.plan = plan  # the plan the file was fetched with (its journal's)
 
 
 class UnconfirmedMismatch(WholeObjectMismatch, TransientError):
@@ -113,6 +121,7 @@ def check_whole(
             check,
             got,
             expected,
+            plan,
         )
     return check
 
@@ -157,7 +166,7 @@ def parts_on_disk(
 ) -> list[bytes]:
     """The binary ``algorithm`` digests of the file on disk hashed along the upload's own part
     bounds, each part's size read with ``HEAD ?partNumber=N`` (parts may differ: 8, 6, 8 MiB)."""
-    count = _part_count(plan)
+    count = part_count(plan)
     version = plan.version_id or None
 
     def size_of(number: int) -> int:
@@ -184,7 +193,7 @@ def parts_on_disk(
     return digests
 
 
-def _part_count(plan: RangePlan) -> int:
+def part_count(plan: RangePlan) -> int:
     """The upload's part count, from the eTag's ``-N`` or else the composite checksum's."""
     for text in (plan.etag, plan.expected):
         head, dash, count = text.rpartition("-")
