@@ -16,9 +16,22 @@ from demo_world import settings_env
 from helpers import make_world
 from test_local_airflow import alive, rows_by_work, run, running_services, seed
 
+from glacier_sync.settings import DEFAULT_SYNC_COMMAND
+
 pytestmark = pytest.mark.airflow
 DAG = "sqs_event_dag"
 MAX_PER_RUN = 5
+HEARTBEAT_TIMEOUT = 15  # seconds without a task's heartbeat before the scheduler fails it
+LEASE_MINUTES = 0.1  # 6 s claims
+SLOW_SYNC = """#!/bin/bash
+# The archive's sync script, slowed down for the works named in {slow}/<work>: a line
+# a second for as many seconds as the file says (a long copy that keeps moving), then the script.
+work=$(basename "${{@: -1}}")
+if [ -f "{slow}/$work" ]; then
+    for ((i = 0; i < $(cat "{slow}/$work"); i++)); do echo "copying $work"; sleep 1; done
+fi
+exec "{script}" "$@"
+"""
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +42,14 @@ def event_services(moto_endpoint, tmp_path_factory):
     data, archive = tmp / "data", tmp / "archive"
     archive.mkdir()
     settings = settings_env(world, data, archive)
+    slow_sync = tmp / "slow-sync.sh"
+    (tmp / "slow-syncs").mkdir()
+    slow_sync.write_text(SLOW_SYNC.format(slow=tmp / "slow-syncs", script=DEFAULT_SYNC_COMMAND))
+    slow_sync.chmod(0o755)
     settings.update(
+        GLACIER_SYNC_SYNC_COMMAND=str(slow_sync),
+        GLACIER_SYNC_CLAIM_LEASE_MINUTES=str(LEASE_MINUTES),
+        AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT=str(HEARTBEAT_TIMEOUT),
         GLACIER_SYNC_EVENT_POLL_SECONDS="2",
         GLACIER_SYNC_EVENT_REFIRE_SECONDS="10",
         GLACIER_SYNC_MAX_MESSAGES_PER_RUN=str(MAX_PER_RUN),
@@ -137,6 +157,29 @@ def _kill9(home, name: str) -> None:
     while alive(pid):
         assert time.monotonic() < deadline, f"{name} survived kill -9"
         time.sleep(0.2)
+
+
+def test_a_sync_longer_than_heartbeat_timeouts_and_leases_keeps_its_one_try(event_services):
+    """A sync that copies for 50 s (over three heartbeat timeouts, eight leases), moving all along:
+    its claim is renewed, its task is not taken for dead, no second try starts beside it, and
+    the work is archived once."""
+    work, seconds = "W1SLOW01", 50
+    (event_services["tmp"] / "slow-syncs" / work).write_text(str(seconds))
+    seed(event_services, [work])
+    rows = _wait_synced(event_services, [work], timeout=300 + seconds)
+    _archived_once(event_services, rows, [work])
+    done = [h for h in rows[work].history if h["event"] == "sync done"]
+    assert done[0]["seconds"] >= seconds, done
+    assert seconds > 3 * HEARTBEAT_TIMEOUT and seconds > 7 * LEASE_MINUTES * 60
+    api = event_services["api"]
+    syncs = [
+        t
+        for run in api.runs(DAG)
+        for t in api.task_instances(DAG, run["dag_run_id"])
+        if t["task_id"] == "sync_debagged" and t["rendered_map_index"] == work
+    ]
+    assert [(t["state"], t["try_number"]) for t in syncs] == [("success", 1)], syncs
+    assert syncs[0]["duration"] >= seconds, syncs
 
 
 def test_killed_triggerer_and_scheduler_lose_nothing(event_services):

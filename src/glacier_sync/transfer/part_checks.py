@@ -62,7 +62,8 @@ def part_value(s3: Any, plan: RangePlan, number: int) -> PartValue:
     size = int(head.get("ContentLength", -1))
     for algorithm in PART_CHECKSUMS:
         raw = str(head.get(f"Checksum{algorithm.upper()}") or "")
-        if raw and "-" not in raw:  # the part's own checksum, not the object's composite
+        whole = plan.expected.partition("-")[0]
+        if raw and "-" not in raw and raw != whole:  # the part's own, not the object's value
             return PartValue(size, algorithm, base64.b64decode(raw))
     etag = str(head.get("ETag", "")).strip('"')
     if _MD5_ETAG.fullmatch(etag) and etag != plan.etag:  # the part's MD5, not the object's
@@ -119,7 +120,7 @@ def keep_good_parts(
             exc,
         )
         return False
-    if not bad:  # every part matches its own value: the whole-object value is what differs
+    if not bad or len(bad) == part_count(plan):  # none, or all: nothing to narrow down
         return False
     journal = journal_path(partial)
     digests = read_journal(journal, plan) or {}
