@@ -3,8 +3,8 @@
 ``glacier-sync process-bag`` (debag, sync, records) of a 20,000-file bag is measured against
 the same command on a 10-file bag: the peak RSS the extra files add must stay under
 ``BYTES_PER_FILE`` each. The code before the payload manifests were read into one compact table
-(bagit's dictionaries, copied three times) added about 1,500 bytes a file; it adds about 800 now
-(the zip's central directory, about 550, and the manifest table, about 200); 770 measured."""
+(bagit's dictionaries, copied three times) added about 1,500 bytes a file; it adds about 700 now
+(the zip's central directory, about 450, and the manifest table, about 200); 696 measured."""
 
 from __future__ import annotations
 

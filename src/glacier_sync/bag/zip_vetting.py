@@ -37,6 +37,9 @@ class Vetted(NamedTuple):
     manifest: PayloadManifest  # the payload manifests, joined
 
 
+# One shared tuple for every member's date: zipfile keeps a tuple of six ints per member.
+NO_DATE = (1980, 1, 1, 0, 0, 0)
+
 # General purpose flag bit 11 (APPNOTE 4.4.4): the member's name and comment are UTF-8.
 UTF8_NAME_FLAG = 0x800
 
@@ -183,6 +186,7 @@ def vet_members(zip_path: Path, zf: zipfile.ZipFile, work_root: Path, margin: in
     infos = zf.infolist()
     for info in infos:
         _fix_legacy_name(info)
+        info.date_time = NO_DATE  # never used (files get the time of extraction): 100 B a member
     problems = [p for info in infos for p in _member_problems(info)]
     problems += _name_clashes(i.filename for i in infos) + _file_folder_clashes(infos)
     if problems:
