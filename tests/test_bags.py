@@ -466,3 +466,53 @@ def test_a_bad_digest_is_still_named_with_both_values(tmp_path):
         f"{NOTES}: sha256 mismatch (manifest {'ab' * 8}..., file "
         f"{hashlib.sha256(DEFAULT_FILES['archive/notes.txt']).hexdigest()[:16]}...)"
     ]
+
+
+def test_payload_a_tag_manifest_lists_is_checked_there_too(tmp_path):
+    """bagit checks every path a tag manifest lists, payload files included."""
+
+    def list_payload(bag_dir: Path) -> None:
+        (bag_dir / "tagmanifest-sha256.txt").write_text(
+            f"{'ab' * 32}  {NOTES}\n{'cd' * 32}  data/ghost.txt\n"
+        )
+
+    bag_dir = make_bag_dir(tmp_path, "W1TEST")
+    list_payload(bag_dir)
+    zip_path = zip_dir(bag_dir, tmp_path / "W1TEST.bag.zip")
+    error = _refused(zip_path, tmp_path / "work", "the bag is invalid")
+    assert error.problems == [
+        f"{NOTES}: sha256 mismatch (tag manifest)",
+        "data/ghost.txt: listed in a tag manifest but missing from the zip",
+    ]
+
+
+@pytest.mark.parametrize("name", ["data/a", "data/\u00e9", "data/ab"])
+def test_a_name_stored_twice_is_refused_whatever_its_length(tmp_path, name):
+    """One-character names are one shared object in CPython: compared by value, not identity."""
+    import warnings
+
+    zip_path = zip_dir(make_bag_dir(tmp_path, "W1TEST"), tmp_path / "W1TEST.bag.zip")
+    with warnings.catch_warnings(), zipfile.ZipFile(zip_path, "a") as zf:
+        warnings.simplefilter("ignore")  # zipfile warns of the duplicate: that is the point
+        zf.writestr(name, b"one")
+        zf.writestr(name, b"two")
+    error = _refused(zip_path, tmp_path / "work", "nothing was extracted")
+    assert f"{name}: stored more than once" in error.problems
+
+
+def test_a_manifest_that_is_not_valid_utf8_is_named(tmp_path):
+    def spoil(bag_dir: Path) -> None:
+        manifest = bag_dir / "manifest-sha512.txt"
+        manifest.write_bytes(manifest.read_bytes() + b"0" * 128 + b"  data/\xff.txt\n")
+
+    zip_path = _with_manifest_edit(tmp_path, spoil)
+    error = _refused(zip_path, tmp_path / "work", "cannot be taken")
+    assert error.problems == ["manifest-sha512.txt: not valid utf-8: line 5 (invalid start byte)"]
+
+
+def test_a_manifest_of_junk_is_named_within_bounds(tmp_path):
+    """Every bad line costs a problem string: past a thousand they are counted, not kept."""
+    zip_path = _with_manifest_edit(tmp_path, _append("manifest-sha512.txt", "junk\n" * 3000))
+    error = _refused(zip_path, tmp_path / "work", "cannot be taken")
+    assert len(error.problems) == 1001
+    assert error.problems[-1] == "... and 2000 more lines that cannot be taken"

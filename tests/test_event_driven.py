@@ -21,6 +21,7 @@ from glacier_sync.settings import DEFAULT_SYNC_COMMAND
 pytestmark = pytest.mark.airflow
 DAG = "sqs_event_dag"
 MAX_PER_RUN = 5
+EVENT_TO_ARCHIVE = 60  # seconds: the target of docs/performance.md (p95, services, 2 cores)
 HEARTBEAT_TIMEOUT = 15  # seconds without a task's heartbeat before the scheduler fails it
 LEASE_MINUTES = 0.1  # 6 s claims
 SLOW_SYNC = """#!/bin/bash
@@ -107,7 +108,9 @@ def test_an_event_starts_a_run_within_seconds(event_services):
     seed(event_services, ["W1EVT01"])
     sent = time.monotonic()
     rows = _wait_synced(event_services, ["W1EVT01"])
-    print(f"event -> archive: {time.monotonic() - sent:.1f} s")
+    took = time.monotonic() - sent
+    print(f"event -> archive: {took:.1f} s")
+    assert took < EVENT_TO_ARCHIVE, f"{took:.1f} s from the event to the archive"
     api = event_services["api"]
     runs = api.runs(DAG)
     assert runs and {r["run_type"] for r in runs} == {"asset_triggered"}, runs
@@ -127,7 +130,11 @@ def test_a_burst_is_gathered_into_a_few_bounded_runs(event_services):
     before = len(api.runs(DAG))
     works = [f"W1BUR{i:03d}" for i in range(12)]
     seed(event_services, works)
+    sent = time.monotonic()
     rows = _wait_synced(event_services, works)
+    took = time.monotonic() - sent
+    print(f"burst of {len(works)} -> archive: {took:.1f} s")
+    assert took < 2 * EVENT_TO_ARCHIVE, f"{took:.1f} s from the burst to the last work archived"
     _archived_once(event_services, rows, works)
     runs = api.runs(DAG)[before:]
     # max_messages_per_run=5 -> at least 3 runs carry the 12 works; re-fires while messages

@@ -152,7 +152,7 @@ def _load_bag(tag_dir: Path, zip_name: str, manifest: PayloadManifest):
 def _check_tags(bag, tag_dir: Path) -> list[str]:
     problems = []
     for path, hashes in bag.entries.items():
-        if path.startswith("data/"):  # a tag manifest listing payload: the manifests check it
+        if path.startswith("data/"):  # payload in a tag manifest: checked once extracted
             continue
         if PurePosixPath(path).is_absolute() or ".." in PurePosixPath(path).parts:
             problems.append(f"{path}: a manifest names a path outside the bag")
@@ -164,6 +164,27 @@ def _check_tags(bag, tag_dir: Path) -> list[str]:
         data = file.read_bytes()
         for alg, expected in hashes.items():
             if hashlib.new(alg, data).hexdigest() != expected.lower():
+                problems.append(f"{path}: {alg} mismatch (tag manifest)")
+    return problems
+
+
+def _check_tag_listed_payload(bag, payload_dir: Path) -> list[str]:
+    """Payload files a tag manifest lists too (unusual, but bagit checks them): each must be
+    extracted and match there as well."""
+    problems = []
+    for path, hashes in bag.entries.items():
+        if not path.startswith("data/"):
+            continue
+        file = payload_dir / nfc(path)[len("data/") :]
+        if not file.is_file():
+            problems.append(f"{path}: listed in a tag manifest but missing from the zip")
+            continue
+        for alg, expected in hashes.items():
+            hasher = hashlib.new(alg)
+            with file.open("rb") as stream:
+                while chunk := stream.read(CHUNK_SIZE):
+                    hasher.update(chunk)
+            if hasher.hexdigest() != expected.lower():
                 problems.append(f"{path}: {alg} mismatch (tag manifest)")
     return problems
 
@@ -319,7 +340,7 @@ def debag(
             extract_problems, total = _extract_payload(
                 zf, payload, root, manifest, payload_dir, progress
             )
-            problems += extract_problems
+            problems += extract_problems or _check_tag_listed_payload(bag, payload_dir)
             if not extract_problems and oxum and (total, len(payload)) != oxum:
                 problems.append(
                     f"Payload-Oxum {oxum[0]}.{oxum[1]} != extracted {total}.{len(payload)}"

@@ -15,6 +15,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 SUPPORTED_ALGORITHMS = ("sha512", "sha256", "sha1", "md5")  # strongest first
+MAX_PROBLEMS = 1000  # lines named one by one; the rest are counted
 MANIFEST_NAME = re.compile(r"manifest-(\w+)\.txt")
 _ENCODING = re.compile(r"^Tag-File-Character-Encoding:\s*(\S+)\s*$", re.IGNORECASE | re.MULTILINE)
 
@@ -26,7 +27,7 @@ def nfc(path: str) -> str:
 def tag_encoding(bagit_txt: bytes) -> str:
     """The tag files' encoding that ``bagit.txt`` declares (UTF-8 when it declares none that
     Python knows: the bag's declaration is refused later, naming it)."""
-    match = _ENCODING.search(bagit_txt.decode("utf-8", errors="replace"))
+    match = _ENCODING.search(bagit_txt.decode("utf-8", errors="replace").lstrip("\ufeff"))
     try:
         return codecs.lookup(match.group(1)).name if match else "utf-8"
     except LookupError:
@@ -54,12 +55,31 @@ class PayloadManifest:
         return digests
 
 
+class _Undecodable(Exception):
+    """A manifest line that is not valid in the bag's declared encoding."""
+
+    def __init__(self, where: str, reason: str) -> None:
+        super().__init__(f"{where} ({reason})")
+
+
 def _lines(zf: zipfile.ZipFile, info: zipfile.ZipInfo, encoding: str) -> Iterator[str]:
-    """The manifest's lines, read from the zip as they are needed (never whole in memory)."""
+    """The manifest's lines, read from the zip as they are needed (never whole in memory); each
+    decoded on its own where the encoding keeps ASCII's newline (UTF-8 and its kin), so that
+    a bad byte is named with its line."""
     with zf.open(info) as raw:
-        text = io.TextIOWrapper(raw, encoding=encoding, errors="replace")
-        for number, line in enumerate(text, 1):
-            yield line.lstrip("\ufeff") if number == 1 else line
+        if "\n".encode(encoding) != b"\n":  # UTF-16 and the like: decoded as a stream
+            text = io.TextIOWrapper(raw, encoding=encoding)
+            try:
+                yield from (line.lstrip("\ufeff") for line in text)
+            except UnicodeDecodeError as exc:
+                raise _Undecodable("somewhere", exc.reason) from None
+            return
+        for number, line in enumerate(raw, 1):
+            try:
+                decoded = line.decode(encoding)
+            except UnicodeDecodeError as exc:
+                raise _Undecodable(f"line {number}", exc.reason) from None
+            yield decoded.lstrip("\ufeff") if number == 1 else decoded
 
 
 def _decoded(path: str) -> str:
@@ -76,33 +96,45 @@ class _Reader:
         self.offset = 0  # bytes of digest the manifests read so far give each path
         self.raw_names: dict[str, str] = {}  # NFC path -> its name in the manifest, if other
         self.gaps: set[str] = set()  # paths missing from an earlier manifest
+        self.more = 0  # problems past MAX_PROBLEMS
 
-    def add(self, name: str, alg: str, lines: Iterable[str]) -> None:
+    def add(self, name: str, alg: str, lines: Iterable[str], encoding: str) -> None:
         size = hashlib.new(alg).digest_size
-        for number, line in enumerate(lines, 1):
-            line = line.strip()
-            if line and not line.startswith("#"):
-                self._entry(name, alg, size, number, line)
+        try:
+            for number, line in enumerate(lines, 1):
+                line = line.strip()
+                if line and not line.startswith("#"):
+                    self._entry(name, alg, size, number, line)
+        except _Undecodable as exc:
+            self.problem(f"{name}: not valid {encoding}: {exc}")
         self.offset += size
+
+    def problem(self, text: str, kind: list[str] | None = None) -> None:
+        """Name a problem; past MAX_PROBLEMS, count it (a manifest of junk stays small here)."""
+        named = self.table.problems if kind is None else kind
+        if len(self.table.problems) + len(self.table.clashes) < MAX_PROBLEMS:
+            named.append(text)
+        else:
+            self.more += 1
 
     def _entry(self, name: str, alg: str, size: int, number: int, line: str) -> None:
         table, parts = self.table, line.split(None, 1)
         if len(parts) != 2:
-            table.problems.append(f"{name} line {number}: not '<digest>  <path>': {line[:80]!r}")
+            self.problem(f"{name} line {number}: not '<digest>  <path>': {line[:80]!r}")
             return
         try:
             digest = bytes.fromhex(parts[0])
         except ValueError:
             digest = b""
         if len(digest) != size:
-            table.problems.append(f"{name} line {number}: {parts[0][:20]!r} is not a {alg} digest")
+            self.problem(f"{name} line {number}: {parts[0][:20]!r} is not a {alg} digest")
             return
         path = _decoded(parts[1])
         if path.startswith("/") or ".." in path.split("/"):
-            table.problems.append(f"{path}: a manifest names a path outside the bag")
+            self.problem(f"{path}: a manifest names a path outside the bag")
             return
         if not path.startswith("data/"):
-            table.problems.append(f"{path}: {name} names a file outside data/")
+            self.problem(f"{path}: {name} names a file outside data/")
             return
         key = nfc(path)
         have = table.digests.get(key, b"")
@@ -114,22 +146,24 @@ class _Reader:
                 self.raw_names[key] = path
         elif len(have) > self.offset:
             first = self.raw_names.get(key, key)
-            table.clashes.append(
+            self.problem(
                 f"{name}: {path}: listed twice"
                 if first == path
                 else f"{name}: {key}: stored under 2 names that differ only in Unicode "
-                f"normalisation ({ascii(first)} and {ascii(path)}); keep one"
+                f"normalisation ({ascii(first)} and {ascii(path)}); keep one",
+                table.clashes,
             )
 
     def finish(self, names: list[str]) -> None:
         """Every path must be in every payload manifest."""
         short = {p for p, value in self.table.digests.items() if len(value) != self.offset}
         partial = sorted(short | self.gaps)
-        self.table.problems += [
-            f"{p}: not listed in every payload manifest ({', '.join(names)})" for p in partial
-        ]
+        for path in partial:
+            self.problem(f"{path}: not listed in every payload manifest ({', '.join(names)})")
         for path in short:
             del self.table.digests[path]
+        if self.more:
+            self.table.problems.append(f"... and {self.more} more lines that cannot be taken")
 
 
 def read_payload_manifests(
@@ -150,6 +184,6 @@ def read_payload_manifests(
     reader = _Reader(table)
     names = [f"manifest-{alg}.txt" for alg in known]
     for alg, name in zip(known, names, strict=True):
-        reader.add(name, alg, _lines(zf, found[alg], encoding))
+        reader.add(name, alg, _lines(zf, found[alg], encoding), encoding)
     reader.finish(names)
     return table

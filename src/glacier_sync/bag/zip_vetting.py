@@ -90,9 +90,10 @@ def _name_clashes(names: Iterable[str]) -> list[str]:
     twins: dict[str, list[str]] = {}
     for name in names:
         path = nfc(name)
-        seen = first.setdefault(path, name)
-        if seen is name:
+        if path not in first:
+            first[path] = name
             continue
+        seen = first[path]
         if seen == name:
             twice[name] = None
         elif name not in (group := twins.setdefault(path, [seen])):

@@ -111,7 +111,10 @@ def keep_good_parts(
     where = f"s3://{plan.bucket}/{plan.key}"
     try:
         bad = faulty_parts(s3, plan, partial, concurrency)
-    except (NotNarrowed, OSError) as exc:
+        if not bad or len(bad) == part_count(plan):  # none, or all: nothing to narrow down
+            return False
+        _drop_ranges(plan, partial, bad, work_id, where)
+    except Exception as exc:  # noqa: BLE001 - whatever failed, the whole file is fetched again
         log.warning(
             "work %s: %s: the parts at fault cannot be told (%s); the whole object is fetched "
             "again",
@@ -120,8 +123,13 @@ def keep_good_parts(
             exc,
         )
         return False
-    if not bad or len(bad) == part_count(plan):  # none, or all: nothing to narrow down
-        return False
+    return True
+
+
+def _drop_ranges(
+    plan: RangePlan, partial: Path, bad: list[tuple[int, int, int]], work_id: str, where: str
+) -> None:
+    """Rewrite the journal without the ranges that overlap a part at fault (atomically)."""
     journal = journal_path(partial)
     digests = read_journal(journal, plan) or {}
 
@@ -149,4 +157,3 @@ def keep_good_parts(
         plan.size - kept_bytes,
         kept_bytes,
     )
-    return True

@@ -116,8 +116,8 @@ def check_whole(
     if got != expected:
         raise UnconfirmedMismatch(
             f"work {work_id}: the download of {where} does not match the object ({check}: "
-            f"got {got}, S3 says {expected}); the partial file is dropped, the next try fetches "
-            "it again",
+            f"got {got}, S3 says {expected}); the next try fetches it again (only the parts at "
+            "fault where the store gives each part's own value)",
             check,
             got,
             expected,
@@ -232,7 +232,7 @@ def held_after_repeat(partial: Path, mismatch: WholeObjectMismatch, work_id: str
     if before == seen:
         note.unlink(missing_ok=True)
         raise RepeatedMismatch(
-            f"work {work_id}: two full downloads of {partial.name.removesuffix('.part')[1:]} "
+            f"work {work_id}: two downloads of {partial.name.removesuffix('.part')[1:]} "
             f"gave the same bytes, and both differ from what S3 says ({mismatch.check}: got "
             f"{mismatch.got} twice, S3 says {mismatch.expected}): the object or its checksum in "
             "S3 is wrong, not the transfer. Held: compare `aws s3api head-object --checksum-mode "
