@@ -469,18 +469,24 @@ class _NoPartValues(PassThroughClient):
         return self._s3.head_object(**kwargs)
 
 
+def _boto3_object(world, tmp_path) -> tuple[bytes, str]:
+    """21 MiB and a bit uploaded with boto3's defaults (8 MiB parts, composite CRC32)."""
+    data = os.urandom(21 * MIB + 4321)
+    (tmp_path / "source.zip").write_bytes(data)
+    _upload_file(world, tmp_path / "source.zip", {})
+    head = _client(world.endpoint).head_object(Bucket=world.bucket, Key=KEY)
+    return data, head["ETag"].strip('"')
+
+
 @pytest.mark.parametrize("as_s3", [False, True], ids=["moto-part-md5", "s3-part-checksum"])
 def test_a_flipped_byte_costs_the_part_it_was_in_not_the_object(world, tmp_path, as_s3, caplog):
     """boto3's defaults (8 MiB parts, composite CRC32), 3 MB ranges: a byte flipped in the first
     range fails the whole-object check; each part is then compared with its own value in the
     store (moto: the part's eTag, its MD5; S3: the part's CRC32), and only part 1's three ranges
     are dropped. The next try fetches 8 MiB, not 21."""
-    data = os.urandom(21 * MIB + 4321)
-    (tmp_path / "source.zip").write_bytes(data)
-    _upload_file(world, tmp_path / "source.zip", {})
+    data, etag = _boto3_object(world, tmp_path)
     s3 = _client(world.endpoint)
     store = _AsRealS3(s3) if as_s3 else s3
-    etag = s3.head_object(Bucket=world.bucket, Key=KEY)["ETag"].strip('"')
     target = tmp_path / "W1UP.bag.zip"
     partial = target.with_name(f".{target.name}.part")
 
@@ -504,11 +510,8 @@ def test_a_flipped_byte_costs_the_part_it_was_in_not_the_object(world, tmp_path,
 
 
 def test_a_mismatch_whose_parts_cannot_be_read_drops_the_whole_file(world, tmp_path, caplog):
-    data = os.urandom(21 * MIB + 4321)
-    (tmp_path / "source.zip").write_bytes(data)
-    _upload_file(world, tmp_path / "source.zip", {})
+    data, etag = _boto3_object(world, tmp_path)
     s3 = _client(world.endpoint)
-    etag = s3.head_object(Bucket=world.bucket, Key=KEY)["ETag"].strip('"')
     target = tmp_path / "W1UP.bag.zip"
 
     with pytest.raises(WholeObjectMismatch) as caught:
