@@ -179,13 +179,16 @@ def _check_tag_listed_payload(bag, payload_dir: Path) -> list[str]:
         if not file.is_file():
             problems.append(f"{path}: listed in a tag manifest but missing from the zip")
             continue
-        for alg, expected in hashes.items():
-            hasher = hashlib.new(alg)
-            with file.open("rb") as stream:
-                while chunk := stream.read(CHUNK_SIZE):
-                    hasher.update(chunk)
-            if hasher.hexdigest() != expected.lower():
-                problems.append(f"{path}: {alg} mismatch (tag manifest)")
+        hasher = _InlineHasher(tuple(hashes))  # every algorithm in one read
+        with file.open("rb") as stream:
+            while chunk := stream.read(CHUNK_SIZE):
+                hasher.update(chunk)
+        got = hasher.digests()
+        problems += [
+            f"{path}: {alg} mismatch (tag manifest)"
+            for alg, expected in hashes.items()
+            if got[alg] != expected.lower()
+        ]
     return problems
 
 

@@ -15,6 +15,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 SUPPORTED_ALGORITHMS = ("sha512", "sha256", "sha1", "md5")  # strongest first
+DIGEST_SIZES = {alg: hashlib.new(alg).digest_size for alg in SUPPORTED_ALGORITHMS}
 MAX_PROBLEMS = 1000  # lines named one by one; the rest are counted
 MANIFEST_NAME = re.compile(r"manifest-(\w+)\.txt")
 _ENCODING = re.compile(r"^Tag-File-Character-Encoding:\s*(\S+)\s*$", re.IGNORECASE | re.MULTILINE)
@@ -49,7 +50,7 @@ class PayloadManifest:
         """The hex digests the manifests give the NFC payload ``path``, by algorithm."""
         value, digests, start = self.digests[path], {}, 0
         for alg in self.algorithms:
-            size = hashlib.new(alg).digest_size
+            size = DIGEST_SIZES[alg]
             digests[alg] = value[start : start + size].hex()
             start += size
         return digests
@@ -99,7 +100,7 @@ class _Reader:
         self.more = 0  # problems past MAX_PROBLEMS
 
     def add(self, name: str, alg: str, lines: Iterable[str], encoding: str) -> None:
-        size = hashlib.new(alg).digest_size
+        size = DIGEST_SIZES[alg]
         try:
             for number, line in enumerate(lines, 1):
                 line = line.strip()

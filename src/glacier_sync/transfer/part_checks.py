@@ -18,6 +18,7 @@ import os
 import re
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
+from itertools import accumulate
 from pathlib import Path
 from typing import Any
 
@@ -60,9 +61,9 @@ def part_value(s3: Any, plan: RangePlan, number: int) -> PartValue:
     except Exception as exc:  # noqa: BLE001 - a failure here only means: not narrowed
         raise NotNarrowed(f"part {number}'s own value not read: {exc}") from exc
     size = int(head.get("ContentLength", -1))
+    whole = plan.expected.partition("-")[0]
     for algorithm in PART_CHECKSUMS:
         raw = str(head.get(f"Checksum{algorithm.upper()}") or "")
-        whole = plan.expected.partition("-")[0]
         if raw and "-" not in raw and raw != whole:  # the part's own, not the object's value
             return PartValue(size, algorithm, base64.b64decode(raw))
     etag = str(head.get("ETag", "")).strip('"')
@@ -82,7 +83,7 @@ def faulty_parts(
     threads = max(1, min(concurrency, 8))
     with ThreadPoolExecutor(threads) as pool:
         values = list(pool.map(lambda n: part_value(s3, plan, n), range(1, count + 1)))
-    starts = [sum(v.size for v in values[:i]) for i in range(count + 1)]
+    starts = [0, *accumulate(v.size for v in values)]
     if starts[-1] != plan.size or any(v.size < 0 for v in values):
         raise NotNarrowed(f"the parts' sizes add up to {starts[-1]}, not {plan.size}")
     fd = os.open(partial, os.O_RDONLY)
