@@ -527,3 +527,33 @@ def test_a_mismatch_whose_parts_cannot_be_read_drops_the_whole_file(world, tmp_p
         s3, world.bucket, KEY, etag, target, "W1UP", 2, 3, report=report
     )
     assert target.read_bytes() == data and report["fetched"] == len(data)
+
+
+def test_killed_right_after_noting_a_mismatch_the_next_try_refetches_the_part(
+    world, tmp_path, monkeypatch
+):
+    """The mismatch is noted only once the part at fault has left the journal: a kill just after
+    the note leaves a journal without the bad bytes, so the next try fetches them again instead
+    of reusing them and taking the same mismatch for a repeated one (a held work)."""
+    from glacier_sync.transfer import whole_object
+
+    data, etag = _boto3_object(world, tmp_path)
+    s3 = _client(world.endpoint)
+    target = tmp_path / "W1UP.bag.zip"
+    real_note = whole_object.held_after_repeat
+
+    def noted_then_killed(partial, mismatch, work_id):
+        real_note(partial, mismatch, work_id)
+        raise KeyboardInterrupt("killed right after the note")  # a stand-in for kill -9
+
+    monkeypatch.setattr(whole_object, "held_after_repeat", noted_then_killed)
+    with pytest.raises(KeyboardInterrupt):
+        object_download.download_object(
+            FlippingLink(s3), world.bucket, KEY, etag, target, "W1UP", 2, 3
+        )
+    monkeypatch.undo()
+    report: dict = {}
+    assert object_download.download_object(
+        s3, world.bucket, KEY, etag, target, "W1UP", 2, 3, report=report
+    )
+    assert target.read_bytes() == data and report["fetched"] == 8 * MIB, report

@@ -172,16 +172,19 @@ def download_object(
             "its verified ranges on the next try"
         ) from exc
     except whole_object.WholeObjectMismatch as mismatch:
-        try:
-            whole_object.held_after_repeat(partial, mismatch, work_id)
-        except whole_object.RepeatedMismatch:
-            ranged_download.discard(partial)  # held: the operator's retry starts afresh
-            raise
+        # The bytes at fault leave the journal before the mismatch is noted: killed between the
+        # two, the next try fetches them again (a note ahead of the journal would make that try
+        # reuse the same bytes and take them for a repeated mismatch, holding the work).
         narrowed = mismatch.plan is not None and part_checks.keep_good_parts(
             s3, mismatch.plan, partial, concurrency, work_id
         )
         if not narrowed:
             ranged_download.discard(partial)
+        try:
+            whole_object.held_after_repeat(partial, mismatch, work_id)
+        except whole_object.RepeatedMismatch:
+            ranged_download.discard(partial)  # held: the operator's retry starts afresh
+            raise
         raise
     except OSError as exc:
         if is_disk_full(exc):
