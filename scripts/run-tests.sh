@@ -17,6 +17,9 @@ set -euo pipefail
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 tiers=()
 pytest_args=()
+# The Compose module and the test that removes Compose projects: the whole suite's background stream.
+COMPOSE_STREAM=(tests/test_docker_deploy.py tests/test_leftovers.py)
+compose_pid=
 needs_machine=1
 
 parse_args() {
@@ -83,6 +86,46 @@ run_pytest() {
         "${pytest_args[@]}"
 }
 
+# The whole suite in two streams side by side. The Compose stacks' module (and the leftover
+# check that removes Compose projects, which must not run beside it) waits on containers most of
+# its 15 minutes, so it runs in the background; the fast tiers, then the other serial tests, run
+# in the foreground. The background stream's output is printed when both have ended.
+run_whole_suite() {
+    local status=0 compose_status=0
+    compose_log="$run_tmp/compose-stream.log"
+    mkdir "$run_tmp/compose-stream"
+    set -m  # its own process group, SIGINT not ignored: stop_compose_stream can interrupt it
+    (
+        export TMPDIR=$run_tmp/compose-stream
+        pytest_args=("${COMPOSE_STREAM[@]}")
+        run_pytest serial docker
+    ) < /dev/null > "$compose_log" 2>&1 &
+    compose_pid=$!
+    set +m
+    trap 'stop_compose_stream; remove_run_tmp' EXIT
+    run_pytest parallel unit integration || status=$?
+    pytest_args=()
+    local file
+    for file in "${COMPOSE_STREAM[@]}"; do pytest_args+=(--ignore "$file"); done
+    run_pytest serial airflow services docker || { local s=$?; [ "$status" -ne 0 ] || status=$s; }
+    wait "$compose_pid" || compose_status=$?
+    compose_pid=
+    echo "== the Compose stream (ran beside the above): ${COMPOSE_STREAM[*]}"
+    cat "$compose_log"
+    [ "$status" -ne 0 ] || status=$compose_status
+    return "$status"
+}
+
+# On an early exit (Ctrl-C, a failure of this script): interrupt the background stream as
+# Ctrl-C would (its fixtures take their stacks down), wait for it, and show what it printed.
+stop_compose_stream() {
+    [ -n "${compose_pid:-}" ] || return 0
+    kill -INT -- "-$compose_pid" 2>/dev/null || true
+    wait "$compose_pid" 2>/dev/null || true
+    echo "== the Compose stream, interrupted"
+    tail -n 40 "$compose_log" 2>/dev/null || true
+}
+
 only_fast_tiers() {
     [ ${#tiers[@]} -gt 0 ] && ! printf '%s\n' "${tiers[@]}" | grep -qvxE 'unit|integration'
 }
@@ -103,9 +146,7 @@ main() {
     isolate_tmp
     local status=0
     if [ ${#tiers[@]} -eq 0 ] && [ ${#pytest_args[@]} -eq 0 ]; then
-        # The whole suite: the fast tiers in parallel, then the rest one test at a time.
-        run_pytest parallel unit integration || status=$?
-        run_pytest serial airflow services docker || { local s=$?; [ "$status" -ne 0 ] || status=$s; }
+        run_whole_suite || status=$?
     elif only_fast_tiers; then
         run_pytest parallel "${tiers[@]}" || status=$?
     else
