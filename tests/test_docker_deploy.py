@@ -167,7 +167,8 @@ def _previous_release(tmp: Path) -> Path:
 
 def _override_b(e2e) -> Path:
     """Stack B's own moto server; its workers read the fault file; a killed worker's task is
-    found dead within a minute."""
+    found dead within a minute, and one it had taken but not started is queued again within
+    about two (Airflow's defaults: 5 minutes, and 10 to 12)."""
     port = free_port()
     e2e["moto_b"] = f"http://127.0.0.1:{port}"
     override = e2e["tmp"] / "docker-compose.test-b.yaml"
@@ -181,6 +182,8 @@ services:
     environment:
       AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT: "45"
       AIRFLOW__SCHEDULER__ORPHANED_TASKS_CHECK_INTERVAL: "20"
+      AIRFLOW__SCHEDULER__TASK_QUEUED_TIMEOUT: "120"
+      AIRFLOW__SCHEDULER__TASK_QUEUED_TIMEOUT_CHECK_INTERVAL: "15"
   airflow-worker:
     environment:
       GLACIER_SYNC_FAULT_FILE: /opt/airflow/data/fault
