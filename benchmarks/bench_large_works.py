@@ -2,6 +2,7 @@
 
     python benchmarks/bench_large_works.py [--size 4G] [--reps 2] [--workdir DIR]
                                            [--concurrency 4] [--chunk-mb 64] [--kill-at 0.63]
+                                           [--link-mbps 2500]
 
 Starts ``s3rver`` (npm; installed into ``benchmarks/.s3rver`` on first use) on 127.0.0.1 with its
 data under the work folder: it serves ranged GETs from disk, unlike moto, which copies the whole
@@ -22,7 +23,10 @@ in every repetition, each in a child process of its own (wall time and peak RSS 
                         the same concurrency and part size through its config file.
 
 CPU seconds per GiB (user and system, the contender's process and its children) stand beside
-each figure: s3rver shares the two cores, so a client's CPU is the server's loss.
+each figure: s3rver shares the two cores, so a client's CPU is the server's loss. On loopback a
+client that hashes what it fetches is bound by the CPU; ``--link-mbps N`` (root, ``tc``) runs the
+same contenders again with what s3rver sends limited to N Mbit/s (``link_shaping.py``), as a
+network between S3 and the archive's machine would, and prints a second table.
 
 Then a crash: a download killed (``kill -9``) after ``--kill-at`` of the object was journaled is
 resumed, and the bytes fetched again are printed (the object's size before resumable downloads).
@@ -356,8 +360,17 @@ def main() -> None:
     parser.add_argument("--bags", default="", help="label:size:files,... end to end")
     parser.add_argument("--paths", default="run-once,services")
     parser.add_argument("--bags-only", action="store_true", help="skip the side-by-side")
+    parser.add_argument(
+        "--link-mbps", type=int, default=0, help="the side-by-side again on a link of this speed"
+    )
     args = parser.parse_args()
     size = parse_size(args.size)
+    if args.link_mbps:
+        import link_shaping
+
+        refused = link_shaping.refusal()
+        if refused:
+            raise SystemExit(f"bench_large_works: {refused}")
     shutil.rmtree(args.workdir, ignore_errors=True)
     args.workdir.mkdir(parents=True)
     ensure_awscli()
@@ -379,13 +392,15 @@ def side_by_side(endpoint: str, size: int, args: argparse.Namespace) -> None:
     configs = [(name, args.concurrency, args.chunk_mb) for name in CONTENDERS if "sync" in name]
     configs += [("boto3", t, c) for t, c in ((4, 64), (8, 64), (8, 8), (10, 8))]
     configs += [("aws s3 cp", args.concurrency, args.chunk_mb), ("aws s3 cp", 10, 8)]
-    results: dict[str, list[dict]] = {}
-    for _ in range(args.reps):
-        for name, threads, chunk in configs:
-            label = f"{name} {threads}x{chunk}MB"
-            got = measure(name, endpoint, args.workdir, threads, chunk)
-            results.setdefault(label, []).append(got)
-    report(results, size, args)
+    report(race(configs, endpoint, args), size, args, "loopback, no link in between")
+    if args.link_mbps:
+        import link_shaping
+
+        port = int(endpoint.rsplit(":", 1)[1])
+        with link_shaping.shaped(port, args.link_mbps):
+            results = race(configs, endpoint, args)
+        link = f"a link of {args.link_mbps} Mbit/s ({args.link_mbps / 8:.0f} MB/s) from the server"
+        report(results, size, args, link)
     journaled, refetched, seconds = crash_cost(
         endpoint, args.workdir, size, args.concurrency, args.chunk_mb, args.kill_at
     )
@@ -395,6 +410,17 @@ def side_by_side(endpoint: str, size: int, args: argparse.Namespace) -> None:
         f"resumable downloads: 1.00 x) in {seconds:.1f} s, the journaled ranges re-hashed"
     )
     client(endpoint).delete_object(Bucket=BUCKET, Key=KEY)
+
+
+def race(configs: list, endpoint: str, args: argparse.Namespace) -> dict[str, list[dict]]:
+    """Each contender ``--reps`` times, alternating: the figures by contender."""
+    results: dict[str, list[dict]] = {}
+    for _ in range(args.reps):
+        for name, threads, chunk in configs:
+            label = f"{name} {threads}x{chunk}MB"
+            got = measure(name, endpoint, args.workdir, threads, chunk)
+            results.setdefault(label, []).append(got)
+    return results
 
 
 def end_to_end(endpoint: str, args: argparse.Namespace) -> None:
@@ -450,9 +476,10 @@ def end_to_end(endpoint: str, args: argparse.Namespace) -> None:
             s3.delete_object(Bucket=BUCKET, Key=bag.key)
 
 
-def report(results: dict[str, list[dict]], size: int, args: argparse.Namespace) -> None:
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores")
-    print(f"object: {size / MIB:.0f} MiB on s3rver (127.0.0.1), {args.reps} repetition(s)\n")
+def report(results: dict[str, list[dict]], size: int, args: argparse.Namespace, link: str) -> None:
+    print(f"\nmachine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores")
+    print(f"object: {size / MIB:.0f} MiB on s3rver (127.0.0.1), {args.reps} repetition(s)")
+    print(f"between them: {link}\n")
     print(
         f"{'contender':<32} {'median s':>9} {'MB/s':>7} {'CPU s/GiB':>10} {'peak RSS MB':>12} "
         f"{'ratio':>6}"

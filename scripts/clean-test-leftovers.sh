@@ -10,7 +10,8 @@
 #   scripts/clean-test-leftovers.sh --all     remove the build cache as well
 #
 # Where: TMPDIR (default /tmp) for the runs' folders; LEFTOVER_ROOTS (space-separated) overrides
-# the benchmark folders checked (the tests point both at a folder of their own).
+# the benchmark folders checked; LEFTOVER_KINDS (default "processes folders shaping docker")
+# the kinds looked at (the tests point each at their own, and never at a stream running beside).
 set -euo pipefail
 
 mode=clean
@@ -19,6 +20,7 @@ tmp_root=${TMPDIR:-/tmp}
 bench_roots=${LEFTOVER_ROOTS-/tmp/bench-large-works /var/tmp/glacier-sync-bench}
 project_pattern='^bdrc-(e2e|bench)-'
 image_pattern='^bdrc-airflow:(e2e-|bench)'
+kinds=" ${LEFTOVER_KINDS:-processes folders shaping docker} "
 found=0
 
 usage() { sed -n '2,14s/^# \{0,1\}//p' "$0"; }
@@ -39,6 +41,8 @@ report() {
     found=$((found + 1))
     if [ "$mode" = check ]; then echo "left over: $1 $2"; else echo "removing $1 $2"; fi
 }
+
+wanted() { [[ $kinds == *" $1 "* ]]; }
 
 alive() { [ -n "$1" ] && kill -0 "$1" 2>/dev/null; }
 
@@ -155,11 +159,22 @@ clean_images() {
     return 0
 }
 
+# The link a killed bench_large_works.py --link-mbps left shaped on loopback (the root
+# queueing discipline of benchmarks/link_shaping.py, handle bdc0:; nothing else is touched).
+clean_link_shaping() {
+    command -v tc >/dev/null || return 0
+    tc qdisc show dev lo 2>/dev/null | grep -q '^qdisc htb bdc0:' || return 0
+    report shaping "of the loopback link (tc qdisc bdc0: on lo)"
+    [ "$mode" = clean ] && tc qdisc del dev lo root handle bdc0: 2>/dev/null
+    return 0
+}
+
 main() {
     parse_args "$@"
-    clean_processes
-    clean_folders
-    clean_docker
+    wanted processes && clean_processes
+    wanted folders && clean_folders
+    wanted shaping && clean_link_shaping
+    wanted docker && clean_docker
     if [ "$mode" = check ] && [ "$found" -gt 0 ]; then
         echo "clean-test-leftovers: $found thing(s) left by a test or benchmark run;" \
             "remove them with scripts/clean-test-leftovers.sh" >&2

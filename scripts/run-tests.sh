@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The test command. With no option: set up everything (the locked virtual environment, the
 # system packages and the Docker engine) and run the whole suite: lint, then every tier (unit,
-# integration, airflow, services, docker; see tests/tiers.py), the 30 slowest tests printed.
+# integration, airflow, services, docker; see tests/tiers.py; the Compose module in a stream
+# of its own beside the others, run_whole_suite below), the 30 slowest tests printed.
 #
 #   scripts/run-tests.sh                     everything (what CI runs)
 #   scripts/run-tests.sh --fast              lint, then the unit and integration tiers only

@@ -30,8 +30,14 @@ def test_hang(tmp_path):
 """
 
 
-def _script(tmp_root: Path, *args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "TMPDIR": str(tmp_root), "LEFTOVER_ROOTS": str(tmp_root / "bench")}
+def _script(tmp_root: Path, *args: str, kinds: str) -> subprocess.CompletedProcess:
+    """The script on ``kinds`` only: the Compose stream may run beside (scripts/run-tests.sh)."""
+    env = {
+        **os.environ,
+        "TMPDIR": str(tmp_root),
+        "LEFTOVER_ROOTS": str(tmp_root / "bench"),
+        "LEFTOVER_KINDS": kinds,
+    }
     return subprocess.run(
         ["bash", str(SCRIPT), *args], env=env, capture_output=True, text=True, timeout=120
     )
@@ -83,7 +89,7 @@ def test_a_killed_runs_process_and_folder_are_found_and_removed(tmp_path):
     live.mkdir()
     (live / ".owner").write_text(str(os.getpid()))
 
-    check = _script(tmp_root, "--check")
+    check = _script(tmp_root, "--check", kinds="processes folders")
     assert check.returncode == 1, check.stdout + check.stderr
     assert f"left over: process {child} sleep 600" in check.stdout, check.stdout
     assert f"left over: folder {folder}\n" in check.stdout, check.stdout
@@ -92,7 +98,7 @@ def test_a_killed_runs_process_and_folder_are_found_and_removed(tmp_path):
     assert "remove them with scripts/clean-test-leftovers.sh" in check.stderr
     assert _running(child) and folder.exists(), "--check removes nothing"
 
-    clean = _script(tmp_root)
+    clean = _script(tmp_root, kinds="processes folders")
     assert clean.returncode == 0, clean.stdout + clean.stderr
     deadline = time.monotonic() + 10
     while _running(child) and time.monotonic() < deadline:
@@ -102,7 +108,7 @@ def test_a_killed_runs_process_and_folder_are_found_and_removed(tmp_path):
     assert live.exists(), "a live run's folder is kept"
 
     shutil.rmtree(live)
-    again = _script(tmp_root, "--check")
+    again = _script(tmp_root, "--check", kinds="processes folders")
     assert again.returncode == 0 and "nothing left over" in again.stdout, again.stdout
     assert sorted(p.name for p in tmp_root.iterdir()) == [], "pytest's empty base folder too"
 
@@ -133,12 +139,12 @@ def test_a_left_container_and_image_are_found_and_removed(tmp_path):
     try:
         tmp_root = tmp_path / "tmp"
         tmp_root.mkdir()
-        check = _script(tmp_root, "--check")
+        check = _script(tmp_root, "--check", kinds="docker")
         assert check.returncode == 1
         assert f"left over: container {project}-1\n" in check.stdout, check.stdout
         assert f"left over: image {image}\n" in check.stdout, check.stdout
 
-        clean = _script(tmp_root)
+        clean = _script(tmp_root, kinds="docker")
         assert clean.returncode == 0, clean.stdout + clean.stderr
         left = subprocess.run(
             ["docker", "ps", "-a", "-q", "--filter", f"label=com.docker.compose.project={project}"],
