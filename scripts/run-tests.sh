@@ -145,6 +145,10 @@ main() {
     "$venv/bin/ruff" format --check .
 
     isolate_tmp
+    # Ctrl-C or a kill: stop once the running pytest has ended (the EXIT trap cleans up), rather
+    # than going on to the next tier.
+    trap 'exit 130' INT
+    trap 'exit 143' TERM
     local status=0
     if [ ${#tiers[@]} -eq 0 ] && [ ${#pytest_args[@]} -eq 0 ]; then
         run_whole_suite || status=$?
