@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import subprocess
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -37,6 +39,31 @@ def _restore(world, dirs, work_id, key, zip_path=None):
     zip_path = zip_path or make_bag_zip(dirs["bags"], work_id)
     world.upload_archived(zip_path, key)
     world.restore(key)
+
+
+class _WebhookListener:
+    """An HTTP listener on 127.0.0.1 that keeps each JSON POST (the notices' webhook)."""
+
+    def __init__(self) -> None:
+        posts: list[dict] = []
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 - the stdlib's name
+                posts.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+                self.send_response(204)
+                self.end_headers()
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.posts = posts
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/notices"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
 
 
 def _rows(dirs):
@@ -160,14 +187,23 @@ def test_a_failing_work_does_not_fail_its_siblings(airflow_home, world, dirs):
     )
     _restore(world, dirs, "W1GOOD", "Archive0/08/W1GOOD/W1GOOD.bag.zip")
     # Task retries on (as by default): a bad bag is a permanent failure, tried once.
+    hook = _WebhookListener()
     env = glacier_env(
         world,
         dirs["data"],
         dirs["archive"],
         GLACIER_SYNC_TASK_RETRIES=2,
         GLACIER_SYNC_TASK_RETRY_DELAY_SECONDS=1,
+        GLACIER_SYNC_ALERT_WEBHOOK_URL=hook.url,
     )
-    proc = dag_test(airflow_home, "sqs_scheduled_dag.py", env)
+    try:
+        proc = dag_test(airflow_home, "sqs_scheduled_dag.py", env)
+    finally:
+        hook.close()
+    # The summary told the webhook, once, that the bad work is held (docs/operations.md).
+    held = [p for p in hook.posts if p["kind"] == "held"]
+    assert [p["work_id"] for p in held] == ["W1BAD"], hook.posts
+    assert "notes.txt: sha512 mismatch" in held[0]["text"]
     state, tasks = last_run(airflow_home, "sqs_scheduled_dag")
     assert state == "failed"
     assert tasks[("summarize_run", -1)] == "failed", "the summary keeps the run failed"

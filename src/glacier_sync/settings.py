@@ -132,6 +132,17 @@ class Settings(BaseSettings):
     metrics_statsd_port: int = Field(default=8125, ge=1, le=65535)
     metrics_prefix: str = Field(default="glacier_sync", pattern=r"^[A-Za-z0-9_.-]+$")
     instance_id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+    # Notices (glacier_sync.alerts): off until a recipient or a webhook is set.
+    alert_email_to: list[str] = []
+    alert_email_from: str | None = None
+    alert_smtp_host: str | None = None
+    alert_smtp_port: int = Field(default=25, ge=1, le=65535)
+    alert_smtp_starttls: bool = False
+    alert_smtp_user: str | None = None
+    alert_smtp_password_file: Path | None = None
+    alert_webhook_url: SecretStr | None = None
+    alert_timeout_seconds: float = Field(default=10, gt=0, le=120)
+    ui_base_url: str | None = None
 
     @classmethod
     def settings_customise_sources(
@@ -158,6 +169,12 @@ class Settings(BaseSettings):
         "sync_db_config",
         "instance_id",
         "metrics_statsd_host",
+        "alert_email_from",
+        "alert_smtp_host",
+        "alert_smtp_user",
+        "alert_smtp_password_file",
+        "alert_webhook_url",
+        "ui_base_url",
         mode="before",
     )
     @classmethod
@@ -216,7 +233,31 @@ class Settings(BaseSettings):
                 )
         if self.progress_db_url and self.progress_db_url_file:
             raise ValueError("set only one of `progress_db_url` and `progress_db_url_file`")
+        self._check_alerts()
         return self
+
+    def _check_alerts(self) -> None:
+        """Notice settings that cannot work are refused at start, in one line."""
+        for address in [*self.alert_email_to, self.alert_email_from or "x@y"]:
+            if not re.fullmatch(r"[^@\s,]+@[^@\s,]+", address):
+                raise ValueError(f"alert e-mail address {address!r} is not of the form name@host")
+        if self.alert_email_to and not (self.alert_smtp_host and self.alert_email_from):
+            raise ValueError(
+                "`alert_email_to` is set: set `alert_smtp_host` and `alert_email_from` too "
+                "(or unset `alert_email_to` to send no e-mail)"
+            )
+        if self.alert_smtp_user and self.alert_smtp_password_file is None:
+            raise ValueError(
+                "`alert_smtp_user` is set: set `alert_smtp_password_file` to the file that "
+                "holds its password (a secret, never the password itself)"
+            )
+        url = self.alert_webhook_url.get_secret_value() if self.alert_webhook_url else ""
+        if url and not re.match(r"https?://[^/\s]+", url):
+            raise ValueError("`alert_webhook_url` is not an http(s) URL")
+        if self.ui_base_url and not re.match(r"https?://[^/\s]+", self.ui_base_url):
+            raise ValueError(
+                f"`ui_base_url` {self.ui_base_url!r} is not an http(s) URL (the UI's address)"
+            )
 
     @property
     def incoming_dir(self) -> Path:

@@ -6,10 +6,12 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from glacier_sync.settings import Settings
+from glacier_sync_airflow.notifier import failure_callbacks
 
 
 def dag_arguments(settings: Settings, schedule: Any, doc: str | None) -> dict[str, Any]:
-    """The arguments the DAGs share: no catch-up, runs and retries from the settings."""
+    """The arguments the DAGs share: no catch-up, runs and retries from the settings, a notice
+    when a run fails (when a channel is configured)."""
     return {
         "schedule": schedule,
         "start_date": datetime(2025, 1, 1),
@@ -21,4 +23,5 @@ def dag_arguments(settings: Settings, schedule: Any, doc: str | None) -> dict[st
         },
         "tags": ["glacier-sync", settings.env],
         "doc_md": doc,
+        **failure_callbacks(settings),
     }

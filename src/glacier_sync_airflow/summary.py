@@ -8,6 +8,7 @@ from typing import Any
 from airflow.sdk import get_current_context
 from airflow.sdk.exceptions import AirflowFailException
 
+from glacier_sync.alerts.dispatch import send_due_notices
 from glacier_sync.settings import Settings
 from glacier_sync_airflow.runs import as_batch, make_pipeline
 
@@ -42,6 +43,7 @@ def summarize(settings: Settings) -> dict[str, Any]:
                 work["error"],
                 held,
             )
+    _send_notices(settings, store)
     synced = sum(w["state"] == "synced" for w in works)
     totals = f"{synced} of {len(works)} works archived" if works else "no work in this run"
     log.info("summary: %s", totals)
@@ -51,6 +53,19 @@ def summarize(settings: Settings) -> dict[str, Any]:
     if failed:
         raise AirflowFailException(f"{failed} task(s) of this run failed; {totals}")
     return {"summary": totals, "works": works}
+
+
+def _send_notices(settings: Settings, store: Any) -> None:
+    """The notices now due (works held, copies about to expire); never fails the run."""
+    try:
+        sent = send_due_notices(store, settings)
+    except Exception as exc:  # noqa: BLE001 - a notice must never fail the run
+        log.warning(
+            "notices not checked (%s: %s); the next run checks again", type(exc).__name__, exc
+        )
+        return
+    if any(sent.values()):
+        log.info("notices sent: %s", ", ".join(f"{n} by {c}" for c, n in sent.items()))
 
 
 def _work_line(row: Any) -> dict[str, Any]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from sqlalchemy import select
+from sqlalchemy import and_, or_, select
 
 from glacier_sync.records.claimants import is_dead_local_run
 from glacier_sync.records.models import Progress, utcnow
@@ -42,6 +42,25 @@ class StatusViews(ProgressDatabase):
             for row in rows
             if _stuck(row, now, older_than, max_attempts) or expires_soon(row, now, expiry_margin)
         ]
+
+    def notice_candidates(self, now: datetime, margin: timedelta) -> list[Progress]:
+        """Rows held for attention, and unsynced rows whose restored copy expires within
+        ``margin``: what a notice may be due for (``glacier_sync.alerts``)."""
+        query = (
+            select(Progress)
+            .where(
+                or_(
+                    Progress.needs_attention.is_(True),
+                    and_(
+                        Progress.state != State.SYNCED,
+                        Progress.restore_expires_at <= now + margin,
+                    ),
+                )
+            )
+            .order_by(Progress.id)
+        )
+        with self.session() as session:
+            return list(session.scalars(query))
 
     def needs_cleanup(self, limit: int = 100) -> list[Progress]:
         """Synced rows whose local files were not (all) removed yet: a crash cut the clean-up."""
