@@ -153,8 +153,15 @@ mkdir -p "$build_dir/wheels"
     -w "$build_dir/wheels" 2> >(grep -v "is ignored: it is neither" >&2)
 say "building the pipeline's own wheel (the glacier_sync library and its Airflow glue)"
 rm -f "$build_dir/wheels"/glacier_sync-*.whl
-"$venv/bin/python" -m pip wheel -q --disable-pip-version-check --no-deps "$repo" \
+# From a copy of the sources: setuptools writes build/ and *.egg-info where it builds, and two
+# builds at once in the checkout (the test suite's two streams do that) would clobber each other.
+rm -rf "$build_dir/source"
+mkdir -p "$build_dir/source"
+cp -a "$repo/pyproject.toml" "$repo/src" "$build_dir/source/"
+find "$build_dir/source/src" \( -name __pycache__ -o -name '*.egg-info' \) -prune -exec rm -rf {} +
+"$venv/bin/python" -m pip wheel -q --disable-pip-version-check --no-deps "$build_dir/source" \
     -w "$build_dir/wheels" 2> >(grep -v "is ignored: it is neither" >&2)
+rm -rf "$build_dir/source"
 
 say "copying DAGs, scripts and config"
 rm -rf "$build_dir/dags" "$build_dir/sync-scripts" "$build_dir/config" "$build_dir/docker"

@@ -5,7 +5,8 @@ a client that checks what it fetches loses to one that checks nothing by exactly
 ``shaped(port, mbit)`` limits what the server on ``port`` sends to ``mbit`` megabits a second
 (an HTB class for the traffic from that port only; everything else on loopback is untouched),
 so that the side-by-side also shows each client on a link it cannot outrun. ``remove()`` takes
-the shaping away, also after a run killed with -9 (scripts/clean-test-leftovers.sh calls it).
+the shaping away; after a run killed with -9, scripts/clean-test-leftovers.sh removes it (the
+same handle). All loopback traffic passes the HTB root; only the port's is limited.
 """
 
 from __future__ import annotations

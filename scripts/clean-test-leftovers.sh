@@ -165,12 +165,27 @@ clean_link_shaping() {
     command -v tc >/dev/null || return 0
     tc qdisc show dev lo 2>/dev/null | grep -q '^qdisc htb bdc0:' || return 0
     report shaping "of the loopback link (tc qdisc bdc0: on lo)"
-    [ "$mode" = clean ] && tc qdisc del dev lo root handle bdc0: 2>/dev/null
+    if [ "$mode" = clean ] && ! tc qdisc del dev lo root handle bdc0: 2>/dev/null; then
+        echo "clean-test-leftovers: could not remove the shaping (needs root):" \
+            "tc qdisc del dev lo root handle bdc0:" >&2
+    fi
     return 0
+}
+
+check_kinds() {
+    local kind
+    for kind in $kinds; do
+        case $kind in
+            processes|folders|shaping|docker) ;;
+            *) echo "clean-test-leftovers: unknown kind '$kind' in LEFTOVER_KINDS;" \
+                "use processes, folders, shaping or docker" >&2; exit 2 ;;
+        esac
+    done
 }
 
 main() {
     parse_args "$@"
+    check_kinds
     wanted processes && clean_processes
     wanted folders && clean_folders
     wanted shaping && clean_link_shaping

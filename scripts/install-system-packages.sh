@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Install the Debian packages the tests need when they are missing: chromium and
-# chromium-driver (the browser test). Needs root and apt-get; otherwise says what to install.
+# chromium-driver (the browser test), iproute2 (tc: the link shaping test). Needs root and
+# apt-get; otherwise says what to install.
 set -euo pipefail
 
-packages=(chromium chromium-driver)
+packages=(chromium chromium-driver iproute2)
 missing=()
 for pkg in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

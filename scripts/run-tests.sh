@@ -120,6 +120,7 @@ run_whole_suite() {
 # On an early exit (Ctrl-C, a failure of this script): interrupt the background stream as
 # Ctrl-C would (its fixtures take their stacks down), wait for it, and show what it printed.
 stop_compose_stream() {
+    trap '' INT TERM  # a second Ctrl-C must not cut the clean-up short
     [ -n "${compose_pid:-}" ] || return 0
     kill -INT -- "-$compose_pid" 2>/dev/null || true
     wait "$compose_pid" 2>/dev/null || true

@@ -134,7 +134,7 @@ def test_a_held_work_is_told_once_per_hold_by_mail_and_webhook(tmp_path, servers
     mail = smtp.messages[0]
     assert "Subject: [glacier-sync] W1HELD needs attention (debag phase)" in mail
     assert "data/a.txt does not match" in mail and "glacier-sync retry W1HELD" in mail
-    assert "http://airflow.example:8080/dags/~/runs?search=W1HELD" in mail
+    assert "http://airflow.example:8080/dag_runs?run_id_pattern=run-1" in mail
     post = http.posts[0]
     assert post["kind"] == "held" and post["work_id"] == "W1HELD"
     assert {(n["channel"], n["kind"]) for n in _notices(store, held)} == {
@@ -142,12 +142,17 @@ def test_a_held_work_is_told_once_per_hold_by_mail_and_webhook(tmp_path, servers
         ("webhook", "held"),
     }
 
+    # The failed task Cleared: the same run tries again and holds it again, one attempt later.
+    store.update_row(held, "debag failed for good again", count_attempt=True)
+    assert send_due_notices(store, settings) == {"email": 1, "webhook": 1}
+    smtp.messages.clear()
+    http.posts.clear()
     # Retried by an operator and held again by another run: a new event, one more notice each.
     store.reset_for_retry("W1HELD")
     assert send_due_notices(store, settings) == {"email": 0, "webhook": 0}
     store.update_row(held, "held again", needs_attention=True, failed_run="run-2")
     assert send_due_notices(store, settings) == {"email": 1, "webhook": 1}
-    assert len(smtp.messages) == 2 and len(http.posts) == 2
+    assert len(smtp.messages) == 1 and len(http.posts) == 1
 
 
 def test_a_copy_that_expires_before_it_is_archived_is_told_once(tmp_path, servers):
@@ -233,6 +238,24 @@ def test_a_webhook_that_hangs_costs_its_timeout_only(tmp_path):
             "alert_smtp_password_file",
         ),
         ({"GLACIER_SYNC_ALERT_WEBHOOK_URL": "ftp://hooks.example/x"}, "alert_webhook_url"),
+        (
+            {"GLACIER_SYNC_ALERT_WEBHOOK_URL": "https://hook:s3cretTOKEN@hooks.example/x"},
+            "alert_webhook_url",
+        ),
+        (
+            {
+                "GLACIER_SYNC_ALERT_SMTP_USER": "mailer",
+                "GLACIER_SYNC_ALERT_SMTP_PASSWORD_FILE": "/nonexistent/smtp-password",
+            },
+            "cannot read /nonexistent/smtp-password",
+        ),
+        (
+            {
+                "GLACIER_SYNC_ALERT_SMTP_USER": "mailer",
+                "GLACIER_SYNC_ALERT_SMTP_PASSWORD_FILE": __file__,
+            },
+            "alert_smtp_starttls",
+        ),
     ],
 )
 def test_settings_that_cannot_work_are_one_line_at_start(tmp_path, env, named):
@@ -249,6 +272,7 @@ def test_settings_that_cannot_work_are_one_line_at_start(tmp_path, env, named):
     # The house form: "error: invalid settings:", then the one problem on one line.
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 2 and named in lines[1], result.stderr
+    assert "s3cretTOKEN" not in result.stderr
 
 
 def test_no_channel_configured_sends_nothing_and_reads_nothing(tmp_path):
@@ -273,3 +297,90 @@ def test_the_dags_failure_notifier_tells_the_channels_once_per_call(tmp_path, se
     assert len(smtp.messages) == 1 and len(http.posts) == 1
     assert http.posts[0]["subject"] == "run asset_triggered__1 of sqs_event_dag failed"
     assert "task_failure" in smtp.messages[0]
+
+
+class _PickyListener(BaseHTTPRequestHandler):
+    """Refuses (400) the notice of W1BAD, redirects that of W1MOVED, takes the others."""
+
+    def do_POST(self) -> None:  # noqa: N802 - the stdlib's name
+        post = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        if post["work_id"] == "W1MOVED":
+            self.send_response(302)
+            self.send_header("Location", "/elsewhere")
+            self.end_headers()
+            return
+        self.server.posts.append(post)
+        self.send_response(400 if post["work_id"] == "W1BAD" else 204)
+        self.end_headers()
+
+    def do_GET(self) -> None:  # noqa: N802 - the redirect's target
+        self.send_response(200)
+        self.end_headers()
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+def test_a_refused_notice_does_not_hold_up_the_others_and_a_redirect_is_not_sent(tmp_path):
+    http = ThreadingHTTPServer(("127.0.0.1", 0), _PickyListener)
+    http.posts = []
+    threading.Thread(target=http.serve_forever, daemon=True).start()
+    try:
+        settings = Settings(
+            data_root=tmp_path / "data",
+            alert_webhook_url=f"http://127.0.0.1:{http.server_address[1]}/hook",
+        )
+        store = ProgressStore(f"sqlite:///{tmp_path / 'progress.sqlite'}")
+        bad = _held_work(store, tmp_path, "W1BAD", "run-1")
+        moved = _held_work(store, tmp_path, "W1MOVED", "run-1")
+        good = _held_work(store, tmp_path, "W1GOOD", "run-1")
+        assert send_due_notices(store, settings) == {"webhook": 1}
+        assert [p["work_id"] for p in http.posts] == ["W1BAD", "W1GOOD"]
+        assert _notices(store, bad) == [] and _notices(store, moved) == []
+        assert len(_notices(store, good)) == 1
+    finally:
+        http.shutdown()
+        http.server_close()
+
+
+def test_a_webhook_that_answers_a_byte_at_a_time_costs_its_timeout_only(tmp_path):
+    server = __import__("socket").create_server(("127.0.0.1", 0))
+
+    def drip() -> None:
+        conn, _ = server.accept()
+        with conn:
+            conn.recv(65536)
+            for byte in b"HTTP/1.1 204 No Content\r\n\r\n":
+                time.sleep(0.5)
+                try:
+                    conn.sendall(bytes([byte]))
+                except OSError:
+                    return
+
+    threading.Thread(target=drip, daemon=True).start()
+    try:
+        settings = Settings(
+            data_root=tmp_path / "data",
+            alert_webhook_url=f"http://127.0.0.1:{server.getsockname()[1]}/hook",
+            alert_timeout_seconds=1,
+        )
+        store = ProgressStore(f"sqlite:///{tmp_path / 'progress.sqlite'}")
+        _held_work(store, tmp_path, "W1DRIP", "run-1")
+        started = time.monotonic()
+        assert send_due_notices(store, settings) == {"webhook": 0}
+        assert time.monotonic() - started < 2.5, "bounded as a whole, not per byte"
+    finally:
+        server.close()
+
+
+def test_an_error_quoting_the_webhook_url_never_reaches_the_log(tmp_path, caplog):
+    settings = Settings(
+        data_root=tmp_path / "data",
+        alert_webhook_url="http://127.0.0.1:99999/hook?token=s3cretTOKEN",  # no such port
+    )
+    store = ProgressStore(f"sqlite:///{tmp_path / 'progress.sqlite'}")
+    _held_work(store, tmp_path, "W1LEAK", "run-1")
+    with caplog.at_level("WARNING"):
+        assert send_due_notices(store, settings) == {"webhook": 0}
+    assert "not sent" in caplog.text and "127.0.0.1" in caplog.text
+    assert "s3cretTOKEN" not in caplog.text, caplog.text

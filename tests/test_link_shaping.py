@@ -16,7 +16,8 @@ from helpers import REPO
 sys.path.insert(0, str(REPO / "benchmarks"))
 import link_shaping  # noqa: E402
 
-pytestmark = pytest.mark.integration
+# The loopback's root queueing discipline is the machine's: a serial tier, not beside the fast ones.
+pytestmark = pytest.mark.services
 PAYLOAD = 12 * 1024 * 1024
 MBIT = 80  # 10 MB/s: the payload takes 1.2 s through the shaped port
 

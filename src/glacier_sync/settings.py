@@ -238,25 +238,50 @@ class Settings(BaseSettings):
 
     def _check_alerts(self) -> None:
         """Notice settings that cannot work are refused at start, in one line."""
-        for address in [*self.alert_email_to, self.alert_email_from or "x@y"]:
+        named = [("alert_email_to", a) for a in self.alert_email_to]
+        for setting, address in [*named, ("alert_email_from", self.alert_email_from or "x@y")]:
             if not re.fullmatch(r"[^@\s,]+@[^@\s,]+", address):
-                raise ValueError(f"alert e-mail address {address!r} is not of the form name@host")
+                raise ValueError(f"`{setting}`: {address!r} is not an address (name@host)")
         if self.alert_email_to and not (self.alert_smtp_host and self.alert_email_from):
             raise ValueError(
                 "`alert_email_to` is set: set `alert_smtp_host` and `alert_email_from` too "
                 "(or unset `alert_email_to` to send no e-mail)"
             )
-        if self.alert_smtp_user and self.alert_smtp_password_file is None:
+        if self.alert_smtp_user:
+            self._check_smtp_login()
+        url = self.alert_webhook_url.get_secret_value() if self.alert_webhook_url else ""
+        if url and not re.match(r"https?://[^/@\s]+(/|$)", url):
+            raise ValueError(
+                "`alert_webhook_url` is not an http(s) URL without a user or password in it "
+                "(put a token in the path or the query)"
+            )
+        if self.ui_base_url and not re.match(r"https?://[^/\s]+", self.ui_base_url):
+            raise ValueError(
+                f"`ui_base_url` {self.ui_base_url!r} is not an http(s) URL (the UI's address)"
+            )
+
+    def _check_smtp_login(self) -> None:
+        """A login needs its password file, readable and not empty, and STARTTLS (the
+        password never crosses the network in clear)."""
+        file = self.alert_smtp_password_file
+        if file is None:
             raise ValueError(
                 "`alert_smtp_user` is set: set `alert_smtp_password_file` to the file that "
                 "holds its password (a secret, never the password itself)"
             )
-        url = self.alert_webhook_url.get_secret_value() if self.alert_webhook_url else ""
-        if url and not re.match(r"https?://[^/\s]+", url):
-            raise ValueError("`alert_webhook_url` is not an http(s) URL")
-        if self.ui_base_url and not re.match(r"https?://[^/\s]+", self.ui_base_url):
+        try:
+            empty = not file.read_text(encoding="utf-8").strip()
+        except OSError as exc:
             raise ValueError(
-                f"`ui_base_url` {self.ui_base_url!r} is not an http(s) URL (the UI's address)"
+                f"`alert_smtp_password_file`: cannot read {file} ({exc.strerror}); "
+                "write the SMTP password into it"
+            ) from None
+        if empty:
+            raise ValueError(f"`alert_smtp_password_file`: {file} is empty; write the password")
+        if not self.alert_smtp_starttls:
+            raise ValueError(
+                "`alert_smtp_user` is set: set `alert_smtp_starttls = true`, so that the "
+                "password is not sent in clear"
             )
 
     @property

@@ -3,8 +3,9 @@
 ``send_due_notices`` is called at the end of every restore run: it reads the works held for
 attention and the restored copies about to expire, sends each notice a channel has not sent
 yet, and writes what it sent into the work's history. A channel that is down is left for this
-round after one warning (the notices wait for the next); a notice is recorded after it was sent,
-so a crash in between sends it twice, never not at all.
+round after one warning (the notices wait for the next), a notice it refuses is tried again at the
+next check without holding up the others. A notice is recorded after it was sent, so a crash in
+between, or two runs ending at the same moment, may send it twice: at least once, never lost.
 """
 
 from __future__ import annotations
@@ -13,7 +14,13 @@ import logging
 from datetime import datetime, timedelta
 from typing import Protocol
 
-from glacier_sync.alerts.channels import ChannelDown, EmailChannel, WebhookChannel
+from glacier_sync.alerts.channels import (
+    ChannelDown,
+    EmailChannel,
+    NoticeRefused,
+    WebhookChannel,
+    bounded,
+)
 from glacier_sync.alerts.notices import NOTICE_EVENT, Notice, already_sent, due
 from glacier_sync.errors import ConfigError
 from glacier_sync.records.models import utcnow
@@ -68,8 +75,11 @@ def send_due_notices(
         for row_id, notice in pending:
             if already_sent(rows[row_id], notice, channel.name):
                 continue
-            if not _try_send(channel, notice):
-                break  # down: the rest wait for the next round
+            outcome = _try_send(channel, notice, settings.alert_timeout_seconds)
+            if outcome == "down":
+                break  # the rest wait for the next round
+            if outcome == "refused":
+                continue  # this one is tried again next round; the others still go
             store.update_row(
                 row_id,
                 NOTICE_EVENT,
@@ -90,17 +100,22 @@ def send_run_failure(settings: Settings, dag_id: str, run_id: str, reason: str) 
         text=f"The run {run_id} of {dag_id} failed: {reason}",
         link=f"{base}/dags/{dag_id}/runs/{run_id}" if base else None,
     )
-    return sum(_try_send(channel, notice) for channel in channels_from(settings))
+    timeout = settings.alert_timeout_seconds
+    return sum(_try_send(channel, notice, timeout) == "sent" for channel in channels_from(settings))
 
 
-def _try_send(channel: Channel, notice: Notice) -> bool:
-    """Send; on any failure log one line and say so (never raise: a run is never failed or
-    held by a notice)."""
+def _try_send(channel: Channel, notice: Notice, timeout: float) -> str:
+    """Send within ``timeout`` in all: "sent", "refused" (this notice) or "down" (the channel);
+    a failure is one log line, never raised: a run is never failed or held by a notice."""
     try:
-        channel.send(notice)
-        return True
+        bounded(channel.send, notice, timeout)
+        return "sent"
+    except NoticeRefused as exc:
+        log.warning("notice %s refused (%s); tried again at the next check", notice.key, exc)
+        return "refused"
     except (ChannelDown, ConfigError) as exc:
-        log.warning("notice %s not sent (%s); it is tried again at the next check", notice.key, exc)
+        log.warning("notice %s not sent (%s); tried again at the next check", notice.key, exc)
     except Exception as exc:  # noqa: BLE001 - a notice must never fail the pipeline
-        log.warning("notice %s not sent (%s: %s)", notice.key, type(exc).__name__, exc)
-    return False
+        # Only the type: the text of an unexpected error may quote a secret (a webhook URL).
+        log.warning("notice %s not sent (%s)", notice.key, type(exc).__name__)
+    return "down"

@@ -41,26 +41,31 @@ class Notice:
         }
 
 
-def work_link(base_url: str | None, work_id: str) -> str | None:
-    """Where the UI shows the runs that handled the work (the runs list, searched by its id)."""
-    if not base_url:
+MAX_REASON = 2000  # characters of a work's last error in a notice
+
+
+def run_link(base_url: str | None, run_id: str | None) -> str | None:
+    """The UI's list of runs filtered to the run that held the work."""
+    if not base_url or not run_id:
         return None
-    return f"{base_url.rstrip('/')}/dags/~/runs?search={quote(work_id)}"
+    return f"{base_url.rstrip('/')}/dag_runs?run_id_pattern={quote(run_id)}"
 
 
 def held_notice(row: Progress, base_url: str | None) -> Notice:
     """A work held for an operator: the phase, the reason and the fix."""
     return Notice(
         kind="held",
-        key=f"held:{row.dedup_key}:{row.failed_run or '-'}:{row.failed_phase or '-'}",
+        # A hold after a Clear of the same run has one more attempt: a new event.
+        key=f"held:{row.dedup_key}:{row.failed_run or '-'}:{row.failed_phase}:{row.attempts}",
         work_id=row.work_id,
         subject=f"{row.work_id} needs attention ({row.failed_phase or 'unknown'} phase)",
         text=(
             f"Work {row.work_id} ({row.bucket}/{row.object_key}) is held for an operator after "
-            f"its {row.failed_phase or 'unknown'} phase failed for good: {row.last_error}\n"
+            f"its {row.failed_phase or 'unknown'} phase failed for good: "
+            f"{(row.last_error or '')[:MAX_REASON]}\n"
             f"Fix the cause, then: glacier-sync retry {row.work_id} (or Clear the failed task)."
         ),
-        link=work_link(base_url, row.work_id),
+        link=run_link(base_url, row.failed_run),
     )
 
 
@@ -73,7 +78,6 @@ def expiry_notice(row: Progress, base_url: str | None) -> Notice:
         work_id=row.work_id,
         subject=f"{row.work_id}: the restored copy expires before it is archived",
         text=f"Work {row.work_id} is {row.state}: {expiry_note(row)}",
-        link=work_link(base_url, row.work_id),
     )
 
 
