@@ -56,6 +56,8 @@ import sys
 import time
 from pathlib import Path
 
+import link_shaping
+
 REPO = Path(__file__).resolve().parents[1]
 S3RVER_DIR = REPO / "benchmarks" / ".s3rver"
 AWSCLI_VENV = REPO / "benchmarks" / ".awscli-venv"
@@ -366,8 +368,6 @@ def main() -> None:
     args = parser.parse_args()
     size = parse_size(args.size)
     if args.link_mbps:
-        import link_shaping
-
         refused = link_shaping.refusal()
         if refused:
             raise SystemExit(f"bench_large_works: {refused}")
@@ -394,8 +394,6 @@ def side_by_side(endpoint: str, size: int, args: argparse.Namespace) -> None:
     configs += [("aws s3 cp", args.concurrency, args.chunk_mb), ("aws s3 cp", 10, 8)]
     report(race(configs, endpoint, args), size, args, "loopback, no link in between")
     if args.link_mbps:
-        import link_shaping
-
         port = int(endpoint.rsplit(":", 1)[1])
         with link_shaping.shaped(port, args.link_mbps):
             results = race(configs, endpoint, args)

@@ -69,7 +69,7 @@ def held_notice(row: Progress, base_url: str | None) -> Notice:
     )
 
 
-def expiry_notice(row: Progress, base_url: str | None) -> Notice:
+def expiry_notice(row: Progress) -> Notice:
     """A restored copy that S3 deletes before the work is archived."""
     expires = row.restore_expires_at
     return Notice(
@@ -88,7 +88,7 @@ def due(rows: list[Progress], now: datetime, margin: timedelta, base_url: str | 
         if row.needs_attention:
             found.append((row.id, held_notice(row, base_url)))
         elif expires_soon(row, now, margin):
-            found.append((row.id, expiry_notice(row, base_url)))
+            found.append((row.id, expiry_notice(row)))
     return found
 
 
