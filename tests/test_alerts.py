@@ -382,3 +382,25 @@ def test_an_error_quoting_the_webhook_url_never_reaches_the_log(tmp_path, caplog
         assert send_due_notices(store, settings) == {"webhook": 0}
     assert "not sent" in caplog.text and "127.0.0.1" in caplog.text
     assert "s3cretTOKEN" not in caplog.text, caplog.text
+
+
+class _KilledBeforeTheRecord(ProgressStore):
+    """Stands in for a kill -9 between a notice's send and its record: the write never comes."""
+
+    def update_row(self, *args, **kwargs):
+        raise KeyboardInterrupt("killed before the notice was recorded")
+
+
+def test_killed_between_send_and_record_the_notice_goes_again_then_once(tmp_path, servers):
+    smtp, http = servers
+    settings = _settings(tmp_path, smtp.server_address[1], http.server_address[1])
+    url = f"sqlite:///{tmp_path / 'progress.sqlite'}"
+    held = _held_work(ProgressStore(url), tmp_path, "W1KILL", "run-1")
+    with pytest.raises(KeyboardInterrupt):
+        send_due_notices(_KilledBeforeTheRecord(url), settings)
+    assert len(smtp.messages) == 1, "sent before the kill"
+    store = ProgressStore(url)  # the next run: nothing recorded, so at least once, not never
+    assert _notices(store, held) == []
+    assert send_due_notices(store, settings) == {"email": 1, "webhook": 1}
+    assert send_due_notices(store, settings) == {"email": 0, "webhook": 0}
+    assert len(smtp.messages) == 2 and len(http.posts) == 1
