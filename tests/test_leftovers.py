@@ -158,3 +158,14 @@ def test_a_left_container_and_image_are_found_and_removed(tmp_path):
     finally:
         subprocess.run(["docker", "rm", "-f", created.stdout.strip()], capture_output=True)
         subprocess.run(["docker", "rmi", "-f", image], capture_output=True)
+
+
+@pytest.mark.integration
+def test_an_unknown_kind_is_refused_in_one_line(tmp_path):
+    result = _script(tmp_path, "--check", kinds="processes folder")
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert result.stderr.strip() == (
+        "clean-test-leftovers: unknown kind 'folder' in LEFTOVER_KINDS; "
+        "use processes, folders, shaping or docker"
+    )
+    assert "nothing left over" not in result.stdout, "nothing was checked, so nothing is said"
