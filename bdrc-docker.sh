@@ -15,6 +15,8 @@
 #   --base-image IMAGE    BASE_IMAGE (default python:3.11-slim-bookworm)
 #   --image NAME          image name (default bdrc-airflow:latest)
 #   --prepare-only        fill the build folder, do not run the build
+#   --build-only          build the image from a folder --prepare-only filled, with the settings
+#                         it wrote there (build.env); only --build-dir goes with it
 #   -h, --help            this help
 #
 # Python packages are built into a wheelhouse on this host (which reaches PyPI) so that the image
@@ -28,6 +30,8 @@ sync_scripts=$repo/src/glacier_sync/sync_scripts
 config_dir=""
 extra_reqs=()
 prepare_only=0
+build_only=0
+other_options=()   # what --build-only refuses: the prepared folder already decided it
 export BASE_IMAGE=${BASE_IMAGE:-python:3.11-slim-bookworm}
 export BDRC_IMAGE=${BDRC_IMAGE:-bdrc-airflow:latest}
 export SYNC_SCRIPTS_HOME=${SYNC_SCRIPTS_HOME:-/opt/bdrc/sync-scripts}
@@ -42,6 +46,10 @@ die() { fail "$@"; }   # this script's errors all exit 1
 while [ $# -gt 0 ]; do
     case "$1" in
         --build-dir) build_dir=${2:?--build-dir needs a folder}; shift 2 ;;
+        --build-only) build_only=1; shift ;;
+        -h|--help) usage; exit 0 ;;
+        --rebuild|--prepare-only) other_options+=("$1") ;;&
+        --sync-scripts|--requirements|--config-dir|--base-image|--image) other_options+=("$1") ;;&
         --rebuild) rebuild=1; shift ;;
         --sync-scripts) sync_scripts=${2:?--sync-scripts needs a folder}; shift 2 ;;
         --requirements) extra_reqs+=("${2:?--requirements needs a file}"); shift 2 ;;
@@ -49,10 +57,25 @@ while [ $# -gt 0 ]; do
         --base-image) BASE_IMAGE=${2:?--base-image needs an image}; shift 2 ;;
         --image) BDRC_IMAGE=${2:?--image needs a name}; shift 2 ;;
         --prepare-only) prepare_only=1; shift ;;
-        -h|--help) usage; exit 0 ;;
         *) usage >&2; die "unknown option $1" ;;
     esac
 done
+
+# build_prepared: the image from the folder a --prepare-only run filled, with its build.env.
+build_prepared() {
+    local env_file=$build_dir/build.env key value
+    [ ${#other_options[@]} -eq 0 ] || die "--build-only builds what --prepare-only prepared in $build_dir; leave out ${other_options[*]} (give them to the --prepare-only run)"
+    [ -f "$env_file" ] || die "--build-only: $env_file is missing; fill $build_dir first with --prepare-only"
+    while IFS='=' read -r key value; do
+        case $key in
+            COMPOSE_BUILD_DIR|BASE_IMAGE|BDRC_IMAGE|SYNC_SCRIPTS_HOME|PY_REQS|CONFIG_ROOT) export "$key=$value" ;;
+            *) die "--build-only: $env_file line '$key=...' is not one bdrc-docker.sh writes; prepare the folder again" ;;
+        esac
+    done < "$env_file"
+    say "building $BDRC_IMAGE from $BASE_IMAGE (prepared in $build_dir)"
+    compose -p bdrc-build -f "$build_dir/bdrc-docker-compose.yml" build airflow-init
+    say "built $BDRC_IMAGE; next: ./deploy.sh --dest DIR --env dev|prod"
+}
 
 # reject_pip_options FILE: requirement lines only; pip options (-r, -e, --index-url, ...) would
 # reach past the file or change where packages come from.
@@ -103,6 +126,10 @@ compose() {
         die "neither 'docker compose' nor 'docker-compose' is installed"
     fi
 }
+if [ "$build_only" -eq 1 ]; then
+    build_prepared
+    exit 0
+fi
 
 # resolve_requirements OUT: requirements/base.lock and the --requirements files resolved together
 # by uv into pinned requirements; a conflict, direct or through dependencies, stops the build

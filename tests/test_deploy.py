@@ -637,6 +637,28 @@ def test_build_folder_holds_scripts_config_and_resolved_requirements(tmp_path):
         assert whole_config.returncode == 1 and "not" in whole_config.stderr
 
 
+@pytest.mark.integration
+def test_build_only_refuses_what_it_cannot_build_before_touching_docker(tmp_path):
+    """--build-only builds a prepared folder as it was prepared: options that would have
+    changed it, a folder never prepared, or a build.env it did not write are refused in one
+    line each, and no build starts (no Docker engine is needed to see it)."""
+    build = tmp_path / "build"
+    build.mkdir()
+    for extra in (["--image", "x:1"], ["--rebuild"], ["--prepare-only"], ["--base-image", "y"]):
+        result = build_script("--build-dir", build, "--build-only", *extra)
+        assert result.returncode == 1, result.stderr
+        assert f"leave out {extra[0]} (give them to the --prepare-only run)" in result.stderr
+        assert "building" not in result.stdout
+    result = build_script("--build-dir", build, "--build-only")
+    assert result.returncode == 1 and result.stderr.count("\n") == 1, result.stderr
+    assert f"{build}/build.env is missing; fill {build} first with --prepare-only" in result.stderr
+    (build / "build.env").write_text("BDRC_IMAGE=x:1\nPATH=/nowhere\n")
+    result = build_script("--build-dir", build, "--build-only")
+    assert result.returncode == 1, result.stderr
+    assert "line 'PATH=...' is not one bdrc-docker.sh writes" in result.stderr
+    assert "building" not in result.stdout
+
+
 # -- deploy.sh user|backup|restore: what they refuse before touching Docker ---------------------
 
 

@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import base64
 import configparser
+import contextlib
 import hashlib
 import json
 import os
 import shutil
+import signal
 import stat
 import subprocess
 import time
@@ -115,21 +117,29 @@ def _tree(folder: Path) -> dict[str, str]:
 
 
 def _build_images(tmp: Path) -> None:
-    run(["bash", str(REPO / "tests" / "docker" / "build-test-images.sh")], timeout=1800)
-    run(
+    """The stand-ins, this image and the previous release's, with what can overlap overlapped:
+    the wheelhouse is filled on the host while debootstrap makes the base image, and the
+    pipeline's image builds beside the other stand-ins (each needs only the base image)."""
+    stand_ins = ["bash", str(REPO / "tests" / "docker" / "build-test-images.sh")]
+    build = tmp / "build"
+    bdrc_docker = ["bash", str(REPO / "bdrc-docker.sh"), "--build-dir", str(build)]
+    prepare = _started(
         [
-            "bash",
-            str(REPO / "bdrc-docker.sh"),
-            "--build-dir",
-            str(tmp / "build"),
+            *bdrc_docker,
             "--rebuild",
             "--base-image",
             "bdrc-test/bookworm-python:3.11",
             "--image",
             NEW_IMAGE,
+            "--prepare-only",
         ],
-        timeout=2400,
+        tmp / "prepare.log",
     )
+    _beside(prepare, lambda: run([*stand_ins, "base"], timeout=1800))
+    _finished(prepare, tmp / "prepare.log", timeout=1200)
+    others = _started([*stand_ins, "postgres", "redis", "moto"], tmp / "stand-ins.log")
+    _beside(others, lambda: run([*bdrc_docker, "--build-only"], timeout=2400))
+    _finished(others, tmp / "stand-ins.log", timeout=1800)
     context = _previous_release(tmp)
     (context / "Dockerfile.previous").write_text(PREVIOUS_IMAGE_DOCKERFILE)
     run(
@@ -137,6 +147,45 @@ def _build_images(tmp: Path) -> None:
         + [str(context)],
         timeout=600,
     )
+
+
+def _started(cmd: list[str], log: Path) -> subprocess.Popen:
+    """``cmd`` running in the background in a process group of its own, its output in ``log``."""
+    with log.open("wb") as out:
+        return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def _stop(process: subprocess.Popen) -> None:
+    """Stop a `_started` command and what it started (a build, debootstrap)."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
+def _beside(process: subprocess.Popen, step) -> None:
+    """Run ``step`` while ``process`` runs; stop ``process`` if the step fails."""
+    try:
+        step()
+    except BaseException:
+        _stop(process)
+        raise
+
+
+def _finished(process: subprocess.Popen, log: Path, timeout: float) -> None:
+    """Wait for a `_started` command; its log's tail in the failure if it failed (or is
+    stopped, when it outlives ``timeout``)."""
+    try:
+        code = process.wait(timeout=timeout)
+    except BaseException:
+        _stop(process)
+        raise
+    tail = log.read_text(errors="replace")[-4000:]
+    assert code == 0, f"{' '.join(map(str, process.args))} failed ({code}):\n{tail}"
 
 
 def _previous_release(tmp: Path) -> Path:
