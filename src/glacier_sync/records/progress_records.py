@@ -68,9 +68,9 @@ class PhaseRecords(ProgressDatabase):
             row.add_history("cleaned")
             return True
 
-    def reset_for_retry(self, work_id: str) -> list[int]:
+    def reset_for_retry(self, work_id: str, by: str | None = None) -> list[int]:
         """Make a work's unsynced rows eligible again (attempts 0, an expired claim released;
-        a live claim is left to its run)."""
+        a live claim is left to its run); ``by`` names the user in the history (the UI's)."""
         with self.session() as session:
             rows = list(
                 session.scalars(
@@ -90,5 +90,5 @@ class PhaseRecords(ProgressDatabase):
                 row.needs_attention, row.failed_run = False, None
                 if row.claimed_until is None or row.claimed_until < now:
                     row.claimed_by = row.claimed_until = None
-                row.add_history("retry requested by operator")
+                row.add_history("retry requested by operator", user=by)
             return [row.id for row in rows]

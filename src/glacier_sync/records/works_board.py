@@ -1,0 +1,155 @@
+"""The Works view's data: the archive's works by what an operator must know of them.
+
+From the progress database only (no Airflow): counts per state, the works held for attention
+(phase, reason, fix), the works in flight (phase, claimant, age), recently archived works
+(archive path, fixity evidence), restored copies that expire before their work is archived, a
+search by work id, and each work's runs (the DAG runs that handled it, from its history).
+Everything is plain JSON-able data; ``glacier_sync_airflow.works_view`` serves it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import func, select
+
+from glacier_sync.records.models import Progress
+from glacier_sync.records.progress_views import StatusViews, expires_soon, expiry_note
+from glacier_sync.records.states import PENDING, State
+
+SECTION_LIMIT = 200  # rows per section; the counts say how many there are in all
+SEARCH_LIMIT = 100
+
+
+@dataclass(frozen=True)
+class BoardRules:
+    """What makes a work worth an operator's look (from the settings)."""
+
+    max_attempts: int
+    expiry_margin: timedelta
+
+
+def works_board(store: StatusViews, rules: BoardRules, now: datetime) -> dict[str, Any]:
+    """Counts per state and the four sections of the Works view, newest first."""
+    with store.session() as session:
+        counts = dict(
+            session.execute(select(Progress.state, func.count()).group_by(Progress.state)).all()
+        )
+        held = session.scalar(select(func.count()).where(Progress.needs_attention.is_(True)))
+        open_rows = list(
+            session.scalars(
+                select(Progress)
+                .where(Progress.state.in_(PENDING))
+                .order_by(Progress.updated_at.desc())
+            )
+        )
+        archived = list(
+            session.scalars(
+                select(Progress)
+                .where(Progress.state == State.SYNCED)
+                .order_by(Progress.synced_at.desc(), Progress.id.desc())
+                .limit(SECTION_LIMIT)
+            )
+        )
+    attention = [r for r in open_rows if _needs_attention(r, rules)]
+    in_flight = [r for r in open_rows if r.claimed_by and not _needs_attention(r, rules)]
+    expiring = [r for r in open_rows if expires_soon(r, now, rules.expiry_margin)]
+    return {
+        "now": _iso(now),
+        "counts": {**{state: counts.get(state, 0) for state in State}, "held": held or 0},
+        "attention": [work_entry(r, rules, now) for r in attention[:SECTION_LIMIT]],
+        "in_flight": [work_entry(r, rules, now) for r in in_flight[:SECTION_LIMIT]],
+        "archived": [work_entry(r, rules, now) for r in archived],
+        "expiring": [work_entry(r, rules, now) for r in expiring[:SECTION_LIMIT]],
+    }
+
+
+def search_works(store: StatusViews, text: str, rules: BoardRules, now: datetime) -> list[dict]:
+    """The works whose id contains ``text`` (any case), newest first, at most SEARCH_LIMIT."""
+    pattern = (
+        "%"
+        + text.strip().lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        + "%"
+    )
+    query = (
+        select(Progress)
+        .where(func.lower(Progress.work_id).like(pattern, escape="\\"))
+        .order_by(Progress.updated_at.desc())
+        .limit(SEARCH_LIMIT)
+    )
+    with store.session() as session:
+        return [work_entry(r, rules, now) for r in session.scalars(query)]
+
+
+def work_entry(row: Progress, rules: BoardRules, now: datetime) -> dict[str, Any]:
+    """One work as the view shows it: where it is, why it waits, what to do, its evidence."""
+    entry: dict[str, Any] = {
+        "id": row.id,
+        "work_id": row.work_id,
+        "state": row.state,
+        "phase": row.failed_phase or row.state,
+        "attempts": row.attempts,
+        "key": row.object_key,
+        "updated_at": _iso(row.updated_at),
+        "age_seconds": max(0, int((now - row.updated_at).total_seconds())),
+        "claimed_by": row.claimed_by,
+        "claimed_until": _iso(row.claimed_until),
+        "reason": row.last_error,
+        "held": bool(row.needs_attention),
+        "needs_attention": _needs_attention(row, rules),
+        "fix": _fix(row, rules),
+        "expires_at": _iso(row.restore_expires_at),
+        "expiry": expiry_note(row) if expires_soon(row, now, rules.expiry_margin) else None,
+        "archive_path": row.archive_path,
+        "synced_at": _iso(row.synced_at),
+        "fixity": _fixity(row.fixity),
+        "runs": work_runs(row),
+        "retryable": row.state in PENDING,
+    }
+    return entry
+
+
+def work_runs(row: Progress) -> list[str]:
+    """The DAG runs that handled the work, oldest first (from its history and its hold)."""
+    runs: list[str] = []
+    for event in row.history or []:
+        for name in ("run", "failed_run"):
+            run = event.get(name)
+            if isinstance(run, str) and run and run not in runs:
+                runs.append(run)
+    if row.failed_run and row.failed_run not in runs:
+        runs.append(row.failed_run)
+    return runs
+
+
+def _needs_attention(row: Progress, rules: BoardRules) -> bool:
+    """Held for an operator, or failed as often as a run may try it."""
+    return bool(row.needs_attention) or (
+        row.state == State.FAILED and row.attempts >= rules.max_attempts
+    )
+
+
+def _fix(row: Progress, rules: BoardRules) -> str | None:
+    """What an operator does about the work, in one line (None when nothing is asked)."""
+    if _needs_attention(row, rules):
+        return (
+            f"fix the cause named in the reason, then Retry (or `glacier-sync retry {row.work_id}`)"
+            ": no run takes it again before"
+        )
+    if row.state == State.FAILED:
+        return "none: the next run tries it again (a fault of the network or of S3 is retried)"
+    return None
+
+
+def _fixity(fixity: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The debag's evidence: files, bytes, algorithms, when, the manifests' SHA-256."""
+    if not fixity:
+        return None
+    keep = ("files", "bytes", "algorithms", "validated_at", "payload_oxum", "manifest_sha256")
+    return {name: fixity.get(name) for name in keep if fixity.get(name) is not None}
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat(timespec="seconds") + "Z" if value else None
