@@ -9,8 +9,9 @@
 #                                    summary. --serve: leave the UI and scheduler running against
 #                                    the moto server. --clean: stop and remove what the demo made.
 #   ./local-airflow.sh -r            reset the metadata database (deletes every DAG run)
-#   ./local-airflow.sh -a USER PASSWORD EMAIL
-#                                    create (or update) an admin user of the UI
+#   ./local-airflow.sh -a USER PASSWORD EMAIL [ROLE]
+#                                    create (or update) a user of the UI: admin (default), op,
+#                                    user or viewer (what each may do: docs/operations.md)
 #   ./local-airflow.sh -w -u | -w -d start | stop the web UI and REST API (airflow api-server)
 #   ./local-airflow.sh -s -u | -s -d start | stop the scheduler, dag-processor and triggerer
 #   ./local-airflow.sh stop          stop every service this script started (and the demo's moto)
@@ -80,7 +81,7 @@ ensure_secrets() {
 
 ensure_users() {
     if [ ! -s "$users_file" ]; then
-        add_user admin "$(tool secret 12)" "admin@localhost" quiet
+        add_user admin "$(tool secret 12)" "admin@localhost" admin quiet
     fi
 }
 
@@ -146,23 +147,28 @@ reset_db() {
     fi
 }
 
-# add_user USER PASSWORD EMAIL [quiet]: an admin of the SimpleAuthManager.
+# add_user USER PASSWORD EMAIL [ROLE [quiet]]: a user of the SimpleAuthManager (an admin unless
+# ROLE says otherwise).
 add_user() {
-    local user=$1 password=$2 email=$3
+    local user=$1 password=$2 email=$3 role=${4:-admin}
     [[ $user =~ ^[A-Za-z0-9_.@-]+$ ]] || die "user name '$user': use letters, digits, _ . @ -"
     [ -n "$password" ] || die "give a non-empty password"
+    case $role in
+        admin|op|user|viewer) ;;
+        *) die "role '$role': use admin, op, user or viewer" ;;
+    esac
     mkdir -p "$AIRFLOW_HOME"
     touch "$users_file"
     grep -v "^$user:" "$users_file" > "$users_file.tmp" || true
-    echo "$user:admin" >> "$users_file.tmp"
+    echo "$user:$role" >> "$users_file.tmp"
     mv "$users_file.tmp" "$users_file"
     printf '%s' "$password" | tool set-password "$passwords_file" "$user"   # stdin, not argv
     chmod 600 "$passwords_file"
     echo "$user $email" >> "$AIRFLOW_HOME/local-user-emails.txt"
-    if [ "${4:-}" = quiet ]; then
+    if [ "${5:-}" = quiet ]; then
         say "created UI user '$user' (password in $passwords_file)"
     else
-        say "UI user '$user' ($email) is an admin; restart the UI (-w -d, -w -u) to apply"
+        say "UI user '$user' ($email) has the role $role; restart the UI (-w -d, -w -u) to apply"
     fi
 }
 
@@ -353,9 +359,9 @@ main() {
         logs) echo "$service_logs (services); $AIRFLOW_HOME/logs (task logs)" ;;
         -r) reset_db ;;
         -a)
-            [ $# -eq 4 ] || die "-a needs USER PASSWORD EMAIL"
+            [ $# -eq 4 ] || [ $# -eq 5 ] || die "-a needs USER PASSWORD EMAIL [ROLE]"
             ensure_venv
-            add_user "$2" "$3" "$4"
+            add_user "$2" "$3" "$4" "${5:-admin}"
             ;;
         -w|-s)
             [ $# -eq 2 ] || die "$1 needs -u (start) or -d (stop)"

@@ -126,7 +126,8 @@ def test_a_held_work_is_told_once_per_hold_by_mail_and_webhook(tmp_path, servers
     smtp, http = servers
     settings = _settings(tmp_path, smtp.server_address[1], http.server_address[1])
     store = ProgressStore(f"sqlite:///{tmp_path / 'progress.sqlite'}")
-    held = _held_work(store, tmp_path, "W1HELD", "run-1")
+    # As an Airflow task records it: its DAG run's id after "airflow:" (the link drops it).
+    held = _held_work(store, tmp_path, "W1HELD", "airflow:run-1")
 
     assert send_due_notices(store, settings) == {"email": 1, "webhook": 1}
     assert send_due_notices(store, settings) == {"email": 0, "webhook": 0}, "once per event"

@@ -95,8 +95,10 @@ def _checkout(tmp: Path) -> Path:
     return copy
 
 
-def _http_status(url: str, method: str = "GET", token: str | None = None, body=None) -> int:
-    headers = {"Content-Type": "application/json"}
+def _http_status(
+    url: str, method: str = "GET", token: str | None = None, body=None, **more_headers: str
+) -> int:
+    headers = {"Content-Type": "application/json", **more_headers}
     if token:
         headers["Authorization"] = f"Bearer {token}"
     data = json.dumps(body).encode() if body is not None else None
@@ -588,6 +590,17 @@ def test_backup_then_restore_into_a_second_instance_with_fab_roles(e2e):
         assert _http_status(f"{dag}/dagRuns", "POST", viewer, {"logical_date": None}) == 403
         assert _http_status(dag, "PATCH", operator, {"is_paused": False}) == 200
         assert _http_status(f"{dag}/dagRuns", "POST", operator, {"logical_date": None}) == 200
+        # The Works view (a plugin in the image) answers with the same FAB roles.
+        works = f"{base}/glacier-works/api"
+        assert _http_status(f"{works}/board") == 401
+        assert _http_status(f"{works}/board", token=viewer) == 200
+        assert _http_status(f"{works}/works?q=e2e", token=viewer) == 200
+        action = {"X-Requested-By": "glacier-works"}
+        retry = f"{works}/works/W1E2E/retry"
+        assert _http_status(retry, "POST", viewer, **action) == 403
+        assert _http_status(retry, "POST", operator) == 400, "an action needs its header"
+        assert _http_status(retry, "POST", operator, **action) == 404, "W1E2E is archived"
+        assert _http_status(f"{base}/glacier-works/") == 200, "the page itself holds no data"
         refused = b.admin("user", "remove", "admin", check=False)
         assert refused.returncode == 2 and "last Admin" in refused.stderr
         e2e["b"] = b

@@ -9,6 +9,8 @@ import socket
 import subprocess
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -23,6 +25,8 @@ from glacier_sync.records.progress import ProgressStore
 pytestmark = pytest.mark.services
 SCRIPT = REPO / "local-airflow.sh"
 ARTIFACTS = REPO / "test-artifacts"
+# Users of the services beside the admin "tester" (password "<name>-pw-123"), by role.
+ROLES = (("olga", "op"), ("vera", "viewer"))
 
 
 def script_env(tmp: Path, **extra) -> dict[str, str]:
@@ -242,6 +246,7 @@ def running_services(tmp: Path, settings: dict[str, str]) -> Iterator[tuple[dict
         for args in (
             ["-r"],
             ["-a", "tester", "tester-pw-123", "tester@example.org"],
+            *(["-a", name, f"{name}-pw-123", f"{name}@example.org", role] for name, role in ROLES),
             ["-w", "-u"],
             ["-s", "-u"],
         ):
@@ -341,9 +346,9 @@ def test_killed_sync_task_is_finished_once_by_its_retry(services):
 
 
 @contextmanager
-def signed_in_browser(services, name: str):
-    """Headless chromium signed in to the services' UI as "tester"; a screenshot of its last
-    page goes to test-artifacts/<name>-last-page.png."""
+def signed_in_browser(services, name: str, user: str = "tester"):
+    """Headless chromium signed in to the services' UI as ``user`` ("tester", or one of
+    ROLES); a screenshot of its last page goes to test-artifacts/<name>-last-page.png."""
     chromium, driver_path = shutil.which("chromium"), shutil.which("chromedriver")
     if not (chromium and driver_path):
         if os.environ.get("CI"):
@@ -382,8 +387,8 @@ def signed_in_browser(services, name: str):
         wait = WebDriverWait(browser, 60, ignored_exceptions=(StaleElementReferenceException,))
         browser.get(services["api"].base_url + "/")
         wait.until(ec.presence_of_element_located((By.NAME, "username")))
-        browser.find_element(By.NAME, "username").send_keys("tester")
-        browser.find_element(By.NAME, "password").send_keys("tester-pw-123")
+        browser.find_element(By.NAME, "username").send_keys(user)
+        browser.find_element(By.NAME, "password").send_keys(f"{user}-pw-123")
         browser.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
         wait.until(lambda b: "/auth/login" not in b.current_url)
         yield browser, wait
@@ -503,6 +508,109 @@ def test_browser_restore_from_request_to_archive(services):
             )
         )
         browser.save_screenshot(str(ARTIFACTS / "assets-archive.png"))
+
+
+def _works_api(services, user: str) -> AirflowApi:
+    return AirflowApi(services["api"].base_url, user, f"{user}-pw-123")
+
+
+def _status_of(call) -> int:
+    try:
+        call()
+    except urllib.error.HTTPError as exc:
+        return exc.code
+    return 200
+
+
+def test_works_view_an_op_retries_a_held_work_a_viewer_only_looks(services):
+    """docs/operations.md, "The Works view": a work held for attention (its object was gone
+    when the run came) shows its phase, reason and fix in the view; a Viewer sees it with no
+    Retry button and the API refuses the Viewer's retry (403); once the object is back, an Op
+    retries it from the view, the run it starts archives it, the work's history names the Op,
+    and the search finds the work by part of its id."""
+    from selenium.webdriver.common.by import By
+
+    work, world, api = "W1VIEWUI", services["world"], services["api"]
+    key = f"Archive5/VW/{work}/{work}.bag.zip"
+    zip_path = make_bag_zip(services["tmp"] / "bags", work)
+    world.upload_archived(zip_path, key)
+    world.restore(key)
+    s3 = world.client("s3")
+    s3.delete_object(Bucket=world.bucket, Key=key)  # gone before the run: held, permanently
+    held_run = api.trigger("sqs_scheduled_dag")
+    assert api.wait_for_run("sqs_scheduled_dag", held_run)["state"] == "failed"
+    assert rows_by_work(services)[work].needs_attention
+
+    viewer = _works_api(services, "vera")
+    board = viewer._call("GET", "/glacier-works/api/board")
+    [held] = [w for w in board["attention"] if w["work_id"] == work]
+    assert held["phase"] == "download" and "does not exist" in held["reason"]
+    assert f"`glacier-sync retry {work}`" in held["fix"]
+    assert held_run in [run["dag_run_id"] for run in held["runs"]]
+    assert board["may_retry"] is False and board["user"] == "vera"
+    refused = _status_of(lambda: viewer._call("POST", f"/glacier-works/api/works/{work}/retry"))
+    assert refused == 403
+    assert rows_by_work(services)[work].needs_attention, "the refused retry changed nothing"
+    anonymous = urllib.request.Request(api.base_url + "/glacier-works/api/board")
+    assert _status_of(lambda: urllib.request.urlopen(anonymous, timeout=30)) == 401
+
+    with signed_in_browser(services, "works-viewer", user="vera") as (browser, wait):
+        browser.get(f"{api.base_url}/glacier-works/")
+        wait.until(lambda b: b.find_elements(By.CSS_SELECTOR, f"#attention tr[data-work={work}]"))
+        assert not browser.find_elements(By.CSS_SELECTOR, "button.retry"), "no button for a Viewer"
+
+    s3.upload_file(str(zip_path), world.bucket, key)  # the operator puts the object back
+    with signed_in_browser(services, "works-op", user="olga") as (browser, wait):
+        browser.get(f"{api.base_url}/plugin/works")  # the view, as the UI's navigation shows it
+        frame = wait.until(lambda b: b.find_elements(By.TAG_NAME, "iframe") or False)[0]
+        assert frame.get_attribute("src").endswith("/glacier-works/"), frame.get_attribute("src")
+        browser.get(f"{api.base_url}/glacier-works/")
+        row = f"#attention tr[data-work={work}]"
+        wait.until(lambda b: b.find_elements(By.CSS_SELECTOR, row))
+        assert "does not exist" in browser.find_element(By.CSS_SELECTOR, row).text
+        browser.save_screenshot(str(ARTIFACTS / "works-view-held.png"))
+        browser.find_element(By.CSS_SELECTOR, f"{row} button.retry").click()
+        message = wait.until(
+            lambda b: (
+                "retry recorded" in b.find_element(By.ID, "message").text
+                and b.find_element(By.ID, "message").text
+            )
+        )
+        retry_run = message.split("; run ")[1].split(" of ")[0]
+        assert api.wait_for_run("sqs_scheduled_dag", retry_run)["state"] == "success"
+        row_now = rows_by_work(services)[work]
+        assert row_now.state == "synced" and not row_now.needs_attention
+        retried = [e for e in row_now.history if e["event"] == "retry requested by operator"]
+        assert [e.get("user") for e in retried] == ["olga"]
+        assert (services["archive"] / "Archive5" / "VW" / work / "images").is_dir()
+
+        browser.find_element(By.ID, "search").send_keys("viewu")
+        browser.find_element(By.CSS_SELECTOR, "#search-form button").click()
+        found = wait.until(
+            lambda b: b.find_elements(By.CSS_SELECTOR, f"#search-results tr[data-work={work}]")
+        )
+        assert "synced" in found[0].text and retry_run in found[0].text
+        browser.save_screenshot(str(ARTIFACTS / "works-view-search.png"))
+
+        # Months later the archived copy is wanted again: back to Deep Archive, then asked
+        # for from the view (through restore_request_dag, which names the Op in the history).
+        source = {"Bucket": world.bucket, "Key": key}
+        s3.copy_object(CopySource=source, StorageClass="DEEP_ARCHIVE", **source)
+        found[0].find_element(By.CSS_SELECTOR, "button.restore").click()
+        message = wait.until(
+            lambda b: (
+                "restore asked" in b.find_element(By.ID, "message").text
+                and b.find_element(By.ID, "message").text
+            )
+        )
+        ask_run = message.split("; run ")[1].split(" of ")[0]
+        assert api.wait_for_run("restore_request_dag", ask_run)["state"] == "success"
+        asked = [
+            e for e in rows_by_work(services)[work].history if e["event"] == "restore requested"
+        ]
+        assert [(e["outcome"], e.get("user")) for e in asked] == [("requested", "olga")]
+    refused = _status_of(lambda: viewer._call("POST", f"/glacier-works/api/works/{work}/restore"))
+    assert refused == 403
 
 
 def test_status_shows_each_service_with_its_live_pid(services):

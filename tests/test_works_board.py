@@ -8,6 +8,8 @@ from datetime import timedelta
 
 import pytest
 
+from glacier_sync.alerts.notices import run_link
+from glacier_sync.records.claimants import airflow_run_id
 from glacier_sync.records.models import utcnow
 from glacier_sync.records.progress import ProgressStore
 from glacier_sync.records.states import State
@@ -43,8 +45,8 @@ def test_each_work_is_where_an_operator_looks_for_it(store, tmp_path):
         failed_phase="debag",
         last_error="manifest-sha512.txt line 3: data/a.tif does not match",
         needs_attention=True,
-        failed_run="manual__2026-12-07T09:00:00",
-        details={"run": "manual__2026-12-07T09:00:00"},
+        failed_run="airflow:manual__2026-12-07T09:00:00",
+        details={"run": "airflow:manual__2026-12-07T09:00:00"},
     )
     spent = _work(store, tmp_path, "W2SPENT")
     for _ in range(3):
@@ -90,12 +92,18 @@ def test_each_work_is_where_an_operator_looks_for_it(store, tmp_path):
     assert held_entry["phase"] == "debag" and held_entry["held"] is True
     assert "data/a.tif does not match" in held_entry["reason"]
     assert "then Retry (or `glacier-sync retry W1HELD`)" in held_entry["fix"]
-    assert held_entry["runs"] == ["manual__2026-12-07T09:00:00"]
+    assert held_entry["runs"] == [
+        {
+            "claimant": "airflow:manual__2026-12-07T09:00:00",
+            "dag_run_id": "manual__2026-12-07T09:00:00",
+        }
+    ]
     flying_entry = board["in_flight"][0]
     assert flying_entry["claimed_by"] == "asset_triggered__x" and flying_entry["age_seconds"] < 60
     archived = board["archived"][0]
     assert archived["archive_path"] == "/archive/Archive0/00/W4DONE"
-    assert archived["fixity"]["algorithms"] == ["sha512"] and archived["runs"] == ["scheduled__1"]
+    assert archived["fixity"]["algorithms"] == ["sha512"]
+    assert archived["runs"] == [{"claimant": "scheduled__1", "dag_run_id": "scheduled__1"}]
     assert archived["retryable"] is False
     assert "request-restore W5EXPIRES" in board["expiring"][0]["expiry"]
 
@@ -125,3 +133,15 @@ def test_a_retry_from_the_view_names_its_user_and_empties_attention(store, tmp_p
     assert row.history[-1]["event"] == "retry requested by operator"
     assert row.history[-1]["user"] == "olga"
     assert works_board(store, RULES, utcnow())["attention"] == []
+
+
+def test_only_an_airflow_claimant_names_a_dag_run():
+    assert airflow_run_id("airflow:manual__2026-12-07T09:00:00+00:00") == (
+        "manual__2026-12-07T09:00:00+00:00"
+    )
+    assert airflow_run_id("glacier-sync@host1:4242.99:abcd1234") is None
+    assert airflow_run_id(None) is None
+    assert run_link("http://ui:8080/", "airflow:scheduled__1") == (
+        "http://ui:8080/dag_runs?run_id_pattern=scheduled__1"
+    )
+    assert run_link("http://ui:8080", "glacier-sync@host1:4242.99:abcd1234") is None

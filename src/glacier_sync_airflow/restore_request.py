@@ -20,13 +20,15 @@ def request_restores(settings: Settings, clients: Any) -> dict[str, Any]:
     """Ask for the restore of each work of the run's ``works`` param; log one line per work and
     return the results (the task's XCom). Bad items (no such key, ...) do not stop the others;
     the task fails only when none of the works could be requested. A transient AWS failure is
-    raised as it is: the task retries."""
+    raised as it is: the task retries. The user who triggered the run is named in each
+    work's history."""
     params = get_current_context()["params"]
     items = parse_items(str(params.get("works") or ""))
     if not items:
         raise AirflowFailException("no work given: put work ids or keys in `works`, one per line")
     tier, days = str(params["tier"]), int(params["days"])
-    requester = RestoreRequester(settings, open_store(settings), clients=clients)
+    user = getattr(get_current_context()["dag_run"], "triggering_user_name", None)
+    requester = RestoreRequester(settings, open_store(settings), clients=clients, user=user)
     results = requester.request_all(items, tier, days)
     for result in results:
         (log.info if result.outcome in RECORDED else log.warning)("%s", result.line())

@@ -8,6 +8,7 @@ from typing import Any
 from airflow.sdk import get_current_context
 
 from glacier_sync.batches import BatchItem, plan_batches
+from glacier_sync.records.claimants import AIRFLOW_RUN_PREFIX
 from glacier_sync.runner import Pipeline
 from glacier_sync.settings import Settings
 from glacier_sync_airflow.clients import HookClients
@@ -31,7 +32,7 @@ def current_try() -> TaskTry:
 
 def make_pipeline(settings: Settings, run_id: str) -> Pipeline:
     """A pipeline whose claims are made in the name of the Airflow run."""
-    return Pipeline(settings, clients=HookClients(settings), run_id=f"airflow:{run_id}")
+    return Pipeline(settings, clients=HookClients(settings), run_id=f"{AIRFLOW_RUN_PREFIX}{run_id}")
 
 
 def batches_of(pipeline: Pipeline, ids: list[int]) -> list[list[int]]:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from urllib.parse import quote
 
+from glacier_sync.records.claimants import airflow_run_id
 from glacier_sync.records.models import Progress
 from glacier_sync.records.progress_views import expires_soon, expiry_note
 
@@ -44,8 +45,10 @@ class Notice:
 MAX_REASON = 2000  # characters of a work's last error in a notice
 
 
-def run_link(base_url: str | None, run_id: str | None) -> str | None:
-    """The UI's list of runs filtered to the run that held the work."""
+def run_link(base_url: str | None, claimant: str | None) -> str | None:
+    """The UI's list of runs filtered to the DAG run that held the work (none for a work held
+    by a ``glacier-sync`` command)."""
+    run_id = airflow_run_id(claimant)
     if not base_url or not run_id:
         return None
     return f"{base_url.rstrip('/')}/dag_runs?run_id_pattern={quote(run_id)}"

@@ -80,7 +80,8 @@ def pick_queue(settings: Settings, name: str | None = None) -> QueueSource:
 
 
 class RestoreRequester:
-    """Requests restores for one queue entry's bucket and records them."""
+    """Requests restores for one queue entry's bucket and records them (``user``: who asked,
+    named in each work's history)."""
 
     def __init__(
         self,
@@ -89,8 +90,9 @@ class RestoreRequester:
         clients: aws.ClientFactory | None = None,
         queue: QueueSource | None = None,
         bucket: str | None = None,
+        user: str | None = None,
     ) -> None:
-        self.settings, self.store = settings, store
+        self.settings, self.store, self.user = settings, store, user
         self.queue = queue or pick_queue(settings)
         self.bucket = bucket or self.queue.bucket
         if not self.bucket:
@@ -152,6 +154,7 @@ class RestoreRequester:
             outcome,
             version_id=head.get("VersionId"),
             available_until=until,
+            user=self.user,
         )
         detail = {
             "requested": f"{tier} restore of {where} for {days} days asked; its Completed event "

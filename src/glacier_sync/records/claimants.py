@@ -15,6 +15,7 @@ import socket
 import uuid
 from pathlib import Path
 
+AIRFLOW_RUN_PREFIX = "airflow:"  # an Airflow task claims as ``airflow:<its DAG run's id>``
 _LOCAL_RUN = re.compile(r"^glacier-sync@(?P<host>[^:]+):(?P<pid>\d+)(?:\.(?P<start>\d+))?:")
 
 
@@ -27,6 +28,14 @@ def local_run_id() -> str:
     """A run id for a command run on this host: ``glacier-sync@<host>:<pid>.<start>:<nonce>``."""
     pid = os.getpid()
     return f"glacier-sync@{this_host()}:{pid}.{process_start(pid) or 0}:{uuid.uuid4().hex[:8]}"
+
+
+def airflow_run_id(claimant: str | None) -> str | None:
+    """The Airflow DAG run id of a claimant (``airflow:<run id>``); None for a ``glacier-sync``
+    command's. An id with neither form is taken as a DAG run id as it is."""
+    if not claimant or _LOCAL_RUN.match(claimant):
+        return None
+    return claimant.removeprefix(AIRFLOW_RUN_PREFIX)
 
 
 def local_run_prefix() -> str:

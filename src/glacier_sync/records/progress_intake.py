@@ -125,14 +125,17 @@ class EventIntake(ProgressDatabase):
         outcome: str,
         version_id: str | None = None,
         available_until: datetime | None = None,
+        user: str | None = None,
     ) -> int:
         """Record a restore request, keyed as its Completed event will be (the version id in a
         versioned bucket, else the eTag). The row waits for that event (``requested``); a copy
-        that is ``available`` already gets no new event, so its row is ``restored`` at once."""
+        that is ``available`` already gets no new event, so its row is ``restored`` at once.
+        ``user`` (who asked, from the UI) is named in the history."""
         available = outcome == "available"
         with self.session() as session:
             dkey = dedup_key(bucket, key, version_id or etag)
-            event = ("restore requested", {"outcome": outcome})
+            asked = {"outcome": outcome, **({"user": user} if user else {})}
+            event = ("restore requested", asked)
             row = _by_key(session, dkey, lock=True)
             if row is None:
                 row = _new_row(

@@ -15,6 +15,7 @@ from typing import Any
 
 from sqlalchemy import func, select
 
+from glacier_sync.records.claimants import airflow_run_id
 from glacier_sync.records.models import Progress
 from glacier_sync.records.progress_views import StatusViews, expires_soon, expiry_note
 from glacier_sync.records.states import PENDING, State
@@ -111,17 +112,18 @@ def work_entry(row: Progress, rules: BoardRules, now: datetime) -> dict[str, Any
     return entry
 
 
-def work_runs(row: Progress) -> list[str]:
-    """The DAG runs that handled the work, oldest first (from its history and its hold)."""
-    runs: list[str] = []
+def work_runs(row: Progress) -> list[dict[str, str | None]]:
+    """The runs that handled the work, oldest first (from its history and its hold): each
+    claimant as recorded and, for an Airflow task's, its DAG run id (what the UI links to)."""
+    claimants: list[str] = []
     for event in row.history or []:
         for name in ("run", "failed_run"):
             run = event.get(name)
-            if isinstance(run, str) and run and run not in runs:
-                runs.append(run)
-    if row.failed_run and row.failed_run not in runs:
-        runs.append(row.failed_run)
-    return runs
+            if isinstance(run, str) and run and run not in claimants:
+                claimants.append(run)
+    if row.failed_run and row.failed_run not in claimants:
+        claimants.append(row.failed_run)
+    return [{"claimant": c, "dag_run_id": airflow_run_id(c)} for c in claimants]
 
 
 def _needs_attention(row: Progress, rules: BoardRules) -> bool:
