@@ -61,17 +61,23 @@ while [ $# -gt 0 ]; do
     esac
 done
 
+if [ "$build_only" -eq 1 ] && [ ${#other_options[@]} -gt 0 ]; then
+    die "--build-only builds what --prepare-only prepared in $build_dir; leave out ${other_options[*]} (give them to the --prepare-only run)"
+fi
+
 # build_prepared: the image from the folder a --prepare-only run filled, with its build.env.
 build_prepared() {
     local env_file=$build_dir/build.env key value
-    [ ${#other_options[@]} -eq 0 ] || die "--build-only builds what --prepare-only prepared in $build_dir; leave out ${other_options[*]} (give them to the --prepare-only run)"
     [ -f "$env_file" ] || die "--build-only: $env_file is missing; fill $build_dir first with --prepare-only"
     while IFS='=' read -r key value; do
         case $key in
-            COMPOSE_BUILD_DIR|BASE_IMAGE|BDRC_IMAGE|SYNC_SCRIPTS_HOME|PY_REQS|CONFIG_ROOT) export "$key=$value" ;;
+            COMPOSE_BUILD_DIR) ;;   # where the folder is now: --build-dir (it may have moved)
+            BASE_IMAGE|BDRC_IMAGE|SYNC_SCRIPTS_HOME|PY_REQS|CONFIG_ROOT) export "$key=$value" ;;
             *) die "--build-only: $env_file line '$key=...' is not one bdrc-docker.sh writes; prepare the folder again" ;;
         esac
     done < "$env_file"
+    COMPOSE_BUILD_DIR=$(cd "$build_dir" && pwd)
+    export COMPOSE_BUILD_DIR
     say "building $BDRC_IMAGE from $BASE_IMAGE (prepared in $build_dir)"
     compose -p bdrc-build -f "$build_dir/bdrc-docker-compose.yml" build airflow-init
     say "built $BDRC_IMAGE; next: ./deploy.sh --dest DIR --env dev|prod"

@@ -33,6 +33,15 @@
 #   --flower-port N          Flower's port on 127.0.0.1 (default 5555)
 #   --statsd HOST:PORT|off   send Airflow's and the pipeline's metrics to this StatsD server
 #                            (default off; docs/operations.md lists the metrics)
+#   --alert-email-to ADDRS|off   send notices (a held work, an expiring copy, a failed run) by
+#                            e-mail to these addresses, comma-separated (docs/operations.md)
+#   --alert-email-from ADDR  the notices' sender address
+#   --smtp HOST:PORT|off     the mail server
+#   --smtp-user USER|off     log in to it as USER (with STARTTLS)
+#   --smtp-password-file FILE  USER's password, copied into secrets/alert_smtp_password
+#   --smtp-starttls on|off   STARTTLS (default: on with --smtp-user, else off)
+#   --alert-webhook-url-file FILE|off  a file holding the webhook's URL (a JSON POST per
+#                            notice; the URL may carry a token), copied into secrets/
 #   --auth simple|fab        sign-in: fab (users and roles; prod default) or simple (one admin,
 #                            dev default)
 #   --admin-user NAME        the UI's admin user (default admin; kept from the last deploy)
@@ -61,6 +70,8 @@ readonly SIMPLE_MANAGER=airflow.api_fastapi.auth.managers.simple.simple_auth_man
 me=deploy.sh
 # shellcheck source=scripts/shell-common.sh
 source "$repo/scripts/shell-common.sh"   # usage, say, die (exit 2), fail (exit 1), need_value
+# shellcheck source=scripts/deploy-alerts.sh
+source "$repo/scripts/deploy-alerts.sh"   # the notice options
 # The host's python3, resolved once: behind a version manager's shim (pyenv) every call would
 # start a tree of shell processes first.
 host_python=$(python3 -c 'import sys; print(sys.executable)' 2>/dev/null || echo python3)
@@ -101,6 +112,8 @@ parse_args() {
             --worker-concurrency) need_value "$@"; concurrency=$2; shift 2 ;;
             --flower) need_value "$@"; flower=$2; shift 2 ;;
             --statsd) need_value "$@"; statsd=$2; shift 2 ;;
+            --alert-email-to|--alert-email-from|--smtp|--smtp-user|--smtp-starttls|--smtp-password-file|--alert-webhook-url-file)
+                need_value "$@"; alert_option "$1" "$2"; shift 2 ;;
             --flower-port) need_value "$@"; flower_port=$2; shift 2 ;;
             --admin-user) need_value "$@"; admin_user=$2; shift 2 ;;
             --project-name) need_value "$@"; project=$2; shift 2 ;;
@@ -152,6 +165,7 @@ inherit_from_env() {
         statsd="$(deployed_value STATSD_HOST):$(deployed_value STATSD_PORT)"
     fi
     [ "$endpoint_given" -eq 1 ] || endpoint=$(deployed_value AWS_ENDPOINT_URL)
+    inherit_alerts
 }
 
 # check_executor: --executor, --workers and --flower agree (defaults: local, 1, off).
@@ -196,6 +210,7 @@ check_inputs() {
     postgres_image=${postgres_image:-postgres:16-bookworm} redis_image=${redis_image:-redis:7-bookworm}
     case "$env_name" in dev|prod) ;; *) die "--env must be dev or prod, not '$env_name'" ;; esac
     check_executor
+    check_alerts
     refuse_change --env "$env_name" DEPLOY_ENV
     [ -n "$sync_uid" ] || sync_uid=${SUDO_UID:-$(id -u)}
     [[ $sync_uid =~ ^[0-9]+$ ]] || die "--sync-uid must be a numeric uid, not '$sync_uid'"
@@ -369,6 +384,7 @@ write_secrets() {
             "$(cat "$dest/secrets/postgres_password")" > "$dest/secrets/progress_db_url")
         say "secrets/progress_db_url: the stack's PostgreSQL, database glacier_sync"
     fi
+    write_alert_secrets
     if [ "$dry_run" -eq 0 ]; then
         chmod 0700 "$dest/secrets"
         chmod 0600 "$dest/secrets"/*
@@ -527,6 +543,7 @@ AIRFLOW_ADMIN_USER=${admin_user}
 DAGS_PAUSED_AT_CREATION=True
 # Seconds between scans of the dags folder.
 DAG_REFRESH_SECONDS=60
+$(alert_env)
 # Compose project name (container and volume names); unique on this machine.
 COMPOSE_PROJECT_NAME=${project}
 ENV

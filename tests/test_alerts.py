@@ -405,3 +405,22 @@ def test_killed_between_send_and_record_the_notice_goes_again_then_once(tmp_path
     assert send_due_notices(store, settings) == {"email": 1, "webhook": 1}
     assert send_due_notices(store, settings) == {"email": 0, "webhook": 0}
     assert len(smtp.messages) == 2 and len(http.posts) == 1
+
+
+def test_the_webhook_url_comes_from_its_secret_file(tmp_path):
+    """`alert_webhook_url_file` (deploy.sh's secret) gives the URL; an empty file is no
+    webhook; with `alert_webhook_url` too, or unreadable, it is refused in one line."""
+    hook = tmp_path / "alert_webhook_url"
+    hook.write_text("https://hooks.example.org/T0/abc-token\n")
+    settings = Settings(data_root=tmp_path, alert_webhook_url_file=hook)
+    assert settings.alert_webhook_url.get_secret_value() == "https://hooks.example.org/T0/abc-token"
+    assert "abc-token" not in repr(settings)
+    hook.write_text("")
+    assert Settings(data_root=tmp_path, alert_webhook_url_file=hook).alert_webhook_url is None
+    hook.write_text("https://bob:pw@hooks.example.org/x\n")
+    with pytest.raises(ValidationError, match="without a user or password"):
+        Settings(data_root=tmp_path, alert_webhook_url_file=hook)
+    with pytest.raises(ValidationError, match="set only one of"):
+        Settings(data_root=tmp_path, alert_webhook_url_file=hook, alert_webhook_url="https://x/")
+    with pytest.raises(ValidationError, match="cannot read"):
+        Settings(data_root=tmp_path, alert_webhook_url_file=tmp_path / "absent")

@@ -10,7 +10,10 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import yaml
 from helpers import REPO
+
+from glacier_sync.settings import load_settings
 
 DEPLOY = REPO / "deploy.sh"
 CREDS = (
@@ -123,6 +126,8 @@ def test_fresh_deploy_layout_env_and_secrets(inputs):
         "airflow_db_url",
         "airflow_fernet_key",
         "airflow_jwt_secret",
+        "alert_smtp_password",
+        "alert_webhook_url",
         "aws",
         "flower_password",
         "postgres_password",
@@ -644,7 +649,14 @@ def test_build_only_refuses_what_it_cannot_build_before_touching_docker(tmp_path
     line each, and no build starts (no Docker engine is needed to see it)."""
     build = tmp_path / "build"
     build.mkdir()
-    for extra in (["--image", "x:1"], ["--rebuild"], ["--prepare-only"], ["--base-image", "y"]):
+    for extra in (
+        ["--image", "x:1"],
+        ["--rebuild"],
+        ["--prepare-only"],
+        ["--base-image", "y"],
+        ["--sync-scripts", "/nowhere"],
+        ["--config-dir", "/nowhere"],
+    ):
         result = build_script("--build-dir", build, "--build-only", *extra)
         assert result.returncode == 1, result.stderr
         assert f"leave out {extra[0]} (give them to the --prepare-only run)" in result.stderr
@@ -807,3 +819,118 @@ def test_the_revision_table_lists_every_migration():
     text = (REPO / "docs" / "upgrading.md").read_text()
     missing = [revision for revision in known_revisions() if f"| `{revision}` |" not in text]
     assert not missing, f"docs/upgrading.md's revision table lacks {missing}"
+
+
+# -- deploy.sh: the notice settings (e-mail through SMTP, a webhook) ----------------------------
+
+
+def _container_settings(dest: Path, monkeypatch):
+    """The pipeline's settings as the stack's containers get them: the Compose file's
+    environment with the instance's .env interpolated (``${X:-default}``), its secrets read
+    from ``secrets/`` where Compose mounts them under /run/secrets."""
+    compose = yaml.safe_load((dest / "docker-compose.yaml").read_text())
+    values = _env(dest)
+
+    def interpolate(text: str) -> str:
+        return re.sub(
+            r"\$\{(\w+)(?::-([^}]*))?\}",
+            lambda m: values.get(m.group(1)) or (m.group(2) or ""),
+            text,
+        ).replace("/run/secrets/", f"{dest}/secrets/")
+
+    for name in [n for n in os.environ if n.startswith("GLACIER_SYNC_")]:
+        monkeypatch.delenv(name)
+    environment = compose["x-airflow-common"]["environment"]
+    for name, value in environment.items():
+        if name.startswith("GLACIER_SYNC_") and name not in {
+            "GLACIER_SYNC_CONFIG",
+            "GLACIER_SYNC_DATA_ROOT",
+            "GLACIER_SYNC_WORK_ROOT",
+            "GLACIER_SYNC_ARCHIVE_ROOT",
+        }:
+            monkeypatch.setenv(name, interpolate(str(value)))
+    return load_settings(config_file=dest / "config" / "glacier-sync.toml")
+
+
+@pytest.mark.integration
+def test_notice_settings_reach_the_pipeline_and_the_secrets_stay_secrets(inputs, monkeypatch):
+    """deploy.sh's e-mail and webhook options become the pipeline's alert settings in the
+    containers (the password and the webhook URL as 0600 secrets, never in .env); a re-deploy
+    keeps them; `off` turns them off; the config file decides what deploy.sh left unset."""
+    tmp = inputs["dest"].parent
+    password, hook = tmp / "smtp-password", tmp / "webhook-url"
+    password.write_text("mail-s3cret\n")
+    hook.write_text("https://hooks.example.org/T0/abc-token\n")
+    alerts = [
+        "--alert-email-to", "ops@archive.example,lead@archive.example",
+        "--alert-email-from", "glacier-sync@archive.example",
+        "--smtp", "mail.archive.example:587",
+        "--smtp-user", "glacier",
+        "--smtp-password-file", password,
+        "--alert-webhook-url-file", hook,
+    ]  # fmt: skip
+    result = deploy(*_args(inputs, *alerts))
+    assert result.returncode == 0, result.stderr
+    dest = inputs["dest"]
+    env_text = (dest / ".env").read_text()
+    assert "mail-s3cret" not in env_text and "abc-token" not in env_text
+    assert "mail-s3cret" not in result.stdout + result.stderr
+    for secret in ("alert_smtp_password", "alert_webhook_url"):
+        assert stat.S_IMODE((dest / "secrets" / secret).stat().st_mode) == 0o600
+    settings = _container_settings(dest, monkeypatch)
+    assert settings.alert_email_to == ["ops@archive.example", "lead@archive.example"]
+    assert settings.alert_email_from == "glacier-sync@archive.example"
+    assert (settings.alert_smtp_host, settings.alert_smtp_port) == ("mail.archive.example", 587)
+    assert settings.alert_smtp_user == "glacier" and settings.alert_smtp_starttls is True
+    assert settings.alert_smtp_password_file.read_text().strip() == "mail-s3cret"
+    assert settings.alert_webhook_url.get_secret_value() == "https://hooks.example.org/T0/abc-token"
+    assert settings.ui_base_url == "http://localhost:8080"
+
+    again = deploy("--dest", dest)
+    assert again.returncode == 0, again.stderr
+    assert _container_settings(dest, monkeypatch).alert_smtp_user == "glacier", "kept"
+    off = deploy(
+        "--dest", dest, "--alert-email-to", "off", "--smtp-user", "off",
+        "--alert-webhook-url-file", "off", "--force",
+    )  # fmt: skip
+    assert off.returncode == 0, off.stderr
+    settings = _container_settings(dest, monkeypatch)
+    assert settings.alert_email_to == [] and settings.alert_webhook_url is None
+    assert (dest / "secrets" / "alert_smtp_password").read_text() == ""
+    assert (dest / "secrets" / "alert_webhook_url").read_text() == ""
+    # What deploy.sh leaves unset, the pipeline's config file decides (an empty variable is
+    # no setting).
+    config = dest / "config" / "glacier-sync.toml"
+    config.write_text('alert_webhook_url = "https://other.example.org/hook"\n' + config.read_text())
+    settings = _container_settings(dest, monkeypatch)
+    assert settings.alert_webhook_url.get_secret_value() == "https://other.example.org/hook"
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--alert-email-to", "ops@x.org"], "--alert-email-to needs --smtp HOST:PORT"),
+        (["--alert-email-to", "ops", "--smtp", "m:25", "--alert-email-from", "a@b"],
+         "'ops' is not an address"),
+        (["--smtp", "mail.example.org"], "--smtp must be HOST:PORT"),
+        (["--smtp", "m:25", "--smtp-user", "u"], "--smtp-user u needs --smtp-password-file"),
+        (["--smtp", "m:25", "--smtp-user", "u", "--smtp-starttls", "off",
+          "--smtp-password-file", "PASSWORD"], "the password must not cross the network in clear"),
+        (["--smtp-password-file", "PASSWORD"], "--smtp-password-file needs --smtp-user"),
+        (["--alert-webhook-url-file", "HOOK"], "must hold one http(s) URL without a user"),
+    ],
+)  # fmt: skip
+def test_each_bad_notice_option_is_one_line_and_writes_nothing(inputs, extra, message):
+    tmp = inputs["dest"].parent
+    (tmp / "password").write_text("pw\n")
+    (tmp / "hook").write_text("https://user:xyzzy-9@hooks.example.org/x\n")
+    extra = [
+        str(tmp / "password") if a == "PASSWORD" else str(tmp / "hook") if a == "HOOK" else a
+        for a in extra
+    ]
+    result = deploy(*_args(inputs, *extra))
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr and result.stderr.count("\n") == 1, result.stderr
+    assert "xyzzy-9" not in result.stderr, "the webhook's URL is never printed"
+    assert not inputs["dest"].exists()

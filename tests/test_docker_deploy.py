@@ -110,6 +110,12 @@ def _http_status(
         return exc.code
 
 
+def _json(url: str, token: str) -> dict:
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})
+    with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310
+        return json.loads(response.read())
+
+
 def _tree(folder: Path) -> dict[str, str]:
     return {
         str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
@@ -594,7 +600,10 @@ def test_backup_then_restore_into_a_second_instance_with_fab_roles(e2e):
         works = f"{base}/glacier-works/api"
         assert _http_status(f"{works}/board") == 401
         assert _http_status(f"{works}/board", token=viewer) == 200
-        assert _http_status(f"{works}/works?q=e2e", token=viewer) == 200
+        found = _json(f"{works}/works?q=w1e2", viewer)["works"]
+        assert [(w["work_id"], w["state"]) for w in found] == [("W1E2E", "synced")]
+        assert _json(f"{works}/board", viewer)["may_retry"] is False
+        assert _json(f"{works}/board", operator)["may_retry"] is True
         action = {"X-Requested-By": "glacier-works"}
         retry = f"{works}/works/W1E2E/retry"
         assert _http_status(retry, "POST", viewer, **action) == 403

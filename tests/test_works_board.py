@@ -9,6 +9,7 @@ from datetime import timedelta
 import pytest
 
 from glacier_sync.alerts.notices import run_link
+from glacier_sync.records import works_board as works_board_module
 from glacier_sync.records.claimants import airflow_run_id
 from glacier_sync.records.models import utcnow
 from glacier_sync.records.progress import ProgressStore
@@ -100,6 +101,8 @@ def test_each_work_is_where_an_operator_looks_for_it(store, tmp_path):
     ]
     flying_entry = board["in_flight"][0]
     assert flying_entry["claimed_by"] == "asset_triggered__x" and flying_entry["age_seconds"] < 60
+    assert flying_entry["retryable"] is False, "no Retry while a live run holds the work"
+    assert held_entry["retryable"] is True
     archived = board["archived"][0]
     assert archived["archive_path"] == "/archive/Archive0/00/W4DONE"
     assert archived["fixity"]["algorithms"] == ["sha512"]
@@ -109,7 +112,7 @@ def test_each_work_is_where_an_operator_looks_for_it(store, tmp_path):
 
 
 def test_search_finds_a_work_by_part_of_its_id_in_any_case(store, tmp_path):
-    for work in ("W1NLM4700", "W1NLM4701", "W22084", "W1_X%"):
+    for work in ("W1NLM4700", "W1NLM4701", "W22084", "W1_X%", "W1AXB"):
         _work(store, tmp_path, work)
     found = [w["work_id"] for w in search_works(store, "nlm47", RULES, utcnow())]
     assert sorted(found) == ["W1NLM4700", "W1NLM4701"]
@@ -145,3 +148,17 @@ def test_only_an_airflow_claimant_names_a_dag_run():
         "http://ui:8080/dag_runs?run_id_pattern=scheduled__1"
     )
     assert run_link("http://ui:8080", "glacier-sync@host1:4242.99:abcd1234") is None
+
+
+def test_a_dead_claim_is_not_in_flight_and_a_section_stays_bounded(store, tmp_path, monkeypatch):
+    """A claim whose lease ran out is no work in flight (the next run takes it over); each
+    section holds at most SECTION_LIMIT works while the counts hold them all."""
+    monkeypatch.setattr(works_board_module, "SECTION_LIMIT", 3)
+    dead = _work(store, tmp_path, "W1DEAD")
+    assert store.claim("airflow:gone", "local", 10, timedelta(seconds=-1), 3, ids=[dead])
+    for index in range(5):
+        row = _work(store, tmp_path, f"W2HELD{index}")
+        store.update_row(row, "debag failed", state=State.FAILED, needs_attention=True)
+    board = works_board(store, RULES, utcnow())
+    assert board["in_flight"] == []
+    assert len(board["attention"]) == 3 and board["counts"]["held"] == 5

@@ -26,6 +26,7 @@ from pydantic_settings import (
 )
 
 from glacier_sync.errors import ConfigError
+from glacier_sync.settings_alerts import check_alert_settings
 
 ENV_PREFIX = "GLACIER_SYNC_"
 CONFIG_ENV_VAR = "GLACIER_SYNC_CONFIG"
@@ -82,7 +83,10 @@ class _ChosenProfile(PydanticBaseSettingsSource):
 class Settings(BaseSettings):
     """Everything the pipeline needs; see docs/configuration.md."""
 
-    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", validate_default=True)
+    # An empty variable (Compose's `${X:-}` for an option deploy.sh left unset) is not set.
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, extra="forbid", validate_default=True, env_ignore_empty=True
+    )
 
     env: Literal["dev", "prod"] = "dev"
     queues: list[QueueSource] = Field(default_factory=list)
@@ -141,6 +145,7 @@ class Settings(BaseSettings):
     alert_smtp_user: str | None = None
     alert_smtp_password_file: Path | None = None
     alert_webhook_url: SecretStr | None = None
+    alert_webhook_url_file: Path | None = None
     alert_timeout_seconds: float = Field(default=10, gt=0, le=120)
     ui_base_url: str | None = None
 
@@ -174,6 +179,7 @@ class Settings(BaseSettings):
         "alert_smtp_user",
         "alert_smtp_password_file",
         "alert_webhook_url",
+        "alert_webhook_url_file",
         "ui_base_url",
         mode="before",
     )
@@ -233,56 +239,8 @@ class Settings(BaseSettings):
                 )
         if self.progress_db_url and self.progress_db_url_file:
             raise ValueError("set only one of `progress_db_url` and `progress_db_url_file`")
-        self._check_alerts()
+        check_alert_settings(self)
         return self
-
-    def _check_alerts(self) -> None:
-        """Notice settings that cannot work are refused at start, in one line."""
-        named = [("alert_email_to", a) for a in self.alert_email_to]
-        for setting, address in [*named, ("alert_email_from", self.alert_email_from or "x@y")]:
-            if not re.fullmatch(r"[^@\s,]+@[^@\s,]+", address):
-                raise ValueError(f"`{setting}`: {address!r} is not an address (name@host)")
-        if self.alert_email_to and not (self.alert_smtp_host and self.alert_email_from):
-            raise ValueError(
-                "`alert_email_to` is set: set `alert_smtp_host` and `alert_email_from` too "
-                "(or unset `alert_email_to` to send no e-mail)"
-            )
-        if self.alert_smtp_user:
-            self._check_smtp_login()
-        url = self.alert_webhook_url.get_secret_value() if self.alert_webhook_url else ""
-        if url and not re.match(r"https?://[^/@\s]+(/|$)", url):
-            raise ValueError(
-                "`alert_webhook_url` is not an http(s) URL without a user or password in it "
-                "(put a token in the path or the query)"
-            )
-        if self.ui_base_url and not re.match(r"https?://[^/\s]+", self.ui_base_url):
-            raise ValueError(
-                f"`ui_base_url` {self.ui_base_url!r} is not an http(s) URL (the UI's address)"
-            )
-
-    def _check_smtp_login(self) -> None:
-        """A login needs its password file, readable and not empty, and STARTTLS (the
-        password never crosses the network in clear)."""
-        file = self.alert_smtp_password_file
-        if file is None:
-            raise ValueError(
-                "`alert_smtp_user` is set: set `alert_smtp_password_file` to the file that "
-                "holds its password (a secret, never the password itself)"
-            )
-        try:
-            empty = not file.read_text(encoding="utf-8").strip()
-        except OSError as exc:
-            raise ValueError(
-                f"`alert_smtp_password_file`: cannot read {file} ({exc.strerror}); "
-                "write the SMTP password into it"
-            ) from None
-        if empty:
-            raise ValueError(f"`alert_smtp_password_file`: {file} is empty; write the password")
-        if not self.alert_smtp_starttls:
-            raise ValueError(
-                "`alert_smtp_user` is set: set `alert_smtp_starttls = true`, so that the "
-                "password is not sent in clear"
-            )
 
     @property
     def incoming_dir(self) -> Path:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import and_, func, not_, or_, select
 
 from glacier_sync.records.claimants import airflow_run_id
 from glacier_sync.records.models import Progress
@@ -33,38 +33,46 @@ class BoardRules:
 
 
 def works_board(store: StatusViews, rules: BoardRules, now: datetime) -> dict[str, Any]:
-    """Counts per state and the four sections of the Works view, newest first."""
+    """Counts per state and the four sections of the Works view, newest first; each section
+    a query of its own, at most SECTION_LIMIT rows (the counts say how many there are)."""
+    pending = Progress.state.in_(PENDING)
+    attention = or_(
+        Progress.needs_attention.is_(True),
+        and_(Progress.state == State.FAILED, Progress.attempts >= rules.max_attempts),
+    )
+    sections = {
+        "attention": select(Progress).where(pending, attention),
+        "in_flight": select(Progress).where(
+            pending, not_(attention), Progress.claimed_until >= now
+        ),
+        # Prefiltered in SQL; expires_soon (the one rule, shared with status) decides.
+        "expiring": select(Progress).where(
+            Progress.state.not_in([State.SYNCED, State.REQUESTED]),
+            Progress.downloaded_at.is_(None),
+            Progress.restore_expires_at <= now + rules.expiry_margin,
+        ),
+    }
+    board: dict[str, Any] = {"now": _iso(now)}
     with store.session() as session:
         counts = dict(
             session.execute(select(Progress.state, func.count()).group_by(Progress.state)).all()
         )
         held = session.scalar(select(func.count()).where(Progress.needs_attention.is_(True)))
-        open_rows = list(
-            session.scalars(
-                select(Progress)
-                .where(Progress.state.in_(PENDING))
-                .order_by(Progress.updated_at.desc())
+        for name, query in sections.items():
+            rows = session.scalars(
+                query.order_by(Progress.updated_at.desc(), Progress.id.desc()).limit(SECTION_LIMIT)
             )
+            board[name] = [work_entry(r, rules, now) for r in rows]
+        archived = session.scalars(
+            select(Progress)
+            .where(Progress.state == State.SYNCED)
+            .order_by(Progress.synced_at.desc(), Progress.id.desc())
+            .limit(SECTION_LIMIT)
         )
-        archived = list(
-            session.scalars(
-                select(Progress)
-                .where(Progress.state == State.SYNCED)
-                .order_by(Progress.synced_at.desc(), Progress.id.desc())
-                .limit(SECTION_LIMIT)
-            )
-        )
-    attention = [r for r in open_rows if _needs_attention(r, rules)]
-    in_flight = [r for r in open_rows if r.claimed_by and not _needs_attention(r, rules)]
-    expiring = [r for r in open_rows if expires_soon(r, now, rules.expiry_margin)]
-    return {
-        "now": _iso(now),
-        "counts": {**{state: counts.get(state, 0) for state in State}, "held": held or 0},
-        "attention": [work_entry(r, rules, now) for r in attention[:SECTION_LIMIT]],
-        "in_flight": [work_entry(r, rules, now) for r in in_flight[:SECTION_LIMIT]],
-        "archived": [work_entry(r, rules, now) for r in archived],
-        "expiring": [work_entry(r, rules, now) for r in expiring[:SECTION_LIMIT]],
-    }
+        board["archived"] = [work_entry(r, rules, now) for r in archived]
+    board["counts"] = {**{state: counts.get(state, 0) for state in State}, "held": held or 0}
+    board["expiring"] = [w for w in board["expiring"] if w["expiry"]]
+    return board
 
 
 def search_works(store: StatusViews, text: str, rules: BoardRules, now: datetime) -> list[dict]:
@@ -107,7 +115,7 @@ def work_entry(row: Progress, rules: BoardRules, now: datetime) -> dict[str, Any
         "synced_at": _iso(row.synced_at),
         "fixity": _fixity(row.fixity),
         "runs": work_runs(row),
-        "retryable": row.state in PENDING,
+        "retryable": row.state in PENDING and not held_by_a_live_run(row, now),
     }
     return entry
 
@@ -124,6 +132,11 @@ def work_runs(row: Progress) -> list[dict[str, str | None]]:
     if row.failed_run and row.failed_run not in claimants:
         claimants.append(row.failed_run)
     return [{"claimant": c, "dag_run_id": airflow_run_id(c)} for c in claimants]
+
+
+def held_by_a_live_run(row: Progress, now: datetime) -> bool:
+    """A run holds the work's claim and its lease still runs: a retry would not reach it."""
+    return bool(row.claimed_by) and row.claimed_until is not None and row.claimed_until >= now
 
 
 def _needs_attention(row: Progress, rules: BoardRules) -> bool:

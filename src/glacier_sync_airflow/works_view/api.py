@@ -19,15 +19,23 @@ from airflow.api.common.trigger_dag import trigger_dag
 from airflow.api_fastapi.app import get_auth_manager
 from airflow.api_fastapi.auth.managers.models.resource_details import DagAccessEntity, DagDetails
 from airflow.api_fastapi.core_api.security import get_user
+from airflow.models.dag import DagModel
 from airflow.utils.types import DagRunTriggeredByType
 from fastapi import Depends, FastAPI, Header, HTTPException, Query
-from fastapi.responses import HTMLResponse
+from fastapi.responses import HTMLResponse, JSONResponse
+from starlette.requests import Request
 
-from glacier_sync.errors import WorkNotFound
-from glacier_sync.phase_base import open_store
+from glacier_sync.errors import GlacierSyncError, WorkNotFound
 from glacier_sync.records.models import utcnow
 from glacier_sync.records.progress import ProgressStore
-from glacier_sync.records.works_board import BoardRules, search_works, work_entry, works_board
+from glacier_sync.records.states import PENDING
+from glacier_sync.records.works_board import (
+    BoardRules,
+    held_by_a_live_run,
+    search_works,
+    work_entry,
+    works_board,
+)
 from glacier_sync.settings import Settings, load_settings
 
 log = logging.getLogger(__name__)
@@ -35,6 +43,16 @@ ACTION_HEADER = "glacier-works"  # what the page sends with an action (no cross-
 User = Annotated[Any, Depends(get_user)]
 
 app = FastAPI(title="Works", description="The archive's works: the progress database's view")
+REQUEST_DAG = "restore_request_dag"
+LOCAL_DAG = "down_scheduled_dag"  # the one that takes works dropped into the incoming folder
+
+
+@app.exception_handler(GlacierSyncError)
+def _pipeline_error(request: Request, exc: GlacierSyncError) -> JSONResponse:
+    """The settings or the progress database cannot be read: the view says why (503), the
+    rest of the API server goes on."""
+    log.error("works view: %s", exc)
+    return JSONResponse(status_code=503, content={"detail": f"the Works view cannot work: {exc}"})
 
 
 @cache
@@ -44,7 +62,8 @@ def _settings() -> Settings:
 
 @cache
 def _store() -> ProgressStore:
-    return open_store(_settings())
+    """The instance's progress database, never created or migrated by the view."""
+    return ProgressStore(_settings().database_url(), auto_migrate=False)
 
 
 def _rules(settings: Settings) -> BoardRules:
@@ -52,7 +71,7 @@ def _rules(settings: Settings) -> BoardRules:
 
 
 def restore_dag(settings: Settings) -> str:
-    """The DAG whose run takes a retried work: the event-driven one when it is on."""
+    """The DAG whose runs take restored works: the event-driven one when it is on."""
     return "sqs_event_dag" if settings.event_driven else "sqs_scheduled_dag"
 
 
@@ -65,11 +84,40 @@ def _may(user: Any, method: str, dag_id: str) -> bool:
 
 def _require(user: Any, method: str, dag_id: str, what: str) -> None:
     if not _may(user, method, dag_id):
+        right = "trigger" if method == "POST" else "read"
         raise HTTPException(
             status_code=403,
-            detail=f"{user.get_name()} may not {what}: it needs the right to "
-            f"{'trigger' if method == 'POST' else 'read'} runs of {dag_id} (Op or Admin)",
+            detail=f"{user.get_name()} may not {what}: it needs the right to {right} runs of "
+            f"{dag_id} (roles User, Op or Admin)",
         )
+
+
+def _check_action(x_requested_by: str | None) -> None:
+    if x_requested_by != ACTION_HEADER:
+        raise HTTPException(
+            status_code=400, detail=f"an action needs the header X-Requested-By: {ACTION_HEADER}"
+        )
+
+
+def _start_run(dag_id: str, user: Any, conf: dict[str, Any], note: str) -> tuple[str, str]:
+    """Trigger a run of ``dag_id`` in the user's name: its id and a line saying what follows
+    (a paused DAG's run waits for it to be unpaused)."""
+    run = trigger_dag(
+        dag_id,
+        triggered_by=DagRunTriggeredByType.UI,
+        triggering_user_name=user.get_name(),
+        conf=conf,
+        note=note,
+    )
+    if run is None:
+        raise RuntimeError(f"Airflow started no run of {dag_id}")
+    model = DagModel.get_current(dag_id)
+    paused = bool(model and model.is_paused)
+    return run.run_id, (
+        f"run {run.run_id} of {dag_id} is queued, but {dag_id} is paused: unpause it to go on"
+        if paused
+        else f"run {run.run_id} of {dag_id} takes it"
+    )
 
 
 @app.get("/", response_class=HTMLResponse, include_in_schema=False)
@@ -98,16 +146,6 @@ def search(user: User, q: Annotated[str, Query(min_length=1, max_length=128)]) -
     return {"works": search_works(_store(), q, _rules(settings), utcnow())}
 
 
-REQUEST_DAG = "restore_request_dag"
-
-
-def _check_action(x_requested_by: str | None) -> None:
-    if x_requested_by != ACTION_HEADER:
-        raise HTTPException(
-            status_code=400, detail=f"an action needs the header X-Requested-By: {ACTION_HEADER}"
-        )
-
-
 @app.post("/api/works/{work_id}/retry")
 def retry(
     work_id: str,
@@ -115,32 +153,45 @@ def retry(
     x_requested_by: Annotated[str | None, Header()] = None,
 ) -> dict[str, Any]:
     """Make a held or failed work eligible again (as `glacier-sync retry --reset-only`, the
-    user named in its history) and start a run of the restore DAG that takes it."""
-    settings = _settings()
-    dag_id = restore_dag(settings)
+    user named in its history) and start a run of the DAG that takes it: the restore DAG for
+    a work from S3, down_scheduled_dag for one dropped into the incoming folder. Refused (409)
+    while a run holds the work."""
+    settings, store, now = _settings(), _store(), utcnow()
+    rows = [r for r in store.find([work_id]) if r.state in PENDING]
+    dag_id = restore_dag(settings) if any(r.source == "s3" for r in rows) or not rows else LOCAL_DAG
     _require(user, "POST", dag_id, f"retry {work_id}")
     _check_action(x_requested_by)
-    store = _store()
+    busy = [r for r in rows if held_by_a_live_run(r, now)]
+    if busy:
+        raise HTTPException(
+            status_code=409,
+            detail=f"{work_id} is being processed by {busy[0].claimed_by} (lease until "
+            f"{busy[0].claimed_until:%H:%M:%S} UTC); nothing to retry now",
+        )
     try:
         ids = store.reset_for_retry(work_id, by=user.get_name())
     except WorkNotFound as exc:
         raise HTTPException(status_code=404, detail=str(exc)) from None
-    run = trigger_dag(
-        dag_id,
-        triggered_by=DagRunTriggeredByType.UI,
-        triggering_user_name=user.get_name(),
-        conf={},
-        note=f"retry of {work_id} from the Works view by {user.get_name()}",
-    )
-    run_id = run.run_id if run else None
-    log.info("works view: %s retried %s (rows %s); run %s", user.get_name(), work_id, ids, run_id)
-    rules, now = _rules(settings), utcnow()
+    try:
+        run_id, what = _start_run(
+            dag_id, user, {}, f"retry of {work_id} from the Works view by {user.get_name()}"
+        )
+    except Exception as exc:  # the retry is recorded: say so, and why no run started
+        log.exception("works view: the run of %s for %s did not start", dag_id, work_id)
+        raise HTTPException(
+            status_code=502,
+            detail=f"retry of {work_id} recorded, but no run of {dag_id} started ({exc}); "
+            "the next run takes it",
+        ) from None
+    log.info("works view: %s retried %s (rows %s); %s", user.get_name(), work_id, ids, what)
+    rules = _rules(settings)
     return {
         "work_id": work_id,
         "rows": ids,
         "dag_id": dag_id,
         "run_id": run_id,
-        "works": [work_entry(row, rules, now) for row in store.find([work_id])],
+        "message": f"{work_id}: retry recorded; {what}.",
+        "works": [work_entry(row, rules, utcnow()) for row in store.find([work_id])],
     }
 
 
@@ -152,7 +203,7 @@ def request_restore(
 ) -> dict[str, Any]:
     """Ask S3 for a new restore of the work (the tier and days of the settings) through a run
     of restore_request_dag: its task asks S3, records the request with the user's name and
-    logs the outcome (a work the database does not know is refused there: give its key in
+    logs the outcome (a work the database does not know is refused here: give its key in
     the DAG's trigger form instead)."""
     settings = _settings()
     _require(user, "POST", REQUEST_DAG, f"request a restore of {work_id}")
@@ -163,13 +214,22 @@ def request_restore(
             detail=f"work {work_id} is not in the progress database; give its key in the "
             f"trigger form of {REQUEST_DAG}",
         )
-    run = trigger_dag(
-        REQUEST_DAG,
-        triggered_by=DagRunTriggeredByType.UI,
-        triggering_user_name=user.get_name(),
-        conf={"works": work_id, "tier": settings.restore_tier, "days": settings.restore_days},
-        note=f"restore of {work_id} asked from the Works view by {user.get_name()}",
-    )
-    run_id = run.run_id if run else None
-    log.info("works view: %s asked a restore of %s; run %s", user.get_name(), work_id, run_id)
-    return {"work_id": work_id, "dag_id": REQUEST_DAG, "run_id": run_id}
+    try:
+        run_id, what = _start_run(
+            REQUEST_DAG,
+            user,
+            {"works": work_id, "tier": settings.restore_tier, "days": settings.restore_days},
+            f"restore of {work_id} asked from the Works view by {user.get_name()}",
+        )
+    except Exception as exc:  # nothing recorded yet: say why no run started
+        log.exception("works view: the run of %s for %s did not start", REQUEST_DAG, work_id)
+        raise HTTPException(
+            status_code=502, detail=f"no run of {REQUEST_DAG} started ({exc}); nothing was asked"
+        ) from None
+    log.info("works view: %s asked a restore of %s; %s", user.get_name(), work_id, what)
+    return {
+        "work_id": work_id,
+        "dag_id": REQUEST_DAG,
+        "run_id": run_id,
+        "message": f"{work_id}: restore asked; {what} (its log has the outcome).",
+    }
