@@ -534,6 +534,10 @@ def test_backup_then_restore_into_a_second_instance_with_fab_roles(e2e):
     b = Stack(tmp / "instance-b", "bdrc-e2e-b", free_port(), _override_b(e2e), workers=3)
     archive_b = _archive(tmp, "archive-b")
     flower_port = free_port()
+    # Notices configured by deploy.sh (nothing is due in these tests: nothing is sent).
+    smtp_password, webhook = tmp / "smtp-password", tmp / "webhook-url"
+    smtp_password.write_text("e2e-smtp-" + AWS_SECRET[-16:] + "\n")
+    webhook.write_text("http://127.0.0.1:9/hook/e2e-webhook-" + AWS_SECRET[-16:] + "\n")
     deploy(
         REPO,
         b.dest,
@@ -562,6 +566,18 @@ def test_backup_then_restore_into_a_second_instance_with_fab_roles(e2e):
         str(flower_port),
         "--redis-image",
         "bdrc-test/redis:7",
+        "--alert-email-to",
+        "ops@e2e.example,lead@e2e.example",
+        "--alert-email-from",
+        "glacier-sync@e2e.example",
+        "--smtp",
+        "mail.e2e.example:587",
+        "--smtp-user",
+        "glacier",
+        "--smtp-password-file",
+        str(smtp_password),
+        "--alert-webhook-url-file",
+        str(webhook),
     )
     e2e["stacks"].append(b)
     e2e["archive_b"], e2e["flower"] = archive_b, f"http://127.0.0.1:{flower_port}"
@@ -572,6 +588,16 @@ def test_backup_then_restore_into_a_second_instance_with_fab_roles(e2e):
         anonymous = b.compose("exec", "-T", "redis", "redis-cli", "ping", check=False)
         said = anonymous.stdout + anonymous.stderr
         assert "NOAUTH" in said and "PONG" not in said, said
+        # The notice settings as the pipeline reads them in the stack (the scheduler), secrets
+        # included.
+        alerts = json.loads(b.exec("python", "-c", ALERT_SETTINGS).stdout)
+        assert alerts == {
+            "to": ["ops@e2e.example", "lead@e2e.example"],
+            "smtp": ["mail.e2e.example", 587, "glacier", True],
+            "password": smtp_password.read_text().strip(),
+            "webhook": webhook.read_text().strip(),
+            "ui": f"http://localhost:{b.ui_port}",
+        }
         restored = b.admin("restore", "--from", str(backup))
         assert "restored" in restored.stdout, restored.stdout + restored.stderr
         b.wait_healthy(client)
@@ -617,6 +643,17 @@ def test_backup_then_restore_into_a_second_instance_with_fab_roles(e2e):
         print(b.logs())
         raise
 
+
+ALERT_SETTINGS = """
+import json
+from glacier_sync.settings import load_settings
+s = load_settings()
+print(json.dumps({"to": s.alert_email_to,
+                  "smtp": [s.alert_smtp_host, s.alert_smtp_port, s.alert_smtp_user,
+                           s.alert_smtp_starttls],
+                  "password": s.alert_smtp_password_file.read_text().strip(),
+                  "webhook": s.alert_webhook_url.get_secret_value(), "ui": s.ui_base_url}))
+"""
 
 SYNC_COUNTS = """
 import json

@@ -16,19 +16,30 @@ import base64
 import hashlib
 from dataclasses import dataclass
 from enum import StrEnum
+from functools import cache
 from typing import Any
-
-from awscrt import checksums as crt
 
 # In the order they are looked for in a HEAD answer (S3 gives one of them).
 ALGORITHMS = ("crc64nvme", "crc32c", "crc32", "sha256", "sha1")
 CRC_BYTES = {"crc32": 4, "crc32c": 4, "crc64nvme": 8}
-_CRC = {"crc32": crt.crc32, "crc32c": crt.crc32c, "crc64nvme": crt.crc64nvme}
-_COMBINE = {
-    "crc32": crt.combine_crc32,
-    "crc32c": crt.combine_crc32c,
-    "crc64nvme": crt.combine_crc64nvme,
-}
+
+
+@cache
+def _crt() -> Any:
+    """awscrt's checksums, imported on first use (60 ms of every command's start otherwise)."""
+    from awscrt import checksums
+
+    return checksums
+
+
+def _crc(algorithm: str) -> Any:
+    return getattr(_crt(), algorithm)
+
+
+def _combine(algorithm: str) -> Any:
+    return getattr(_crt(), f"combine_{algorithm}")
+
+
 FULL_OBJECT, COMPOSITE = "FULL_OBJECT", "COMPOSITE"
 
 
@@ -105,7 +116,7 @@ class Crc:
 
     def __init__(self, algorithm: str) -> None:
         self.algorithm, self.value = algorithm, 0
-        self._update = _CRC[algorithm]
+        self._update = _crc(algorithm)
 
     def update(self, data: Any) -> None:
         self.value = self._update(data, self.value)
@@ -128,7 +139,7 @@ def combine(algorithm: str, first: int, second: int, second_length: int) -> int:
     """The CRC of A+B from CRC(A), CRC(B) and len(B)."""
     if second_length <= 0:
         return first
-    return _COMBINE[algorithm](first, second, second_length)
+    return _combine(algorithm)(first, second, second_length)
 
 
 def combined_crc(algorithm: str, digests: list[str], lengths: list[int]) -> bytes:
