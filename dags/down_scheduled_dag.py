@@ -2,14 +2,22 @@
 
 Each zip under ``<data_root>/incoming`` that no progress row knows yet is registered, then
 debagged and synced, mapped per batch of works in a task group (each work runs and records its
-phases on its own). Settings: docs/configuration.md.
+phases on its own); the last task summarizes the run and sends the notices now due
+(docs/operations.md, "Notices").
+Settings: docs/configuration.md.
 """
 
 from __future__ import annotations
 
 from airflow.sdk import dag, task, task_group
 
-from glacier_sync_airflow import dag_arguments, load_settings, phase_task, scan_incoming
+from glacier_sync_airflow import (
+    dag_arguments,
+    load_settings,
+    phase_task,
+    scan_incoming,
+    summarize,
+)
 
 SETTINGS = load_settings()
 
@@ -31,7 +39,13 @@ def down_scheduled_dag() -> None:
         """One batch's phases; each mapped instance of the group runs on its own."""
         debag(batch) >> sync(batch)
 
-    process_works.expand(batch=find_dropped_bags())
+    @task(trigger_rule="all_done")
+    def summarize_run() -> dict:
+        """One line per work, the notices now due (a work this run held); failed when a task
+        of the run failed, so that the run says so."""
+        return summarize(SETTINGS, works_task_id="find_dropped_bags")
+
+    process_works.expand(batch=find_dropped_bags()) >> summarize_run()
 
 
 dag = down_scheduled_dag()

@@ -135,9 +135,12 @@ def test_a_held_work_is_told_once_per_hold_by_mail_and_webhook(tmp_path, servers
     mail = smtp.messages[0]
     assert "Subject: [glacier-sync] W1HELD needs attention (debag phase)" in mail
     assert "data/a.txt does not match" in mail and "glacier-sync retry W1HELD" in mail
-    assert "http://airflow.example:8080/dag_runs?run_id_pattern=run-1" in mail
+    assert "The run that held it: http://airflow.example:8080/dag_runs?run_id_pattern=run-1" in mail
+    works_view = "http://airflow.example:8080/glacier-works/?q=W1HELD"
+    assert mail.rstrip().endswith(works_view), "the link to the Works view, the work searched"
     post = http.posts[0]
     assert post["kind"] == "held" and post["work_id"] == "W1HELD"
+    assert post["link"] == works_view
     assert {(n["channel"], n["kind"]) for n in _notices(store, held)} == {
         ("email", "held"),
         ("webhook", "held"),

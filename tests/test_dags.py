@@ -275,17 +275,32 @@ def test_empty_queue_after_the_last_try_skips_the_run(airflow_home, world, dirs)
     assert tasks[("get_restored_object_messages", -1)] == "skipped"
 
 
-def test_down_dag_archives_dropped_bags(airflow_home, world, dirs):
+def test_down_dag_archives_dropped_bags_and_tells_of_a_bad_one(airflow_home, world, dirs):
+    """A good and a bad bag dropped into the incoming folder: the good one is archived, the
+    bad one held, and the DAG's last task tells the webhook of the hold, once."""
     incoming = dirs["data"] / "incoming" / "Archive3" / "11" / "W1DROP"
     incoming.mkdir(parents=True)
     bag_dir = make_bag_dir(dirs["bags"], "W1DROP")
     zip_dir(bag_dir, incoming / "W1DROP.bag.zip")
-    proc = dag_test(
-        airflow_home, "down_scheduled_dag.py", glacier_env(world, dirs["data"], dirs["archive"])
+    bad_dir = make_bag_dir(dirs["bags"], "W2DROPBAD")
+    (bad_dir / "data" / "archive" / "notes.txt").write_bytes(b"scanned 2027\n")
+    bad_incoming = dirs["data"] / "incoming" / "Archive3" / "12" / "W2DROPBAD"
+    bad_incoming.mkdir(parents=True)
+    zip_dir(bad_dir, bad_incoming / "W2DROPBAD.bag.zip")
+    hook = _WebhookListener()
+    env = glacier_env(world, dirs["data"], dirs["archive"], GLACIER_SYNC_ALERT_WEBHOOK_URL=hook.url)
+    try:
+        proc = dag_test(airflow_home, "down_scheduled_dag.py", env)
+    finally:
+        hook.close()
+    assert [(p["kind"], p["work_id"]) for p in hook.posts] == [("held", "W2DROPBAD")], (
+        hook.posts,
+        proc.stderr[-3000:],
     )
-    assert proc.returncode == 0, proc.stderr[-3000:]
     state, tasks = last_run(airflow_home, "down_scheduled_dag")
-    assert state == "success" and tasks[("sync_debagged", 0)] == "success"
+    assert state == "failed", "the bad bag's debag failed (its sibling went on)"
+    assert tasks[("summarize_run", -1)] == "failed", "the summary keeps the run failed"
+    assert _rows(dirs)["W2DROPBAD"].needs_attention
     archived = dirs["archive"] / "Archive3" / "11" / "W1DROP"
     for rel, content in DEFAULT_FILES.items():
         assert (archived / rel).read_bytes() == content

@@ -558,6 +558,11 @@ def test_works_view_an_op_retries_a_held_work_a_viewer_only_looks(services):
         browser.get(f"{api.base_url}/glacier-works/")
         wait.until(lambda b: b.find_elements(By.CSS_SELECTOR, f"#attention tr[data-work={work}]"))
         assert not browser.find_elements(By.CSS_SELECTOR, "button.retry"), "no button for a Viewer"
+        browser.get(f"{api.base_url}/glacier-works/?q={work}")  # a notice's link
+        wait.until(
+            lambda b: b.find_elements(By.CSS_SELECTOR, f"#search-results tr[data-work={work}]")
+        )
+        assert not browser.find_elements(By.CSS_SELECTOR, "button.restore"), "none for a Viewer"
 
     s3.upload_file(str(zip_path), world.bucket, key)  # the operator puts the object back
     with signed_in_browser(services, "works-op", user="olga") as (browser, wait):

@@ -9,6 +9,7 @@ from airflow.sdk import get_current_context
 from airflow.sdk.exceptions import AirflowFailException
 
 from glacier_sync.alerts.dispatch import send_due_notices
+from glacier_sync.runner import open_store
 from glacier_sync.settings import Settings
 from glacier_sync_airflow.runs import as_batch, make_pipeline
 
@@ -17,12 +18,13 @@ log = logging.getLogger(__name__)
 POLL_TASK_ID = "get_restored_object_messages"
 
 
-def summarize(settings: Settings) -> dict[str, Any]:
-    """Log one line per work of this run and return them; fail (after the lines) when a task
-    of the run failed, so that the run's state still says so."""
+def summarize(settings: Settings, works_task_id: str = POLL_TASK_ID) -> dict[str, Any]:
+    """Log one line per work of this run (the batches ``works_task_id`` returned) and return
+    them, send the notices now due, and fail (after the lines) when a task of the run failed,
+    so that the run's state still says so."""
     context = get_current_context()
     ti, run_id = context["ti"], context["run_id"]
-    batches = ti.xcom_pull(task_ids=POLL_TASK_ID) or []
+    batches = ti.xcom_pull(task_ids=works_task_id) or []
     ids = [progress_id for batch in batches for progress_id in as_batch(batch)]
     store = make_pipeline(settings, run_id).store
     works = [_work_line(store.get(progress_id)) for progress_id in ids]
@@ -43,7 +45,7 @@ def summarize(settings: Settings) -> dict[str, Any]:
                 work["error"],
                 held,
             )
-    _send_notices(settings, store)
+    send_notices(settings, store)
     synced = sum(w["state"] == "synced" for w in works)
     totals = f"{synced} of {len(works)} works archived" if works else "no work in this run"
     log.info("summary: %s", totals)
@@ -55,10 +57,11 @@ def summarize(settings: Settings) -> dict[str, Any]:
     return {"summary": totals, "works": works}
 
 
-def _send_notices(settings: Settings, store: Any) -> None:
-    """The notices now due (works held, copies about to expire); never fails the run."""
+def send_notices(settings: Settings, store: Any | None = None) -> None:
+    """The notices now due (works held, copies about to expire); never fails the run (the
+    restore runs' summary, and down_scheduled_dag's last task)."""
     try:
-        sent = send_due_notices(store, settings)
+        sent = send_due_notices(store or open_store(settings), settings)
     except Exception as exc:  # noqa: BLE001 - a notice must never fail the run
         log.warning(
             "notices not checked (%s: %s); the next run checks again", type(exc).__name__, exc

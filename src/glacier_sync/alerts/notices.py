@@ -45,6 +45,16 @@ class Notice:
 MAX_REASON = 2000  # characters of a work's last error in a notice
 
 
+WORKS_VIEW = "glacier-works/"  # the Works view's page (glacier_sync_airflow.works_view)
+
+
+def works_link(base_url: str | None, work_id: str) -> str | None:
+    """The Works view, searching for the work (its reason, its runs, Retry)."""
+    if not base_url:
+        return None
+    return f"{base_url.rstrip('/')}/{WORKS_VIEW}?q={quote(work_id)}"
+
+
 def run_link(base_url: str | None, claimant: str | None) -> str | None:
     """The UI's list of runs filtered to the DAG run that held the work (none for a work held
     by a ``glacier-sync`` command)."""
@@ -66,13 +76,19 @@ def held_notice(row: Progress, base_url: str | None) -> Notice:
             f"Work {row.work_id} ({row.bucket}/{row.object_key}) is held for an operator after "
             f"its {row.failed_phase or 'unknown'} phase failed for good: "
             f"{(row.last_error or '')[:MAX_REASON]}\n"
-            f"Fix the cause, then: glacier-sync retry {row.work_id} (or Clear the failed task)."
+            f"Fix the cause, then Retry it in the Works view (below), or: glacier-sync retry "
+            f"{row.work_id} (or Clear the failed task)."
+            + (
+                f"\nThe run that held it: {held_by}"
+                if (held_by := run_link(base_url, row.failed_run))
+                else ""
+            )
         ),
-        link=run_link(base_url, row.failed_run),
+        link=works_link(base_url, row.work_id),
     )
 
 
-def expiry_notice(row: Progress) -> Notice:
+def expiry_notice(row: Progress, base_url: str | None = None) -> Notice:
     """A restored copy that S3 deletes before the work is archived."""
     expires = row.restore_expires_at
     return Notice(
@@ -81,6 +97,7 @@ def expiry_notice(row: Progress) -> Notice:
         work_id=row.work_id,
         subject=f"{row.work_id}: the restored copy expires before it is archived",
         text=f"Work {row.work_id} is {row.state}: {expiry_note(row)}",
+        link=works_link(base_url, row.work_id),
     )
 
 
@@ -91,7 +108,7 @@ def due(rows: list[Progress], now: datetime, margin: timedelta, base_url: str | 
         if row.needs_attention:
             found.append((row.id, held_notice(row, base_url)))
         elif expires_soon(row, now, margin):
-            found.append((row.id, expiry_notice(row)))
+            found.append((row.id, expiry_notice(row, base_url)))
     return found
 
 
