@@ -36,8 +36,9 @@ inherit_alerts() {
         smtp="$(deployed_value ALERT_SMTP_HOST):$(deployed_value ALERT_SMTP_PORT)"
     fi
     smtp_user=${smtp_user:-$(deployed_value ALERT_SMTP_USER)}
-    if [ -z "$smtp_starttls" ]; then
-        case "$(deployed_value ALERT_SMTP_STARTTLS)" in true) smtp_starttls=on ;; false) smtp_starttls=off ;; esac
+    # An explicit on is kept; off was the default without a login (a later login turns it on).
+    if [ -z "$smtp_starttls" ] && [ "$(deployed_value ALERT_SMTP_STARTTLS)" = true ]; then
+        smtp_starttls=on
     fi
 }
 
@@ -47,21 +48,28 @@ check_alerts() {
     [ "$alert_to" != off ] || alert_to=""
     [ "$alert_from" != off ] || alert_from=""
     [ "$smtp" != off ] || smtp=""
-    [ "$smtp_user" != off ] || smtp_user=""
+    smtp_user_off=0
+    if [ "$smtp_user" = off ]; then smtp_user="" smtp_user_off=1; fi
     smtp_host="" smtp_port=""
     if [ -n "$smtp" ]; then
-        [[ $smtp =~ ^([A-Za-z0-9._-]+):([0-9]+)$ ]] \
+        [[ $smtp =~ ^([A-Za-z0-9._-]+):([0-9]{1,5})$ ]] \
             || die "--smtp must be HOST:PORT (e.g. mail.example.org:587) or off, not '$smtp'"
         smtp_host=${BASH_REMATCH[1]} smtp_port=${BASH_REMATCH[2]}
         [ "$smtp_port" -ge 1 ] && [ "$smtp_port" -le 65535 ] \
             || die "--smtp port must be from 1 to 65535, not $smtp_port"
     fi
     local -a addresses=()
+    [[ $alert_to$alert_from$smtp_user != *$'\n'* ]] \
+        || die "--alert-email-to, --alert-email-from and --smtp-user take one line each"
+    [[ -z $alert_to || $alert_to =~ ^[^,]+(,[^,]+)*$ ]] \
+        || die "--alert-email-to must be addresses separated by single commas, not '$alert_to'"
     IFS=, read -ra addresses <<< "$alert_to"
     for address in "${addresses[@]}" ${alert_from:+"$alert_from"}; do
-        [[ $address =~ ^[^@[:space:],]+@[^@[:space:],]+$ ]] \
-            || die "--alert-email-to/--alert-email-from: '$address' is not an address (name@host)"
+        [[ $address =~ ^[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+$ ]] \
+            || die "--alert-email-to/--alert-email-from: '$address' is not an address (name@host: letters, digits and . _ % + -)"
     done
+    [[ -z $smtp_user || $smtp_user =~ ^[A-Za-z0-9._@+-]{1,128}$ ]] \
+        || die "--smtp-user: use letters, digits and . _ @ + - (at most 128), not '$smtp_user'"
     if [ -n "$alert_to" ] && { [ -z "$smtp" ] || [ -z "$alert_from" ]; }; then
         die "--alert-email-to needs --smtp HOST:PORT and --alert-email-from ADDRESS (or --alert-email-to off)"
     fi
@@ -99,14 +107,15 @@ check_webhook_file() {
     [ -n "$webhook_file" ] && [ "$webhook_file" != off ] || return 0
     [ -f "$webhook_file" ] && [ -r "$webhook_file" ] \
         || die "--alert-webhook-url-file $webhook_file is not a readable file"
-    grep -qE '^[[:space:]]*https?://[^/@[:space:]]+(/[^[:space:]]*)?[[:space:]]*$' "$webhook_file" \
-        || die "--alert-webhook-url-file $webhook_file must hold one http(s) URL without a user or password (put a token in the path or the query)"
+    [ "$(grep -c '[^[:space:]]' "$webhook_file")" = 1 ] \
+        && grep -qE '^[[:space:]]*https?://[^/@[:space:]]+(/[^[:space:]]*)?[[:space:]]*$' "$webhook_file" \
+        || die "--alert-webhook-url-file $webhook_file must hold one line, one http(s) URL without a user or password (put a token in the path or the query)"
 }
 
 # write_alert_secrets: the SMTP password and the webhook URL, copied when given, emptied by off,
 # kept otherwise (an empty file while unused: Compose mounts every secret it names).
 write_alert_secrets() {
-    write_optional_secret alert_smtp_password "$([ -n "$smtp_user" ] && echo "$smtp_password_file" || echo off)"
+    write_optional_secret alert_smtp_password "$([ "$smtp_user_off" = 1 ] && echo off || echo "$smtp_password_file")"
     write_optional_secret alert_webhook_url "$webhook_file"
 }
 
@@ -115,8 +124,12 @@ write_optional_secret() {
     local name=$1 source=$2 target=$dest/secrets/$1
     case "$source" in
         off)
-            [ -s "$target" ] && say "secrets/$name: emptied (off)"
-            act truncate -s 0 "$target" ;;
+            if [ "$dry_run" -eq 1 ]; then
+                echo "would: empty secrets/$name (off)"
+            else
+                [ ! -s "$target" ] || say "secrets/$name: emptied (off)"
+                : > "$target"
+            fi ;;
         "") [ -e "$target" ] || act touch "$target" ;;
         *) write_secret "$name" --from "$source" ;;
     esac

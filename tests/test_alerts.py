@@ -416,10 +416,13 @@ def test_the_webhook_url_comes_from_its_secret_file(tmp_path):
     hook = tmp_path / "alert_webhook_url"
     hook.write_text("https://hooks.example.org/T0/abc-token\n")
     settings = Settings(data_root=tmp_path, alert_webhook_url_file=hook)
-    assert settings.alert_webhook_url.get_secret_value() == "https://hooks.example.org/T0/abc-token"
+    assert settings.webhook_url().get_secret_value() == "https://hooks.example.org/T0/abc-token"
     assert "abc-token" not in repr(settings)
     hook.write_text("")
-    assert Settings(data_root=tmp_path, alert_webhook_url_file=hook).alert_webhook_url is None
+    assert Settings(data_root=tmp_path, alert_webhook_url_file=hook).webhook_url() is None
+    hook.write_text("# the team's hook\nhttps://hooks.example.org/x\n")
+    with pytest.raises(ValidationError, match="without a user or password"):
+        Settings(data_root=tmp_path, alert_webhook_url_file=hook)
     hook.write_text("https://bob:pw@hooks.example.org/x\n")
     with pytest.raises(ValidationError, match="without a user or password"):
         Settings(data_root=tmp_path, alert_webhook_url_file=hook)

@@ -883,19 +883,24 @@ def test_notice_settings_reach_the_pipeline_and_the_secrets_stay_secrets(inputs,
     assert (settings.alert_smtp_host, settings.alert_smtp_port) == ("mail.archive.example", 587)
     assert settings.alert_smtp_user == "glacier" and settings.alert_smtp_starttls is True
     assert settings.alert_smtp_password_file.read_text().strip() == "mail-s3cret"
-    assert settings.alert_webhook_url.get_secret_value() == "https://hooks.example.org/T0/abc-token"
+    assert settings.webhook_url().get_secret_value() == "https://hooks.example.org/T0/abc-token"
     assert settings.ui_base_url == "http://localhost:8080"
 
+    assert "abc-token" not in result.stdout + result.stderr
     again = deploy("--dest", dest)
     assert again.returncode == 0, again.stderr
     assert _container_settings(dest, monkeypatch).alert_smtp_user == "glacier", "kept"
+    assert (dest / "secrets" / "alert_smtp_password").read_text().strip() == "mail-s3cret"
+    dry = deploy("--dest", dest, "--smtp-user", "off", "--dry-run")
+    assert dry.returncode == 0 and "would: empty secrets/alert_smtp_password" in dry.stdout
+    assert (dest / "secrets" / "alert_smtp_password").read_text().strip() == "mail-s3cret"
     off = deploy(
         "--dest", dest, "--alert-email-to", "off", "--smtp-user", "off",
-        "--alert-webhook-url-file", "off", "--force",
+        "--alert-webhook-url-file", "off",
     )  # fmt: skip
     assert off.returncode == 0, off.stderr
     settings = _container_settings(dest, monkeypatch)
-    assert settings.alert_email_to == [] and settings.alert_webhook_url is None
+    assert settings.alert_email_to == [] and settings.webhook_url() is None
     assert (dest / "secrets" / "alert_smtp_password").read_text() == ""
     assert (dest / "secrets" / "alert_webhook_url").read_text() == ""
     # What deploy.sh leaves unset, the pipeline's config file decides (an empty variable is
@@ -903,7 +908,7 @@ def test_notice_settings_reach_the_pipeline_and_the_secrets_stay_secrets(inputs,
     config = dest / "config" / "glacier-sync.toml"
     config.write_text('alert_webhook_url = "https://other.example.org/hook"\n' + config.read_text())
     settings = _container_settings(dest, monkeypatch)
-    assert settings.alert_webhook_url.get_secret_value() == "https://other.example.org/hook"
+    assert settings.webhook_url().get_secret_value() == "https://other.example.org/hook"
 
 
 @pytest.mark.integration
@@ -918,17 +923,25 @@ def test_notice_settings_reach_the_pipeline_and_the_secrets_stay_secrets(inputs,
         (["--smtp", "m:25", "--smtp-user", "u", "--smtp-starttls", "off",
           "--smtp-password-file", "PASSWORD"], "the password must not cross the network in clear"),
         (["--smtp-password-file", "PASSWORD"], "--smtp-password-file needs --smtp-user"),
-        (["--alert-webhook-url-file", "HOOK"], "must hold one http(s) URL without a user"),
+        (["--alert-webhook-url-file", "HOOK"], "must hold one line, one http(s) URL"),
+        (["--alert-webhook-url-file", "TWO-LINES"], "must hold one line, one http(s) URL"),
+        (["--alert-email-to", "a@b.org\nAIRFLOW_AUTH_MANAGER=x", "--smtp", "m:25",
+          "--alert-email-from", "c@d.org"], "take one line each"),
+        (["--alert-email-to", "a@b.org,", "--smtp", "m:25", "--alert-email-from", "c@d.org"],
+         "separated by single commas"),
+        (["--alert-email-to", '"q"@b.org', "--smtp", "m:25", "--alert-email-from", "c@d.org"],
+         "is not an address"),
+        (["--smtp", "m:25", "--smtp-user", "u ser"], "--smtp-user: use letters"),
+        (["--smtp", "m:123456789012345678901"], "--smtp must be HOST:PORT"),
     ],
 )  # fmt: skip
 def test_each_bad_notice_option_is_one_line_and_writes_nothing(inputs, extra, message):
     tmp = inputs["dest"].parent
     (tmp / "password").write_text("pw\n")
     (tmp / "hook").write_text("https://user:xyzzy-9@hooks.example.org/x\n")
-    extra = [
-        str(tmp / "password") if a == "PASSWORD" else str(tmp / "hook") if a == "HOOK" else a
-        for a in extra
-    ]
+    (tmp / "two-lines").write_text("# the team's hook\nhttps://hooks.example.org/xyzzy-9\n")
+    files = {"PASSWORD": "password", "HOOK": "hook", "TWO-LINES": "two-lines"}
+    extra = [str(tmp / files[a]) if a in files else a for a in extra]
     result = deploy(*_args(inputs, *extra))
     assert result.returncode == 2, result.stderr
     assert message in result.stderr and result.stderr.count("\n") == 1, result.stderr

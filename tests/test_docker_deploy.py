@@ -652,7 +652,7 @@ print(json.dumps({"to": s.alert_email_to,
                   "smtp": [s.alert_smtp_host, s.alert_smtp_port, s.alert_smtp_user,
                            s.alert_smtp_starttls],
                   "password": s.alert_smtp_password_file.read_text().strip(),
-                  "webhook": s.alert_webhook_url.get_secret_value(), "ui": s.ui_base_url}))
+                  "webhook": s.webhook_url().get_secret_value(), "ui": s.ui_base_url}))
 """
 
 SYNC_COUNTS = """

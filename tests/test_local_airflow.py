@@ -514,6 +514,14 @@ def _works_api(services, user: str) -> AirflowApi:
     return AirflowApi(services["api"].base_url, user, f"{user}-pw-123")
 
 
+def _run_in_message(wait, said: str) -> str:
+    """The run id the Works view's message names once it says ``said`` ("...; run ID of ...")."""
+    from selenium.webdriver.common.by import By
+
+    message = wait.until(lambda b: said in (text := b.find_element(By.ID, "message").text) and text)
+    return message.split("; run ")[1].split(" of ")[0]
+
+
 def _status_of(call) -> int:
     try:
         call()
@@ -575,13 +583,7 @@ def test_works_view_an_op_retries_a_held_work_a_viewer_only_looks(services):
         assert "does not exist" in browser.find_element(By.CSS_SELECTOR, row).text
         browser.save_screenshot(str(ARTIFACTS / "works-view-held.png"))
         browser.find_element(By.CSS_SELECTOR, f"{row} button.retry").click()
-        message = wait.until(
-            lambda b: (
-                "retry recorded" in b.find_element(By.ID, "message").text
-                and b.find_element(By.ID, "message").text
-            )
-        )
-        retry_run = message.split("; run ")[1].split(" of ")[0]
+        retry_run = _run_in_message(wait, "retry recorded")
         assert api.wait_for_run("sqs_scheduled_dag", retry_run)["state"] == "success"
         row_now = rows_by_work(services)[work]
         assert row_now.state == "synced" and not row_now.needs_attention
@@ -602,13 +604,7 @@ def test_works_view_an_op_retries_a_held_work_a_viewer_only_looks(services):
         source = {"Bucket": world.bucket, "Key": key}
         s3.copy_object(CopySource=source, StorageClass="DEEP_ARCHIVE", **source)
         found[0].find_element(By.CSS_SELECTOR, "button.restore").click()
-        message = wait.until(
-            lambda b: (
-                "restore asked" in b.find_element(By.ID, "message").text
-                and b.find_element(By.ID, "message").text
-            )
-        )
-        ask_run = message.split("; run ")[1].split(" of ")[0]
+        ask_run = _run_in_message(wait, "restore asked")
         assert api.wait_for_run("restore_request_dag", ask_run)["state"] == "success"
         asked = [
             e for e in rows_by_work(services)[work].history if e["event"] == "restore requested"

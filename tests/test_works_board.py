@@ -32,22 +32,33 @@ def _work(store: ProgressStore, tmp_path, work: str) -> int:
     return row_id
 
 
+def _held(store: ProgressStore, row_id: int, phase: str, error: str, run: str) -> int:
+    """The row held for attention by ``run``'s ``phase`` (as a permanent failure records it)."""
+    store.update_row(
+        row_id,
+        f"{phase} failed",
+        state=State.FAILED,
+        failed_phase=phase,
+        last_error=error,
+        needs_attention=True,
+        failed_run=run,
+        details={"run": run},
+    )
+    return row_id
+
+
 def _sections(board: dict) -> dict[str, list[str]]:
     names = ("attention", "in_flight", "archived", "expiring")
     return {name: [w["work_id"] for w in board[name]] for name in names}
 
 
 def test_each_work_is_where_an_operator_looks_for_it(store, tmp_path):
-    held = _work(store, tmp_path, "W1HELD")
-    store.update_row(
-        held,
-        "debag failed",
-        state=State.FAILED,
-        failed_phase="debag",
-        last_error="manifest-sha512.txt line 3: data/a.tif does not match",
-        needs_attention=True,
-        failed_run="airflow:manual__2026-12-07T09:00:00",
-        details={"run": "airflow:manual__2026-12-07T09:00:00"},
+    _held(
+        store,
+        _work(store, tmp_path, "W1HELD"),
+        "debag",
+        "manifest-sha512.txt line 3: data/a.tif does not match",
+        "airflow:manual__2026-12-07T09:00:00",
     )
     spent = _work(store, tmp_path, "W2SPENT")
     for _ in range(3):
@@ -121,16 +132,7 @@ def test_search_finds_a_work_by_part_of_its_id_in_any_case(store, tmp_path):
 
 
 def test_a_retry_from_the_view_names_its_user_and_empties_attention(store, tmp_path):
-    held = _work(store, tmp_path, "W1HELD")
-    store.update_row(
-        held,
-        "sync failed",
-        state=State.FAILED,
-        failed_phase="sync",
-        last_error="refused",
-        needs_attention=True,
-        failed_run="r1",
-    )
+    held = _held(store, _work(store, tmp_path, "W1HELD"), "sync", "refused", "r1")
     assert store.reset_for_retry("W1HELD", by="olga") == [held]
     row = store.get(held)
     assert row.history[-1]["event"] == "retry requested by operator"

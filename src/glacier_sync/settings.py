@@ -26,7 +26,7 @@ from pydantic_settings import (
 )
 
 from glacier_sync.errors import ConfigError
-from glacier_sync.settings_alerts import check_alert_settings
+from glacier_sync.settings_alerts import NoticeEnvSource, check_alert_settings, webhook_url
 
 ENV_PREFIX = "GLACIER_SYNC_"
 CONFIG_ENV_VAR = "GLACIER_SYNC_CONFIG"
@@ -83,10 +83,7 @@ class _ChosenProfile(PydanticBaseSettingsSource):
 class Settings(BaseSettings):
     """Everything the pipeline needs; see docs/configuration.md."""
 
-    # An empty variable (Compose's `${X:-}` for an option deploy.sh left unset) is not set.
-    model_config = SettingsConfigDict(
-        env_prefix=ENV_PREFIX, extra="forbid", validate_default=True, env_ignore_empty=True
-    )
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", validate_default=True)
 
     env: Literal["dev", "prod"] = "dev"
     queues: list[QueueSource] = Field(default_factory=list)
@@ -162,7 +159,7 @@ class Settings(BaseSettings):
         profile: an ``env`` given to the model was already chosen by the one rule of
         ``_choose_env`` and must also decide ``env`` itself."""
         chosen = _ChosenProfile(settings_cls, getattr(init_settings, "init_kwargs", {}))
-        return chosen, env_settings, init_settings
+        return chosen, NoticeEnvSource(settings_cls), init_settings
 
     @field_validator(
         "aws_endpoint_url",
@@ -241,6 +238,11 @@ class Settings(BaseSettings):
             raise ValueError("set only one of `progress_db_url` and `progress_db_url_file`")
         check_alert_settings(self)
         return self
+
+    def webhook_url(self) -> SecretStr | None:
+        """The notices' webhook: ``alert_webhook_url``, or the URL in ``alert_webhook_url_file``
+        (an empty file: none)."""
+        return webhook_url(self)
 
     @property
     def incoming_dir(self) -> Path:

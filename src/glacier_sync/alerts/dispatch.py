@@ -52,8 +52,9 @@ def channels_from(settings: Settings) -> list[Channel]:
                 timeout=settings.alert_timeout_seconds,
             )
         )
-    if settings.alert_webhook_url is not None:
-        url = settings.alert_webhook_url.get_secret_value()
+    webhook = settings.webhook_url()
+    if webhook is not None:
+        url = webhook.get_secret_value()
         found.append(WebhookChannel(url, timeout=settings.alert_timeout_seconds))
     return found
 

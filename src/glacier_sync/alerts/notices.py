@@ -66,6 +66,7 @@ def run_link(base_url: str | None, claimant: str | None) -> str | None:
 
 def held_notice(row: Progress, base_url: str | None) -> Notice:
     """A work held for an operator: the phase, the reason and the fix."""
+    link = works_link(base_url, row.work_id)
     return Notice(
         kind="held",
         # A hold after a Clear of the same run has one more attempt: a new event.
@@ -76,15 +77,15 @@ def held_notice(row: Progress, base_url: str | None) -> Notice:
             f"Work {row.work_id} ({row.bucket}/{row.object_key}) is held for an operator after "
             f"its {row.failed_phase or 'unknown'} phase failed for good: "
             f"{(row.last_error or '')[:MAX_REASON]}\n"
-            f"Fix the cause, then Retry it in the Works view (below), or: glacier-sync retry "
-            f"{row.work_id} (or Clear the failed task)."
+            f"Fix the cause, then Retry it in the Works view{' (link below)' if link else ''}, "
+            f"or: glacier-sync retry {row.work_id} (or Clear the failed task)."
             + (
                 f"\nThe run that held it: {held_by}"
                 if (held_by := run_link(base_url, row.failed_run))
                 else ""
             )
         ),
-        link=works_link(base_url, row.work_id),
+        link=link,
     )
 
 
