@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -114,11 +115,16 @@ def wait_for_task_state(
     return False
 
 
-def stop(proc) -> None:
-    """Stop a dag.test() process and its children."""
-    if proc.poll() is None:
+def stop(proc, timeout: float = 20) -> None:
+    """Stop a process started in a session of its own (a dag.test(), a build) and all it
+    started: SIGTERM to its group, SIGKILL after ``timeout`` seconds."""
+    if proc.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()

@@ -15,12 +15,10 @@ from __future__ import annotations
 
 import base64
 import configparser
-import contextlib
 import hashlib
 import json
 import os
 import shutil
-import signal
 import stat
 import subprocess
 import time
@@ -30,6 +28,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from airflow_helpers import stop
 from airflow_rest import AirflowApi
 from demo_world import World, create_world
 from docker_stack import AIRFLOW_SERVICES, SYNC_UID, Stack, deploy, run
@@ -163,24 +162,12 @@ def _started(cmd: list[str], log: Path) -> subprocess.Popen:
         return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
 
 
-def _stop(process: subprocess.Popen) -> None:
-    """Stop a `_started` command and what it started (a build, debootstrap)."""
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGTERM)
-    try:
-        process.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
-
-
 def _beside(process: subprocess.Popen, step) -> None:
     """Run ``step`` while ``process`` runs; stop ``process`` if the step fails."""
     try:
         step()
     except BaseException:
-        _stop(process)
+        stop(process, timeout=30)
         raise
 
 
@@ -190,7 +177,7 @@ def _finished(process: subprocess.Popen, log: Path, timeout: float) -> None:
     try:
         code = process.wait(timeout=timeout)
     except BaseException:
-        _stop(process)
+        stop(process, timeout=30)
         raise
     tail = log.read_text(errors="replace")[-4000:]
     assert code == 0, f"{' '.join(map(str, process.args))} failed ({code}):\n{tail}"

@@ -22,12 +22,13 @@ def request_restores(settings: Settings, clients: Any) -> dict[str, Any]:
     the task fails only when none of the works could be requested. A transient AWS failure is
     raised as it is: the task retries. The user who triggered the run is named in each
     work's history."""
-    params = get_current_context()["params"]
+    context = get_current_context()
+    params = context["params"]
     items = parse_items(str(params.get("works") or ""))
     if not items:
         raise AirflowFailException("no work given: put work ids or keys in `works`, one per line")
     tier, days = str(params["tier"]), int(params["days"])
-    user = getattr(get_current_context()["dag_run"], "triggering_user_name", None)
+    user = getattr(context["dag_run"], "triggering_user_name", None)
     requester = RestoreRequester(settings, open_store(settings), clients=clients, user=user)
     results = requester.request_all(items, tier, days)
     for result in results:

@@ -9,7 +9,6 @@ from airflow.sdk import get_current_context
 from airflow.sdk.exceptions import AirflowFailException
 
 from glacier_sync.alerts.dispatch import send_due_notices
-from glacier_sync.runner import open_store
 from glacier_sync.settings import Settings
 from glacier_sync_airflow.runs import as_batch, make_pipeline
 
@@ -45,7 +44,7 @@ def summarize(settings: Settings, works_task_id: str = POLL_TASK_ID) -> dict[str
                 work["error"],
                 held,
             )
-    send_notices(settings, store)
+    _send_notices(settings, store)
     synced = sum(w["state"] == "synced" for w in works)
     totals = f"{synced} of {len(works)} works archived" if works else "no work in this run"
     log.info("summary: %s", totals)
@@ -57,11 +56,10 @@ def summarize(settings: Settings, works_task_id: str = POLL_TASK_ID) -> dict[str
     return {"summary": totals, "works": works}
 
 
-def send_notices(settings: Settings, store: Any | None = None) -> None:
-    """The notices now due (works held, copies about to expire); never fails the run (the
-    restore runs' summary, and down_scheduled_dag's last task)."""
+def _send_notices(settings: Settings, store: Any) -> None:
+    """The notices now due (works held, copies about to expire); never fails the run."""
     try:
-        sent = send_due_notices(store or open_store(settings), settings)
+        sent = send_due_notices(store, settings)
     except Exception as exc:  # noqa: BLE001 - a notice must never fail the run
         log.warning(
             "notices not checked (%s: %s); the next run checks again", type(exc).__name__, exc

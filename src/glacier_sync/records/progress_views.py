@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from sqlalchemy import and_, or_, select
+from sqlalchemy import ColumnElement, and_, or_, select
 
 from glacier_sync.records.claimants import is_dead_local_run
 from glacier_sync.records.models import Progress, utcnow
@@ -48,15 +48,7 @@ class StatusViews(ProgressDatabase):
         ``margin``: what a notice may be due for (``glacier_sync.alerts``)."""
         query = (
             select(Progress)
-            .where(
-                or_(
-                    Progress.needs_attention.is_(True),
-                    and_(
-                        Progress.state != State.SYNCED,
-                        Progress.restore_expires_at <= now + margin,
-                    ),
-                )
-            )
+            .where(or_(Progress.needs_attention.is_(True), expiring_clause(now, margin)))
             .order_by(Progress.id)
         )
         with self.session() as session:
@@ -83,6 +75,15 @@ def expires_soon(row: Progress, now: datetime, margin: timedelta) -> bool:
         and row.state not in (State.SYNCED, State.REQUESTED)
         and row.downloaded_at is None
         and expires <= now + margin
+    )
+
+
+def expiring_clause(now: datetime, margin: timedelta) -> ColumnElement[bool]:
+    """``expires_soon`` as a query's condition, to preselect rows (``expires_soon`` decides)."""
+    return and_(
+        Progress.state.not_in([State.SYNCED, State.REQUESTED]),
+        Progress.downloaded_at.is_(None),
+        Progress.restore_expires_at <= now + margin,
     )
 
 

@@ -17,7 +17,12 @@ from sqlalchemy import and_, func, not_, or_, select
 
 from glacier_sync.records.claimants import airflow_run_id
 from glacier_sync.records.models import Progress
-from glacier_sync.records.progress_views import StatusViews, expires_soon, expiry_note
+from glacier_sync.records.progress_views import (
+    StatusViews,
+    expires_soon,
+    expiring_clause,
+    expiry_note,
+)
 from glacier_sync.records.states import PENDING, State
 
 SECTION_LIMIT = 200  # rows per section; the counts say how many there are in all
@@ -45,12 +50,8 @@ def works_board(store: StatusViews, rules: BoardRules, now: datetime) -> dict[st
         "in_flight": select(Progress).where(
             pending, not_(attention), Progress.claimed_until >= now
         ),
-        # Prefiltered in SQL; expires_soon (the one rule, shared with status) decides.
-        "expiring": select(Progress).where(
-            Progress.state.not_in([State.SYNCED, State.REQUESTED]),
-            Progress.downloaded_at.is_(None),
-            Progress.restore_expires_at <= now + rules.expiry_margin,
-        ),
+        # Preselected in SQL; expires_soon (the one rule, shared with status) decides.
+        "expiring": select(Progress).where(expiring_clause(now, rules.expiry_margin)),
     }
     board: dict[str, Any] = {"now": _iso(now)}
     with store.session() as session:

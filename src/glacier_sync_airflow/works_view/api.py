@@ -99,18 +99,27 @@ def _check_action(x_requested_by: str | None) -> None:
         )
 
 
-def _start_run(dag_id: str, user: Any, conf: dict[str, Any], note: str) -> tuple[str, str]:
+def _start_run(
+    dag_id: str, user: Any, conf: dict[str, Any], note: str, if_not_started: str
+) -> tuple[str, str]:
     """Trigger a run of ``dag_id`` in the user's name: its id and a line saying what follows
-    (a paused DAG's run waits for it to be unpaused)."""
-    run = trigger_dag(
-        dag_id,
-        triggered_by=DagRunTriggeredByType.UI,
-        triggering_user_name=user.get_name(),
-        conf=conf,
-        note=note,
-    )
-    if run is None:
-        raise RuntimeError(f"Airflow started no run of {dag_id}")
+    (a paused DAG's run waits for it to be unpaused). A run that cannot be started is a 502
+    saying why and ``if_not_started`` (what stands)."""
+    try:
+        run = trigger_dag(
+            dag_id,
+            triggered_by=DagRunTriggeredByType.UI,
+            triggering_user_name=user.get_name(),
+            conf=conf,
+            note=note,
+        )
+        if run is None:
+            raise RuntimeError(f"Airflow started no run of {dag_id}")
+    except Exception as exc:  # what the action recorded stands: say so, and why
+        log.exception("works view: the run of %s (%s) did not start", dag_id, note)
+        raise HTTPException(
+            status_code=502, detail=f"no run of {dag_id} started ({exc}); {if_not_started}"
+        ) from None
     model = DagModel.get_current(dag_id)
     paused = bool(model and model.is_paused)
     return run.run_id, (
@@ -172,17 +181,13 @@ def retry(
         ids = store.reset_for_retry(work_id, by=user.get_name())
     except WorkNotFound as exc:
         raise HTTPException(status_code=404, detail=str(exc)) from None
-    try:
-        run_id, what = _start_run(
-            dag_id, user, {}, f"retry of {work_id} from the Works view by {user.get_name()}"
-        )
-    except Exception as exc:  # the retry is recorded: say so, and why no run started
-        log.exception("works view: the run of %s for %s did not start", dag_id, work_id)
-        raise HTTPException(
-            status_code=502,
-            detail=f"retry of {work_id} recorded, but no run of {dag_id} started ({exc}); "
-            "the next run takes it",
-        ) from None
+    run_id, what = _start_run(
+        dag_id,
+        user,
+        {},
+        f"retry of {work_id} from the Works view by {user.get_name()}",
+        f"the retry of {work_id} is recorded: the next run takes it",
+    )
     log.info("works view: %s retried %s (rows %s); %s", user.get_name(), work_id, ids, what)
     rules = _rules(settings)
     return {
@@ -214,18 +219,13 @@ def request_restore(
             detail=f"work {work_id} is not in the progress database; give its key in the "
             f"trigger form of {REQUEST_DAG}",
         )
-    try:
-        run_id, what = _start_run(
-            REQUEST_DAG,
-            user,
-            {"works": work_id, "tier": settings.restore_tier, "days": settings.restore_days},
-            f"restore of {work_id} asked from the Works view by {user.get_name()}",
-        )
-    except Exception as exc:  # nothing recorded yet: say why no run started
-        log.exception("works view: the run of %s for %s did not start", REQUEST_DAG, work_id)
-        raise HTTPException(
-            status_code=502, detail=f"no run of {REQUEST_DAG} started ({exc}); nothing was asked"
-        ) from None
+    run_id, what = _start_run(
+        REQUEST_DAG,
+        user,
+        {"works": work_id, "tier": settings.restore_tier, "days": settings.restore_days},
+        f"restore of {work_id} asked from the Works view by {user.get_name()}",
+        "nothing was asked of S3",
+    )
     log.info("works view: %s asked a restore of %s; %s", user.get_name(), work_id, what)
     return {
         "work_id": work_id,
