@@ -205,25 +205,37 @@ start_service() {
     say "started $name (pid $!, log $log)"
 }
 
-# stop_service NAME: TERM to the service's whole process group by its recorded pid, then KILL.
-stop_service() {
-    local name=$1 pid
-    pid=$(pid_of "$name")
-    if [ -z "$pid" ]; then
-        return 0
-    fi
-    if kill -0 -- "-$pid" 2>/dev/null; then
-        kill -TERM -- "-$pid" 2>/dev/null || true
-        for _ in $(seq 60); do
-            kill -0 -- "-$pid" 2>/dev/null || break
-            sleep 0.5
-        done
-        if kill -0 -- "-$pid" 2>/dev/null; then
-            kill -KILL -- "-$pid" 2>/dev/null || true
+# stop_services NAME...: TERM to each service's whole process group by its recorded pid, all at
+# once (each may take seconds to shut down), then KILL what still runs after 30 s.
+stop_services() {
+    local name pid live=()
+    for name in "$@"; do
+        pid=$(pid_of "$name")
+        if [ -n "$pid" ] && kill -0 -- "-$pid" 2>/dev/null; then
+            kill -TERM -- "-$pid" 2>/dev/null || true
+            live+=("$name:$pid")
         fi
-        say "stopped $name (pid $pid)"
-    fi
-    rm -f "$run_dir/$name.pid"
+    done
+    for _ in $(seq 60); do
+        any_group_alive "${live[@]}" || break
+        sleep 0.5
+    done
+    for name in "${live[@]}"; do
+        kill -KILL -- "-${name#*:}" 2>/dev/null || true
+        say "stopped ${name%%:*} (pid ${name#*:})"
+    done
+    for name in "$@"; do
+        rm -f "$run_dir/$name.pid"
+    done
+}
+
+# any_group_alive NAME:PID...: one of these process groups still has a process.
+any_group_alive() {
+    local entry
+    for entry in "$@"; do
+        kill -0 -- "-${entry#*:}" 2>/dev/null && return 0
+    done
+    return 1
 }
 
 # port_free PORT: nothing listens on 127.0.0.1:PORT (TIME_WAIT leftovers do not count).
@@ -258,17 +270,9 @@ scheduler_up() {
     start_service triggerer "$service_logs/triggerer.log" "$venv/bin/airflow" triggerer
 }
 
-scheduler_down() {
-    stop_service scheduler
-    stop_service dag-processor
-    stop_service triggerer
-}
+scheduler_down() { stop_services scheduler dag-processor triggerer; }
 
-stop_all() {
-    stop_service api-server
-    scheduler_down
-    stop_service moto
-}
+stop_all() { stop_services api-server scheduler dag-processor triggerer moto; }
 
 status() {
     local name
@@ -345,7 +349,7 @@ demo() {
         echo "    $venv/bin/python $repo/tools/demo_world.py setup --endpoint http://127.0.0.1:$DEMO_MOTO_PORT --state-dir $DEMO_DIR --env-file $DEMO_DIR/glacier-sync.env"
         say "stop everything with: ./local-airflow.sh stop"
     else
-        stop_service moto
+        stop_services moto
     fi
 }
 
@@ -367,7 +371,7 @@ main() {
             [ $# -eq 2 ] || die "$1 needs -u (start) or -d (stop)"
             case "$1$2" in
                 -w-u) web_up ;;
-                -w-d) stop_service api-server ;;
+                -w-d) stop_services api-server ;;
                 -s-u) scheduler_up ;;
                 -s-d) scheduler_down ;;
                 *) die "$1 needs -u (start) or -d (stop), not $2" ;;
