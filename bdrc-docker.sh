@@ -204,7 +204,7 @@ cp -a "$sync_scripts" "$build_dir/sync-scripts"
 default_sync=$repo/src/glacier_sync/sync_scripts/syncOneWork.sh
 [ -f "$build_dir/sync-scripts/syncOneWork.sh" ] || cp "$default_sync" "$build_dir/sync-scripts/"
 if [ -n "$config_dir" ]; then cp -a "$config_dir/." "$build_dir/config/"; fi
-cp "$repo/docker/entrypoint.sh" "$build_dir/docker/"
+cp "$repo/docker/entrypoint.sh" "$repo/docker/healthcheck.py" "$build_dir/docker/"
 cp "$repo/Dockerfile-bdrc" "$repo/bdrc-docker-compose.yml" "$build_dir/"
 
 cat > "$build_dir/build.env" <<ENV

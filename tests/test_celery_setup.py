@@ -1,7 +1,8 @@
 """The locked Celery stack runs: the executor loads, a worker starts against the real Redis on
 127.0.0.1 with the Compose file's own result backend (the metadata database's URL turned into a
 Celery one by the file's command, on the machine's PostgreSQL), answers the Compose
-healthcheck's ping, and stops warm on SIGTERM.
+healthcheck (`bdrc-healthcheck worker`, docker/healthcheck.py) once it runs and not before or
+after, and stops warm on SIGTERM.
 
 The Docker end-to-end test runs three workers in containers; this catches a broken lock in
 seconds (celery 5.7 removed a function the celery provider imports: no worker could start).
@@ -29,8 +30,8 @@ from airflow.executors.executor_loader import ExecutorLoader
 [executor] = ExecutorLoader.init_executors()
 print(type(executor).__name__)
 """
-# The healthcheck of airflow-worker in bdrc-docker-compose.yml.
-CELERY_APP = "airflow.providers.celery.executors.celery_executor.app"
+# The healthcheck of airflow-worker in bdrc-docker-compose.yml (bdrc-healthcheck in the image).
+HEALTHCHECK = REPO / "docker" / "healthcheck.py"
 
 
 def _redis_up() -> bool:
@@ -86,12 +87,25 @@ def test_the_celery_executor_loads(airflow_env):
     assert result.stdout.strip().splitlines()[-1] == "CeleryExecutor"
 
 
+def _healthcheck(airflow_env, host: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(HEALTHCHECK), "worker"],
+        capture_output=True,
+        text=True,
+        env={**airflow_env, "HOSTNAME": host},
+        timeout=60,
+    )
+
+
 def test_a_worker_starts_answers_the_healthcheck_and_stops_warm(airflow_env, tmp_path):
-    name = f"celery@gs-test-{os.getpid()}"
+    host = f"gs-test-{os.getpid()}"
+    before = _healthcheck(airflow_env, host)
+    assert before.returncode == 1, "no worker yet: unhealthy"
+    assert f"celery@{host} did not answer a ping" in before.stderr, before.stderr
     log = tmp_path / "worker.log"
     with log.open("w") as out:
         worker = subprocess.Popen(
-            [BIN / "airflow", "celery", "worker", "-c", "1", "-H", name.split("@")[1]],
+            [BIN / "airflow", "celery", "worker", "-c", "1", "-H", host],
             stdout=out,
             stderr=subprocess.STDOUT,
             env=airflow_env,
@@ -101,20 +115,17 @@ def test_a_worker_starts_answers_the_healthcheck_and_stops_warm(airflow_env, tmp
         deadline = time.monotonic() + 120
         while True:
             assert worker.poll() is None, f"the worker exited:\n{log.read_text()[-4000:]}"
-            ping = subprocess.run(
-                [BIN / "celery", "--app", CELERY_APP, "inspect", "ping", "-d", name],
-                capture_output=True,
-                text=True,
-                env=airflow_env,
-                timeout=60,
-            )
-            if ping.returncode == 0 and "pong" in ping.stdout:
+            ping = _healthcheck(airflow_env, host)
+            if ping.returncode == 0:
+                assert ping.stdout.strip() == f"healthy: celery@{host} answered"
                 break
-            assert time.monotonic() < deadline, (ping.stdout, log.read_text()[-4000:])
+            assert time.monotonic() < deadline, (ping.stderr, log.read_text()[-4000:])
             time.sleep(2)
+        assert _healthcheck(airflow_env, "another-host").returncode == 1, "its own host only"
         worker.send_signal(signal.SIGTERM)  # what `docker compose stop` sends
         assert worker.wait(timeout=60) == 0, log.read_text()[-4000:]
         assert "warm shutdown" in log.read_text().lower()
+        assert _healthcheck(airflow_env, host).returncode == 1, "stopped: unhealthy"
     finally:
         if worker.poll() is None:
             os.killpg(worker.pid, signal.SIGKILL)
