@@ -115,7 +115,7 @@ class Stack:
             ):
                 return
             assert time.monotonic() < deadline, f"{self.project} not healthy in time: {states}"
-            time.sleep(5)
+            time.sleep(2)
 
     def env(self) -> dict[str, str]:
         """The instance's .env."""
