@@ -18,8 +18,13 @@ set -euo pipefail
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 tiers=()
 pytest_args=()
-# The Compose module and the test that removes Compose projects: the whole suite's background stream.
-COMPOSE_STREAM=(tests/test_docker_deploy.py tests/test_leftovers.py)
+# The whole suite's background stream: the Compose module, the test that removes Compose projects
+# (which must not run beside it), and the wheelhouse build (moved here to even the two streams).
+COMPOSE_STREAM=(
+    tests/test_docker_deploy.py
+    tests/test_leftovers.py
+    tests/test_deploy.py::test_build_folder_holds_scripts_config_and_resolved_requirements
+)
 compose_pid=
 needs_machine=1
 
@@ -89,8 +94,10 @@ run_pytest() {
 
 # The whole suite in two streams side by side. The Compose stacks' module (and the leftover
 # check that removes Compose projects, which must not run beside it) waits on containers most of
-# its 15 minutes, so it runs in the background; the fast tiers, then the other serial tests, run
-# in the foreground. The background stream's output is printed when both have ended.
+# its 15 minutes, so it runs in the background; the other serial tests, then the fast tiers, run
+# in the foreground: the serial tests, which wait on Airflow's processes much of the time, beside
+# the image builds (which take the cores), the fast tiers (which take both cores) once the stacks
+# are up and mostly wait. The background stream's output is printed when both have ended.
 run_whole_suite() {
     local status=0 compose_status=0
     compose_log="$run_tmp/compose-stream.log"
@@ -104,11 +111,16 @@ run_whole_suite() {
     compose_pid=$!
     set +m
     trap 'stop_compose_stream; remove_run_tmp' EXIT
-    run_pytest parallel unit integration || status=$?
+    local item
+    for item in "${COMPOSE_STREAM[@]}"; do
+        case $item in
+            *::*) pytest_args+=(--deselect "$item") ;;
+            *) pytest_args+=(--ignore "$item") ;;
+        esac
+    done
+    run_pytest serial airflow services docker || status=$?
     pytest_args=()
-    local file
-    for file in "${COMPOSE_STREAM[@]}"; do pytest_args+=(--ignore "$file"); done
-    run_pytest serial airflow services docker || { local s=$?; [ "$status" -ne 0 ] || status=$s; }
+    run_pytest parallel unit integration || { local s=$?; [ "$status" -ne 0 ] || status=$s; }
     wait "$compose_pid" || compose_status=$?
     compose_pid=
     echo "== the Compose stream (ran beside the above): ${COMPOSE_STREAM[*]}"
