@@ -295,6 +295,18 @@ check_project_free() {
         && docker volume inspect "${project}_postgres-db" >/dev/null 2>&1; then
         die "a database volume ${project}_postgres-db exists (another instance's?); give --project-name, or remove the volume if it is garbage"
     fi
+    check_database_stays
+}
+
+# check_database_stays: a new project name (--force) on an instance whose database volume exists
+# would start the new project on an empty database, the metadata and the progress records left
+# behind in the old volume: refused, even with --force.
+check_database_stays() {
+    local old
+    old=$(deployed_value COMPOSE_PROJECT_NAME)
+    [ -n "$old" ] && [ "$old" != "$project" ] || return 0
+    docker volume inspect "${old}_postgres-db" >/dev/null 2>&1 || return 0
+    die "--project-name $project would start this instance on an empty database (its runs and progress records stay in the volume ${old}_postgres-db); keep --project-name $old, or move them as docs/operations.md says (\"Rename the Compose project\": backup, down, volume rm, deploy, restore)"
 }
 
 # check_archive_writable: the sync user can write the archive root (a warning: a mount may

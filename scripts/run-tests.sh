@@ -18,12 +18,14 @@ set -euo pipefail
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 tiers=()
 pytest_args=()
-# The whole suite's background stream: the Compose module, the test that removes Compose projects
-# (which must not run beside it), and the wheelhouse build (moved here to even the two streams).
+# The whole suite's background stream (its docker and services tests): the Compose module, the
+# test that removes Compose projects (which must not run beside it), then the wheelhouse build
+# and the Celery worker's test, moved here to even the two streams' lengths.
 COMPOSE_STREAM=(
     tests/test_docker_deploy.py
     tests/test_leftovers.py
     tests/test_deploy.py::test_build_folder_holds_scripts_config_and_resolved_requirements
+    tests/test_celery_setup.py
 )
 compose_pid=
 needs_machine=1
@@ -106,7 +108,7 @@ run_whole_suite() {
     (
         export TMPDIR=$run_tmp/compose-stream
         pytest_args=("${COMPOSE_STREAM[@]}")
-        run_pytest serial docker
+        run_pytest serial docker services
     ) < /dev/null > "$compose_log" 2>&1 &
     compose_pid=$!
     set +m

@@ -517,6 +517,15 @@ def test_backup_then_restore_into_a_second_instance_with_fab_roles(e2e):
     )
     assert clash.returncode == 2 and f"belongs to the instance in {a.dest}" in clash.stderr
     assert not (tmp / "instance-c").exists()
+    # A new project name for A (even with --force) would start it on an empty database.
+    env_before = (a.dest / ".env").read_text()
+    moved = deploy(
+        REPO, a.dest, e2e["inputs"], "--project-name", "bdrc-e2e-moved", "--force", check=False
+    )
+    assert moved.returncode == 2, moved.stdout + moved.stderr
+    assert "would start this instance on an empty database" in moved.stderr
+    assert f"{a.project}_postgres-db" in moved.stderr and len(moved.stderr.splitlines()) == 1
+    assert (a.dest / ".env").read_text() == env_before, "nothing written"
 
     b = Stack(tmp / "instance-b", "bdrc-e2e-b", free_port(), _override_b(e2e), workers=3)
     archive_b = _archive(tmp, "archive-b")

@@ -12,17 +12,26 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from typing import TYPE_CHECKING
 
 import pytest
 from demo_world import settings_env
 
-from glacier_sync_airflow import watcher as watcher_module
-from glacier_sync_airflow.watcher import RestoreQueueWatcher
+if TYPE_CHECKING:
+    from glacier_sync_airflow.watcher import RestoreQueueWatcher
 
 pytestmark = pytest.mark.airflow
 
 POLL, REFIRE = 0.2, 1.0
 QUEUE = "demo"  # the world's queue entry
+
+
+def _watcher():
+    """The watcher's module, imported when a test runs: it imports Airflow, which the fast
+    tiers' collection of this file (in every worker) need not pay for."""
+    from glacier_sync_airflow import watcher
+
+    return watcher
 
 
 @pytest.fixture
@@ -96,7 +105,7 @@ def _receive_all(world) -> list[dict]:
 
 def test_it_fires_refires_and_falls_quiet_without_taking_a_message(watched):
     async def scenario() -> None:
-        events = _Events(RestoreQueueWatcher(poll_seconds=POLL, refire_seconds=REFIRE))
+        events = _Events(_watcher().RestoreQueueWatcher(poll_seconds=POLL, refire_seconds=REFIRE))
         try:
             await asyncio.sleep(4 * POLL)
             assert events.seen == [], "an empty queue: no event"
@@ -136,7 +145,7 @@ def test_it_fires_refires_and_falls_quiet_without_taking_a_message(watched):
 
 
 def test_an_unreachable_queue_is_watched_again_with_backoff(watched, monkeypatch, capfd):
-    real, calls = watcher_module.waiting_messages, []
+    real, calls = _watcher().waiting_messages, []
 
     def flaky(clients, settings):
         calls.append(time.monotonic())
@@ -144,11 +153,11 @@ def test_an_unreachable_queue_is_watched_again_with_backoff(watched, monkeypatch
             raise ConnectionError("Could not connect to the endpoint URL")
         return real(clients, settings)
 
-    monkeypatch.setattr(watcher_module, "waiting_messages", flaky)
+    monkeypatch.setattr(_watcher(), "waiting_messages", flaky)
     _send(watched, 2)
 
     async def scenario() -> dict:
-        events = _Events(RestoreQueueWatcher(poll_seconds=POLL, refire_seconds=REFIRE))
+        events = _Events(_watcher().RestoreQueueWatcher(poll_seconds=POLL, refire_seconds=REFIRE))
         try:
             return await events.first_after(0, within=10 * POLL + 2)
         finally:
@@ -166,7 +175,7 @@ def test_a_watcher_recreated_after_a_restart_fires_for_what_still_waits(watched)
     """The triggerer re-creates the trigger from ``serialize()`` after a kill: the new watcher
     knows nothing of what the old one fired, and fires at once for the messages waiting."""
     _send(watched, 1)
-    path, kwargs = RestoreQueueWatcher(poll_seconds=POLL, refire_seconds=600).serialize()
+    path, kwargs = _watcher().RestoreQueueWatcher(poll_seconds=POLL, refire_seconds=600).serialize()
     assert path == "glacier_sync_airflow.watcher.RestoreQueueWatcher"
 
     async def first_event(trigger: RestoreQueueWatcher) -> dict:
@@ -176,7 +185,8 @@ def test_a_watcher_recreated_after_a_restart_fires_for_what_still_waits(watched)
         finally:
             await events.stop()
 
-    assert asyncio.run(first_event(RestoreQueueWatcher(**kwargs)))["waiting"] == {QUEUE: 1}
-    restarted = RestoreQueueWatcher(**kwargs)
+    recreated = _watcher().RestoreQueueWatcher(**kwargs)
+    assert asyncio.run(first_event(recreated))["waiting"] == {QUEUE: 1}
+    restarted = _watcher().RestoreQueueWatcher(**kwargs)
     assert asyncio.run(first_event(restarted))["waiting"] == {QUEUE: 1}, "fired again"
     assert _counts(watched) == (1, 0)
