@@ -133,6 +133,20 @@ def crash_world(world, dirs):
     return world
 
 
+def _wait_nothing_in_flight(world, timeout: float = 10) -> None:
+    """Until the messages the killed run received are visible again (their 2 s visibility
+    timeout runs from the receive, so some of it has passed by the kill)."""
+    sqs, deadline = world.client("sqs"), time.monotonic() + timeout
+    while True:
+        attrs = sqs.get_queue_attributes(
+            QueueUrl=world.queue_url, AttributeNames=["ApproximateNumberOfMessagesNotVisible"]
+        )["Attributes"]
+        if attrs["ApproximateNumberOfMessagesNotVisible"] == "0":
+            return
+        assert time.monotonic() < deadline, "the killed run's messages stay hidden"
+        time.sleep(0.1)
+
+
 def env_for(world, dirs, **extra) -> dict[str, str]:
     return glacier_env(
         world, dirs["data"], dirs["archive"], GLACIER_SYNC_SQS_WAIT_SECONDS=0, **extra
@@ -204,7 +218,7 @@ def test_kill_at_every_instant_then_rerun(crash_world, dirs, tmp_path, run_here,
     store.engine.dispose()
     assert len(held) <= 1, "a crashed run holds at most the work it was on"
 
-    time.sleep(2.5)  # the killed run's messages become visible again
+    _wait_nothing_in_flight(crash_world)
     env = env_for(crash_world, dirs, **mode)  # no fault, default lease
     status = run_here(env, "status", "--stuck")
     assert status.returncode == 0
@@ -268,7 +282,7 @@ def test_a_kill_after_the_rename_leaves_the_work_in_staging_and_its_zip_is_debag
     assert not (parent / "W1CRASH1").exists(), "nothing in the work's place in the archive"
     assert not (dirs["data"] / "work" / "W1CRASH1").exists(), "the work folder was renamed"
     assert (dirs["data"] / "incoming" / WORKS["W1CRASH1"]).is_file(), "the zip is kept"
-    time.sleep(2.5)
+    _wait_nothing_in_flight(crash_world)
     rerun = _run(env_for(crash_world, dirs), "run-once")
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
     assert "removed" in rerun.stderr and "left by an interrupted sync" in rerun.stderr
