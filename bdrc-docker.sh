@@ -184,14 +184,16 @@ say "building the wheelhouse in $build_dir/wheels"
 mkdir -p "$build_dir/wheels"
 "$venv/bin/python" -m pip wheel -q --disable-pip-version-check -r "$build_dir/$PY_REQS" \
     -w "$build_dir/wheels" 2> >(grep -v "is ignored: it is neither" >&2)
-# uv, the installer the image's build uses (about a third of pip's time), the host's own version.
+# uv, the installer the image's build uses, the host's own version (the only one in the
+# wheelhouse: the build installs the newest it finds).
+rm -f "$build_dir/wheels"/uv-*.whl
 "$venv/bin/python" -m pip download -q --disable-pip-version-check --no-deps \
     "uv==$("$venv/bin/uv" --version | cut -d' ' -f2)" -d "$build_dir/wheels" \
     2> >(grep -v "is ignored: it is neither" >&2)
 say "building the pipeline's own wheel (the glacier_sync library and its Airflow glue)"
 rm -f "$build_dir/wheels"/glacier_sync-*.whl
 # From a copy of the sources: setuptools writes build/ and *.egg-info where it builds, and two
-# builds at once in the checkout (the test suite's two streams do that) would clobber each other.
+# builds at once in the checkout (two test runs, or a test run and a build) would clobber each other.
 rm -rf "$build_dir/source"
 mkdir -p "$build_dir/source"
 cp -a "$repo/pyproject.toml" "$repo/src" "$build_dir/source/"

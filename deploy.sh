@@ -281,7 +281,7 @@ choose_names() {
 # `down -v` would otherwise remove our containers and volumes, and ours theirs.
 check_project_free() {
     if ! docker_up; then
-        echo "deploy.sh: warning: Docker is unreachable from here: cannot check that no other instance uses the Compose project '$project'" >&2
+        echo "deploy.sh: warning: Docker is unreachable from here: cannot check that no other instance uses the Compose project '$project', nor that a renamed project leaves no database behind" >&2
         return 0
     fi
     local dirs other
@@ -306,7 +306,7 @@ check_database_stays() {
     old=$(deployed_value COMPOSE_PROJECT_NAME)
     [ -n "$old" ] && [ "$old" != "$project" ] || return 0
     docker volume inspect "${old}_postgres-db" >/dev/null 2>&1 || return 0
-    die "--project-name $project would start this instance on an empty database (its runs and progress records stay in the volume ${old}_postgres-db); keep --project-name $old, or move them as docs/operations.md says (\"Rename the Compose project\": backup, down, volume rm, deploy, restore)"
+    die "--project-name $project would start this instance on an empty database (its runs, and the progress records unless --db-config, stay in the volume ${old}_postgres-db); keep --project-name $old, or move them as docs/operations.md says (\"Rename the Compose project\": backup, down, volume rm, deploy, restore)"
 }
 
 # check_archive_writable: the sync user can write the archive root (a warning: a mount may

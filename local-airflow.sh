@@ -221,8 +221,12 @@ stop_services() {
         sleep 0.5
     done
     for name in "${live[@]}"; do
-        kill -KILL -- "-${name#*:}" 2>/dev/null || true
-        say "stopped ${name%%:*} (pid ${name#*:})"
+        if any_group_alive "$name"; then
+            kill -KILL -- "-${name#*:}" 2>/dev/null || true
+            say "killed ${name%%:*} (pid ${name#*:}): still running 30 s after TERM"
+        else
+            say "stopped ${name%%:*} (pid ${name#*:})"
+        fi
     done
     for name in "$@"; do
         rm -f "$run_dir/$name.pid"

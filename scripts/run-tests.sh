@@ -147,10 +147,13 @@ stop_compose_stream() {
 prepare_machine_beside_venv() {
     local out status=0
     out=$(mktemp -d "${TMPDIR:-/tmp}/bdrc-venv.XXXXXX")
-    bash scripts/ensure-venv.sh > "$out/path" 2> "$out/log" &
+    # In a session of its own (pip and uv under it), stopped whole on Ctrl-C or a kill.
+    setsid bash scripts/ensure-venv.sh > "$out/path" 2> "$out/log" &
     local venv_pid=$!
+    trap 'kill -TERM -- "-$venv_pid" 2>/dev/null; rm -rf "$out"; exit 130' INT TERM
     bash scripts/install-system-packages.sh && bash scripts/prepare-docker.sh || status=$?
     wait "$venv_pid" || { cat "$out/log" >&2; rm -rf "$out"; exit 1; }
+    trap - INT TERM
     cat "$out/log" >&2
     venv=$(cat "$out/path")
     rm -rf "$out"
