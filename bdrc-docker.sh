@@ -184,12 +184,6 @@ say "building the wheelhouse in $build_dir/wheels"
 mkdir -p "$build_dir/wheels"
 "$venv/bin/python" -m pip wheel -q --disable-pip-version-check -r "$build_dir/$PY_REQS" \
     -w "$build_dir/wheels" 2> >(grep -v "is ignored: it is neither" >&2)
-# uv, the installer the image's build uses, the host's own version (the only one in the
-# wheelhouse: the build installs the newest it finds).
-rm -f "$build_dir/wheels"/uv-*.whl
-"$venv/bin/python" -m pip download -q --disable-pip-version-check --no-deps \
-    "uv==$("$venv/bin/uv" --version | cut -d' ' -f2)" -d "$build_dir/wheels" \
-    2> >(grep -v "is ignored: it is neither" >&2)
 say "building the pipeline's own wheel (the glacier_sync library and its Airflow glue)"
 rm -f "$build_dir/wheels"/glacier_sync-*.whl
 # From a copy of the sources: setuptools writes build/ and *.egg-info where it builds, and two
