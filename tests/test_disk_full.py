@@ -23,11 +23,13 @@ from pathlib import Path
 import pytest
 from helpers import VENV_BIN, glacier_env, make_bag_dir, zip_dir
 
+from glacier_sync.bag.bag_index import BagIndex
 from glacier_sync.records.progress import ProgressStore
 
 pytestmark = pytest.mark.integration
 
 PAGE = 4096
+EMPTY_INDEX_KIB = 16  # the debag's index of member names, made before anything is extracted
 SMALL_TMPFS_KIB = 128
 LARGE_TMPFS_KIB = 4096
 WORK = "W1DISKFULL"
@@ -206,6 +208,15 @@ def expected_archive(scene: Scene) -> dict[str, bytes]:
     return tree
 
 
+def empty_index_bytes(tmp: Path) -> int:
+    """The size of the debag's index of member names when made (before any row)."""
+    path = tmp / "empty-index.sqlite"
+    BagIndex(path).close()
+    size = path.stat().st_size
+    path.unlink()
+    return size
+
+
 def assert_failed_for_space(scene: Scene, result, path: Path, phase: str) -> dict:
     """Exit 1, one FAILED line naming ``path`` and saying to free space, no traceback; the row
     is failed in ``phase`` with no attempt spent; the message is gone but recorded; nothing
@@ -370,7 +381,9 @@ def test_work_root_too_small_for_the_payload_refuses_the_debag(world, tmp_path, 
     result = scene.run("run-once")
 
     row = assert_failed_for_space(scene, result, work.path, "debag")
-    assert f"only {SMALL_TMPFS_KIB * 1024} are free" in row["last_error"], row["last_error"]
+    free = int(re.search(r"only (\d+) are free", row["last_error"]).group(1))
+    index = empty_index_bytes(tmp_path)  # the debag's index of names, made before the check
+    assert SMALL_TMPFS_KIB * 1024 - index <= free < SMALL_TMPFS_KIB * 1024, row["last_error"]
     assert row["downloaded_at"] is not None
     assert_zip_kept(scene)
     assert list(work.path.iterdir()) == [] and work.used() == 0, "nothing extracted"
@@ -385,19 +398,26 @@ def test_work_root_too_small_for_the_payload_refuses_the_debag(world, tmp_path, 
     ("files", "kib", "where"),
     [
         (SMALL, SMALL_TMPFS_KIB, r"while extracting data/images/I\d{4}\.tif "),
-        (TINY, 8, r"while writing the tag file \S+\.txt;"),
+        (TINY, 8, r"for the debag's index of member names"),
+        (TINY, 8 + EMPTY_INDEX_KIB, r"while writing the tag file \S+\.txt;"),
     ],
-    ids=["payload", "tag-files"],
+    ids=["payload", "index", "tag-files"],
 )
 def test_work_root_filling_up_during_extraction(world, tmp_path, tmpfs, files, kib, where):
     """The zip declares fewer bytes than the tmpfs holds (the pre-check passes, no margin), but
     each small file takes a page: the extraction itself hits ENOSPC (in the payload, or already
-    in the tag files, which are written first)."""
+    in the tag files, which are written first), or the debag's index of names (made first,
+    four pages when empty) cannot be made at all."""
     work = tmpfs(tmp_path / "work", kib)
     scene = make_scene(world, tmp_path, files, work=work.path)
     bag_files = [p for p in scene.bag_dir.rglob("*") if p.is_file()]
     declared = sum(p.stat().st_size for p in bag_files)
-    assert declared < kib * 1024 < len(bag_files) * PAGE, "sized for a real ENOSPC"
+    index = empty_index_bytes(tmp_path)
+    assert index == EMPTY_INDEX_KIB * 1024, "the index's size the cases are sized for"
+    if "index" in where:
+        assert kib * 1024 < index, "sized so that the index does not fit"
+    else:
+        assert declared < kib * 1024 - index < len(bag_files) * PAGE, "sized for a real ENOSPC"
 
     result = scene.run("run-once")
 

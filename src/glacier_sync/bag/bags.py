@@ -7,6 +7,7 @@ passed. The zip itself is never modified or deleted here.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -14,16 +15,24 @@ import queue
 import re
 import secrets
 import shutil
+import sqlite3
 import threading
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from glacier_sync import faults
+from glacier_sync.bag.bag_index import RECENT_FOLDERS, BagIndex, MemberNames, RecentSet
 from glacier_sync.bag.payload_manifest import SUPPORTED_ALGORITHMS, PayloadManifest, nfc
 from glacier_sync.bag.workspace import debag_stagings
-from glacier_sync.bag.zip_vetting import small_enough, undecodable_name, vet_members
+from glacier_sync.bag.zip_directory import StreamedZip
+from glacier_sync.bag.zip_vetting import (
+    is_payload,
+    small_enough,
+    stream_members,
+    vet_members,
+)
 from glacier_sync.errors import BagError, DiskFull, is_disk_full
 
 log = logging.getLogger(__name__)
@@ -192,41 +201,34 @@ def _check_tag_listed_payload(bag, payload_dir: Path) -> list[str]:
     return problems
 
 
-def _unlisted(payload, root: str, manifest: PayloadManifest) -> list[str]:
-    """Files missing from the zip or from the manifests; the member names kept in a set only
-    when the counts already disagree."""
-    extra = [
-        f"{path}: in the zip but not in any manifest"
-        for info in payload
-        if (path := nfc(info.filename[len(root) :])) not in manifest.digests
-    ]
-    if not extra and len(payload) == len(manifest.digests):
-        return []
-    members = {nfc(info.filename[len(root) :]) for info in payload}
-    missing = [
-        f"{p}: listed in the manifest but missing from the zip"
-        for p in sorted(manifest.digests.keys() - members)
-    ]
-    return missing + sorted(extra)
-
-
 def _extract_payload(
-    zf, payload, root, manifest: PayloadManifest, dest: Path, progress: Callable[[], None]
+    zip_path: Path,
+    zf: StreamedZip,
+    root: str,
+    names: MemberNames,
+    manifest: PayloadManifest,
+    dest: Path,
+    progress: Callable[[], None],
 ) -> tuple[list[str], int]:
-    """Extract and hash the payload; return (problems, bytes written)."""
-    problems = _unlisted(payload, root, manifest)
+    """Extract and hash the payload, the zip's directory read once more; return (problems,
+    bytes written). Nothing is extracted when a file is missing from the zip or the manifests."""
+    problems = names.unlisted(root)
     if problems:
         return problems, 0
     total = 0
-    made: set[str] = set()
-    for info in payload:
-        path = nfc(info.filename[len(root) :])
+    made = RecentSet(RECENT_FOLDERS)  # folders made lately: no set of every folder
+    for info in stream_members(zip_path, zf):
+        if not is_payload(info, root):
+            continue
+        member = nfc(info.filename)
+        path = member[len(manifest.root) :]
         target = os.path.join(dest, path[len("data/") :])  # no pathlib: it interns every name
         folder = os.path.dirname(target)
-        if folder not in made:
+        if made.add(folder):
             os.makedirs(folder, exist_ok=True)
-            made.add(folder)
-        hashes = manifest.expected(path)
+        hashes = manifest.expected(member)
+        if hashes is None:  # unlisted() found every such file: the zip changed underneath
+            raise BagError(f"refused {zip_path.name}: {path} is in no manifest")
         try:
             size, digests = _extract_hashing(zf, info, target, tuple(hashes), progress)
         except OSError as exc:
@@ -318,36 +320,35 @@ def debag(
     if not zip_path.is_file():
         raise BagError(f"bag zip {zip_path} does not exist")
     try:
-        zf = zipfile.ZipFile(zip_path)
+        zf = StreamedZip(zip_path)
     except (zipfile.BadZipFile, OSError) as exc:
         raise BagError(
             f"refused {zip_path.name}: not a readable zip ({exc}); it may be truncated: "
             "download it again"
         ) from None
-    except UnicodeDecodeError as exc:
-        raise undecodable_name(zip_path, exc) from None
     with zf:
-        root, payload, tags, oxum, manifest = vet_members(
-            zip_path, zf, work_root, free_space_margin
-        )
         for stale in debag_stagings(work_root, work_id):  # killed tries of this work
             shutil.rmtree(stale, ignore_errors=True)
         staging = work_root / f".debag-{work_id}.{secrets.token_hex(4)}"
         tag_dir = staging / f"{work_id}.bag"
         payload_dir = staging / "payload"
+        index = None
         try:
             payload_dir.mkdir(parents=True)
-            digests = _write_tags(zf, tags, root, tag_dir)
-            bag = _load_bag(tag_dir, zip_path.name, manifest)
-            problems = _check_tags(bag, tag_dir)
-            extract_problems, total = _extract_payload(
-                zf, payload, root, manifest, payload_dir, progress
-            )
-            problems += extract_problems or _check_tag_listed_payload(bag, payload_dir)
-            if not extract_problems and oxum and (total, len(payload)) != oxum:
-                problems.append(
-                    f"Payload-Oxum {oxum[0]}.{oxum[1]} != extracted {total}.{len(payload)}"
+            index = _open_index(staging / "members.sqlite", work_root)
+            with _index_disk_full(work_root):
+                root, files, _, tags, oxum, manifest, names = vet_members(
+                    zip_path, zf, index, work_root, free_space_margin
                 )
+                digests = _write_tags(zf, tags, root, tag_dir)
+                bag = _load_bag(tag_dir, zip_path.name, manifest)
+                problems = _check_tags(bag, tag_dir)
+                extract_problems, total = _extract_payload(
+                    zip_path, zf, root, names, manifest, payload_dir, progress
+                )
+            problems += extract_problems or _check_tag_listed_payload(bag, payload_dir)
+            if not extract_problems and oxum and (total, files) != oxum:
+                problems.append(f"Payload-Oxum {oxum[0]}.{oxum[1]} != extracted {total}.{files}")
             if problems:
                 raise BagError(
                     f"refused {zip_path.name}: the bag is invalid; nothing was kept", problems
@@ -356,13 +357,34 @@ def debag(
                 before_place()
             final = _place(staging, payload_dir, tag_dir, work_root, work_id)
         finally:
+            if index is not None:
+                index.close()
             shutil.rmtree(staging, ignore_errors=True)
     return DebagResult(
         work_id,
         final,
-        len(payload),
+        files,
         total,
         manifest.algorithms + tuple(a for a in bag.algorithms if a not in manifest.algorithms),
         dict(sorted(digests.items())),
         f"{oxum[0]}.{oxum[1]}" if oxum else None,
     )
+
+
+def _open_index(path: Path, work_root: Path) -> BagIndex:
+    with _index_disk_full(work_root):
+        return BagIndex(path)
+
+
+@contextlib.contextmanager
+def _index_disk_full(work_root: Path) -> Iterator[None]:
+    """The index's tables filling the disk is the disk's fault, not the bag's."""
+    try:
+        yield
+    except sqlite3.OperationalError as exc:
+        if "full" not in str(exc):
+            raise
+        raise DiskFull(
+            f"no space left in {work_root} for the debag's index of member names ({exc}); "
+            "free space there, the debag starts again on the next run"
+        ) from exc

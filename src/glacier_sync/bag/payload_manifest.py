@@ -1,6 +1,7 @@
-"""A bag's payload manifests, read once, line by line, into one compact table: each payload path
-(NFC) with the digests its manifests give it, as bytes. About 200 bytes a file, where bagit's
-dictionaries of hex strings (and the copies made of them) took about 1 KB."""
+"""A bag's payload manifests, read once, line by line, into one table on disk (the debag's
+``BagIndex``): each payload path (NFC) with the digests its manifests give it, as bytes. Memory
+does not grow with the number of files (bagit's dictionaries of hex strings took about 1 KB a
+file, the compact table in memory that came after them 200 bytes)."""
 
 from __future__ import annotations
 
@@ -9,20 +10,17 @@ import hashlib
 import io
 import os
 import re
-import unicodedata
+import sqlite3
 import zipfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
+from glacier_sync.bag.bag_index import MAX_PROBLEMS, BagIndex, nfc
+
 SUPPORTED_ALGORITHMS = ("sha512", "sha256", "sha1", "md5")  # strongest first
 DIGEST_SIZES = {alg: hashlib.new(alg).digest_size for alg in SUPPORTED_ALGORITHMS}
-MAX_PROBLEMS = 1000  # lines named one by one; the rest are counted
 MANIFEST_NAME = re.compile(r"manifest-(\w+)\.txt")
 _ENCODING = re.compile(r"^Tag-File-Character-Encoding:\s*(\S+)\s*$", re.IGNORECASE | re.MULTILINE)
-
-
-def nfc(path: str) -> str:
-    return unicodedata.normalize("NFC", path)
 
 
 def tag_encoding(bagit_txt: bytes) -> str:
@@ -37,23 +35,25 @@ def tag_encoding(bagit_txt: bytes) -> str:
 
 @dataclass
 class PayloadManifest:
-    """The payload manifests of one bag, joined: NFC path -> the digests, in ``algorithms``
+    """The payload manifests of one bag, joined in ``index``'s ``manifest`` table: the NFC path
+    of each payload file in the zip (``root`` included) -> its digests, in ``algorithms``
     order. ``problems`` lists every line that could not be taken, each naming its manifest."""
 
+    index: BagIndex
+    root: str = ""  # the bag folder in the zip, NFC
     algorithms: tuple[str, ...] = ()
     unsupported: tuple[str, ...] = ()
-    digests: dict[str, bytes] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
     clashes: list[str] = field(default_factory=list)  # one path listed twice in a manifest
 
-    def expected(self, path: str) -> dict[str, str]:
-        """The hex digests the manifests give the NFC payload ``path``, by algorithm."""
-        value, digests, start = self.digests[path], {}, 0
-        for alg in self.algorithms:
-            size = DIGEST_SIZES[alg]
-            digests[alg] = value[start : start + size].hex()
-            start += size
-        return digests
+    def expected(self, member: str) -> dict[str, str] | None:
+        """The hex digests the manifests give the payload file named ``member`` (NFC, as in the
+        zip), by algorithm; None when no manifest lists it."""
+        columns = ", ".join(f"d{i}" for i in range(len(self.algorithms)))
+        row = self.index.one(f"SELECT {columns} FROM manifest WHERE path = ?", member)
+        if row is None:
+            return None
+        return {alg: digest.hex() for alg, digest in zip(self.algorithms, row, strict=True)}
 
 
 class _Undecodable(Exception):
@@ -89,14 +89,13 @@ def _decoded(path: str) -> str:
 
 
 class _Reader:
-    """Adds one manifest after another to the table; the table's value for a path grows by one
-    digest per manifest that lists it."""
+    """Adds one manifest after another to the table: manifest ``i``'s digests go to column
+    ``d<i>``. A path missing from an earlier manifest is kept as a gap."""
 
     def __init__(self, table: PayloadManifest) -> None:
         self.table = table
-        self.offset = 0  # bytes of digest the manifests read so far give each path
-        self.raw_names: dict[str, str] = {}  # NFC path -> its name in the manifest, if other
-        self.gaps: set[str] = set()  # paths missing from an earlier manifest
+        self.db = table.index.db
+        self.column = 0  # the manifest being read: its digests go to d<column>
         self.more = 0  # problems past MAX_PROBLEMS
 
     def add(self, name: str, alg: str, lines: Iterable[str], encoding: str) -> None:
@@ -108,7 +107,7 @@ class _Reader:
                     self._entry(name, alg, size, number, line)
         except _Undecodable as exc:
             self.problem(f"{name}: not valid {encoding}: {exc}")
-        self.offset += size
+        self.column += 1
 
     def problem(self, text: str, kind: list[str] | None = None) -> None:
         """Name a problem; past MAX_PROBLEMS, count it (a manifest of junk stays small here)."""
@@ -119,7 +118,7 @@ class _Reader:
             self.more += 1
 
     def _entry(self, name: str, alg: str, size: int, number: int, line: str) -> None:
-        table, parts = self.table, line.split(None, 1)
+        parts = line.split(None, 1)
         if len(parts) != 2:
             self.problem(f"{name} line {number}: not '<digest>  <path>': {line[:80]!r}")
             return
@@ -138,40 +137,59 @@ class _Reader:
             self.problem(f"{path}: {name} names a file outside data/")
             return
         key = nfc(path)
-        have = table.digests.get(key, b"")
-        if not have and self.offset:
-            self.gaps.add(key)
-        elif len(have) == self.offset:
-            table.digests[key] = have + digest
-            if key != path and not self.offset:
-                self.raw_names[key] = path
-        elif len(have) > self.offset:
-            first = self.raw_names.get(key, key)
-            self.problem(
-                f"{name}: {path}: listed twice"
-                if first == path
-                else f"{name}: {key}: stored under 2 names that differ only in Unicode "
-                f"normalisation ({ascii(first)} and {ascii(path)}); keep one",
-                table.clashes,
-            )
+        member = self.table.root + key
+        if not self.column:
+            try:
+                self.db.execute(
+                    "INSERT INTO manifest (path, d0, raw) VALUES (?, ?, ?)",
+                    (member, digest, path if key != path else None),
+                )
+            except sqlite3.IntegrityError:
+                self._twice(name, path, key, member)
+            return
+        column = f"d{self.column}"
+        added = self.db.execute(
+            f"UPDATE manifest SET {column} = ? WHERE path = ? AND {column} IS NULL AND gap = 0",
+            (digest, member),
+        )
+        if added.rowcount:
+            return
+        row = self.db.execute(f"SELECT {column}, gap FROM manifest WHERE path = ?", (member,))
+        row = row.fetchone()
+        if row is None:  # missing from an earlier manifest
+            self.db.execute("INSERT INTO manifest (path, gap) VALUES (?, 1)", (member,))
+        elif row[0] is not None and not row[1]:
+            self._twice(name, path, key, member)
+
+    def _twice(self, name: str, path: str, key: str, member: str) -> None:
+        (raw,) = self.db.execute("SELECT raw FROM manifest WHERE path = ?", (member,)).fetchone()
+        first = raw or key
+        self.problem(
+            f"{name}: {path}: listed twice"
+            if first == path
+            else f"{name}: {key}: stored under 2 names that differ only in Unicode "
+            f"normalisation ({ascii(first)} and {ascii(path)}); keep one",
+            self.table.clashes,
+        )
 
     def finish(self, names: list[str]) -> None:
         """Every path must be in every payload manifest."""
-        short = {p for p, value in self.table.digests.items() if len(value) != self.offset}
-        partial = sorted(short | self.gaps)
-        for path in partial:
+        cut = len(self.table.root) + 1
+        short = " OR ".join(f"d{i} IS NULL" for i in range(self.column)) or "0"
+        for (path,) in self.db.execute(
+            f"SELECT substr(path, ?) FROM manifest WHERE gap = 1 OR {short} ORDER BY path",
+            (cut,),
+        ):
             self.problem(f"{path}: not listed in every payload manifest ({', '.join(names)})")
-        for path in short:
-            del self.table.digests[path]
         if self.more:
             self.table.problems.append(f"... and {self.more} more lines that cannot be taken")
 
 
 def read_payload_manifests(
-    zf: zipfile.ZipFile, tags: list[zipfile.ZipInfo], root: str, encoding: str
+    zf: zipfile.ZipFile, tags: list[zipfile.ZipInfo], root: str, encoding: str, index: BagIndex
 ) -> PayloadManifest:
-    """Every ``manifest-<alg>.txt`` at the bag's top, joined into one table; manifests of an
-    algorithm this tool does not know are named in ``unsupported`` and not read."""
+    """Every ``manifest-<alg>.txt`` at the bag's top, joined into ``index``'s table; manifests
+    of an algorithm this tool does not know are named in ``unsupported`` and not read."""
     found = {}
     for info in tags:
         match = MANIFEST_NAME.fullmatch(info.filename[len(root) :])
@@ -179,6 +197,8 @@ def read_payload_manifests(
             found[match.group(1)] = info
     known = [alg for alg in SUPPORTED_ALGORITHMS if alg in found]
     table = PayloadManifest(
+        index,
+        nfc(root),
         algorithms=tuple(known),
         unsupported=tuple(sorted(alg for alg in found if alg not in SUPPORTED_ALGORITHMS)),
     )

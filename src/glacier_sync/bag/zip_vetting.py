@@ -10,17 +10,18 @@ import re
 import shutil
 import stat
 import zipfile
-from collections.abc import Iterable
+from collections.abc import Iterator
 from pathlib import Path
 from typing import NamedTuple
 
+from glacier_sync.bag.bag_index import BagIndex, MemberNames, Problems
 from glacier_sync.bag.payload_manifest import (
     MANIFEST_NAME,
     PayloadManifest,
-    nfc,
     read_payload_manifests,
     tag_encoding,
 )
+from glacier_sync.bag.zip_directory import StreamedZip
 from glacier_sync.errors import BagError, DiskFull
 
 MAX_TAG_FILE_SIZE = 256 * 1024 * 1024
@@ -28,13 +29,15 @@ _OXUM = re.compile(r"^Payload-Oxum:\s*(\d+)\.(\d+)\s*$", re.IGNORECASE | re.MULT
 
 
 class Vetted(NamedTuple):
-    """A zip's members once vetted."""
+    """A zip's members once vetted (the payload's names are in the index, not here)."""
 
     root: str  # the bag folder inside the zip ("" or "W1/"), the prefix of every member
-    payload: list[zipfile.ZipInfo]  # the files under data/
+    files: int  # the payload's files (under data/)
+    declared: int  # the payload's bytes, as the zip declares them
     tags: list[zipfile.ZipInfo]  # the other files: bagit.txt, manifests, bag-info.txt
     oxum: tuple[int, int] | None  # Payload-Oxum (bytes, files), when bag-info.txt has one
     manifest: PayloadManifest  # the payload manifests, joined
+    names: MemberNames  # every member's name, on disk
 
 
 # One shared tuple for every member's date: zipfile keeps a tuple of six ints per member.
@@ -82,53 +85,25 @@ def _member_problems(info: zipfile.ZipInfo) -> list[str]:
     return problems
 
 
-def _name_clashes(names: Iterable[str]) -> list[str]:
-    """Names stored twice, and distinct names that are one path once NFC-normalised (extracted,
-    one would be lost). Keeps one entry per name, never a list per name."""
-    first: dict[str, str] = {}  # NFC path -> the first name seen for it
-    twice: dict[str, None] = {}
-    twins: dict[str, list[str]] = {}
-    for name in names:
-        path = nfc(name)
-        if path not in first:
-            first[path] = name
-            continue
-        seen = first[path]
-        if seen == name:
-            twice[name] = None
-        elif name not in (group := twins.setdefault(path, [seen])):
-            group.append(name)
-    return [f"{n}: stored more than once" for n in sorted(twice)] + [
-        f"{path}: stored under {len(group)} names that differ only in Unicode normalisation "
-        f"({' and '.join(ascii(n) for n in group)}); keep one"
-        for path, group in twins.items()
-    ]
+def stream_members(zip_path: Path, zf: StreamedZip) -> Iterator[zipfile.ZipInfo]:
+    """The zip's members as its directory is read, names decoded as ``_fix_legacy_name`` does;
+    a damaged directory or a name that cannot be decoded is a ``BagError``."""
+    try:
+        for info in zf.members():
+            _fix_legacy_name(info)
+            info.date_time = NO_DATE  # never used (files get the time of extraction)
+            yield info
+    except zipfile.BadZipFile as exc:
+        raise BagError(
+            f"refused {zip_path.name}: not a readable zip ({exc}); it may be truncated: "
+            "download it again"
+        ) from None
+    except UnicodeDecodeError as exc:
+        raise undecodable_name(zip_path, exc) from None
 
 
-def _file_folder_clashes(infos: list[zipfile.ZipInfo]) -> list[str]:
-    """Names that are a file and also a folder of other members (``data/a``, ``data/a/b``)."""
-    folders: dict[str, str] = {}  # NFC folder path -> the first member that makes it a folder
-    for info in infos:
-        parts = nfc(info.filename).rstrip("/").split("/")
-        depth = len(parts) if info.is_dir() else len(parts) - 1
-        for end in range(1, depth + 1):
-            folders.setdefault("/".join(parts[:end]), info.filename)
-    return [
-        f"{info.filename}: a file, but {folders[nfc(info.filename)]} makes it a folder; "
-        "keep one of them"
-        for info in infos
-        if not info.is_dir() and nfc(info.filename) in folders
-    ]
-
-
-def _find_bag_root(infos: list[zipfile.ZipInfo]) -> str:
-    candidates = [
-        i.filename for i in infos if i.filename.rsplit("/", 1)[-1] == "bagit.txt" and not i.is_dir()
-    ]
-    if not candidates:
-        raise BagError("not a bag: the zip holds no bagit.txt")
-    shallowest = min(candidates, key=lambda n: n.count("/"))
-    return shallowest[: -len("bagit.txt")]
+def is_payload(info: zipfile.ZipInfo, root: str) -> bool:
+    return not info.is_dir() and info.filename[len(root) :].startswith("data/")
 
 
 def small_enough(info: zipfile.ZipInfo) -> None:
@@ -152,7 +127,7 @@ def _payload_oxum(bag_info: bytes) -> tuple[int, int] | None:
 
 
 def _payload_manifest(
-    zip_path: Path, zf: zipfile.ZipFile, tags: list[zipfile.ZipInfo], root: str
+    zip_path: Path, zf: zipfile.ZipFile, tags: list[zipfile.ZipInfo], root: str, index: BagIndex
 ) -> PayloadManifest:
     """The payload manifests read from the zip in the declared encoding; refused when one
     names a path twice (a duplicate or a Unicode twin) or has a line that cannot be taken."""
@@ -162,7 +137,7 @@ def _payload_manifest(
         if MANIFEST_NAME.fullmatch(info.filename[len(root) :]):
             small_enough(info)
     try:
-        manifest = read_payload_manifests(zf, tags, root, encoding)
+        manifest = read_payload_manifests(zf, tags, root, encoding, index)
     except (zipfile.BadZipFile, OSError, EOFError) as exc:
         raise BagError(
             f"refused {zip_path.name}: a payload manifest cannot be read from the zip ({exc})"
@@ -182,46 +157,58 @@ def _payload_manifest(
     return manifest
 
 
-def vet_members(zip_path: Path, zf: zipfile.ZipFile, work_root: Path, margin: int) -> Vetted:
-    """Checks that need no writing: member names and types, declared sizes, free space."""
-    infos = zf.infolist()
-    for info in infos:
-        _fix_legacy_name(info)
-        info.date_time = NO_DATE  # never used (files get the time of extraction): 100 B a member
-    problems = [p for info in infos for p in _member_problems(info)]
-    problems += _name_clashes(i.filename for i in infos) + _file_folder_clashes(infos)
-    if problems:
+def _read_names(zip_path: Path, zf: StreamedZip, names: MemberNames) -> str:
+    """Vet each member's name and type as the directory is read, record its name; return the
+    bag folder (the folder of the shallowest bagit.txt)."""
+    problems = Problems()
+    root = None
+    for info in stream_members(zip_path, zf):
+        for problem in _member_problems(info):
+            problems.add(problem)
+        names.add(info.filename, info.is_dir())
+        declaration = info.filename.rsplit("/", 1)[-1] == "bagit.txt" and not info.is_dir()
+        if declaration and (root is None or info.filename.count("/") < root.count("/")):
+            root = info.filename[: -len("bagit.txt")]
+    found = problems.lines() + names.clashes()
+    if found:
         raise BagError(
-            f"refused {zip_path.name}: unsafe or clashing members; nothing was extracted", problems
+            f"refused {zip_path.name}: unsafe or clashing members; nothing was extracted", found
         )
-    root = _find_bag_root(infos)
-    outside = [i.filename for i in infos if not i.filename.startswith(root)]
-    outside = [n for n in outside if not (n.endswith("/") and root.startswith(n))]
+    if root is None:
+        raise BagError("not a bag: the zip holds no bagit.txt")
+    return root
+
+
+def vet_members(
+    zip_path: Path, zf: StreamedZip, index: BagIndex, work_root: Path, margin: int
+) -> Vetted:
+    """Checks that need no writing (but to ``index``): member names and types, declared sizes,
+    free space. The directory is read twice, never kept whole."""
+    names = MemberNames(index)
+    root = _read_names(zip_path, zf, names)
+    outside = names.outside(root)
     if outside:
         raise BagError(
-            f"refused {zip_path.name}: members outside the bag folder {root or '/'!s}",
-            [f"{n}: outside the bag" for n in outside],
+            f"refused {zip_path.name}: members outside the bag folder {root or '/'!s}", outside
         )
-    files = [i for i in infos if not i.is_dir()]
-    payload = [i for i in files if i.filename[len(root) :].startswith("data/")]
-    tags = [i for i in files if not i.filename[len(root) :].startswith("data/")]
-    manifest = _payload_manifest(zip_path, zf, tags, root)
-    declared = sum(i.file_size for i in payload)
+    files = declared = 0
+    tags = []
+    for info in stream_members(zip_path, zf):
+        if is_payload(info, root):
+            files += 1
+            declared += info.file_size
+        elif not info.is_dir():
+            tags.append(info)
+    manifest = _payload_manifest(zip_path, zf, tags, root, index)
     info_name = root + "bag-info.txt"
     info_member = next((i for i in tags if i.filename == info_name), None)
     oxum = _payload_oxum(read_small(zf, info_member)) if info_member else None
-    if oxum is not None and (declared, len(payload)) != oxum:
-        listed = manifest.digests.keys()
-        members = {nfc(i.filename[len(root) :]) for i in payload}
+    if oxum is not None and (declared, files) != oxum:
         raise BagError(
-            f"refused {zip_path.name}: the zip declares {declared} payload bytes in {len(payload)}"
+            f"refused {zip_path.name}: the zip declares {declared} payload bytes in {files}"
             f" files, but Payload-Oxum says {oxum[0]}.{oxum[1]}; nothing was extracted",
-            [f"Payload-Oxum {oxum[0]}.{oxum[1]} != declared {declared}.{len(payload)}"]
-            + [
-                f"{p}: listed in the manifest but missing from the zip"
-                for p in sorted(listed - members)
-            ]
-            + [f"{p}: in the zip but not in any manifest" for p in sorted(members - listed)],
+            [f"Payload-Oxum {oxum[0]}.{oxum[1]} != declared {declared}.{files}"]
+            + names.unlisted(root),
         )
     needed = declared + sum(i.file_size for i in tags) + margin
     work_root.mkdir(parents=True, exist_ok=True)
@@ -232,4 +219,4 @@ def vet_members(zip_path: Path, zf: zipfile.ZipFile, work_root: Path, margin: in
             f"margin) but only {free} are free; free some space there, the debag is tried again "
             "on the next run"
         )
-    return Vetted(root, payload, tags, oxum, manifest)
+    return Vetted(root, files, declared, tags, oxum, manifest, names)
