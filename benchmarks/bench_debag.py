@@ -24,6 +24,7 @@ import json
 import os
 import platform
 import random
+import re
 import resource
 import shutil
 import statistics
@@ -138,7 +139,9 @@ def child(contender: str, zip_path: str, out: str) -> None:
     RUNNERS[contender](Path(zip_path), Path(out))
     seconds = time.perf_counter() - started
     after = _io()  # includes the I/O of waited-for children (unzip, sha512sum)
-    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    # This process's own peak (VmHWM): ru_maxrss would also count the peak of the process
+    # that started it (the benchmark, which built the bag), carried across fork and exec.
+    own = int(re.search(r"VmHWM:\s+(\d+) kB", Path("/proc/self/status").read_text()).group(1))
     kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     print(
         json.dumps(

@@ -147,6 +147,22 @@ def test_symlink_member_refused(tmp_path):
     _refused(zip_path, tmp_path / "work", "data/link: symbolic link")
 
 
+def test_a_manifest_path_that_decodes_to_no_text_is_refused(tmp_path):
+    """UTF-7 (a declared encoding Python knows) decodes ``+2AA-`` to a lone surrogate: a path
+    no file system or database can hold. Refused, naming the line, not a crash."""
+    files = {"images/I1.tif": b"TIFF"}
+    bag_dir = make_bag_dir(tmp_path, "W1TEST", files)
+    (bag_dir / "bagit.txt").write_text(
+        "BagIt-Version: 0.97\nTag-File-Character-Encoding: UTF-7\n", encoding="ascii"
+    )
+    manifest = bag_dir / "manifest-sha512.txt"
+    digest = hashlib.sha512(b"TIFF").hexdigest()
+    manifest.write_text(manifest.read_text() + f"{digest}  data/I+2AA-.tif\n", encoding="ascii")
+    zip_path = zip_dir(bag_dir, tmp_path / "W1TEST.bag.zip")
+    refused = _refused(zip_path, tmp_path / "work", "cannot be taken")
+    assert any("line 2: the path is not valid text" in p for p in refused.problems), refused
+
+
 def test_truncated_zip_refused(tmp_path):
     zip_path = make_bag_zip(tmp_path, "W1TEST")
     data = zip_path.read_bytes()

@@ -117,3 +117,38 @@ def test_a_damaged_directory_is_refused_with_nothing_written(tmp_path, damage):
         debag(path, work, "W1TEST")
     assert "not a readable zip" in str(refused.value), refused.value
     assert not work.exists() or list(work.iterdir()) == [], "nothing written"
+
+
+def test_overlapping_entries_are_refused_before_anything_is_written(tmp_path):
+    """A zip bomb's trick: a member whose data runs over the next member's record (the
+    directory says it is longer than the room it has). zipfile 3.11.7 reads both; refused."""
+    path = make_bag_zip(tmp_path, "W1TEST", compression=zipfile.ZIP_STORED)
+    data = bytearray(path.read_bytes())
+    with zipfile.ZipFile(path) as zf:
+        first, second = sorted(zf.infolist(), key=lambda i: i.header_offset)[:2]
+    with StreamedZip(path) as streamed:
+        entry = streamed.start_dir  # the directory's first entry: the first record's
+    assert struct.unpack("<L", data[entry + 42 : entry + 46])[0] == first.header_offset == 0
+    longer = second.header_offset + 10  # reaches 10 bytes into the second record
+    data[entry + 20 : entry + 24] = struct.pack("<L", longer)  # compressed size
+    data[entry + 24 : entry + 28] = struct.pack("<L", longer)  # size
+    path.write_bytes(bytes(data))
+    work = tmp_path / "work"
+    with pytest.raises(BagError) as refused:
+        debag(path, work, "W1TEST")
+    assert "unsafe or clashing members" in str(refused.value)
+    assert f"{first.filename}: its data overlaps the next entry of the zip" in str(refused.value)
+    assert not work.exists() or list(work.iterdir()) == [], "nothing written"
+
+
+def test_a_member_that_needs_a_newer_zip_version_is_refused_as_such(tmp_path):
+    path = make_bag_zip(tmp_path, "W1TEST")
+    data = bytearray(path.read_bytes())
+    entry = data.rindex(b"PK\x01\x02")
+    data[entry + 6 : entry + 8] = struct.pack("<H", 70)  # version needed to extract: 7.0
+    path.write_bytes(bytes(data))
+    with pytest.raises(BagError) as refused:
+        debag(path, tmp_path / "work", "W1TEST")
+    message = str(refused.value)
+    assert "needs zip version 7.0" in message and "rebuild the zip" in message, message
+    assert "download it again" not in message

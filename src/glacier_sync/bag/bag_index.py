@@ -17,7 +17,7 @@ MAX_PROBLEMS = 1000  # problems named one by one; the rest are counted
 
 _SCHEMA = """
 CREATE TABLE names (path TEXT PRIMARY KEY, seq INTEGER NOT NULL, is_dir INTEGER NOT NULL,
-                    name TEXT) WITHOUT ROWID;
+                    name TEXT, start INTEGER NOT NULL, end INTEGER NOT NULL) WITHOUT ROWID;
 CREATE TABLE folders (path TEXT PRIMARY KEY, member TEXT NOT NULL) WITHOUT ROWID;
 CREATE TABLE manifest (path TEXT PRIMARY KEY, d0 BLOB, d1 BLOB, d2 BLOB, d3 BLOB, raw TEXT,
                        gap INTEGER NOT NULL DEFAULT 0) WITHOUT ROWID;
@@ -67,10 +67,14 @@ class BagIndex:
     def __init__(self, path: Path) -> None:
         uri = Path(path).resolve().as_uri() + "?nolock=1"  # private: no locks (safe on NFS)
         self.db = sqlite3.connect(uri, uri=True, isolation_level=None)
-        for pragma in ("journal_mode=OFF", "synchronous=OFF", f"cache_size=-{CACHE_KIB}"):
-            self.db.execute(f"PRAGMA {pragma}")
-        self.db.executescript(_SCHEMA)
-        self.db.execute("BEGIN")
+        try:
+            for pragma in ("journal_mode=OFF", "synchronous=OFF", f"cache_size=-{CACHE_KIB}"):
+                self.db.execute(f"PRAGMA {pragma}")
+            self.db.executescript(_SCHEMA)
+            self.db.execute("BEGIN")
+        except BaseException:
+            self.db.close()
+            raise
 
     def close(self) -> None:
         self.db.close()
@@ -95,12 +99,15 @@ class MemberNames:
         self.seq = 0  # members added: their order in the zip
         self.recent = RecentSet(RECENT_FOLDERS)  # folders recorded lately
 
-    def add(self, name: str, is_dir: bool) -> None:
+    def add(self, name: str, is_dir: bool, start: int = 0, end: int = 0) -> None:
+        """Record a member; ``start`` and ``end``: where its local record begins in the zip and
+        where its data ends at the least (header, name and data; the header's extra field is
+        not known here)."""
         path = nfc(name)
         self.seq += 1
-        row = (path, self.seq, int(is_dir), name if name != path else None)
+        row = (path, self.seq, int(is_dir), name if name != path else None, start, end)
         try:
-            self.index.db.execute("INSERT INTO names VALUES (?, ?, ?, ?)", row)
+            self.index.db.execute("INSERT INTO names VALUES (?, ?, ?, ?, ?, ?)", row)
         except sqlite3.IntegrityError:
             self._clash(path, name)
         folder = path.rstrip("/") if is_dir else path.rpartition("/")[0]
@@ -133,20 +140,46 @@ class MemberNames:
         ]
         if self.clash_count > MAX_PROBLEMS:
             lines.append(f"... and {self.clash_count - MAX_PROBLEMS} more names stored twice")
+        joined = "FROM folders f JOIN names n ON n.path = f.path WHERE n.is_dir = 0"
+        found = [
+            f"{name}: a file, but {member} makes it a folder; keep one of them"
+            for name, member in self.index.rows(
+                f"SELECT coalesce(n.name, n.path), f.member {joined} ORDER BY n.seq LIMIT ?",
+                MAX_PROBLEMS,
+            )
+        ]
+        return lines + found + self._more(f"SELECT count(*) {joined}", len(found))
+
+    def _more(self, count_sql: str, named: int, *args) -> list[str]:
+        """``... and N more`` when the query (a LIMITed one, sorted in bounded memory) named
+        fewer than it found."""
+        if named < MAX_PROBLEMS:
+            return []
+        (count,) = self.index.one(count_sql, *args)
+        return [f"... and {count - named} more"] if count > named else []
+
+    def overlaps(self, directory_start: int) -> list[str]:
+        """Members whose data runs into the next member's record, or into the directory (a
+        zip bomb's overlapping entries, which newer ``zipfile`` versions refuse too)."""
+        self.index.db.execute("CREATE INDEX IF NOT EXISTS names_start ON names (start)")
         found = Problems()
-        for name, member in self.index.rows(
-            "SELECT coalesce(n.name, n.path), f.member FROM folders f JOIN names n "
-            "ON n.path = f.path WHERE n.is_dir = 0 ORDER BY n.seq"
+        before = None  # (name, end) of the member before, in the zip's byte order
+        for name, start, end in self.index.rows(  # read along the index: no sort in memory
+            "SELECT coalesce(name, path), start, end FROM names INDEXED BY names_start "
+            "ORDER BY start"
         ):
-            found.add(f"{name}: a file, but {member} makes it a folder; keep one of them")
-        return lines + found.lines()
+            if before is not None and before[1] > start:
+                found.add(f"{before[0]}: its data overlaps the next entry of the zip")
+            before = (name, end)
+        if before is not None and before[1] > directory_start:
+            found.add(f"{before[0]}: its data overlaps the zip's directory")
+        return found.lines()
 
     def outside(self, root: str) -> list[str]:
         """Members not under the bag folder ``root`` (its own parent folders excepted)."""
         found = Problems()
-        for (name,) in self.index.rows(
-            "SELECT coalesce(name, path) AS member FROM names WHERE substr(member, 1, ?) != ? "
-            "ORDER BY seq",
+        for (name,) in self.index.rows(  # sorted by path, the table's own order
+            "SELECT coalesce(name, path) AS member FROM names WHERE substr(member, 1, ?) != ?",
             len(root),
             root,
         ):

@@ -33,7 +33,7 @@ from glacier_sync.bag.zip_vetting import (
     stream_members,
     vet_members,
 )
-from glacier_sync.errors import BagError, DiskFull, is_disk_full
+from glacier_sync.errors import BagError, DiskFull, TransientError, is_disk_full
 
 log = logging.getLogger(__name__)
 
@@ -336,7 +336,7 @@ def debag(
         try:
             payload_dir.mkdir(parents=True)
             index = _open_index(staging / "members.sqlite", work_root)
-            with _index_disk_full(work_root):
+            with _index_faults(work_root):
                 root, files, _, tags, oxum, manifest, names = vet_members(
                     zip_path, zf, index, work_root, free_space_margin
                 )
@@ -372,19 +372,26 @@ def debag(
 
 
 def _open_index(path: Path, work_root: Path) -> BagIndex:
-    with _index_disk_full(work_root):
+    with _index_faults(work_root):
         return BagIndex(path)
 
 
 @contextlib.contextmanager
-def _index_disk_full(work_root: Path) -> Iterator[None]:
-    """The index's tables filling the disk is the disk's fault, not the bag's."""
+def _index_faults(work_root: Path) -> Iterator[None]:
+    """The index failing (a full disk, a quota, an I/O error of the file system) is the
+    folder's fault, never the bag's: retried, no attempt spent."""
     try:
         yield
-    except sqlite3.OperationalError as exc:
-        if "full" not in str(exc):
-            raise
-        raise DiskFull(
-            f"no space left in {work_root} for the debag's index of member names ({exc}); "
-            "free space there, the debag starts again on the next run"
+    except (sqlite3.OperationalError, sqlite3.DatabaseError) as exc:
+        if isinstance(exc, sqlite3.IntegrityError | sqlite3.ProgrammingError):
+            raise  # a fault of this code, not of the disk
+        if "full" in str(exc):
+            raise DiskFull(
+                f"no space left in {work_root} for the debag's index of member names ({exc}); "
+                "free space there, the debag starts again on the next run"
+            ) from exc
+        raise TransientError(
+            f"the debag's index of member names in {work_root} failed ({exc}: a quota, or an "
+            "I/O error of that file system); check it there, the debag starts again on the "
+            "next run"
         ) from exc

@@ -88,6 +88,15 @@ def _decoded(path: str) -> str:
     return os.path.normpath(path.lstrip("*")).replace("%0D", "\r").replace("%0A", "\n")
 
 
+def _is_text(path: str) -> bool:
+    """False for a path with lone surrogates (what UTF-7 or escapes can decode to)."""
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 class _Reader:
     """Adds one manifest after another to the table: manifest ``i``'s digests go to column
     ``d<i>``. A path missing from an earlier manifest is kept as a gap."""
@@ -130,6 +139,9 @@ class _Reader:
             self.problem(f"{name} line {number}: {parts[0][:20]!r} is not a {alg} digest")
             return
         path = _decoded(parts[1])
+        if not path.isascii() and not _is_text(path):
+            self.problem(f"{name} line {number}: the path is not valid text: {path[:80]!a}")
+            return
         if path.startswith("/") or ".." in path.split("/"):
             self.problem(f"{path}: a manifest names a path outside the bag")
             return

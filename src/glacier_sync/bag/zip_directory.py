@@ -16,6 +16,10 @@ from collections.abc import Iterator
 _READ_BUFFER = 1024 * 1024
 
 
+class UnsupportedZip(zipfile.BadZipFile):
+    """A member that needs a zip feature Python cannot read (a newer format version)."""
+
+
 class StreamedZip(zipfile.ZipFile):
     """A read-only ``ZipFile`` (opened from a path) that streams its directory."""
 
@@ -57,13 +61,15 @@ class StreamedZip(zipfile.ZipFile):
                 name_size = centdir[zipfile._CD_FILENAME_LENGTH]
                 extra_size = centdir[zipfile._CD_EXTRA_FIELD_LENGTH]
                 comment_size = centdir[zipfile._CD_COMMENT_LENGTH]
+                total += zipfile.sizeCentralDir + name_size + extra_size + comment_size
+                if total > size:  # an entry that runs past the directory's declared end
+                    raise zipfile.BadZipFile("Truncated central directory")
                 raw = fp.read(name_size)
                 extra = fp.read(extra_size)
                 comment = fp.read(comment_size)
                 if len(raw) + len(extra) + len(comment) != name_size + extra_size + comment_size:
                     raise zipfile.BadZipFile("Truncated central directory")
                 yield _member(centdir, raw, extra, comment, concat)
-                total += zipfile.sizeCentralDir + name_size + extra_size + comment_size
 
 
 def _member(centdir: tuple, raw: bytes, extra: bytes, comment: bytes, concat: int):
@@ -88,7 +94,7 @@ def _member(centdir: tuple, raw: bytes, extra: bytes, comment: bytes, concat: in
         info.file_size,
     ) = centdir[1:12]
     if info.extract_version > zipfile.MAX_EXTRACT_VERSION:
-        raise zipfile.BadZipFile(
+        raise UnsupportedZip(
             f"{name}: needs zip version {info.extract_version / 10:.1f}, which Python cannot read"
         )
     info.volume, info.internal_attr, info.external_attr = centdir[15:18]

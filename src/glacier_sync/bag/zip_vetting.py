@@ -21,7 +21,7 @@ from glacier_sync.bag.payload_manifest import (
     read_payload_manifests,
     tag_encoding,
 )
-from glacier_sync.bag.zip_directory import StreamedZip
+from glacier_sync.bag.zip_directory import StreamedZip, UnsupportedZip
 from glacier_sync.errors import BagError, DiskFull
 
 MAX_TAG_FILE_SIZE = 256 * 1024 * 1024
@@ -93,6 +93,11 @@ def stream_members(zip_path: Path, zf: StreamedZip) -> Iterator[zipfile.ZipInfo]
             _fix_legacy_name(info)
             info.date_time = NO_DATE  # never used (files get the time of extraction)
             yield info
+    except UnsupportedZip as exc:
+        raise BagError(
+            f"refused {zip_path.name}: {exc}; nothing was extracted; rebuild the zip with a "
+            "common zip tool"
+        ) from None
     except zipfile.BadZipFile as exc:
         raise BagError(
             f"refused {zip_path.name}: not a readable zip ({exc}); it may be truncated: "
@@ -100,6 +105,14 @@ def stream_members(zip_path: Path, zf: StreamedZip) -> Iterator[zipfile.ZipInfo]
         ) from None
     except UnicodeDecodeError as exc:
         raise undecodable_name(zip_path, exc) from None
+
+
+def _data_end(info: zipfile.ZipInfo) -> int:
+    """Where a member's data ends at the least: its local header, name and data (the header's
+    extra field, not known before the header is read, may add to it)."""
+    encoding = "utf-8" if info.flag_bits & UTF8_NAME_FLAG else "cp437"
+    name = info.orig_filename.encode(encoding)
+    return info.header_offset + zipfile.sizeFileHeader + len(name) + info.compress_size
 
 
 def is_payload(info: zipfile.ZipInfo, root: str) -> bool:
@@ -165,11 +178,11 @@ def _read_names(zip_path: Path, zf: StreamedZip, names: MemberNames) -> str:
     for info in stream_members(zip_path, zf):
         for problem in _member_problems(info):
             problems.add(problem)
-        names.add(info.filename, info.is_dir())
+        names.add(info.filename, info.is_dir(), info.header_offset, _data_end(info))
         declaration = info.filename.rsplit("/", 1)[-1] == "bagit.txt" and not info.is_dir()
         if declaration and (root is None or info.filename.count("/") < root.count("/")):
             root = info.filename[: -len("bagit.txt")]
-    found = problems.lines() + names.clashes()
+    found = problems.lines() + names.clashes() + names.overlaps(zf.start_dir)
     if found:
         raise BagError(
             f"refused {zip_path.name}: unsafe or clashing members; nothing was extracted", found
