@@ -470,7 +470,8 @@ def end_to_end(endpoint: str, args: argparse.Namespace) -> None:
                     + ("" if intact else "  ARCHIVE DIFFERS FROM THE BAG")
                 )
                 for name, value in sorted(rss.peaks.items(), key=lambda item: -item[1])[:8]:
-                    print(f"{'':<33}peak RSS {value / MIB:>6.0f} MB  {name}")
+                    own = rss.own.get(name, 0) / MIB
+                    print(f"{'':<33}peak RSS {value / MIB:>6.0f} MB (own {own:>4.0f} MB)  {name}")
             s3.delete_object(Bucket=BUCKET, Key=bag.key)
 
 

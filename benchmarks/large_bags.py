@@ -12,6 +12,7 @@ grouped by role; the phases' seconds come from the progress database.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -54,10 +55,13 @@ class Bag:
 
 @dataclass
 class PeakRss:
-    """Samples every process not running when it started; the peak RSS per role, in bytes."""
+    """Samples every process not running when it started; the peak RSS per role, in bytes, and
+    the peak of its own memory (USS: the pages no other process shares; a task process forked
+    from an Airflow service shares most of its RSS with it)."""
 
     interval: float = 0.2
     peaks: dict[str, int] = field(default_factory=dict)
+    own: dict[str, int] = field(default_factory=dict)
     _stop: threading.Event = field(default_factory=threading.Event)
 
     def __enter__(self) -> PeakRss:
@@ -78,6 +82,9 @@ class PeakRss:
                     continue
                 role = role_of(info["cmdline"] or [])
                 self.peaks[role] = max(self.peaks.get(role, 0), info["memory_info"].rss)
+                with contextlib.suppress(psutil.Error):
+                    uss = proc.memory_full_info().uss
+                    self.own[role] = max(self.own.get(role, 0), uss)
 
 
 def role_of(cmdline: list[str]) -> str:
