@@ -70,11 +70,12 @@ clean_processes() {
     [ "$mode" = clean ] && kill -9 $pids 2>/dev/null || true
 }
 
-# Folders of runs: a run folder (bdrc-tests.*) whose owner is gone, pytest's own base folder,
-# and the benchmarks' work folders.
+# Folders of runs: a run folder (bdrc-tests.*, or bdrc-venv.* where run-tests.sh waits for the
+# virtual environment) whose owner is gone, pytest's own base folder, and the benchmarks' work
+# folders.
 leftover_folders() {
     local folder owner
-    for folder in "$tmp_root"/bdrc-tests.*; do
+    for folder in "$tmp_root"/bdrc-tests.* "$tmp_root"/bdrc-venv.*; do
         [ -d "$folder" ] || continue
         owner=$(cat "$folder/.owner" 2>/dev/null || true)
         alive "$owner" || echo "$folder"

@@ -147,6 +147,7 @@ stop_compose_stream() {
 prepare_machine_beside_venv() {
     local out status=0
     out=$(mktemp -d "${TMPDIR:-/tmp}/bdrc-venv.XXXXXX")
+    echo $$ > "$out/.owner"  # a run killed with -9 leaves it: clean-test-leftovers.sh knows it
     # In a session of its own (pip and uv under it), stopped whole on Ctrl-C or a kill.
     setsid bash scripts/ensure-venv.sh > "$out/path" 2> "$out/log" &
     local venv_pid=$!

@@ -88,12 +88,18 @@ def test_a_killed_runs_process_and_folder_are_found_and_removed(tmp_path):
     live = tmp_root / "bdrc-tests.live"  # a run folder of run-tests.sh whose run is alive
     live.mkdir()
     (live / ".owner").write_text(str(os.getpid()))
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    venv_wait = tmp_root / "bdrc-venv.gone"  # where a killed run-tests.sh waited for its venv
+    venv_wait.mkdir()
+    (venv_wait / ".owner").write_text(str(gone.pid))
 
     check = _script(tmp_root, "--check", kinds="processes folders")
     assert check.returncode == 1, check.stdout + check.stderr
     assert f"left over: process {child} sleep 600" in check.stdout, check.stdout
     assert f"left over: folder {folder}\n" in check.stdout, check.stdout
     assert f"left over: folder {tmp_root / 'bench'}\n" in check.stdout, check.stdout
+    assert f"left over: folder {venv_wait}\n" in check.stdout, check.stdout
     assert str(live) not in check.stdout, "a live run's folder is not a leftover"
     assert "remove them with scripts/clean-test-leftovers.sh" in check.stderr
     assert _running(child) and folder.exists(), "--check removes nothing"
@@ -105,6 +111,7 @@ def test_a_killed_runs_process_and_folder_are_found_and_removed(tmp_path):
         time.sleep(0.1)
     assert not _running(child)
     assert not folder.exists() and not (tmp_root / "bench").exists()
+    assert not venv_wait.exists()
     assert live.exists(), "a live run's folder is kept"
 
     shutil.rmtree(live)
