@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Install the Debian packages the tests need when they are missing: chromium and
-# chromium-driver (the browser test), iproute2 (tc: the link shaping test). Needs root and
+# chromium-driver (the browser test), iproute2 (tc: the link shaping test), zip (Info-ZIP, as
+# archivists zip their bags: tests/test_real_zips.py). Needs root and
 # apt-get; otherwise says what to install.
 set -euo pipefail
 
-packages=(chromium chromium-driver iproute2)
+packages=(chromium chromium-driver iproute2 zip)
 missing=()
 for pkg in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
