@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import sqlite3
 import stat
 import zipfile
 from pathlib import Path
@@ -11,9 +12,9 @@ from pathlib import Path
 import pytest
 from helpers import DEFAULT_FILES, make_bag_dir, make_bag_zip, zip_dir
 
-from glacier_sync.bag import bags
+from glacier_sync.bag import bag_index, bags
 from glacier_sync.bag.bags import debag
-from glacier_sync.errors import BagError, DiskFull
+from glacier_sync.errors import BagError, DiskFull, TransientError
 
 pytestmark = pytest.mark.unit
 
@@ -532,3 +533,30 @@ def test_a_manifest_of_junk_is_named_within_bounds(tmp_path):
     error = _refused(zip_path, tmp_path / "work", "cannot be taken")
     assert len(error.problems) == 1001
     assert error.problems[-1] == "... and 2000 more lines that cannot be taken"
+
+
+@pytest.mark.parametrize(
+    ("error", "kind", "says"),
+    [
+        ("database or disk is full", DiskFull, "no space left in"),
+        ("disk I/O error", TransientError, "a quota, or an I/O error"),
+    ],
+)
+def test_the_index_failing_is_the_folders_fault_not_the_bags(
+    tmp_path, monkeypatch, error, kind, says
+):
+    """SQLite failing under the debag's index of names (ENOSPC, or EDQUOT and EIO, which SQLite
+    reports as an I/O error) is retried with no attempt spent, never held as a bad bag; the
+    staging folder goes."""
+    zip_path = make_bag_zip(tmp_path, "W1TEST")
+
+    def failing(*args, **kwargs):
+        raise sqlite3.OperationalError(error)
+
+    monkeypatch.setattr(bag_index.MemberNames, "add", failing)
+    work = tmp_path / "work"
+    with pytest.raises(kind) as failed:
+        debag(zip_path, work, "W1TEST")
+    assert not isinstance(failed.value, BagError)
+    assert says in str(failed.value) and str(work) in str(failed.value), failed.value
+    assert list(work.iterdir()) == [], "the staging folder and its index are removed"

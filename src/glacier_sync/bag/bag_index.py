@@ -99,7 +99,7 @@ class MemberNames:
         self.seq = 0  # members added: their order in the zip
         self.recent = RecentSet(RECENT_FOLDERS)  # folders recorded lately
 
-    def add(self, name: str, is_dir: bool, start: int = 0, end: int = 0) -> None:
+    def add(self, name: str, is_dir: bool, start: int, end: int) -> None:
         """Record a member; ``start`` and ``end``: where its local record begins in the zip and
         where its data ends at the least (header, name and data; the header's extra field is
         not known here)."""
@@ -150,12 +150,12 @@ class MemberNames:
         ]
         return lines + found + self._more(f"SELECT count(*) {joined}", len(found))
 
-    def _more(self, count_sql: str, named: int, *args) -> list[str]:
+    def _more(self, count_sql: str, named: int) -> list[str]:
         """``... and N more`` when the query (a LIMITed one, sorted in bounded memory) named
         fewer than it found."""
         if named < MAX_PROBLEMS:
             return []
-        (count,) = self.index.one(count_sql, *args)
+        (count,) = self.index.one(count_sql)
         return [f"... and {count - named} more"] if count > named else []
 
     def overlaps(self, directory_start: int) -> list[str]:
@@ -190,8 +190,9 @@ class MemberNames:
     def unlisted(self, root: str) -> list[str]:
         """Payload files missing from the zip or from the manifests (paths under ``root``),
         each list sorted; none when every file is listed and every listed file is there."""
-        prefix = nfc(root) + "data/"
-        cut = len(nfc(root)) + 1  # SQLite counts from 1
+        bag_folder = nfc(root)
+        prefix = bag_folder + "data/"
+        cut = len(bag_folder) + 1  # SQLite counts from 1
         missing, extra = Problems(), Problems()
         for (path,) in self.index.rows(
             "SELECT substr(m.path, ?) FROM manifest m WHERE NOT EXISTS "

@@ -31,6 +31,7 @@ from glacier_sync.bag.zip_vetting import (
     is_payload,
     small_enough,
     stream_members,
+    unreadable_zip,
     vet_members,
 )
 from glacier_sync.errors import BagError, DiskFull, TransientError, is_disk_full
@@ -322,10 +323,7 @@ def debag(
     try:
         zf = StreamedZip(zip_path)
     except (zipfile.BadZipFile, OSError) as exc:
-        raise BagError(
-            f"refused {zip_path.name}: not a readable zip ({exc}); it may be truncated: "
-            "download it again"
-        ) from None
+        raise unreadable_zip(zip_path, exc) from None
     with zf:
         for stale in debag_stagings(work_root, work_id):  # killed tries of this work
             shutil.rmtree(stale, ignore_errors=True)
@@ -335,8 +333,8 @@ def debag(
         index = None
         try:
             payload_dir.mkdir(parents=True)
-            index = _open_index(staging / "members.sqlite", work_root)
             with _index_faults(work_root):
+                index = BagIndex(staging / "members.sqlite")  # closes itself if it fails
                 root, files, _, tags, oxum, manifest, names = vet_members(
                     zip_path, zf, index, work_root, free_space_margin
                 )
@@ -371,18 +369,13 @@ def debag(
     )
 
 
-def _open_index(path: Path, work_root: Path) -> BagIndex:
-    with _index_faults(work_root):
-        return BagIndex(path)
-
-
 @contextlib.contextmanager
 def _index_faults(work_root: Path) -> Iterator[None]:
     """The index failing (a full disk, a quota, an I/O error of the file system) is the
     folder's fault, never the bag's: retried, no attempt spent."""
     try:
         yield
-    except (sqlite3.OperationalError, sqlite3.DatabaseError) as exc:
+    except sqlite3.DatabaseError as exc:
         if isinstance(exc, sqlite3.IntegrityError | sqlite3.ProgrammingError):
             raise  # a fault of this code, not of the disk
         if "full" in str(exc):

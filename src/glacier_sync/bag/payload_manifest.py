@@ -14,6 +14,7 @@ import sqlite3
 import zipfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from functools import cached_property
 
 from glacier_sync.bag.bag_index import MAX_PROBLEMS, BagIndex, nfc
 
@@ -46,11 +47,15 @@ class PayloadManifest:
     problems: list[str] = field(default_factory=list)
     clashes: list[str] = field(default_factory=list)  # one path listed twice in a manifest
 
+    @cached_property
+    def _digests_query(self) -> str:
+        columns = ", ".join(f"d{i}" for i in range(len(self.algorithms)))
+        return f"SELECT {columns} FROM manifest WHERE path = ?"
+
     def expected(self, member: str) -> dict[str, str] | None:
         """The hex digests the manifests give the payload file named ``member`` (NFC, as in the
         zip), by algorithm; None when no manifest lists it."""
-        columns = ", ".join(f"d{i}" for i in range(len(self.algorithms)))
-        row = self.index.one(f"SELECT {columns} FROM manifest WHERE path = ?", member)
+        row = self.index.one(self._digests_query, member)
         if row is None:
             return None
         return {alg: digest.hex() for alg, digest in zip(self.algorithms, row, strict=True)}

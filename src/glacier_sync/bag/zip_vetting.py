@@ -65,6 +65,14 @@ def undecodable_name(zip_path: Path, exc: UnicodeDecodeError) -> BagError:
     )
 
 
+def unreadable_zip(zip_path: Path, exc: Exception) -> BagError:
+    """The zip (its end record or its directory) cannot be read: most likely cut short."""
+    return BagError(
+        f"refused {zip_path.name}: not a readable zip ({exc}); it may be truncated: "
+        "download it again"
+    )
+
+
 def _member_problems(info: zipfile.ZipInfo) -> list[str]:
     name = info.filename
     problems = []
@@ -99,10 +107,7 @@ def stream_members(zip_path: Path, zf: StreamedZip) -> Iterator[zipfile.ZipInfo]
             "common zip tool"
         ) from None
     except zipfile.BadZipFile as exc:
-        raise BagError(
-            f"refused {zip_path.name}: not a readable zip ({exc}); it may be truncated: "
-            "download it again"
-        ) from None
+        raise unreadable_zip(zip_path, exc) from None
     except UnicodeDecodeError as exc:
         raise undecodable_name(zip_path, exc) from None
 
