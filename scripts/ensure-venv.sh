@@ -28,6 +28,11 @@ if [ -z "$python" ] || ! "$python" -c 'import sys; sys.exit(sys.version_info[:2]
 fi
 
 echo "ensure-venv: installing the locked requirements into $venv (a few minutes the first time)" >&2
+# uv's build locks (uv-setuptools-*.lock) and pip's build folders go into a folder of this run's
+# own, removed however it ends: nothing is left in the machine's /tmp.
+own_tmp=$(mktemp -d "${TMPDIR:-/tmp}/ensure-venv.XXXXXX")
+trap 'rm -rf "$own_tmp"' EXIT
+export TMPDIR=$own_tmp
 [ -x "$venv/bin/python" ] || "$python" -m venv "$venv"
 "$venv/bin/python" -m pip --version >/dev/null 2>&1 || "$venv/bin/python" -m ensurepip >/dev/null
 "$venv/bin/python" -m pip install -q --disable-pip-version-check "uv==$uv_version" >&2
