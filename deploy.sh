@@ -5,7 +5,8 @@
 #        ./deploy.sh user --dest DIR COMMAND ...      users and roles of the UI (--auth fab)
 #        ./deploy.sh backup --dest DIR [--out FILE]   back up both databases of a running stack
 #        ./deploy.sh restore --dest DIR --from FILE   restore such a backup into an instance
-#        (./deploy.sh user|backup|restore -h for theirs)
+#        ./deploy.sh rotate --dest DIR SECRET...      replace secrets of a running instance
+#        (./deploy.sh user|backup|restore|rotate -h for theirs)
 #
 #   --dest DIR               the instance folder (created); holds .env, docker-compose.yaml,
 #                            secrets/, dags/, config/, logs/, data/, processing/, plugins/
@@ -245,6 +246,7 @@ check_inputs() {
         check check-aws-credentials "$aws_credentials" ${pipeline_config:+"$pipeline_config"}
     fi
     if [ -e "$dest" ] && [ ! -d "$dest" ]; then die "--dest $dest exists and is not a folder"; fi
+    check_no_rotation_pending
     if [ "$(id -u)" -ne 0 ] && [ "$sync_uid" != "$(id -u)" ] && [ "$dry_run" -eq 0 ]; then
         die "secrets must belong to uid $sync_uid: run deploy.sh as root (sudo) or as that user"
     fi
@@ -404,6 +406,16 @@ write_secrets() {
         # private on the host.
         chmod 0644 "$dest/secrets/redis_conf" 2>/dev/null || true
     fi
+}
+
+# check_no_rotation_pending: a re-deploy never writes secrets over an unfinished `deploy.sh rotate`.
+check_no_rotation_pending() {
+    local staged=$dest/secrets/.rotating name unfinished=()
+    for name in fernet jwt api-secret admin-password postgres redis flower aws; do
+        if [ -s "$staged/$name" ]; then unfinished+=("$name"); fi
+    done
+    [ ${#unfinished[@]} -eq 0 ] \
+        || die "a rotation of ${unfinished[*]} is unfinished in $dest: finish it first with ./deploy.sh rotate --dest $dest ${unfinished[*]}"
 }
 
 # ---- code and configuration ---------------------------------------------------------------
@@ -687,6 +699,7 @@ print_next_steps() {
 main() {
     case "${1:-}" in
         user|backup|restore) exec bash "$repo/scripts/stack-admin.sh" "$@" ;;
+        rotate) shift; exec bash "$repo/scripts/rotate-secrets.sh" "$@" ;;
     esac
     parse_args "$@"
     check_inputs

@@ -59,9 +59,12 @@ class Stack:
         cmd = [*compose_cmd(), "-p", self.project, *self.files(), *args]
         return run(cmd, cwd=self.dest, check=check, timeout=timeout)
 
-    def admin(self, *args: str, stdin: str | None = None, check: bool = True):
-        """``deploy.sh user|backup|restore ... --dest DEST`` with this stack's compose files."""
-        env = {**os.environ, "COMPOSE_FILE": os.pathsep.join(self.files()[1::2])}
+    def admin(
+        self, *args: str, stdin: str | None = None, check: bool = True, env: dict | None = None
+    ):
+        """``deploy.sh user|backup|restore|rotate ... --dest DEST`` with this stack's compose
+        files (``env``: more environment variables)."""
+        env = {**os.environ, "COMPOSE_FILE": os.pathsep.join(self.files()[1::2]), **(env or {})}
         cmd = ["bash", str(REPO / "deploy.sh"), args[0], "--dest", str(self.dest), *args[1:]]
         return run(cmd, input=stdin, env=env, check=check, timeout=600)
 

@@ -69,7 +69,12 @@ def _args(inputs, *extra, env="dev"):
 
 
 def _digest(folder: Path) -> dict[str, str]:
-    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())}
+    """The files of ``folder`` (not its subfolders) by name: their SHA-256."""
+    return {
+        p.name: hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.iterdir())
+        if p.is_file()
+    }
 
 
 @pytest.mark.integration
@@ -245,6 +250,54 @@ def test_dev_and_prod_env_differ_only_where_they_must(inputs, tmp_path):
         "bdrc-dev-instance",
         "bdrc-prod-prod",
     )
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        ((), "name the secrets to rotate: fernet jwt api-secret"),
+        (("nope",), "unknown secret 'nope'; give one or more of: fernet"),
+        (("aws",), "aws needs --aws-credentials FILE"),
+        (("aws", "--aws-credentials", "/nonexistent"), "is not a readable, non-empty file"),
+        (("jwt", "--aws-credentials", "CREDS"), "--aws-credentials is for the aws secret"),
+        (("aws", "--aws-credentials", "OTHER"), "uses AWS profile [default] but AWS credentials"),
+        (("redis",), "no Celery broker (deployed without --executor celery): drop redis"),
+        (("flower",), "no Flower (deployed without --flower on): drop flower"),
+        (("jwt", "--wait"), "unknown option --wait"),
+    ],
+)
+def test_rotate_refuses_in_one_line_before_touching_anything(inputs, args, message):
+    assert deploy(*_args(inputs)).returncode == 0
+    secrets = inputs["dest"] / "secrets"
+    before = _digest(secrets)
+    other = inputs["dest"].parent / "credentials-of-another-profile"
+    other.write_text(CREDS.replace("[default]", "[other]"))
+    args = [{"CREDS": str(inputs["creds"]), "OTHER": str(other)}.get(a, a) for a in args]
+    result = deploy("rotate", "--dest", inputs["dest"], *args)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert result.stderr.startswith("deploy.sh rotate: ") and message in result.stderr
+    assert len(result.stderr.splitlines()) == 1 and result.stdout == ""
+    assert _digest(secrets) == before and not (secrets / ".rotating").exists()
+
+
+@pytest.mark.integration
+def test_an_interrupted_rotation_is_finished_before_another(inputs):
+    assert deploy(*_args(inputs)).returncode == 0
+    staged = inputs["dest"] / "secrets" / ".rotating"
+    staged.mkdir()
+    (staged / "postgres").write_text("staged-before-a-crash")
+    (staged / "jwt").write_text("staged-before-a-crash")
+    result = deploy("rotate", "--dest", inputs["dest"], "fernet")
+    assert result.returncode == 2
+    finish = f"finish it first with ./deploy.sh rotate --dest {inputs['dest']} jwt postgres"
+    assert finish in result.stderr, result.stderr
+    # A re-deploy would write secrets under it: refused too, before anything is written.
+    before = _digest(inputs["dest"] / "secrets")
+    result = deploy(*_args(inputs))
+    assert result.returncode == 2 and finish in result.stderr, result.stderr
+    assert _digest(inputs["dest"] / "secrets") == before
+    assert deploy("rotate", "-h").stdout.startswith("deploy.sh rotate - ")
 
 
 def _env(dest: Path) -> dict[str, str]:

@@ -18,6 +18,7 @@ import configparser
 import hashlib
 import json
 import os
+import re
 import shutil
 import stat
 import subprocess
@@ -30,6 +31,7 @@ import pytest
 import yaml
 from airflow_helpers import stop
 from airflow_rest import AirflowApi
+from cryptography.fernet import Fernet
 from demo_world import World, create_world
 from docker_stack import AIRFLOW_SERVICES, SYNC_UID, Stack, deploy, run
 from helpers import REPO, free_port, make_bag_zip
@@ -741,6 +743,7 @@ def test_celery_workers_share_a_burst_and_survive_a_killed_worker(e2e):
         assert not [p for p in lonely.rglob("*") if p.is_file()], "the refused worker wrote nothing"
 
         world = create_world(e2e["moto_b"], bucket="archive.e2e.example", queue="restores")
+        e2e["world_b"] = world
         fault = b.dest / "data" / "fault"
         fault.write_text("sync:copied pause\n")
         works = [f"W3CEL{i:03d}" for i in range(BURST)]
@@ -790,6 +793,158 @@ def test_celery_workers_share_a_burst_and_survive_a_killed_worker(e2e):
     finally:
         b.compose("up", "-d")  # the killed worker back, for the rollback
         b.wait_healthy(client)
+
+
+ROTATED = {  # deploy.sh rotate's names -> the files they replace
+    "fernet": "airflow_fernet_key",
+    "jwt": "airflow_jwt_secret",
+    "api-secret": "airflow_api_secret_key",
+    "admin-password": "airflow_admin_password",
+    "postgres": "postgres_password",
+    "redis": "redis_password",
+    "flower": "flower_password",
+    "aws": "aws",
+}
+
+
+KILL_AT = "BDRC_ROTATE_KILL_AT"  # scripts/rotate-secrets.sh's test hook
+
+
+def _state(b: Stack, work: str) -> str | None:
+    """The work's state in the progress database, None while it has no row."""
+    shown = b.exec("glacier-sync", "status", work, "--json", check=False)
+    if "no progress row" in shown.stdout + shown.stderr:
+        return None
+    assert shown.returncode == 0, shown.stdout + shown.stderr
+    return json.loads(shown.stdout)[0]["state"]
+
+
+def _mode_and_owner(path: Path) -> tuple[int, int, int]:
+    info = path.stat()
+    return stat.S_IMODE(info.st_mode), info.st_uid, info.st_gid
+
+
+def _refused_by_postgres(b: Stack, password: str) -> bool:
+    """A TCP sign-in to the stack's PostgreSQL with ``password`` is refused (True) or not."""
+    tried = b.compose(
+        *("exec", "-T", "-e", f"PGPASSWORD={password}", "postgres"),
+        *("psql", "-h", "127.0.0.1", "-U", "airflow", "-d", "airflow", "-tAc", "SELECT 1"),
+        check=False,
+    )
+    if tried.returncode == 0:
+        assert tried.stdout.strip() == "1", tried.stdout
+        return False
+    assert "password authentication failed" in tried.stderr, tried.stderr
+    return True
+
+
+def _redis_answer(b: Stack, password: str) -> str:
+    said = b.compose(
+        "exec", "-T", "-e", f"REDISCLI_AUTH={password}", "redis", "redis-cli", "ping", check=False
+    )
+    return said.stdout + said.stderr
+
+
+def test_every_secret_rotated_on_the_running_stack(e2e):
+    """``deploy.sh rotate all aws`` on stack B (FAB, Celery, Flower) while it runs: each old
+    secret stops working where it was used (PostgreSQL, Redis, Flower, the admin's sign-in, a
+    token signed with the old JWT secret), a connection encrypted with the old fernet key still
+    reads and is re-encrypted with the new one, nothing secret is printed, and a restore event
+    afterwards is archived through the recreated workers."""
+    _needs(e2e, "b")
+    b, client, tmp = e2e["b"], e2e["client"], e2e["tmp"]
+    secrets = b.dest / "secrets"
+    try:
+        b.exec(
+            *("airflow", "connections", "add", "rotation_probe", "--conn-type", "http"),
+            *("--conn-password", "probe-pass-before-rotation"),
+        )
+        old = {name: (secrets / file).read_text() for name, file in ROTATED.items()}
+        old_token = b.api().token
+        base = f"http://127.0.0.1:{b.ui_port}"
+        assert _http_status(f"{base}/api/v2/dags", token=old_token) == 200
+        creds = tmp / "aws-credentials-rotated"
+        creds.write_text(
+            "[default]\naws_access_key_id = rotated\n"
+            f"aws_secret_access_key = rotated-{AWS_SECRET}\nregion_name = us-east-1\n"
+        )
+        refused = b.admin("rotate", "redis", "nope", check=False)
+        assert refused.returncode == 2 and "unknown secret 'nope'" in refused.stderr
+        modes = {f: _mode_and_owner(secrets / f) for f in (*ROTATED.values(), "redis_conf")}
+
+        # Killed with -9 between PostgreSQL's new password and the files: the server has it,
+        # the files not yet; another rotation is refused until this one is finished.
+        killed = b.admin("rotate", "postgres", check=False, env={KILL_AT: "postgres:altered"})
+        assert killed.returncode == -9, killed.stdout + killed.stderr
+        assert (secrets / "postgres_password").read_text() == old["postgres"]
+        assert _refused_by_postgres(b, old["postgres"])
+        refused = b.admin("rotate", "jwt", check=False)
+        assert (
+            refused.returncode == 2 and "a rotation of postgres was interrupted" in refused.stderr
+        )
+
+        done = b.admin("rotate", "all", "aws", "--aws-credentials", str(creds))
+        said = done.stdout + done.stderr + killed.stdout + killed.stderr
+        new = {name: (secrets / file).read_text() for name, file in ROTATED.items()}
+        assert "postgres: finishing the interrupted rotation" in done.stdout, said
+        assert f"rotated: {' '.join(ROTATED)}" in done.stdout, said
+        assert [n for n in ROTATED if new[n] == old[n]] == [], "every secret is new"
+        parts = {p for v in (*old.values(), *new.values()) for p in re.split(r"[\s,=]+", v)}
+        assert not [p for p in parts if len(p) >= 12 and p in said], said
+        assert not (secrets / ".rotating").exists(), "nothing staged is left"
+        assert {f: _mode_and_owner(secrets / f) for f in modes} == modes
+        b.wait_healthy(client, timeout=60)  # the rotation waited for every recreated service
+        assert new["aws"] == creds.read_text()
+        keys = new["fernet"].split(",")
+        assert keys[1:] == old["fernet"].split(","), "the old fernet key is kept: it decrypts"
+
+        # The connection reads, and its stored form opens with the new key alone.
+        shown = json.loads(
+            b.exec("airflow", "connections", "get", "rotation_probe", "-o", "json").stdout
+        )
+        assert shown[0]["password"] == "probe-pass-before-rotation", shown
+        stored = b.compose(
+            *("exec", "-T", "postgres", "psql", "-U", "airflow", "-d", "airflow", "-tAc"),
+            "SELECT password FROM connection WHERE conn_id = 'rotation_probe'",
+        ).stdout.strip()
+        assert Fernet(keys[0]).decrypt(stored.encode()) == b"probe-pass-before-rotation"
+
+        assert _refused_by_postgres(b, old["postgres"]) and not _refused_by_postgres(
+            b, new["postgres"]
+        )
+        assert "PONG" not in _redis_answer(b, old["redis"]) and "PONG" in _redis_answer(
+            b, new["redis"]
+        )
+        assert _flower(e2e["flower"], "/api/workers", old["flower"])[0] == 401
+        assert _flower(e2e["flower"], "/api/workers", new["flower"])[0] == 200
+        refused = _http_status(f"{base}/api/v2/dags", token=old_token)
+        assert refused in (401, 403), f"a token signed with the old JWT secret: {refused}"
+        admin = b.env()["AIRFLOW_ADMIN_USER"]
+        assert _http_status(
+            f"{base}/auth/token",
+            "POST",
+            body={"username": admin, "password": old["admin-password"]},
+        ) in (401, 403)
+        api = b.api()  # the new admin password (read from the secret file)
+
+        # The pipeline through every recreated service: an event, its run, the archive.
+        world = e2e.get("world_b") or create_world(
+            e2e["moto_b"], bucket="archive.e2e.example", queue="restores"
+        )
+        work = "W4ROT"
+        zip_path = make_bag_zip(tmp / "bags-rotated", work, files={"r.txt": b"rotated"})
+        key = f"Archive1/{work[-2:]}/{work}/{work}.bag.zip"
+        world.upload_archived(zip_path, key)
+        world.restore(key)
+        deadline = time.monotonic() + 420
+        while (state := _state(b, work)) != "synced":
+            assert time.monotonic() < deadline, (state, api.runs(EVENT_DAG)[-3:])
+            time.sleep(5)
+        archived = e2e["archive_b"] / "Archive1" / work[-2:] / work / "r.txt"
+        assert archived.read_bytes() == b"rotated"
+    except BaseException:
+        print(b.logs())
+        raise
 
 
 def _secret_values(dest: Path) -> dict[str, str]:
