@@ -458,6 +458,11 @@ def test_redeploy_shows_a_new_dag_without_restart_then_upgrade_and_admin_rename(
         assert refused.value.code == 401
         logs = stack.logs()
         assert password.strip() not in logs and "Password for user" not in logs
+        migrations = [line for line in logs.splitlines() if ": upgraded from " in line]
+        assert len(migrations) == 1 and migrations[0].startswith("airflow-init"), (
+            "airflow-init migrates the progress database, once, and no other service does",
+            migrations,
+        )
         after = stack.exec("glacier-sync", "db", "current").stdout
         assert before != after and "up to date" in after.lower(), (before, after)
         row = stack.status("W1E2E")["W1E2E"]
