@@ -59,7 +59,9 @@ parse_args() {
     staged=$secrets/.rotating
     [ -r "$secrets/airflow_fernet_key" ] && [ -w "$secrets" ] \
         || die "cannot write $secrets: run it as root (sudo) or as the sync user"
-    if wants aws; then
+    if wants aws && [ -z "$aws_from" ] && [ -s "$staged/aws" ]; then
+        :  # finishing an interrupted rotation: the credentials staged then
+    elif wants aws; then
         [ -n "$aws_from" ] || die "aws needs --aws-credentials FILE (the new credentials INI)"
         [ -s "$aws_from" ] && [ -r "$aws_from" ] || die "--aws-credentials $aws_from is not a readable, non-empty file"
         local why

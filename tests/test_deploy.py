@@ -297,6 +297,12 @@ def test_an_interrupted_rotation_is_finished_before_another(inputs):
     result = deploy(*_args(inputs))
     assert result.returncode == 2 and finish in result.stderr, result.stderr
     assert _digest(inputs["dest"] / "secrets") == before
+    # The command it names is taken: staged credentials need no --aws-credentials again (it then
+    # needs the running stack, which this test has not: exit 1, past the usage checks).
+    (staged / "aws").write_text(CREDS)
+    finishing = deploy("rotate", "--dest", inputs["dest"], "jwt", "postgres", "aws")
+    assert finishing.returncode == 1, finishing.stderr
+    assert "--aws-credentials" not in finishing.stderr and not list(staged.glob("*.value"))
     assert deploy("rotate", "-h").stdout.startswith("deploy.sh rotate - ")
 
 
