@@ -610,6 +610,13 @@ def test_backup_then_restore_into_a_second_instance_with_fab_roles(e2e):
         assert {w: r["state"] for w, r in rows.items()} == {"W1E2E": "synced", "W2E2E": "synced"}
         mine = {c.labels["com.docker.compose.project"] for c in b.containers(client).values()}
         assert mine == {b.project} and a.containers(client), "two instances side by side"
+        # B now holds runs and works: another restore asks for --yes and changes nothing.
+        started = b.started_at(client)
+        again = b.admin("restore", "--from", str(backup), check=False)
+        assert again.returncode == 2 and "re-run with --yes" in again.stderr, again.stderr
+        assert len(again.stderr.splitlines()) == 1, again.stderr
+        assert not list((b.dest / "backups").glob("*before-restore*")), "no safety backup made"
+        assert b.started_at(client) == started, "no service stopped"
 
         base = f"http://127.0.0.1:{b.ui_port}"
         assert _http_status(f"{base}/api/v2/dags") == 401
