@@ -220,13 +220,20 @@ stop_services() {
         any_group_alive "${live[@]}" || break
         sleep 0.5
     done
+    local killed=()
     for name in "${live[@]}"; do
         if any_group_alive "$name"; then
             kill -KILL -- "-${name#*:}" 2>/dev/null || true
+            killed+=("$name")
             say "killed ${name%%:*} (pid ${name#*:}): still running 30 s after TERM"
         else
             say "stopped ${name%%:*} (pid ${name#*:})"
         fi
+    done
+    # A killed process is gone only once the kernel has torn it down: stop returns after that.
+    for _ in $(seq 40); do
+        any_group_alive "${killed[@]}" || break
+        sleep 0.25
     done
     for name in "$@"; do
         rm -f "$run_dir/$name.pid"

@@ -69,6 +69,15 @@ parse_args() {
     elif [ -n "$aws_from" ]; then
         die "--aws-credentials is for the aws secret: add aws to the secrets to rotate"
     fi
+    if wants postgres; then
+        for name in airflow_db_url progress_db_url; do
+            # A URL of the stack's PostgreSQL must be in the form the rotation rewrites.
+            if grep -qE '@postgres[:/]' "$secrets/$name" \
+                    && ! grep -qE '^postgresql[^:]*://airflow:[^@]*@postgres:5432/' "$secrets/$name"; then
+                die "secrets/$name names the stack's PostgreSQL in a form rotate does not rewrite (postgresql+psycopg2://airflow:PASSWORD@postgres:5432/DB): write it in that form first"
+            fi
+        done
+    fi
     if wants redis && ! enabled redis; then
         die "this instance has no Celery broker (deployed without --executor celery): drop redis"
     fi
@@ -163,6 +172,7 @@ sys.stdout.write(re.sub(r"^(postgresql[^:]*://airflow:)[^@]*(@postgres:5432/)",
 # re-run finds it and installs the same contents again, whatever an interruption left.
 stage() {
     local name target
+    rm -rf "$secrets"/.rotated.*   # a finished rotation killed while it was being removed
     (umask 077; mkdir -p "$staged/files")
     for name in "${wanted[@]}"; do
         if [ -s "$staged/$name" ]; then
@@ -191,7 +201,12 @@ stage() {
 # ---- install -----------------------------------------------------------------------------------
 # put TARGET: the staged content copied into secrets/TARGET in place (a running container's
 # secret is a bind mount of this very file: a new file renamed over it would not be seen).
-put() { cat "$staged/files/$1" > "$secrets/$1"; sync_file "$secrets/$1"; }
+put() {
+    [ -f "$staged/files/$1" ] \
+        || fail "secrets/.rotating/files/$1 is missing (a damaged staging folder); secrets/$1 is unchanged: move secrets/.rotating away and rotate again"
+    cat "$staged/files/$1" > "$secrets/$1"
+    sync_file "$secrets/$1"
+}
 
 # kill_point NAME: a test hook (BDRC_ROTATE_KILL_AT=NAME): the rotation killed there with -9.
 kill_point() { if [ "${BDRC_ROTATE_KILL_AT:-}" = "$1" ]; then kill -9 $$; fi; }
@@ -209,9 +224,10 @@ alter_postgres_password() {
 
 install() {
     local name target
+    # The server first, before any file: until the files follow, running services keep their
+    # connections, and a refusal leaves every secret file as it was.
+    if wants postgres; then alter_postgres_password; fi
     for name in "${wanted[@]}"; do
-        # The server first: until the files follow, running services keep their connections.
-        if [ "$name" = postgres ]; then alter_postgres_password; fi
         for target in $(targets "$name"); do put "$target"; done
         say "secrets: $name replaced"
     done
@@ -290,8 +306,11 @@ set_fab_admin_password() {
 finish() {
     if wants fernet; then reencrypt; fi
     if wants admin-password && [ "$(env_value AIRFLOW_AUTH)" = fab ]; then set_fab_admin_password; fi
-    rm -rf "$staged"
+    # Done: out of the way in one rename (a kill while deleting must not leave a marker
+    # without its files), then removed.
+    mv "$staged" "$secrets/.rotated.$$"
     sync_file "$secrets"
+    rm -rf "$secrets/.rotated.$$"
     say "rotated: ${wanted[*]}"
 }
 

@@ -193,6 +193,12 @@ on_restore_error() {
 
 cmd_restore() {
     [ -n "$from" ] || die "--from FILE is required (a tar file made by deploy.sh backup)"
+    local name unfinished=()  # a restore installs secrets too: never under an unfinished rotation
+    for name in fernet jwt api-secret admin-password postgres redis flower aws; do
+        if [ -s "$dest/secrets/.rotating/$name" ]; then unfinished+=("$name"); fi
+    done
+    [ ${#unfinished[@]} -eq 0 ] \
+        || die "a rotation of ${unfinished[*]} is unfinished in $dest: finish it first with ./deploy.sh rotate --dest $dest ${unfinished[*]}"
     [ -f "$from" ] || die "--from $from does not exist"
     local progress stopped
     tmp=$(mktemp -d "$dest/.restore.XXXXXX")

@@ -264,6 +264,7 @@ def test_dev_and_prod_env_differ_only_where_they_must(inputs, tmp_path):
         (("aws", "--aws-credentials", "OTHER"), "uses AWS profile [default] but AWS credentials"),
         (("redis",), "no Celery broker (deployed without --executor celery): drop redis"),
         (("flower",), "no Flower (deployed without --flower on): drop flower"),
+        (("postgres", "URL"), "secrets/progress_db_url names the stack's PostgreSQL in a form"),
         (("jwt", "--wait"), "unknown option --wait"),
     ],
 )
@@ -273,6 +274,10 @@ def test_rotate_refuses_in_one_line_before_touching_anything(inputs, args, messa
     before = _digest(secrets)
     other = inputs["dest"].parent / "credentials-of-another-profile"
     other.write_text(CREDS.replace("[default]", "[other]"))
+    if "URL" in args:  # a progress database URL on the stack's PostgreSQL, by another user
+        (secrets / "progress_db_url").write_text("postgresql://glacier:pw@postgres:5432/gs\n")
+        before = _digest(secrets)
+        args = [a for a in args if a != "URL"]
     args = [{"CREDS": str(inputs["creds"]), "OTHER": str(other)}.get(a, a) for a in args]
     result = deploy("rotate", "--dest", inputs["dest"], *args)
     assert result.returncode == 2, result.stdout + result.stderr
@@ -297,6 +302,10 @@ def test_an_interrupted_rotation_is_finished_before_another(inputs):
     result = deploy(*_args(inputs))
     assert result.returncode == 2 and finish in result.stderr, result.stderr
     assert _digest(inputs["dest"] / "secrets") == before
+    backup = inputs["dest"].parent / "a-backup.tar"
+    backup.write_bytes(b"")
+    result = deploy("restore", "--dest", inputs["dest"], "--from", backup)
+    assert result.returncode == 2 and finish in result.stderr, result.stderr
     # The command it names is taken: staged credentials need no --aws-credentials again (it then
     # needs the running stack, which this test has not: exit 1, past the usage checks).
     (staged / "aws").write_text(CREDS)
