@@ -24,6 +24,8 @@ me="deploy.sh rotate"
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 # shellcheck source=scripts/shell-common.sh
 source "$repo/scripts/shell-common.sh"   # usage, say, die, fail, need_value
+# shellcheck source=scripts/instance-common.sh
+source "$repo/scripts/instance-common.sh"   # env_value, compose, running (of $dest)
 
 KNOWN=(fernet jwt api-secret admin-password postgres redis flower aws)
 dest="" aws_from="" wanted=() every=0
@@ -95,23 +97,6 @@ parse_args() {
 
 known() { local k; for k in "${KNOWN[@]}"; do [ "$k" = "$1" ] && return 0; done; return 1; }
 wants() { local w; for w in "${wanted[@]}"; do [ "$w" = "$1" ] && return 0; done; return 1; }
-env_value() { sed -n "s/^$1=//p" "$dest/.env" | tail -n 1; }
-
-# compose ARG...: Compose in the instance folder (its .env names the project).
-compose() {
-    if docker compose version >/dev/null 2>&1; then
-        (cd "$dest" && docker compose "$@")
-    elif command -v docker-compose >/dev/null 2>&1; then
-        (cd "$dest" && docker-compose "$@")
-    else
-        fail "neither 'docker compose' nor 'docker-compose' is installed"
-    fi
-}
-running() {
-    local id
-    id=$(compose ps -q "$1" 2>/dev/null | head -n 1) && [ -n "$id" ] \
-        && [ "$(docker inspect -f '{{.State.Running}}' "$id" 2>/dev/null)" = true ]
-}
 # enabled SERVICE: the service is part of this instance (its Compose profile, in .env, is on).
 enabled() {
     local profiles

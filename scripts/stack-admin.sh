@@ -53,25 +53,10 @@ need_docker() {
         || fail "the Docker engine is unreachable from here (is dockerd running, are you in the docker group?)"
 }
 
-env_value() { sed -n "s/^$1=//p" "$dest/.env" | tail -n 1; }
+# shellcheck source=scripts/instance-common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/instance-common.sh"   # env_value, compose, running
 project=$(env_value COMPOSE_PROJECT_NAME)
 
-# compose ARG...: Compose in the instance folder (its .env names the project).
-compose() {
-    if docker compose version >/dev/null 2>&1; then
-        (cd "$dest" && docker compose "$@")
-    elif command -v docker-compose >/dev/null 2>&1; then
-        (cd "$dest" && docker-compose "$@")
-    else
-        fail "neither 'docker compose' nor 'docker-compose' is installed"
-    fi
-}
-# running SERVICE: the service's container runs.
-running() {
-    local id
-    id=$(compose ps -q "$1" 2>/dev/null) && [ -n "$id" ] \
-        && [ "$(docker inspect -f '{{.State.Running}}' "$id" 2>/dev/null)" = true ]
-}
 # psql_in DB SQL: one value from the stack's PostgreSQL.
 psql_in() { compose exec -T postgres psql -U airflow -d "$1" -v ON_ERROR_STOP=1 -tAc "$2"; }
 # progress_db: the progress database's name when it lives on the stack's PostgreSQL.
