@@ -246,7 +246,7 @@ check_inputs() {
         check check-aws-credentials "$aws_credentials" ${pipeline_config:+"$pipeline_config"}
     fi
     if [ -e "$dest" ] && [ ! -d "$dest" ]; then die "--dest $dest exists and is not a folder"; fi
-    check_no_rotation_pending
+    refuse_under_rotation "$dest"   # a re-deploy never writes secrets under it
     if [ "$(id -u)" -ne 0 ] && [ "$sync_uid" != "$(id -u)" ] && [ "$dry_run" -eq 0 ]; then
         die "secrets must belong to uid $sync_uid: run deploy.sh as root (sudo) or as that user"
     fi
@@ -406,16 +406,6 @@ write_secrets() {
         # private on the host.
         chmod 0644 "$dest/secrets/redis_conf" 2>/dev/null || true
     fi
-}
-
-# check_no_rotation_pending: a re-deploy never writes secrets over an unfinished `deploy.sh rotate`.
-check_no_rotation_pending() {
-    local staged=$dest/secrets/.rotating name unfinished=()
-    for name in fernet jwt api-secret admin-password postgres redis flower aws; do
-        if [ -s "$staged/$name" ]; then unfinished+=("$name"); fi
-    done
-    [ ${#unfinished[@]} -eq 0 ] \
-        || die "a rotation of ${unfinished[*]} is unfinished in $dest: finish it first with ./deploy.sh rotate --dest $dest ${unfinished[*]}"
 }
 
 # ---- code and configuration ---------------------------------------------------------------

@@ -2,6 +2,11 @@
 # deployed instance; sourced, never run. The script sets `dest` (the instance folder) and sources
 # shell-common.sh (fail) first.
 
+need_docker() {
+    command -v docker >/dev/null && docker info >/dev/null 2>&1 \
+        || fail "the Docker engine is unreachable from here (is dockerd running, are you in the docker group?)"
+}
+
 # env_value NAME: the last value of NAME in the instance's .env.
 env_value() { sed -n "s/^$1=//p" "$dest/.env" | tail -n 1; }
 

@@ -25,9 +25,9 @@ repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 # shellcheck source=scripts/shell-common.sh
 source "$repo/scripts/shell-common.sh"   # usage, say, die, fail, need_value
 # shellcheck source=scripts/instance-common.sh
-source "$repo/scripts/instance-common.sh"   # env_value, compose, running (of $dest)
+source "$repo/scripts/instance-common.sh"   # need_docker, env_value, compose, running (of $dest)
 
-KNOWN=(fernet jwt api-secret admin-password postgres redis flower aws)
+KNOWN=("${ROTATABLE_SECRETS[@]}")
 dest="" aws_from="" wanted=() every=0
 healthy_timeout=${ROTATE_HEALTHY_TIMEOUT:-420}
 
@@ -87,8 +87,8 @@ parse_args() {
         die "this instance has no Flower (deployed without --flower on): drop flower"
     fi
     local unfinished=()
-    for name in "${KNOWN[@]}"; do
-        if [ -s "$staged/$name" ] && ! wants "$name"; then unfinished+=("$name"); fi
+    for name in $(unfinished_rotations "$dest"); do
+        if ! wants "$name"; then unfinished+=("$name"); fi
     done
     if [ ${#unfinished[@]} -gt 0 ]; then
         die "a rotation of ${unfinished[*]} was interrupted: finish it first with ./deploy.sh rotate --dest $dest ${unfinished[*]}"
@@ -109,8 +109,7 @@ enabled() {
 }
 
 check_stack() {
-    command -v docker >/dev/null && docker info >/dev/null 2>&1 \
-        || fail "the Docker engine is unreachable from here (is dockerd running, are you in the docker group?)"
+    need_docker
     running postgres || fail "the stack's postgres is not running: cd $dest && docker compose up -d postgres, then rotate"
 }
 
@@ -136,7 +135,7 @@ targets() {
 # new_content NAME TARGET: TARGET's content once NAME is rotated (from the staged value and,
 # for the fernet keys and the URLs, the file as it is: read before anything is installed).
 new_content() {
-    local value=$staged/$1.value
+    local value=$staged/$1.part
     case "$2" in
         airflow_fernet_key) printf '%s,' "$(cat "$value")"; cat "$secrets/$2" ;;
         airflow_db_url|progress_db_url)
@@ -153,7 +152,8 @@ sys.stdout.write(re.sub(r"^(postgresql[^:]*://airflow:)[^@]*(@postgres:5432/)",
 }
 
 # stage: for each secret, its new value and the whole new content of each of its files, in
-# secrets/.rotating/ (0700); a secret is staged once its NAME file is there (written last). A
+# secrets/.rotating/ (0700); a secret is staged once its value is renamed from NAME.part to NAME
+# (after its files). A
 # re-run finds it and installs the same contents again, whatever an interruption left.
 stage() {
     local name target
@@ -169,15 +169,13 @@ stage() {
              fernet) tool fernet-key | tr -d '\n' ;;   # no newline: read by *_CMD as is
              aws) cat "$aws_from" ;;
              *) tool secret | tr -d '\n' ;;
-         esac > "$staged/$name.value"
+         esac > "$staged/$name.part"
          for target in $(targets "$name"); do
              new_content "$name" "$target" > "$staged/files/$target"
              sync_file "$staged/files/$target"
          done)
-        sync_file "$staged/$name.value"
-        sync_file "$staged/files"
-        cp "$staged/$name.value" "$staged/$name.part"
         sync_file "$staged/$name.part"
+        sync_file "$staged/files"
         mv -f "$staged/$name.part" "$staged/$name"
     done
     sync_file "$staged"

@@ -13,3 +13,23 @@ fail() { echo "$me: $*" >&2; exit 1; }
 
 # need_value OPTION [VALUE]: the option was given a value.
 need_value() { [ $# -ge 2 ] && [ -n "$2" ] || die "$1 needs a value (see -h)"; }
+
+# The secrets `deploy.sh rotate` replaces (scripts/rotate-secrets.sh).
+ROTATABLE_SECRETS=(fernet jwt api-secret admin-password postgres redis flower aws)
+
+# unfinished_rotations DIR: the secrets whose rotation in the instance DIR was interrupted (their
+# new contents still staged in DIR/secrets/.rotating), one a line.
+unfinished_rotations() {
+    local name
+    for name in "${ROTATABLE_SECRETS[@]}"; do
+        if [ -s "$1/secrets/.rotating/$name" ]; then echo "$name"; fi
+    done
+}
+
+# refuse_under_rotation DIR: nothing may write DIR's secrets while a rotation there is unfinished.
+refuse_under_rotation() {
+    local unfinished
+    unfinished=$(unfinished_rotations "$1" | xargs)
+    [ -z "$unfinished" ] \
+        || die "a rotation of $unfinished is unfinished in $1: finish it first with ./deploy.sh rotate --dest $1 $unfinished"
+}

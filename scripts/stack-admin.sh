@@ -48,13 +48,8 @@ done
 dest=$(cd "$dest" && pwd)
 [ "$command" = user ] || [ -r "$dest/secrets/airflow_fernet_key" ] \
     || die "cannot read $dest/secrets: run it as root (sudo) or as the sync user"
-need_docker() {
-    command -v docker >/dev/null && docker info >/dev/null 2>&1 \
-        || fail "the Docker engine is unreachable from here (is dockerd running, are you in the docker group?)"
-}
-
 # shellcheck source=scripts/instance-common.sh
-source "$(dirname "${BASH_SOURCE[0]}")/instance-common.sh"   # env_value, compose, running
+source "$(dirname "${BASH_SOURCE[0]}")/instance-common.sh"   # need_docker, env_value, compose, running
 project=$(env_value COMPOSE_PROJECT_NAME)
 
 # psql_in DB SQL: one value from the stack's PostgreSQL.
@@ -178,12 +173,7 @@ on_restore_error() {
 
 cmd_restore() {
     [ -n "$from" ] || die "--from FILE is required (a tar file made by deploy.sh backup)"
-    local name unfinished=()  # a restore installs secrets too: never under an unfinished rotation
-    for name in fernet jwt api-secret admin-password postgres redis flower aws; do
-        if [ -s "$dest/secrets/.rotating/$name" ]; then unfinished+=("$name"); fi
-    done
-    [ ${#unfinished[@]} -eq 0 ] \
-        || die "a rotation of ${unfinished[*]} is unfinished in $dest: finish it first with ./deploy.sh rotate --dest $dest ${unfinished[*]}"
+    refuse_under_rotation "$dest"   # a restore installs secrets too
     [ -f "$from" ] || die "--from $from does not exist"
     local progress stopped
     tmp=$(mktemp -d "$dest/.restore.XXXXXX")

@@ -311,7 +311,7 @@ def test_an_interrupted_rotation_is_finished_before_another(inputs):
     (staged / "aws").write_text(CREDS)
     finishing = deploy("rotate", "--dest", inputs["dest"], "jwt", "postgres", "aws")
     assert finishing.returncode == 1, finishing.stderr
-    assert "--aws-credentials" not in finishing.stderr and not list(staged.glob("*.value"))
+    assert "--aws-credentials" not in finishing.stderr and not list(staged.glob("*.part"))
     assert deploy("rotate", "-h").stdout.startswith("deploy.sh rotate - ")
 
 
