@@ -204,3 +204,50 @@ def aws_cli_upload(world: World, source: Path, key: str, *options: str) -> None:
         timeout=120,
     )
     assert done.returncode == 0, done.stderr
+
+
+class AsRealS3(PassThroughClient):
+    """moto's client with its HEAD answers completed as real S3 gives them: the checksum's
+    ``ChecksumType`` and, for a composite one, its ``-N`` (read from ``GetObjectAttributes``);
+    a part's HEAD carries the object's eTag (moto gives the part's MD5) and, with
+    ``ChecksumMode``, the part's own checksum of a composite upload (computed here from the
+    part's bytes: moto gives none)."""
+
+    def head_object(self, **kwargs):
+        if kwargs.get("PartNumber"):
+            return self._part_head(**kwargs)
+        head = self._s3.head_object(**kwargs)
+        if kwargs.get("ChecksumMode") != "ENABLED":
+            return head
+        attributes = self._s3.get_object_attributes(
+            Bucket=kwargs["Bucket"], Key=kwargs["Key"], ObjectAttributes=["Checksum"]
+        )
+        kind = attributes.get("Checksum", {}).get("ChecksumType")
+        if kind:
+            head["ChecksumType"] = kind
+        parts = head["ETag"].strip('"').rpartition("-")[2]
+        for name in [n for n in head if n.startswith("Checksum") and n != "ChecksumType"]:
+            if kind == "COMPOSITE" and "-" not in head[name]:
+                head[name] = f"{head[name]}-{parts}"
+        return head
+
+    def _part_head(self, **kwargs):
+        from glacier_sync.transfer.object_checks import b64, checksum_of, new_hasher
+
+        head = self._s3.head_object(**kwargs)
+        whole = self.head_object(**{k: v for k, v in kwargs.items() if k != "PartNumber"})
+        head["ETag"] = whole["ETag"]
+        checksum = checksum_of(whole) if kwargs.get("ChecksumMode") == "ENABLED" else None
+        if checksum and checksum.kind == "COMPOSITE":
+            base = {k: v for k, v in kwargs.items() if k in ("Bucket", "Key", "VersionId")}
+            sizes = [
+                self._s3.head_object(**base, PartNumber=n)["ContentLength"]
+                for n in range(1, kwargs["PartNumber"])
+            ]
+            start = sum(sizes)
+            end = start + head["ContentLength"] - 1
+            body = self._s3.get_object(**base, Range=f"bytes={start}-{end}")["Body"].read()
+            hasher = new_hasher(checksum.algorithm)
+            hasher.update(body)
+            head[f"Checksum{checksum.algorithm.upper()}"] = b64(hasher.digest())
+        return head

@@ -121,3 +121,64 @@ def test_profile_clients_reach_the_emulator(world, tmp_path):
     bodies = [m.body for m in messages]
     assert '{"Records": []}' in bodies and "s3:TestEvent" in bodies[0]
     assert all(m.receive_count == 1 for m in messages)
+
+
+@pytest.mark.unit
+def test_a_client_keeps_a_connection_for_every_download_thread(tmp_path):
+    """botocore keeps 10 connections: a download of more threads would open and drop one for
+    every range. The pool follows ``download_concurrency``; a larger one set in an Airflow
+    connection's ``config_kwargs`` is kept."""
+    from botocore.config import Config
+
+    settings = load_settings(download_concurrency=24, aws_credentials_file=tmp_path / "none")
+    assert aws.pool_size(settings) == 24 + aws.PART_HEAD_THREADS
+    assert aws.with_pool(settings).max_pool_connections == 32
+    kept = aws.with_pool(settings, Config(max_pool_connections=50, read_timeout=7))
+    assert (kept.max_pool_connections, kept.read_timeout) == (50, 7)
+    raised = aws.with_pool(settings, Config(max_pool_connections=4, read_timeout=7))
+    assert (raised.max_pool_connections, raised.read_timeout) == (32, 7)
+    small = load_settings(download_concurrency=1, aws_credentials_file=tmp_path / "none")
+    assert aws.with_pool(small).max_pool_connections == aws.BOTOCORE_POOL
+
+
+@pytest.mark.integration
+def test_a_download_of_sixteen_threads_drops_no_connection(world, tmp_path, caplog):
+    """Through the pipeline's own client: no "Connection pool is full" from urllib3."""
+    key = "Archive0/00/W1POOL/W1POOL.bag.zip"
+    data = bytes(range(256)) * (20 * 4096)  # 20 MiB: twenty 1 MiB ranges
+    plain = world.client("s3")
+    plain.put_object(Bucket=world.bucket, Key=key, Body=data)
+    settings = load_settings(
+        aws_endpoint_url=world.endpoint,
+        aws_credentials_file=tmp_path / "none",
+        download_concurrency=16,
+    )
+    s3 = aws.ProfileClients(settings).client("s3", _queue(world))
+    target = tmp_path / "W1POOL.bag.zip"
+    etag = plain.head_object(Bucket=world.bucket, Key=key)["ETag"].strip('"')
+    with caplog.at_level("WARNING", logger="urllib3"):
+        assert object_download.download_object(s3, world.bucket, key, etag, target, "W1POOL", 16, 1)
+    assert target.read_bytes() == data
+    assert "Connection pool is full" not in caplog.text, caplog.text
+
+
+@pytest.mark.airflow
+def test_an_airflow_connections_client_keeps_its_config_and_gets_the_pool(tmp_path, monkeypatch):
+    """In Airflow, the queue's connection gives the client: its ``config_kwargs`` stay, the
+    pool grows to the download's threads."""
+    import json
+
+    extra = {
+        "endpoint_url": "http://127.0.0.1:9",
+        "config_kwargs": {"max_pool_connections": 12, "read_timeout": 9},
+    }
+    monkeypatch.setenv("AIRFLOW_CONN_S3POOL", json.dumps({"conn_type": "aws", "extra": extra}))
+    monkeypatch.setenv("AIRFLOW_HOME", str(tmp_path / "airflow"))
+    from glacier_sync_airflow.clients import HookClients
+
+    settings = load_settings(download_concurrency=20, aws_credentials_file=tmp_path / "none")
+    queue = QueueSource(
+        name="pool", queue_url="http://127.0.0.1:9/1/q", region="us-east-1", aws_conn_id="s3pool"
+    )
+    config = HookClients(settings).client("s3", queue).meta.config
+    assert (config.max_pool_connections, config.read_timeout) == (28, 9)

@@ -4,7 +4,7 @@ boto3's ``upload_file`` with its defaults (multipart from 8 MiB, CRC32 sent), th
 algorithms an uploader may ask for, SSE-KMS (whose eTag is no MD5 on S3, so the checksum is the
 only end-to-end check), full-object multipart checksums and parts of unequal sizes, all on moto.
 moto answers ``HeadObject`` with a composite checksum's value but neither its ``-N`` nor its
-``ChecksumType``; ``_AsRealS3`` completes the answer from ``GetObjectAttributes`` the way S3
+``ChecksumType``; ``AsRealS3`` completes the answer from ``GetObjectAttributes`` the way S3
 itself answers, so both kinds of store are tried. Each object is also fetched once through a
 link that flips one byte: the check catches it as a fault of the transfer, never a bad object.
 """
@@ -19,11 +19,17 @@ import boto3
 import pytest
 from botocore.config import Config
 from demo_world import FAKE_CREDENTIALS
-from helpers import FlippingLink, PassThroughClient, aws_cli_upload, fail_range, upload_parts
+from helpers import (
+    AsRealS3,
+    FlippingLink,
+    PassThroughClient,
+    aws_cli_upload,
+    fail_range,
+    upload_parts,
+)
 
 from glacier_sync.errors import DownloadError, PermanentError, is_transient
 from glacier_sync.transfer import object_download
-from glacier_sync.transfer.object_checks import b64, checksum_of, new_hasher
 from glacier_sync.transfer.range_journal import journal_path
 from glacier_sync.transfer.whole_object import WholeObjectMismatch
 
@@ -38,51 +44,6 @@ def _client(endpoint: str):
     return boto3.client(
         "s3", endpoint_url=endpoint, region_name="us-east-1", config=config, **FAKE_CREDENTIALS
     )
-
-
-class _AsRealS3(PassThroughClient):
-    """moto's client with its HEAD answers completed as real S3 gives them: the checksum's
-    ``ChecksumType`` and, for a composite one, its ``-N`` (read from ``GetObjectAttributes``);
-    a part's HEAD carries the object's eTag (moto gives the part's MD5) and, with
-    ``ChecksumMode``, the part's own checksum of a composite upload (computed here from the
-    part's bytes: moto gives none)."""
-
-    def head_object(self, **kwargs):
-        if kwargs.get("PartNumber"):
-            return self._part_head(**kwargs)
-        head = self._s3.head_object(**kwargs)
-        if kwargs.get("ChecksumMode") != "ENABLED":
-            return head
-        attributes = self._s3.get_object_attributes(
-            Bucket=kwargs["Bucket"], Key=kwargs["Key"], ObjectAttributes=["Checksum"]
-        )
-        kind = attributes.get("Checksum", {}).get("ChecksumType")
-        if kind:
-            head["ChecksumType"] = kind
-        parts = head["ETag"].strip('"').rpartition("-")[2]
-        for name in [n for n in head if n.startswith("Checksum") and n != "ChecksumType"]:
-            if kind == "COMPOSITE" and "-" not in head[name]:
-                head[name] = f"{head[name]}-{parts}"
-        return head
-
-    def _part_head(self, **kwargs):
-        head = self._s3.head_object(**kwargs)
-        whole = self.head_object(**{k: v for k, v in kwargs.items() if k != "PartNumber"})
-        head["ETag"] = whole["ETag"]
-        checksum = checksum_of(whole) if kwargs.get("ChecksumMode") == "ENABLED" else None
-        if checksum and checksum.kind == "COMPOSITE":
-            base = {k: v for k, v in kwargs.items() if k in ("Bucket", "Key", "VersionId")}
-            sizes = [
-                self._s3.head_object(**base, PartNumber=n)["ContentLength"]
-                for n in range(1, kwargs["PartNumber"])
-            ]
-            start = sum(sizes)
-            end = start + head["ContentLength"] - 1
-            body = self._s3.get_object(**base, Range=f"bytes={start}-{end}")["Body"].read()
-            hasher = new_hasher(checksum.algorithm)
-            hasher.update(body)
-            head[f"Checksum{checksum.algorithm.upper()}"] = b64(hasher.digest())
-        return head
 
 
 class _CountingPartHeads(PassThroughClient):
@@ -184,7 +145,7 @@ def test_each_upload_is_verified_end_to_end_and_a_flipped_byte_is_caught(
         upload_parts(_client(world.endpoint), world.bucket, KEY, data, sizes, **extra)
         check = f"composite-{extra['ChecksumAlgorithm'].lower()}"
     s3 = _client(world.endpoint)
-    store = _AsRealS3(s3) if as_s3 else s3
+    store = AsRealS3(s3) if as_s3 else s3
     head = store.head_object(Bucket=world.bucket, Key=KEY, ChecksumMode="ENABLED")
     assert (head.get("ServerSideEncryption") == "aws:kms") is kms
     etag = head["ETag"].strip('"')
@@ -223,7 +184,7 @@ class _PartHeads(PassThroughClient):
     """A store as real S3 answers whose part HEADs answer ``status`` (0: as S3 does)."""
 
     def __init__(self, s3, status: int) -> None:
-        super().__init__(_AsRealS3(s3))
+        super().__init__(AsRealS3(s3))
         self.status, self.asked = status, 0
 
     def head_object(self, **kwargs):
@@ -283,7 +244,7 @@ def test_a_journal_started_with_the_etag_check_resumes_where_a_checksum_is_now_c
     with pytest.raises(DownloadError, match="injected"):  # moto's answer: the eTag check
         object_download.download_object(s3, world.bucket, KEY, etag, target, "W1UP", 1, 4)
     monkeypatch.undo()
-    as_s3 = _AsRealS3(s3)
+    as_s3 = AsRealS3(s3)
     head = as_s3.head_object(Bucket=world.bucket, Key=KEY, ChecksumMode="ENABLED")
     assert head["ChecksumType"] == "COMPOSITE", "today's plan would be composite-crc32"
     report: dict = {}
@@ -309,7 +270,7 @@ def test_ranges_of_whole_parts_resume_from_their_journal(
     (tmp_path / "source.zip").write_bytes(data)
     _upload_file(world, tmp_path / "source.zip", {})
     plain = _client(world.endpoint)
-    s3 = _AsRealS3(plain) if as_s3 else plain
+    s3 = AsRealS3(plain) if as_s3 else plain
     etag = plain.head_object(Bucket=world.bucket, Key=KEY)["ETag"].strip('"')
     first = 8 if earlier_release else 16
     fail_range(monkeypatch, 1)
@@ -355,7 +316,7 @@ def test_a_part_larger_than_the_range_size_costs_a_range_not_the_part(
     data = os.urandom(25 * MIB + 321)
     plain = _client(world.endpoint)
     upload_parts(plain, world.bucket, KEY, data, [20 * MIB, 5 * MIB + 321], **extra)
-    s3 = _AsRealS3(plain) if as_s3 else plain
+    s3 = AsRealS3(plain) if as_s3 else plain
     etag = plain.head_object(Bucket=world.bucket, Key=KEY)["ETag"].strip('"')
     target = tmp_path / "W1UP.bag.zip"
     fail_range(monkeypatch, 3)
@@ -429,7 +390,7 @@ def test_an_upload_by_the_aws_cli_is_verified_end_to_end(
     head = plain.head_object(Bucket=world.bucket, Key=KEY, ChecksumMode="ENABLED")
     assert head["ETag"].strip('"').endswith("-3") and head.get("ChecksumCRC32"), head
     assert (head.get("ServerSideEncryption") == "aws:kms") is bool(options)
-    store = _AsRealS3(plain) if as_s3 else plain
+    store = AsRealS3(plain) if as_s3 else plain
     etag = head["ETag"].strip('"')
     target = tmp_path / "W1UP.bag.zip"
     with pytest.raises(WholeObjectMismatch):
@@ -486,7 +447,7 @@ def test_a_flipped_byte_costs_the_part_it_was_in_not_the_object(world, tmp_path,
     are dropped. The next try fetches 8 MiB, not 21."""
     data, etag = _boto3_object(world, tmp_path)
     s3 = _client(world.endpoint)
-    store = _AsRealS3(s3) if as_s3 else s3
+    store = AsRealS3(s3) if as_s3 else s3
     target = tmp_path / "W1UP.bag.zip"
     partial = target.with_name(f".{target.name}.part")
 
@@ -540,13 +501,14 @@ def test_killed_right_after_noting_a_mismatch_the_next_try_refetches_the_part(
     data, etag = _boto3_object(world, tmp_path)
     s3 = _client(world.endpoint)
     target = tmp_path / "W1UP.bag.zip"
-    real_note = whole_object.held_after_repeat
+    real_note = whole_object.judge_mismatch
 
     def noted_then_killed(partial, mismatch, work_id):
-        real_note(partial, mismatch, work_id)
+        with pytest.raises(whole_object.UnconfirmedMismatch):
+            real_note(partial, mismatch, work_id)
         raise KeyboardInterrupt("killed right after the note")  # a stand-in for kill -9
 
-    monkeypatch.setattr(whole_object, "held_after_repeat", noted_then_killed)
+    monkeypatch.setattr(whole_object, "judge_mismatch", noted_then_killed)
     with pytest.raises(KeyboardInterrupt):
         object_download.download_object(
             FlippingLink(s3), world.bucket, KEY, etag, target, "W1UP", 2, 3

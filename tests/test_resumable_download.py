@@ -307,6 +307,47 @@ def test_a_byte_flipped_in_transit_is_fetched_again_and_never_held(world, tmp_pa
     assert not list(tmp_path.glob(".*part*")), "the note goes with the success"
 
 
+def test_a_link_that_corrupts_every_fetch_spends_attempts_from_the_third(world, tmp_path, payload):
+    """Mismatches that differ each time are a bad link, not a bad object: never held, but
+    from the third in a row each try spends an attempt (no refetching for ever); a clean
+    fetch then passes and forgets them."""
+    etag = _upload(world, tmp_path, multipart=False, checksums=False)
+    target = tmp_path / "W1RES.bag.zip"
+    flipping = FlippingLink(_client(world.endpoint))
+    partial = target.with_name(f".{target.name}.part")
+    for nth in range(1, whole_object.FREE_MISMATCHES + 1):
+        with pytest.raises(whole_object.UnconfirmedMismatch) as free:
+            object_download.download_object(
+                flipping, world.bucket, KEY, etag, target, "W1RES", 2, 5
+            )
+        assert is_transient(free.value), f"mismatch {nth}: fetched again, no attempt spent"
+    with pytest.raises(whole_object.MismatchesInARow) as spent:
+        object_download.download_object(flipping, world.bucket, KEY, etag, target, "W1RES", 2, 5)
+    assert not is_transient(spent.value) and not isinstance(spent.value, PermanentError)
+    message = str(spent.value)
+    assert "3 downloads in a row" in message and "check the network path" in message, message
+    noted = whole_object.mismatch_note(partial).read_text().splitlines()
+    assert len(noted) == 3 and len(set(noted)) == 3, noted
+    assert _download(world.endpoint, world, target, etag) is True
+    assert target.read_bytes() == payload
+    assert not list(tmp_path.glob(".*part*")), "the note goes with the success"
+
+
+def test_a_partial_file_cut_short_while_checked_is_an_io_error(tmp_path):
+    """Hashing the file back never takes a short read for the end of a part (a silent
+    mismatch): it is an I/O error, said."""
+    import hashlib
+
+    path = tmp_path / "cut"
+    path.write_bytes(b"x" * 10)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        with pytest.raises(OSError, match="ends at byte 10, before 20: it was cut short"):
+            whole_object.hash_span(fd, 0, 20, hashlib.md5())
+    finally:
+        os.close(fd)
+
+
 def test_a_failed_range_keeps_the_others(world, tmp_path, payload, proxy, monkeypatch):
     etag = _upload(world, tmp_path, multipart=True, checksums=False)
     fail_range(monkeypatch, 3)
@@ -370,11 +411,26 @@ def test_parts_of_unequal_sizes_are_checked_along_their_own_bounds(world, tmp_pa
 class _Faulty(PassThroughClient):
     """An S3 client whose chosen calls fail (or misbehave) the way a throttled store would."""
 
-    def __init__(self, s3, fail_part_head: int | None = None, ignore_range: bool = False):
+    def __init__(
+        self,
+        s3,
+        fail_part_head: int | None = None,
+        ignore_range: bool = False,
+        shift_range: bool = False,
+        heads_before_expiry: int | None = None,
+    ):
         super().__init__(s3)
         self.fail_part_head, self.ignore_range = fail_part_head, ignore_range
+        self.shift_range, self.heads_left = shift_range, heads_before_expiry
 
     def head_object(self, **kwargs):
+        if self.heads_left is not None:  # then every HEAD fails as expired credentials do
+            if self.heads_left <= 0:
+                from botocore.exceptions import ClientError
+
+                meta = {"HTTPStatusCode": 400}
+                raise ClientError({"Error": {"Code": "400"}, "ResponseMetadata": meta}, "Head")
+            self.heads_left -= 1
         if kwargs.get("PartNumber") is not None and self.fail_part_head == 200:
             kwargs.pop("PartNumber")  # a store that ignores it: the whole object, no PartsCount
             return self._s3.head_object(**kwargs)
@@ -390,6 +446,9 @@ class _Faulty(PassThroughClient):
     def get_object(self, **kwargs):
         if self.ignore_range:
             kwargs.pop("Range", None)
+        if self.shift_range:  # a 206 for the wrong bytes: one byte later than asked
+            first, last = kwargs["Range"].removeprefix("bytes=").split("-")
+            kwargs["Range"] = f"bytes={int(first) + 1}-{last}"
         return self._s3.get_object(**kwargs)
 
 
@@ -402,6 +461,23 @@ def test_a_failed_part_head_is_retried_never_a_silent_downgrade(world, tmp_path,
     assert is_transient(e.value), "a fault of the store: no attempt spent"
     assert not target.exists()
     assert _download(world.endpoint, world, target, etag) is True, "the next try checks it"
+    assert target.read_bytes() == payload
+
+
+def test_a_400_that_every_head_gets_is_a_fault_never_a_store_without_part_numbers(
+    world, tmp_path, payload
+):
+    """A HEAD's error has no code: a 400 for the part's HEAD is taken for a store that refuses
+    ``partNumber`` only while the same HEAD without it is answered. Credentials that expire
+    between the two (400 for every HEAD) fail the try as a fault, never an unchecked download."""
+    etag = _upload(world, tmp_path, multipart=True, checksums=False)
+    target = tmp_path / "W1RES.bag.zip"
+    expiring = _Faulty(_client(world.endpoint), heads_before_expiry=1)
+    with pytest.raises(DownloadError, match="size of part 1 of its upload could not be read") as e:
+        object_download.download_object(expiring, world.bucket, KEY, etag, target, "W1RES", 2, 5)
+    assert is_transient(e.value), "a fault: tried again, no attempt spent"
+    assert not target.exists()
+    assert _download(world.endpoint, world, target, etag) is True, "checked on the next try"
     assert target.read_bytes() == payload
 
 
@@ -427,8 +503,22 @@ def test_an_answer_that_ignores_the_range_is_refused(world, tmp_path, payload):
     etag = _upload(world, tmp_path, multipart=True, checksums=False)
     target = tmp_path / "W1RES.bag.zip"
     faulty = _Faulty(_client(world.endpoint), ignore_range=True)
-    with pytest.raises(DownloadError, match="a proxy or store that ignores ranges"):
+    with pytest.raises(DownloadError, match="a proxy or store that ignores or shifts ranges"):
         object_download.download_object(faulty, world.bucket, KEY, etag, target, "W1RES", 2, 5)
+    assert not target.exists()
+    assert _download(world.endpoint, world, target, etag) is True
+    assert target.read_bytes() == payload
+
+
+def test_an_answer_for_other_bytes_than_the_range_asked_is_refused(world, tmp_path, payload):
+    """A 206 whose ``Content-Range`` is not the range asked for (a proxy that shifts it) is
+    refused before a byte of it is written; the next try, on a sound path, archives it whole."""
+    etag = _upload(world, tmp_path, multipart=True, checksums=False)
+    target = tmp_path / "W1RES.bag.zip"
+    shifting = _Faulty(_client(world.endpoint), shift_range=True)
+    with pytest.raises(DownloadError, match="ignores or shifts ranges") as caught:
+        object_download.download_object(shifting, world.bucket, KEY, etag, target, "W1RES", 2, 5)
+    assert is_transient(caught.value) and "answered 206 with Content-Range" in str(caught.value)
     assert not target.exists()
     assert _download(world.endpoint, world, target, etag) is True
     assert target.read_bytes() == payload

@@ -10,8 +10,17 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from helpers import DEFAULT_FILES, aws_cli_upload, make_bag_dir, make_bag_zip, zip_dir
+from helpers import (
+    DEFAULT_FILES,
+    AsRealS3,
+    aws_cli_upload,
+    make_bag_dir,
+    make_bag_zip,
+    upload_parts,
+    zip_dir,
+)
 
+from glacier_sync import aws
 from glacier_sync.bag.workspace import read_marker, verified_work_folder, write_marker
 from glacier_sync.errors import (
     ArchiveUnavailable,
@@ -107,6 +116,82 @@ def test_an_sse_kms_bag_is_archived_checked_by_its_composite_crc32(world, dirs, 
     assert (row.state, row.attempts) == ("synced", 0), row.summary()
     [done] = [h for h in row.history if h["event"] == "download done"]
     assert done["check"] == "composite-crc32", done
+
+
+class _AsRealS3Clients:
+    """The pipeline's clients, its S3 answering HEADs as real S3 does (``AsRealS3``)."""
+
+    def __init__(self, settings) -> None:
+        self.profiles = aws.ProfileClients(settings)
+
+    def client(self, service: str, queue):
+        made = self.profiles.client(service, queue)
+        return AsRealS3(made) if service == "s3" else made
+
+
+MIB = 1024 * 1024
+# (id, part sizes in MiB (the rest last; none: boto3's upload_file), upload arguments, SSE-KMS,
+# HEAD as real S3 gives it, the check the work's record names)
+UPLOADS = [
+    ("8-6-8-rest-etag", [8, 6, 8], {}, False, False, "etag-parts"),
+    (
+        "8-6-8-rest-crc32-kms",
+        [8, 6, 8],
+        {"ChecksumAlgorithm": "CRC32"},
+        True,
+        False,
+        "composite-crc32",
+    ),
+    (
+        "8-6-8-rest-sha256-as-s3",
+        [8, 6, 8],
+        {"ChecksumAlgorithm": "SHA256"},
+        False,
+        True,
+        "composite-sha256",
+    ),
+    ("boto3-crc32-as-s3", None, {}, False, True, "composite-crc32"),
+    ("boto3-crc64nvme-as-s3", None, {"ChecksumAlgorithm": "CRC64NVME"}, False, True, "crc64nvme"),
+]
+
+
+@pytest.mark.parametrize(
+    ("parts", "extra", "kms", "as_s3", "check"),
+    [case[1:] for case in UPLOADS],
+    ids=[case[0] for case in UPLOADS],
+)
+def test_uploads_made_as_uploaders_make_them_are_archived_by_their_check(
+    world, dirs, settings, parts, extra, kms, as_s3, check
+):
+    """Unequal parts (with their eTag, a composite CRC32 under SSE-KMS, a typed composite
+    SHA-256), a typed composite CRC32 and a full-object CRC64NVME: each restored, checked end
+    to end as the work's record says, debagged and synced through ``run-once``."""
+    files = {"images/I0001.tif": os.urandom(12 * MIB), "images/I0002.tif": os.urandom(11 * MIB)}
+    key, work_id = "Archive0/00/W1UPL/W1UPL.bag.zip", "W1UPL"
+    zip_path = make_bag_zip(dirs["bags"], work_id, files)
+    s3 = world.client("s3")
+    if kms:
+        kms_key = world.client("kms").create_key()["KeyMetadata"]["KeyId"]
+        extra = {**extra, "ServerSideEncryption": "aws:kms", "SSEKMSKeyId": kms_key}
+    if parts is None:
+        world.upload_archived(zip_path, key, **extra)
+    else:
+        data = zip_path.read_bytes()
+        sizes = [n * MIB for n in parts]
+        sizes.append(len(data) - sum(sizes))
+        upload_parts(s3, world.bucket, key, data, sizes, StorageClass="DEEP_ARCHIVE", **extra)
+    world.restore(key)
+    clients = _AsRealS3Clients(settings) if as_s3 else None
+    pipeline = Pipeline(settings, clients=clients)
+    report, outcomes = pipeline.run_once()
+    assert [o.ok for o in outcomes] == [True], [o.__dict__ for o in outcomes]
+    archived = dirs["archive"] / "Archive0" / "00" / work_id
+    for rel, content in files.items():
+        assert (archived / rel).read_bytes() == content
+    row = pipeline.store.find([work_id])[0]
+    assert (row.state, row.attempts) == ("synced", 0), row.summary()
+    [done] = [h for h in row.history if h["event"] == "download done"]
+    assert done["check"] == check, done
 
 
 def test_a_bag_uploaded_with_the_aws_cli_is_archived(world, dirs, settings):

@@ -46,6 +46,26 @@ def profile_session(settings: Settings, profile: str | None, region: str) -> bot
     )
 
 
+PART_HEAD_THREADS = 8  # the most part-size HEADs a download asks at once (whole_object)
+BOTOCORE_POOL = 10  # botocore's own max_pool_connections
+
+
+def pool_size(settings: Settings) -> int:
+    """Connections a client keeps: one per download thread and part-size HEAD (botocore keeps
+    10, and a download of more threads would open and drop connections for every range)."""
+    return max(BOTOCORE_POOL, settings.download_concurrency + PART_HEAD_THREADS)
+
+
+def with_pool(settings: Settings, config: Any = None) -> Any:
+    """``config`` (a botocore ``Config``, or none) with room for ``pool_size`` connections
+    (a larger pool already set in it is kept)."""
+    from botocore.config import Config
+
+    have = getattr(config, "max_pool_connections", None) or 0
+    pool = Config(max_pool_connections=max(have, pool_size(settings)))
+    return config.merge(pool) if config is not None else pool
+
+
 class ProfileClients:
     """Clients from named profiles (the way to work outside Airflow)."""
 
@@ -59,7 +79,10 @@ class ProfileClients:
         if key not in self._cache:
             session = profile_session(self.settings, queue.profile, queue.region)
             self._cache[key] = session.client(
-                service, region_name=queue.region, endpoint_url=self.settings.aws_endpoint_url
+                service,
+                region_name=queue.region,
+                endpoint_url=self.settings.aws_endpoint_url,
+                config=with_pool(self.settings),
             )
         return self._cache[key]
 

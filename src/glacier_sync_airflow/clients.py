@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from glacier_sync.aws import ProfileClients
+from glacier_sync.aws import ProfileClients, with_pool
 from glacier_sync.settings import QueueSource, Settings
 
 
@@ -32,6 +32,9 @@ class HookClients:
             )
             endpoint = hook.conn_config.endpoint_url or self.settings.aws_endpoint_url
             self._cache[key] = hook.get_session(region_name=queue.region).client(
-                service, region_name=queue.region, endpoint_url=endpoint, config=hook.config
+                service,
+                region_name=queue.region,
+                endpoint_url=endpoint,
+                config=with_pool(self.settings, hook.config),
             )
         return self._cache[key]

@@ -126,17 +126,18 @@ def part_size(
 ) -> int:
     """The size of part ``number`` of the object's ``count``-part upload (``HEAD ?partNumber=N``).
 
-    A store that does not know ``partNumber`` (400 or 501, or an answer without the upload's
-    ``PartsCount``) raises ``PartsUnknown``; any other failure (throttling, 5xx, a timeout) is a
-    TransferFault: the check could not be read, and the download is tried again rather than
-    accepted unchecked."""
+    A store that does not know ``partNumber`` (501; 400 while the same HEAD without it is
+    answered; or an answer without the upload's ``PartsCount``) raises ``PartsUnknown``; any
+    other failure (throttling, 5xx, a timeout, a 400 that every HEAD gets, as an expired token
+    does: a HEAD's error has no code to tell them apart) is a TransferFault: the check could not
+    be read, and the download is tried again rather than accepted unchecked."""
     extra = {"VersionId": version_id} if version_id else {}
     try:
         head = s3.head_object(Bucket=bucket, Key=key, PartNumber=number, **extra)
     except Exception as exc:
         response = getattr(exc, "response", None) or {}  # None on timeouts
         status = (response.get("ResponseMetadata") or {}).get("HTTPStatusCode")
-        if status in (400, 501):
+        if status == 501 or (status == 400 and _plain_head_answers(s3, bucket, key, extra)):
             raise PartsUnknown(str(exc)) from exc
         if status == 403:  # not a fault of the link: spends an attempt, held when they run out
             raise DownloadError(
@@ -155,6 +156,16 @@ def part_size(
     return int(head["ContentLength"])
 
 
+def _plain_head_answers(s3: Any, bucket: str, key: str, extra: dict[str, str]) -> bool:
+    """True when the object's HEAD without ``partNumber`` succeeds now: a 400 for the part's
+    HEAD is then the store refusing ``partNumber``, not the request (expired credentials)."""
+    try:
+        s3.head_object(Bucket=bucket, Key=key, **extra)
+    except Exception:  # noqa: BLE001 (any failure: the 400 is not the store's answer to partNumber)
+        return False
+    return True
+
+
 def _upload_part_size(
     s3: Any, bucket: str, key: str, version_id: str | None, count: int
 ) -> int | None:
@@ -171,4 +182,11 @@ def _upload_part_size(
             exc,
         )
         return None
-    return first if first > 0 else None
+    if first == 0 and count == 1:
+        return None  # an empty object: nothing to check part-wise
+    if first <= 0:
+        raise TransferFault(
+            f"s3://{bucket}/{key}: the store says part 1 of its {count}-part upload holds "
+            f"{first} bytes; the object's check needs its parts: tried again on the next run"
+        )
+    return first

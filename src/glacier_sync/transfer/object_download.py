@@ -181,11 +181,10 @@ def download_object(
         if not narrowed:
             ranged_download.discard(partial)
         try:
-            whole_object.held_after_repeat(partial, mismatch, work_id)
+            whole_object.judge_mismatch(partial, mismatch, work_id)
         except whole_object.RepeatedMismatch:
             ranged_download.discard(partial)  # held: the operator's retry starts afresh
             raise
-        raise
     except OSError as exc:
         if is_disk_full(exc):
             raise DiskFull(

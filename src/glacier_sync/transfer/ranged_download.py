@@ -31,6 +31,7 @@ from glacier_sync.transfer.range_commit import RangeCommitter
 from glacier_sync.transfer.range_journal import (
     RangeJournal,
     RangePlan,
+    fsync_dir,
     journal_path,
     journaled_plan,
     read_journal,
@@ -165,6 +166,7 @@ def discard(partial: Path) -> None:
     """Remove a ``.part`` file and its journal (a changed object, a failed whole-object check)."""
     partial.unlink(missing_ok=True)
     journal_path(partial).unlink(missing_ok=True)
+    fsync_dir(partial.parent)  # gone for good before a mismatch is noted beside them
 
 
 def _length(plan: RangePlan, index: int) -> int:
@@ -440,6 +442,6 @@ def _require_the_range(plan: RangePlan, response: dict[str, Any], start: int, en
         return  # the range was the whole object: the same bytes
     raise TransferFault(
         f"s3://{plan.bucket}/{plan.key}: asked for {wanted}, the server answered {status} with "
-        f"Content-Range {response.get('ContentRange')!r}: a proxy or store that ignores ranges; "
-        "nothing of it was written, the download is tried again"
+        f"Content-Range {response.get('ContentRange')!r}: a proxy or store that ignores or "
+        "shifts ranges; nothing of it was written, the download is tried again"
     )

@@ -9,7 +9,7 @@ the next full fetch is a wrong expectation (``RepeatedMismatch``, held for an op
 
 from __future__ import annotations
 
-import contextlib
+import errno
 import logging
 import os
 from collections.abc import Callable
@@ -28,7 +28,7 @@ from glacier_sync.transfer.object_checks import (
     multipart_etag,
     new_hasher,
 )
-from glacier_sync.transfer.range_journal import RangePlan
+from glacier_sync.transfer.range_journal import RangePlan, fsync_dir, fsync_file
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +59,16 @@ class UnconfirmedMismatch(WholeObjectMismatch, TransientError):
 class RepeatedMismatch(WholeObjectMismatch, PermanentError):
     """Two whole fetches gave the same bytes, and both differ from what S3 says of the object:
     the expectation is wrong (or the object itself), not the transfer. Held for an operator."""
+
+
+class MismatchesInARow(WholeObjectMismatch):
+    """Fetch after fetch differs from S3's value, each time differently: a link or store that
+    corrupts bytes. Fetched again, but each such try now spends one of the work's attempts, so
+    a path that never delivers the object intact ends held, not refetched for ever."""
+
+
+FREE_MISMATCHES = 2  # mismatches in a row fetched again without spending an attempt
+NOTED_MISMATCHES = 8  # the note keeps the last ones only
 
 
 def check_whole(
@@ -209,8 +219,12 @@ def hash_span(fd: int, start: int, end: int, hasher: Any) -> None:
     offset = start
     while offset < end:
         count = os.preadv(fd, [view[: min(BUFFER_BYTES, end - offset)]], offset)
-        if count <= 0:
-            break
+        if count <= 0:  # the file was cut short under the download: an I/O error, said
+            raise OSError(
+                errno.EIO,
+                f"the partial download ends at byte {offset}, before {end}: it was cut short "
+                "while being checked",
+            )
         hasher.update(view[:count])
         offset += count
 
@@ -220,19 +234,27 @@ def mismatch_note(partial: Path) -> Path:
     return partial.with_name(partial.name + ".mismatch")
 
 
-def held_after_repeat(partial: Path, mismatch: WholeObjectMismatch, work_id: str) -> None:
-    """Raise RepeatedMismatch when the previous full fetch ended in the very same mismatch (the
-    same bytes twice: a transfer fault would not repeat itself); else note this one."""
+def judge_mismatch(partial: Path, mismatch: WholeObjectMismatch, work_id: str) -> None:
+    """Raise what a whole-object mismatch means, given the ones before it (noted durably beside
+    the ``.part`` file, one line each, until a download passes):
+
+    - ``RepeatedMismatch`` when an earlier full fetch ended in the very same mismatch (the same
+      bytes twice: a transfer fault would not repeat itself): held for an operator;
+    - ``MismatchesInARow`` when ``FREE_MISMATCHES`` fetches before it mismatched too, each
+      differently (a link that corrupts bytes): fetched again, spending an attempt;
+    - else the ``UnconfirmedMismatch`` itself: fetched again, no attempt spent."""
     note = mismatch_note(partial)
     seen = f"{mismatch.check} {mismatch.got} {mismatch.expected}"
     try:
-        before = note.read_text(encoding="utf-8").strip()
+        before = note.read_text(encoding="utf-8").split("\n")
     except OSError:
-        before = ""
-    if before == seen:
+        before = []
+    before = [line.strip() for line in before if line.strip()]
+    where = partial.name.removesuffix(".part")[1:]
+    if seen in before:
         note.unlink(missing_ok=True)
         raise RepeatedMismatch(
-            f"work {work_id}: two downloads of {partial.name.removesuffix('.part')[1:]} "
+            f"work {work_id}: two downloads of {where} "
             f"gave the same bytes, and both differ from what S3 says ({mismatch.check}: got "
             f"{mismatch.got} twice, S3 says {mismatch.expected}): the object or its checksum in "
             "S3 is wrong, not the transfer. Held: compare `aws s3api head-object --checksum-mode "
@@ -242,5 +264,30 @@ def held_after_repeat(partial: Path, mismatch: WholeObjectMismatch, work_id: str
             mismatch.got,
             mismatch.expected,
         ) from None  # permanent: no transient cause in its chain
-    with contextlib.suppress(OSError):  # without the note, the next mismatch is a first again
-        note.write_text(seen + "\n", encoding="utf-8")
+    _write_note(note, [*before, seen][-NOTED_MISMATCHES:])
+    if len(before) >= FREE_MISMATCHES:
+        raise MismatchesInARow(
+            f"work {work_id}: {len(before) + 1} downloads in a row of {where} differ from what "
+            f"S3 says, each differently (this one: {mismatch.check} got {mismatch.got}, S3 says "
+            f"{mismatch.expected}): a link, proxy or store that corrupts bytes. Fetched again; "
+            "from now on each try spends an attempt: check the network path to S3",
+            mismatch.check,
+            mismatch.got,
+            mismatch.expected,
+            mismatch.plan,
+        ) from None  # not transient: it spends an attempt
+    raise mismatch
+
+
+def _write_note(note: Path, lines: list[str]) -> None:
+    """The mismatches so far, durably (through a temporary file): a power cut never leaves a
+    note that the bytes on disk contradict."""
+    tmp = note.with_name(note.name + ".tmp")
+    try:
+        tmp.write_text("".join(f"{line}\n" for line in lines), encoding="utf-8")
+        fsync_file(tmp)
+        os.replace(tmp, note)
+        fsync_dir(note.parent)
+    except OSError as exc:  # without the note, the next mismatch is a first again
+        log.warning("%s: the mismatch could not be noted (%s)", note, exc)
+        tmp.unlink(missing_ok=True)
