@@ -560,3 +560,27 @@ def test_the_index_failing_is_the_folders_fault_not_the_bags(
     assert not isinstance(failed.value, BagError)
     assert says in str(failed.value) and str(work) in str(failed.value), failed.value
     assert list(work.iterdir()) == [], "the staging folder and its index are removed"
+
+
+def test_a_bag_whose_every_file_fails_names_the_first_and_counts_the_rest(tmp_path):
+    """Problem lines stay bounded whatever the file count: the first ``MAX_PROBLEMS`` named,
+    the rest counted, and the message counts them all."""
+    files = {f"images/I{index:05d}.tif": index.to_bytes(4, "big") for index in range(1_200)}
+    bag_dir = make_bag_dir(tmp_path / "src", "W1BAD", files)
+    for manifest in bag_dir.glob("manifest-*.txt"):
+        lines = manifest.read_text().splitlines()
+        manifest.write_text(
+            "".join(f"{'0' * len(line.split()[0])}  {line.split(None, 1)[1]}\n" for line in lines)
+        )
+    for tagmanifest in bag_dir.glob("tagmanifest-*.txt"):
+        tagmanifest.unlink()
+    zip_path = zip_dir(bag_dir, tmp_path / "W1BAD.bag.zip")
+    work_root = tmp_path / "work"
+    work_root.mkdir()
+    with pytest.raises(BagError) as caught:
+        debag(zip_path, work_root, "W1BAD")
+    problems = caught.value.problems
+    mismatches = 1_200 * len(list(bag_dir.glob("manifest-*.txt")))
+    assert len(problems) == bag_index.MAX_PROBLEMS + 1, len(problems)
+    assert problems[-1] == f"... and {mismatches - bag_index.MAX_PROBLEMS} more"
+    assert str(caught.value).endswith(f"... and {mismatches - 50} more"), str(caught.value)[-200:]

@@ -40,17 +40,27 @@ BYTES_PER_FILE = 400
 
 
 def _bag_zip(path: Path, files: int) -> Path:
-    """A stored bag zip of ``files`` small payload files in 100 folders (sha512 manifest)."""
+    """A stored bag zip as bagit-python makes one: ``files`` small payload files in one flat
+    folder, a SHA-512 manifest, and a tag manifest that lists it (so the payload manifest is
+    hashed as a tag file too)."""
     manifest = []
     with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as zf:
         for index in range(files):
-            name = f"data/images/I{index % 100:03d}/I{index:06d}.tif"
+            name = f"data/images/I{index:06d}.tif"
             data = index.to_bytes(4, "big") * 16
             zf.writestr(name, data)
             manifest.append(f"{hashlib.sha512(data).hexdigest()}  {name}\n")
-        zf.writestr("bagit.txt", "BagIt-Version: 0.97\nTag-File-Character-Encoding: UTF-8\n")
-        zf.writestr("bag-info.txt", f"Payload-Oxum: {files * 64}.{files}\n")
-        zf.writestr("manifest-sha512.txt", "".join(manifest))
+        tags = {
+            "bagit.txt": "BagIt-Version: 0.97\nTag-File-Character-Encoding: UTF-8\n",
+            "bag-info.txt": f"Payload-Oxum: {files * 64}.{files}\n",
+            "manifest-sha512.txt": "".join(manifest),
+        }
+        for name, text in tags.items():
+            zf.writestr(name, text)
+        zf.writestr(
+            "tagmanifest-sha256.txt",
+            "".join(f"{hashlib.sha256(t.encode()).hexdigest()}  {n}\n" for n, t in tags.items()),
+        )
     return path
 
 
@@ -80,3 +90,72 @@ def test_process_bag_memory_per_file_stays_under_the_bound(tmp_path):
         f"process-bag of {FILES} files peaked at {large / 1e6:.0f} MB, "
         f"{per_file:.0f} bytes a file over a 10-file bag ({small / 1e6:.0f} MB)"
     )
+
+
+def _traced_peak(action) -> int:
+    """Bytes of Python memory ``action()`` held at its peak (tracemalloc)."""
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        action()
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def _flat_folder(folder: Path, files: int) -> Path:
+    folder.mkdir(parents=True)
+    for index in range(files):
+        (folder / f"I{index:06d}.tif").write_bytes(b"x")
+    return folder
+
+
+def test_a_flat_folder_is_measured_placed_and_removed_without_its_listing_in_memory(tmp_path):
+    """A bag whose payload is one flat folder of 20,000 files: the debag's placing, the free
+    space check's count and the clean-up read it as a stream (a listing of it is about 2 MB
+    of names and paths)."""
+    from glacier_sync.bag import bags, workspace
+
+    staging = tmp_path / "staging"
+    payload = _flat_folder(staging / "payload", 20_000)
+    tags = staging / "W1FLAT.bag"
+    tags.mkdir()
+    work_root = tmp_path / "work"
+    work_root.mkdir()
+    bound = 256 * 1024
+    assert _traced_peak(lambda: workspace.disk_usage(payload)) < bound
+    placed = []
+    assert (
+        _traced_peak(
+            lambda: placed.append(bags._place(staging, payload, tags, work_root, "W1FLAT"))
+        )
+        < bound
+    )
+    assert placed == [work_root / "W1FLAT"] and (work_root / "W1FLAT" / "W1FLAT.bag").is_dir()
+    assert _traced_peak(lambda: workspace.remove_tree(work_root / "W1FLAT")) < bound
+    assert not (work_root / "W1FLAT").exists()
+
+
+def test_a_tag_manifest_listing_the_payload_manifest_is_checked_as_a_stream(tmp_path):
+    """bagit-python's tag manifest lists ``manifest-sha512.txt``: hashing it never reads the
+    payload manifest (17 MB for 100,000 files) whole."""
+    import hashlib
+
+    from glacier_sync.bag import bags
+
+    manifest = "".join(f"{'ab' * 64}  data/I{index:06d}.tif\n" for index in range(40_000))
+    (tmp_path / "manifest-sha512.txt").write_text(manifest)
+    digest = hashlib.sha256(manifest.encode()).hexdigest()
+
+    class Tags:  # what bagit's Bag gives _check_tags: the tag manifests' entries
+        entries = {"manifest-sha512.txt": {"sha256": digest}}
+
+    del manifest
+    problems: list = []
+    peak = _traced_peak(lambda: problems.extend(bags._check_tags(Tags(), tmp_path)))
+    assert problems == [] and peak < 1024 * 1024, f"{peak / 1e6:.1f} MB for a 6 MB manifest"
+    Tags.entries = {"manifest-sha512.txt": {"sha256": "0" * 64}}
+    assert bags._check_tags(Tags(), tmp_path) == [
+        "manifest-sha512.txt: sha256 mismatch (tag manifest)"
+    ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import re
 
 
 class GlacierSyncError(Exception):
@@ -45,10 +46,13 @@ class BagError(PermanentError):
 
     def __init__(self, message: str, problems: list[str] | None = None) -> None:
         self.problems = list(problems or [])
-        shown = self.problems[:50]
+        named, counted = self.problems, 0
+        if named and (more := re.fullmatch(r"\.\.\. and (\d+) more", named[-1])):
+            named, counted = named[:-1], int(more.group(1))  # a capped list's own count
+        shown = named[:50]
         detail = "".join(f"\n  - {p}" for p in shown)
-        if len(self.problems) > len(shown):
-            detail += f"\n  ... and {len(self.problems) - len(shown)} more"
+        if len(named) + counted > len(shown):
+            detail += f"\n  ... and {len(named) + counted - len(shown)} more"
         super().__init__(message + detail)
 
 

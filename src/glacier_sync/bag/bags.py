@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
 import logging
 import os
 import queue
@@ -23,7 +24,13 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from glacier_sync import faults
-from glacier_sync.bag.bag_index import RECENT_FOLDERS, BagIndex, MemberNames, RecentSet
+from glacier_sync.bag.bag_index import (
+    RECENT_FOLDERS,
+    BagIndex,
+    MemberNames,
+    Problems,
+    RecentSet,
+)
 from glacier_sync.bag.payload_manifest import SUPPORTED_ALGORITHMS, PayloadManifest, nfc
 from glacier_sync.bag.workspace import debag_stagings
 from glacier_sync.bag.zip_directory import StreamedZip
@@ -171,11 +178,20 @@ def _check_tags(bag, tag_dir: Path) -> list[str]:
         if not file.is_file():
             problems.append(f"{path}: listed in a tag manifest but missing")
             continue
-        data = file.read_bytes()
+        got = _hash_file(file, tuple(hashes))  # a payload manifest: never whole in memory
         for alg, expected in hashes.items():
-            if hashlib.new(alg, data).hexdigest() != expected.lower():
+            if got[alg] != expected.lower():
                 problems.append(f"{path}: {alg} mismatch (tag manifest)")
     return problems
+
+
+def _hash_file(file: Path, algorithms: tuple[str, ...]) -> dict[str, str]:
+    """The hex digests of ``file`` for every algorithm, in one read through a fixed buffer."""
+    hasher = _InlineHasher(algorithms)
+    with file.open("rb") as stream:
+        while chunk := stream.read(CHUNK_SIZE):
+            hasher.update(chunk)
+    return hasher.digests()
 
 
 def _check_tag_listed_payload(bag, payload_dir: Path) -> list[str]:
@@ -189,11 +205,7 @@ def _check_tag_listed_payload(bag, payload_dir: Path) -> list[str]:
         if not file.is_file():
             problems.append(f"{path}: listed in a tag manifest but missing from the zip")
             continue
-        hasher = _InlineHasher(tuple(hashes))  # every algorithm in one read
-        with file.open("rb") as stream:
-            while chunk := stream.read(CHUNK_SIZE):
-                hasher.update(chunk)
-        got = hasher.digests()
+        got = _hash_file(file, tuple(hashes))  # every algorithm in one read
         problems += [
             f"{path}: {alg} mismatch (tag manifest)"
             for alg, expected in hashes.items()
@@ -213,9 +225,10 @@ def _extract_payload(
 ) -> tuple[list[str], int]:
     """Extract and hash the payload, the zip's directory read once more; return (problems,
     bytes written). Nothing is extracted when a file is missing from the zip or the manifests."""
-    problems = names.unlisted(root)
-    if problems:
-        return problems, 0
+    unlisted = names.unlisted(root)
+    if unlisted:
+        return unlisted, 0
+    problems = Problems()  # every file may fail: the first named, the rest counted
     total = 0
     made = RecentSet(RECENT_FOLDERS)  # folders made lately: no set of every folder
     for info in stream_members(zip_path, zf):
@@ -239,19 +252,19 @@ def _extract_payload(
                     f"({info.file_size} bytes); free space there, the debag starts again on the "
                     "next run"
                 ) from exc
-            problems.append(f"{path}: cannot be read from the zip ({exc})")
+            problems.add(f"{path}: cannot be read from the zip ({exc})")
             continue
         except (zipfile.BadZipFile, EOFError) as exc:
-            problems.append(f"{path}: cannot be read from the zip ({exc})")
+            problems.add(f"{path}: cannot be read from the zip ({exc})")
             continue
         faults.checkpoint("debag:member")
         total += size
         for alg, want in hashes.items():
             if digests[alg] != want.lower():
-                problems.append(
+                problems.add(
                     f"{path}: {alg} mismatch (manifest {want[:16]}..., file {digests[alg][:16]}...)"
                 )
-    return problems, total
+    return problems.lines(), total
 
 
 def _write_tags(zf, tags, root: str, tag_dir: Path) -> dict[str, str]:
@@ -283,10 +296,11 @@ def _write_tags(zf, tags, root: str, tag_dir: Path) -> dict[str, str]:
 
 def _place(staging: Path, payload_dir: Path, tag_dir: Path, work_root: Path, work_id: str) -> Path:
     """Move the staged bag to ``<work root>/<WorkRID>`` with the tags in ``<WorkRID>.bag/``."""
-    entries = list(payload_dir.iterdir())
     content = payload_dir
-    if len(entries) == 1 and entries[0].is_dir() and entries[0].name == work_id:
-        content = entries[0]
+    with os.scandir(payload_dir) as entries:  # two entries tell it: a flat data/ holds them all
+        first = list(itertools.islice(entries, 2))
+    if len(first) == 1 and first[0].is_dir(follow_symlinks=False) and first[0].name == work_id:
+        content = payload_dir / work_id
     if (content / tag_dir.name).exists():
         raise BagError(
             f"the payload has its own {tag_dir.name}; cannot keep the tag files beside it"

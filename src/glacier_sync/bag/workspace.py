@@ -98,32 +98,47 @@ def forget_debag(work_root: Path, work_id: str) -> None:
 
 
 def disk_usage(path: Path) -> int:
-    """Bytes a copy of the tree at ``path`` takes on disk (allocated blocks, folders too)."""
+    """Bytes a copy of the tree at ``path`` takes on disk (allocated blocks, folders too),
+    read as a stream: a folder of 100,000 files is never listed whole in memory."""
     total = 0
-    for folder, dirs, files in os.walk(path):
-        for name in (*dirs, *files):
-            total += os.lstat(os.path.join(folder, name)).st_blocks * 512
+    folders = [os.fspath(path)]
+    while folders:
+        with os.scandir(folders.pop()) as entries:
+            for entry in entries:
+                total += entry.stat(follow_symlinks=False).st_blocks * 512
+                if entry.is_dir(follow_symlinks=False):
+                    folders.append(entry.path)
     return total
 
 
 def remove_tree(path: Path) -> None:
-    """Delete a folder bottom-up (a fault point after each file, for the crash tests)."""
+    """Delete a folder, each file as its folder is read (never a folder's whole listing in
+    memory), each folder once emptied; a fault point after each file, for the crash tests."""
     if not path.exists() and not path.is_symlink():
         return
     if path.is_symlink() or not path.is_dir():
         path.unlink()
         return
-    for folder, dirs, files in os.walk(path, topdown=False):
-        for name in files:
-            with contextlib.suppress(FileNotFoundError):  # another clean-up got there first
-                os.unlink(os.path.join(folder, name))
-            faults.checkpoint("cleanup:file")
-        for name in dirs:
-            full = os.path.join(folder, name)
+    pending = [(os.fspath(path), False)]  # (folder, its files and sub-folders already taken)
+    while pending:
+        folder, emptied = pending.pop()
+        if emptied:
             with contextlib.suppress(FileNotFoundError):
-                os.unlink(full) if os.path.islink(full) else os.rmdir(full)
-    with contextlib.suppress(FileNotFoundError):
-        os.rmdir(path)
+                os.rmdir(folder)
+            continue
+        pending.append((folder, True))
+        try:
+            entries = os.scandir(folder)
+        except FileNotFoundError:  # another clean-up got there first
+            continue
+        with entries:
+            for entry in entries:
+                if entry.is_dir(follow_symlinks=False):
+                    pending.append((entry.path, False))
+                    continue
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(entry.path)
+                faults.checkpoint("cleanup:file")
 
 
 def remove_empty_parents(path: Path, stop: Path) -> None:
