@@ -297,6 +297,42 @@ def test_data_root_too_small_for_the_zip_refuses_the_download(world, tmp_path, t
     assert_rerun_archives(scene)
 
 
+def test_a_work_too_big_for_the_room_does_not_hold_up_the_works_that_fit(world, tmp_path, tmpfs):
+    """``run-once`` goes on past a work short of room (the next may be smaller and each checks
+    its own): the big work, first in line on every run, is refused, the small one after it is
+    archived in the same run; any other transient failure still ends the run."""
+    data = tmpfs(tmp_path / "data", SMALL_TMPFS_KIB)
+    scene = make_scene(world, tmp_path, BIG, data=data.path)
+    first = scene.run("run-once")
+    assert_failed_for_space(scene, first, scene.incoming_zip.parent, "download")
+    small_key = "Archive0/01/W1FITS/W1FITS.bag.zip"
+    small_zip = zip_dir(
+        make_bag_dir(tmp_path / "bags", "W1FITS", TINY), tmp_path / "bags" / "W1FITS.bag.zip"
+    )
+    world.upload_archived(small_zip, small_key)
+    world.restore(small_key)
+
+    second = scene.run("run-once")
+
+    assert second.returncode == 1, show(second)
+    failed = [line for line in second.stdout.splitlines() if line.startswith("FAILED")]
+    assert len(failed) == 1 and WORK in failed[0], show(second)
+    assert f"OK     W1FITS -> {scene.archive / PARENT / 'W1FITS'} (" in second.stdout, show(second)
+    assert "not enough room for it; the next works are tried" in second.stderr, show(second)
+    store = ProgressStore(scene.db_url)
+    try:
+        rows = {row.work_id: row for row in store.find([WORK, "W1FITS"])}
+    finally:
+        store.engine.dispose()
+    assert rows[WORK].id < rows["W1FITS"].id, "the big work came first in line"
+    assert (rows[WORK].state, rows[WORK].attempts) == ("failed", 0), rows[WORK].summary()
+    assert rows["W1FITS"].state == "synced", rows["W1FITS"].summary()
+    assert (scene.archive / PARENT / "W1FITS" / "sources" / "notes.txt").read_bytes() == (
+        TINY["sources/notes.txt"]
+    )
+    assert not (scene.archive / PARENT / WORK).exists()
+
+
 def test_archive_root_too_small_for_the_copy_refuses_the_download(world, tmp_path, tmpfs):
     """The archive copy the sync will make is counted before the download starts (the work
     folder is on another file system, so it is copied, not moved): nothing is fetched for a

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from glacier_sync.archive.sync_phase import SyncPhase
-from glacier_sync.errors import NoRestoredWork, is_transient
+from glacier_sync.errors import DiskFull, NoRestoredWork, is_transient
 from glacier_sync.intake.events import work_id_from_key
 from glacier_sync.intake.poll_phase import PollReport, QueuePolling
 from glacier_sync.phase_base import open_store
@@ -37,7 +37,20 @@ class WorkOutcome:
     error: str | None = None
     archive_path: str | None = None
     transient: bool = False
+    short_of_room: bool = False  # a full disk or a free-space shortfall for this work's size
     seconds: dict[str, float] = field(default_factory=dict)
+
+
+def _caused_by(exc: BaseException, kind: type[BaseException]) -> bool:
+    """True when ``exc`` or an exception in its cause chain is a ``kind``."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, kind):
+            return True
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return False
 
 
 class Pipeline(QueuePolling, DownloadPhase, SyncPhase):
@@ -81,6 +94,7 @@ class Pipeline(QueuePolling, DownloadPhase, SyncPhase):
             except Exception as exc:  # recorded by _phase; the other works go on
                 outcome.error = str(exc)
                 outcome.transient = is_transient(exc)
+                outcome.short_of_room = _caused_by(exc, DiskFull)
                 return outcome
             finally:
                 outcome.seconds[name] = round(time.monotonic() - started, 3)
@@ -90,7 +104,8 @@ class Pipeline(QueuePolling, DownloadPhase, SyncPhase):
 
     def process_pending(self, source: str, ids: list[int] | None = None) -> list[WorkOutcome]:
         """Claim and process pending works one at a time (a crash holds one work, for one
-        lease); stop at the first transient failure: the next works would meet it too."""
+        lease); stop at the first transient failure, the next works would meet it too, but for
+        a work short of room: the next ones may be smaller, and each checks its own room."""
         outcomes: list[WorkOutcome] = []
         done: set[int] = set()
         limit = self.settings.max_messages_per_run * 10
@@ -101,7 +116,13 @@ class Pipeline(QueuePolling, DownloadPhase, SyncPhase):
             done.add(claimed[0])
             outcome = self.process(claimed[0])
             outcomes.append(outcome)
-            if outcome.transient:
+            if outcome.transient and outcome.short_of_room:
+                log.warning(
+                    "work %s: not enough room for it; the next works are tried (each checks its "
+                    "own room first)",
+                    outcome.work_id,
+                )
+            elif outcome.transient:
                 log.warning("work %s: transient failure; this run stops here", outcome.work_id)
                 break
         return outcomes
