@@ -584,3 +584,33 @@ def test_a_bag_whose_every_file_fails_names_the_first_and_counts_the_rest(tmp_pa
     assert len(problems) == bag_index.MAX_PROBLEMS + 1, len(problems)
     assert problems[-1] == f"... and {mismatches - bag_index.MAX_PROBLEMS} more"
     assert str(caught.value).endswith(f"... and {mismatches - 50} more"), str(caught.value)[-200:]
+
+
+def test_a_bag_error_counts_every_capped_list_in_its_message():
+    """``unlisted()`` joins two capped lists (missing, extra): each ends in its own count."""
+    error = BagError("refused", ["a", "... and 5 more", "b", "... and 7 more names stored twice"])
+    assert str(error).splitlines()[1:] == ["  - a", "  - b", "  ... and 12 more"]
+
+
+def test_a_folder_not_empty_once_its_entries_are_gone_is_read_again(tmp_path, monkeypatch):
+    """On NFS, reading a folder while unlinking in it may skip entries: its rmdir then fails
+    with ENOTEMPTY, and the folder is read again (a bounded number of times)."""
+    import errno
+
+    from glacier_sync.bag import workspace
+
+    tree = tmp_path / "W1NFS"
+    (tree / "images").mkdir(parents=True)
+    (tree / "images" / "I0001.tif").write_bytes(b"x")
+    real_rmdir, skipped = os.rmdir, []
+
+    def rmdir_after_a_skip(path, *args, **kwargs):
+        if str(path).endswith("images") and not skipped:
+            skipped.append(path)
+            (tree / "images" / "I0002.tif").write_bytes(b"y")  # an entry the reading missed
+            raise OSError(errno.ENOTEMPTY, "Directory not empty", str(path))
+        return real_rmdir(path, *args, **kwargs)
+
+    monkeypatch.setattr(workspace.os, "rmdir", rmdir_after_a_skip)
+    workspace.remove_tree(tree)
+    assert skipped and not tree.exists()

@@ -298,9 +298,10 @@ def test_data_root_too_small_for_the_zip_refuses_the_download(world, tmp_path, t
 
 
 def test_a_work_too_big_for_the_room_does_not_hold_up_the_works_that_fit(world, tmp_path, tmpfs):
-    """``run-once`` goes on past a work short of room (the next may be smaller and each checks
-    its own): the big work, first in line on every run, is refused, the small one after it is
-    archived in the same run; any other transient failure still ends the run."""
+    """``run-once`` goes on past a work its free-space check refused before writing (the next
+    may be smaller and each checks its own): the big work, first in line on every run, is
+    refused, the small one after it is archived in the same run (any other transient failure
+    still ends the run: tests/test_runner.py)."""
     data = tmpfs(tmp_path / "data", SMALL_TMPFS_KIB)
     scene = make_scene(world, tmp_path, BIG, data=data.path)
     first = scene.run("run-once")

@@ -575,3 +575,50 @@ def test_the_restored_copy_expiry_is_recorded_orders_claims_and_flags_stuck_work
     assert note.startswith("restored copy expires ") and "request-restore W1SOON" in note
     store.update_row(ids["W1SOON"], "download done", state="downloaded", downloaded_at=utcnow())
     assert store.stuck(timedelta(days=30), 3, expiry_margin=timedelta(hours=24)) == []
+
+
+def _machine_clock_off_by(monkeypatch, offset: timedelta) -> None:
+    """Every glacier_sync module's ``utcnow`` runs ``offset`` off (a machine with a bad clock)."""
+    import sys
+
+    from glacier_sync.records import models
+
+    real = models.utcnow
+    for name, module in list(sys.modules.items()):
+        if name.startswith("glacier_sync") and getattr(module, "utcnow", None) is real:
+            monkeypatch.setattr(module, "utcnow", lambda: real() + offset)
+
+
+@pytest.mark.parametrize(
+    "kind",
+    [
+        pytest.param("postgresql", marks=pytest.mark.services),
+        pytest.param("mariadb", marks=pytest.mark.services),
+    ],
+)
+def test_leases_are_written_and_judged_by_the_database_clock(kind, monkeypatch):
+    """A run on a machine whose clock is 10 minutes slow writes a lease that is live by the
+    server's clock, which a run on a right clock respects (by its own clock, the lease would
+    have run out before it was written, and the work been taken over from a live run)."""
+    store = ProgressStore(_server_url(kind))
+    try:
+        assert abs(store.clock() - utcnow()) < timedelta(seconds=5), "the server's clock"
+        pid, _ = store.record_event(_no_expiry(_event()), "q", "m")
+        lease = timedelta(minutes=5)
+        _machine_clock_off_by(monkeypatch, -timedelta(minutes=10))
+        assert store.claim("slow-run", "s3", 10, lease=lease, max_attempts=3) == [pid]
+        monkeypatch.undo()
+        assert store.get(pid).claimed_until > store.clock() + timedelta(minutes=4)
+        assert store.claim("right-run", "s3", 10, lease=lease, max_attempts=3) == []
+        with pytest.raises(WorkBusy, match="being processed by slow-run"):
+            store.acquire(pid, "right-run", lease, 3)
+        assert store.stuck(timedelta(hours=1), 3) == [], "a live claim is not stuck"
+        _machine_clock_off_by(monkeypatch, -timedelta(minutes=10))
+        assert store.renew(pid, "slow-run", lease)
+        monkeypatch.undo()
+        assert store.get(pid).claimed_until > store.clock() + timedelta(minutes=4)
+        # A run whose clock is fast sees the live claim live too.
+        _machine_clock_off_by(monkeypatch, timedelta(minutes=10))
+        assert store.claim("fast-run", "s3", 10, lease=lease, max_attempts=3) == []
+    finally:
+        store.engine.dispose()

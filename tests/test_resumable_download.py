@@ -333,6 +333,28 @@ def test_a_link_that_corrupts_every_fetch_spends_attempts_from_the_third(world, 
     assert not list(tmp_path.glob(".*part*")), "the note goes with the success"
 
 
+def test_mismatches_noted_for_another_version_of_the_object_do_not_count(world, tmp_path, payload):
+    """The note beside the partial file counts mismatches of this object only: lines left by
+    another version (a kill, an object replaced since) never charge an attempt or hold the
+    work; a changed object drops the note with the partial file."""
+    etag = _upload(world, tmp_path, multipart=False, checksums=False)
+    target = tmp_path / "W1RES.bag.zip"
+    partial = target.with_name(f".{target.name}.part")
+    note = whole_object.mismatch_note(partial)
+    note.write_text("".join(f"etag-md5 {n * 32} {'e' * 32}\n" for n in "abc"))
+    with pytest.raises(whole_object.UnconfirmedMismatch):
+        object_download.download_object(
+            FlippingLink(_client(world.endpoint)), world.bucket, KEY, etag, target, "W1RES", 2, 5
+        )
+    assert note.read_text().splitlines()[-1].endswith(etag), "this version's own line"
+    assert len(note.read_text().splitlines()) == 1, "the other version's lines are dropped"
+    with pytest.raises(ObjectUnavailable, match="changed since the restore event"):
+        object_download.download_object(
+            _client(world.endpoint), world.bucket, KEY, "0" * 32, target, "W1RES", 2, 5
+        )
+    assert not note.exists() and not partial.exists(), "the changed object's note goes too"
+
+
 def test_a_partial_file_cut_short_while_checked_is_an_io_error(tmp_path):
     """Hashing the file back never takes a short read for the end of a part (a silent
     mismatch): it is an I/O error, said."""

@@ -622,3 +622,32 @@ def test_a_phase_longer_than_two_leases_keeps_its_claim_and_another_run_leaves_i
     row = run_a.store.find(["W1NLM4700"])[0]
     assert (row.state, row.attempts) == ("synced", 0), row.summary()
     assert not [h for h in row.history if h["event"] == "claim taken over"], row.history
+
+
+def test_a_transient_failure_other_than_a_room_shortfall_ends_the_run(
+    world, dirs, settings, monkeypatch
+):
+    """A fault of S3 or the network would meet the next works too: the run stops at the first
+    work it hits, the next stays unclaimed for the next run (no attempt spent)."""
+    from glacier_sync.errors import TransferFault
+    from glacier_sync.transfer import object_download
+
+    _restored(world, dirs, "W1FIRST", "Archive0/00/W1FIRST/W1FIRST.bag.zip")
+    _restored(world, dirs, "W1SECOND", "Archive0/00/W1SECOND/W1SECOND.bag.zip")
+
+    def link_down(*args, **kwargs):
+        raise TransferFault("the link to S3 is down (a test's fault)")
+
+    monkeypatch.setattr(object_download, "download_object", link_down)
+    pipeline = Pipeline(settings)
+    report, outcomes = pipeline.run_once()
+    assert report.recorded == 2
+    assert [(o.ok, o.transient, o.short_of_room) for o in outcomes] == [(False, True, False)]
+    rows = {r.work_id: r for r in pipeline.store.find(["W1FIRST", "W1SECOND"])}
+    first = outcomes[0].work_id
+    second = ({"W1FIRST", "W1SECOND"} - {first}).pop()
+    assert (rows[first].state, rows[first].attempts) == ("failed", 0), rows[first].summary()
+    assert rows[second].state == "restored" and rows[second].claimed_by is None
+    monkeypatch.undo()
+    report, outcomes = pipeline.run_once()
+    assert sorted((o.work_id, o.ok) for o in outcomes) == [("W1FIRST", True), ("W1SECOND", True)]

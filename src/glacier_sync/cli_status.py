@@ -17,7 +17,6 @@ def cmd_status(args: argparse.Namespace) -> int:
     from datetime import timedelta
 
     from glacier_sync.archive.root import archive_host_path, archive_host_root
-    from glacier_sync.records.models import utcnow
     from glacier_sync.records.progress import expires_soon, expiry_note
     from glacier_sync.runner import open_store
 
@@ -42,6 +41,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(json.dumps(summaries, indent=2))
         return EXIT_OK
     print(f"{'ID':>5}  {'WORK':<16} {'STATE':<10} {'PHASE':<9} {'TRIES':>5}  {'UPDATED':<19}  KEY")
+    now = store.clock()
     for row in rows:
         print(
             f"{row.id:>5}  {row.work_id:<16} {row.state:<10} {row.failed_phase or '':<9} "
@@ -49,7 +49,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         )
         if row.last_error and (args.works or args.stuck):
             print(f"       error: {row.last_error}")
-        if (args.works or args.stuck) and expires_soon(row, utcnow(), margin):
+        if (args.works or args.stuck) and expires_soon(row, now, margin):
             print(f"       {expiry_note(row)}")
         if row.needs_attention and (args.works or args.stuck):
             print(
@@ -58,7 +58,7 @@ def cmd_status(args: argparse.Namespace) -> int:
                 "(or clear that run's failed task in the UI)"
             )
         if row.claimed_by and (args.works or args.stuck):
-            print(f"       {_claim_note(row)}")
+            print(f"       {_claim_note(row, now)}")
         if row.fixity and args.works:
             for line in _fixity_lines(row.fixity):
                 print(f"       {line}")
@@ -80,14 +80,13 @@ def _fixity_lines(fixity: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _claim_note(row) -> str:
+def _claim_note(row, now) -> str:
     from glacier_sync.records.claimants import is_dead_local_run
-    from glacier_sync.records.models import utcnow
 
     until = row.claimed_until
     if is_dead_local_run(row.claimed_by):
         return f"held by {row.claimed_by}, whose process is gone; the next run takes it over"
-    if until is not None and until < utcnow():
+    if until is not None and until < now:
         return (
             f"held by {row.claimed_by}, which stopped renewing its claim at {until:%H:%M:%S} UTC "
             "(a dead run); the next run takes the work over"

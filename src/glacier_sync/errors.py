@@ -46,9 +46,13 @@ class BagError(PermanentError):
 
     def __init__(self, message: str, problems: list[str] | None = None) -> None:
         self.problems = list(problems or [])
-        named, counted = self.problems, 0
-        if named and (more := re.fullmatch(r"\.\.\. and (\d+) more", named[-1])):
-            named, counted = named[:-1], int(more.group(1))  # a capped list's own count
+        named, counted = [], 0
+        for line in self.problems:  # capped lists end in their own count of the rest
+            more = re.fullmatch(r"\.\.\. and (\d+) more(?: .*)?", line)
+            if more:
+                counted += int(more.group(1))
+            else:
+                named.append(line)
         shown = named[:50]
         detail = "".join(f"\n  - {p}" for p in shown)
         if len(named) + counted > len(shown):
@@ -85,6 +89,11 @@ class ArchiveUnavailable(TransientError):
 
 class DiskFull(TransientError):
     """A file system has no room for the next step; the message names the path."""
+
+
+class RoomShortfall(DiskFull):
+    """A check before any byte is written found less free space than this work needs (a
+    smaller work may still fit: the run goes on with the next one)."""
 
 
 class WorkBusy(TransientError):

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from glacier_sync.archive.sync_phase import SyncPhase
-from glacier_sync.errors import DiskFull, NoRestoredWork, is_transient
+from glacier_sync.errors import NoRestoredWork, RoomShortfall, is_transient
 from glacier_sync.intake.events import work_id_from_key
 from glacier_sync.intake.poll_phase import PollReport, QueuePolling
 from glacier_sync.phase_base import open_store
@@ -37,7 +37,7 @@ class WorkOutcome:
     error: str | None = None
     archive_path: str | None = None
     transient: bool = False
-    short_of_room: bool = False  # a full disk or a free-space shortfall for this work's size
+    short_of_room: bool = False  # a free-space check found less room than this work needs
     seconds: dict[str, float] = field(default_factory=dict)
 
 
@@ -49,7 +49,7 @@ def _caused_by(exc: BaseException, kind: type[BaseException]) -> bool:
         if isinstance(current, kind):
             return True
         seen.add(id(current))
-        current = current.__cause__ or current.__context__
+        current = current.__cause__
     return False
 
 
@@ -94,7 +94,7 @@ class Pipeline(QueuePolling, DownloadPhase, SyncPhase):
             except Exception as exc:  # recorded by _phase; the other works go on
                 outcome.error = str(exc)
                 outcome.transient = is_transient(exc)
-                outcome.short_of_room = _caused_by(exc, DiskFull)
+                outcome.short_of_room = _caused_by(exc, RoomShortfall)
                 return outcome
             finally:
                 outcome.seconds[name] = round(time.monotonic() - started, 3)
@@ -105,7 +105,8 @@ class Pipeline(QueuePolling, DownloadPhase, SyncPhase):
     def process_pending(self, source: str, ids: list[int] | None = None) -> list[WorkOutcome]:
         """Claim and process pending works one at a time (a crash holds one work, for one
         lease); stop at the first transient failure, the next works would meet it too, but for
-        a work short of room: the next ones may be smaller, and each checks its own room."""
+        a work refused by a free-space check before writing: the next ones may be smaller, and
+        each checks its own room (a disk that fills while writing still ends the run)."""
         outcomes: list[WorkOutcome] = []
         done: set[int] = set()
         limit = self.settings.max_messages_per_run * 10

@@ -13,7 +13,7 @@ import os
 import shutil
 from pathlib import Path
 
-from glacier_sync.errors import ArchiveUnavailable, DiskFull
+from glacier_sync.errors import ArchiveUnavailable, RoomShortfall
 from glacier_sync.records.claimants import pid_alive, this_host
 
 log = logging.getLogger(__name__)
@@ -81,13 +81,14 @@ def remove_if_empty(folders: list[Path]) -> None:
 
 
 def require_room(folder: Path, needed: int, what: str) -> None:
-    """Raise DiskFull naming ``folder`` when its file system has fewer than ``needed`` bytes."""
+    """Raise RoomShortfall naming ``folder`` when its file system has less than ``needed``
+    bytes free."""
     try:
         free = shutil.disk_usage(folder).free
     except FileNotFoundError:
         return
     if needed > free:
-        raise DiskFull(
+        raise RoomShortfall(
             f"{what} needs {needed} bytes in {folder} but only {free} are free; free some space "
             "there: the work is tried again on the next run and nothing was lost"
         )

@@ -50,8 +50,8 @@ class DebagPhase(PhaseRunner):
                 before_place=lambda: self._still_mine(row, "placing the work folder"),
                 progress=self.watch.tick,
             )
-        except DiskFull as exc:
-            raise DiskFull(f"work {row.work_id}: {exc}") from exc
+        except DiskFull as exc:  # the same kind (a shortfall found before writing, or not)
+            raise type(exc)(f"work {row.work_id}: {exc}") from exc
         faults.checkpoint("debag:placed")
         stat = zip_path.stat()
         folder = result.work_path.lstat()

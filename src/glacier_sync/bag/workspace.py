@@ -8,6 +8,7 @@ folder is trusted only while its marker says it is the complete payload of this 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import os
@@ -21,6 +22,8 @@ from glacier_sync.records.claimants import this_host
 from glacier_sync.transfer.object_download import remove_download, remove_partial_downloads
 
 log = logging.getLogger(__name__)
+
+REREADS = 3  # times a folder is read again when it is not empty once its entries are gone
 
 
 @dataclass(frozen=True)
@@ -103,9 +106,14 @@ def disk_usage(path: Path) -> int:
     total = 0
     folders = [os.fspath(path)]
     while folders:
-        with os.scandir(folders.pop()) as entries:
+        try:
+            entries = os.scandir(folders.pop())
+        except FileNotFoundError:  # removed meanwhile: it takes nothing
+            continue
+        with entries:
             for entry in entries:
-                total += entry.stat(follow_symlinks=False).st_blocks * 512
+                with contextlib.suppress(FileNotFoundError):
+                    total += entry.stat(follow_symlinks=False).st_blocks * 512
                 if entry.is_dir(follow_symlinks=False):
                     folders.append(entry.path)
     return total
@@ -120,11 +128,19 @@ def remove_tree(path: Path) -> None:
         path.unlink()
         return
     pending = [(os.fspath(path), False)]  # (folder, its files and sub-folders already taken)
+    rereads: dict[str, int] = {}
     while pending:
         folder, emptied = pending.pop()
         if emptied:
-            with contextlib.suppress(FileNotFoundError):
+            try:
                 os.rmdir(folder)
+            except FileNotFoundError:
+                pass
+            except OSError as exc:  # NFS may skip entries read while others are unlinked
+                if exc.errno != errno.ENOTEMPTY or rereads.get(folder, 0) >= REREADS:
+                    raise
+                rereads[folder] = rereads.get(folder, 0) + 1
+                pending.append((folder, False))
             continue
         pending.append((folder, True))
         try:

@@ -22,7 +22,7 @@ from glacier_sync.bag.payload_manifest import (
     tag_encoding,
 )
 from glacier_sync.bag.zip_directory import StreamedZip, UnsupportedZip
-from glacier_sync.errors import BagError, DiskFull
+from glacier_sync.errors import BagError, RoomShortfall
 
 MAX_TAG_FILE_SIZE = 256 * 1024 * 1024
 _OXUM = re.compile(r"^Payload-Oxum:\s*(\d+)\.(\d+)\s*$", re.IGNORECASE | re.MULTILINE)
@@ -232,7 +232,7 @@ def vet_members(
     work_root.mkdir(parents=True, exist_ok=True)
     free = shutil.disk_usage(work_root).free
     if needed > free:
-        raise DiskFull(
+        raise RoomShortfall(
             f"{zip_path.name} needs {needed} bytes in {work_root} (payload plus {margin} bytes "
             f"margin) but only {free} are free; free some space there, the debag is tried again "
             "on the next run"

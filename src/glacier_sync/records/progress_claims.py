@@ -9,7 +9,7 @@ from sqlalchemy import or_, select, update
 
 from glacier_sync.errors import AttemptsExhausted, GlacierSyncError, NeedsAttention, WorkBusy
 from glacier_sync.records.claimants import is_dead_local_run, local_run_prefix
-from glacier_sync.records.models import Progress, utcnow
+from glacier_sync.records.models import Progress
 from glacier_sync.records.progress_db import ProgressDatabase
 from glacier_sync.records.states import PENDING, State
 
@@ -33,7 +33,7 @@ class Claims(ProgressDatabase):
         ran out (a dead run: the take-over is written to the row's history). Claiming spends no
         attempt; a recorded failure does.
         """
-        now = utcnow()
+        now = self.clock()
         local = Progress.claimed_by.startswith(local_run_prefix(), autoescape=True)
         query = (
             select(Progress.id, Progress.claimed_by, Progress.claimed_until)
@@ -81,8 +81,8 @@ class Claims(ProgressDatabase):
         two runs never hold two rows of one work: the work folder and the archive target are
         the work's, not the row's.
         """
-        now = utcnow()
         with self.session() as session:
+            now = self.clock(session)
             first = session.get(Progress, progress_id)
             if first is None or first.state not in PENDING:
                 return False
@@ -136,7 +136,7 @@ class Claims(ProgressDatabase):
             raise GlacierSyncError(
                 f"work {row.work_id} (row {progress_id}) is {row.state}; it has no phase to run yet"
             )
-        if row.claimed_by and row.claimed_until and row.claimed_until >= utcnow():
+        if row.claimed_by and row.claimed_until and row.claimed_until >= self.clock():
             raise WorkBusy(
                 f"work {row.work_id} (row {progress_id}) is being processed by {row.claimed_by} "
                 f"(lease until {row.claimed_until:%Y-%m-%d %H:%M:%S} UTC); it is tried again later"
@@ -161,10 +161,11 @@ class Claims(ProgressDatabase):
     def renew(self, progress_id: int, run_id: str, lease: timedelta) -> bool:
         """Extend ``run_id``'s lease on a row; False when the claim is no longer ours."""
         with self.session() as session:
+            until = self.clock(session) + lease
             result = session.execute(
                 update(Progress)
                 .where(Progress.id == progress_id, Progress.claimed_by == run_id)
-                .values(claimed_until=utcnow() + lease)
+                .values(claimed_until=until)
                 .execution_options(synchronize_session=False)
             )
             return result.rowcount == 1
@@ -181,8 +182,8 @@ class Claims(ProgressDatabase):
 
     def work_is_held(self, work_id: str, run_id: str) -> bool:
         """True when a row of ``work_id`` is held by a live claim of another run."""
-        now = utcnow()
         with self.session() as session:
+            now = self.clock(session)
             rows = session.scalars(select(Progress).where(Progress.work_id == work_id))
             return any(_held_by_another(row, run_id, now) for row in rows)
 

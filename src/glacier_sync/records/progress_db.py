@@ -8,6 +8,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import datetime
 from functools import cache
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from glacier_sync.errors import ConfigError, ProgressDatabaseError, UnknownRevision, WorkNotFound
-from glacier_sync.records.models import Progress
+from glacier_sync.records.models import Progress, utcnow
 from glacier_sync.settings import mask_url
 
 MIGRATIONS = Path(__file__).parents[1] / "migrations"  # glacier_sync/migrations
@@ -81,6 +82,14 @@ def _engine(url: str):
 
         return engine
     return create_engine(url, pool_pre_ping=True, pool_recycle=3600)
+
+
+# UTC now by a database server's own clock (naive, microseconds), per SQLAlchemy dialect.
+CLOCK_SQL = {
+    "postgresql": "SELECT CAST(clock_timestamp() AT TIME ZONE 'UTC' AS timestamp(6))",
+    "mysql": "SELECT UTC_TIMESTAMP(6)",
+    "mariadb": "SELECT UTC_TIMESTAMP(6)",
+}
 
 
 class ProgressDatabase:
@@ -183,6 +192,22 @@ class ProgressDatabase:
                 return connection.execute(text(f"SELECT version_num FROM {VERSION_TABLE}")).scalar()
         except SQLAlchemyError:
             return None
+
+    def clock(self, session: Session | None = None) -> datetime:
+        """UTC now by the database server's clock: every lease is written and judged by it,
+        so runs on machines whose clocks disagree never take a live claim for a dead one.
+        SQLite has no server: its clock is this machine's."""
+        sql = CLOCK_SQL.get(self.engine.dialect.name)
+        if sql is None:
+            return utcnow()
+        if session is not None:
+            value = session.execute(text(sql)).scalar_one()
+        else:
+            with self.engine.connect() as connection:
+                value = connection.execute(text(sql)).scalar_one()
+        if isinstance(value, str):  # a driver that returns text
+            value = datetime.fromisoformat(value)
+        return value.replace(tzinfo=None)
 
     @contextmanager
     def session(self) -> Iterator[Session]:

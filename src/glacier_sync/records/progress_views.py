@@ -33,7 +33,7 @@ class StatusViews(ProgressDatabase):
         """Unsynced rows untouched for ``older_than``, failed past their attempts or for good,
         held by a dead claimant (a claim whose lease ran out), or whose restored copy expires
         within ``expiry_margin`` (or expired)."""
-        now = utcnow()
+        now = self.clock()
         query = select(Progress).where(Progress.state != State.SYNCED).order_by(Progress.id)
         with self.session() as session:
             rows = list(session.scalars(query))

@@ -147,7 +147,8 @@ def part_size(
             ) from exc
         raise TransferFault(
             f"s3://{bucket}/{key}: the size of part {number} of its upload could not be read "
-            f"({exc}); the object's check needs it: tried again on the next run"
+            f"({exc}); the object's check needs it: tried again on the next run (a 400 for "
+            "every HEAD: renew the credentials)"
         ) from exc
     if count and head.get("PartsCount") != count:  # a store that ignored partNumber
         raise PartsUnknown(
@@ -184,9 +185,10 @@ def _upload_part_size(
         return None
     if first == 0 and count == 1:
         return None  # an empty object: nothing to check part-wise
-    if first <= 0:
-        raise TransferFault(
+    if first <= 0:  # not a passing fault: spends an attempt, held when they run out
+        raise DownloadError(
             f"s3://{bucket}/{key}: the store says part 1 of its {count}-part upload holds "
-            f"{first} bytes; the object's check needs its parts: tried again on the next run"
+            f"{first} bytes, which no upload can have; the object's check needs its parts: "
+            "check the object with `aws s3api head-object --part-number 1`"
         )
     return first

@@ -14,7 +14,13 @@ from typing import Any
 
 from glacier_sync import faults
 from glacier_sync.aws import error_code
-from glacier_sync.errors import DiskFull, DownloadError, ObjectUnavailable, is_disk_full
+from glacier_sync.errors import (
+    DiskFull,
+    DownloadError,
+    ObjectUnavailable,
+    RoomShortfall,
+    is_disk_full,
+)
 from glacier_sync.transfer import download_plan, part_checks, ranged_download, whole_object
 from glacier_sync.transfer.range_journal import fsync_dir, fsync_file, journal_path
 
@@ -115,6 +121,7 @@ def download_object(
             f"{real_etag}, event says {etag}); request a new restore for the current version"
         )
     if is_complete_download(target, real_etag, size):
+        whole_object.mismatch_note(partial).unlink(missing_ok=True)  # a kill left it behind
         return False
     storage = head.get("StorageClass")
     restore = head.get("Restore")
@@ -136,6 +143,7 @@ def download_object(
         else:
             room(still_to_fetch, size)
         fetched = ranged_download.fetch_ranges(s3, plan, partial, concurrency, work_id, progress)
+        whole_object.mismatch_note(partial).unlink(missing_ok=True)  # passed: none in a row
         if report is not None:
             report.update(check=fetched.check, reused=fetched.reused, fetched=fetched.fetched)
         if fetched.reused:
@@ -155,7 +163,6 @@ def download_object(
         fsync_dir(target.parent)  # both renames durable before the database says downloaded
         faults.checkpoint("download:renamed")
         journal_path(partial).unlink(missing_ok=True)
-        whole_object.mismatch_note(partial).unlink(missing_ok=True)
     except ClientError as exc:
         code = error_code(exc)
         if code in ("InvalidObjectState", "403"):
@@ -179,7 +186,7 @@ def download_object(
             s3, mismatch.plan, partial, concurrency, work_id
         )
         if not narrowed:
-            ranged_download.discard(partial)
+            ranged_download.discard(partial, keep_note=True)
         try:
             whole_object.judge_mismatch(partial, mismatch, work_id)
         except whole_object.RepeatedMismatch:
@@ -199,7 +206,7 @@ def download_object(
 def _require_room(folder: Path, size: int, work_id: str, bucket: str, key: str) -> None:
     free = shutil.disk_usage(folder).free
     if size > free:
-        raise DiskFull(
+        raise RoomShortfall(
             f"work {work_id}: s3://{bucket}/{key} is {size} bytes but {folder} has only {free} "
             "free; free space there, the download is tried again on the next run"
         )

@@ -36,7 +36,7 @@ from glacier_sync.transfer.range_journal import (
     journaled_plan,
     read_journal,
 )
-from glacier_sync.transfer.whole_object import check_whole, hash_span, parts_on_disk
+from glacier_sync.transfer.whole_object import check_whole, hash_span, mismatch_note, parts_on_disk
 
 log = logging.getLogger(__name__)
 
@@ -162,10 +162,13 @@ def _fetch_into(
     return Fetched(passed, kept, plan.size - kept)
 
 
-def discard(partial: Path) -> None:
-    """Remove a ``.part`` file and its journal (a changed object, a failed whole-object check)."""
+def discard(partial: Path, keep_note: bool = False) -> None:
+    """Remove a ``.part`` file, its journal and (unless ``keep_note``: a whole-object mismatch
+    about to be noted) the note of earlier mismatches (a changed object, a held work)."""
     partial.unlink(missing_ok=True)
     journal_path(partial).unlink(missing_ok=True)
+    if not keep_note:
+        mismatch_note(partial).unlink(missing_ok=True)
     fsync_dir(partial.parent)  # gone for good before a mismatch is noted beside them
 
 

@@ -13,7 +13,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from glacier_sync.errors import DiskFull
+from glacier_sync.errors import RoomShortfall
 
 
 @dataclass(frozen=True)
@@ -54,7 +54,7 @@ def work_needs(
 
 
 def require_room(work_id: str, needs: list[Need], margin: int) -> None:
-    """Raise DiskFull naming every need of the first file system whose free space (less
+    """Raise RoomShortfall naming every need of the first file system whose free space (less
     ``margin``) is short of their sum."""
     by_device: dict[int, list[tuple[Need, Path]]] = {}
     for need in needs:
@@ -65,7 +65,7 @@ def require_room(work_id: str, needs: list[Need], margin: int) -> None:
         free = shutil.disk_usage(group[0][1]).free
         if total > free:
             parts = ", ".join(f"{need.what} {need.size} in {need.folder}" for need, _ in group)
-            raise DiskFull(
+            raise RoomShortfall(
                 f"work {work_id} needs {total} bytes at once on the file system of "
                 f"{group[0][0].folder} ({parts}, plus a margin of {margin}) but only {free} are "
                 "free; free some space there or move a folder to a larger disk: the download "

@@ -247,9 +247,10 @@ def judge_mismatch(partial: Path, mismatch: WholeObjectMismatch, work_id: str) -
     seen = f"{mismatch.check} {mismatch.got} {mismatch.expected}"
     try:
         before = note.read_text(encoding="utf-8").split("\n")
-    except OSError:
+    except (OSError, ValueError):  # none, or garbled: the mismatches start again
         before = []
-    before = [line.strip() for line in before if line.strip()]
+    # Lines of another version of the object (its value differs) do not count.
+    before = [line.strip() for line in before if line.strip().endswith(f" {mismatch.expected}")]
     where = partial.name.removesuffix(".part")[1:]
     if seen in before:
         note.unlink(missing_ok=True)

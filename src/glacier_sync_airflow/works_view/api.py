@@ -26,7 +26,6 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from starlette.requests import Request
 
 from glacier_sync.errors import GlacierSyncError, WorkNotFound
-from glacier_sync.records.models import utcnow
 from glacier_sync.records.progress import ProgressStore
 from glacier_sync.records.states import PENDING
 from glacier_sync.records.works_board import (
@@ -140,7 +139,8 @@ def board(user: User) -> dict[str, Any]:
     """Counts per state and the sections of the view, with what this user may do."""
     settings = _settings()
     _require(user, "GET", restore_dag(settings), "see the works")
-    result = works_board(_store(), _rules(settings), utcnow())
+    store = _store()
+    result = works_board(store, _rules(settings), store.clock())
     result["user"] = user.get_name()
     result["may_retry"] = _may(user, "POST", restore_dag(settings))
     result["may_request"] = _may(user, "POST", REQUEST_DAG)
@@ -152,7 +152,8 @@ def search(user: User, q: Annotated[str, Query(min_length=1, max_length=128)]) -
     """The works whose id contains ``q`` (any case)."""
     settings = _settings()
     _require(user, "GET", restore_dag(settings), "see the works")
-    return {"works": search_works(_store(), q, _rules(settings), utcnow())}
+    store = _store()
+    return {"works": search_works(store, q, _rules(settings), store.clock())}
 
 
 @app.post("/api/works/{work_id}/retry")
@@ -165,7 +166,8 @@ def retry(
     user named in its history) and start a run of the DAG that takes it: the restore DAG for
     a work from S3, down_scheduled_dag for one dropped into the incoming folder. Refused (409)
     while a run holds the work."""
-    settings, store, now = _settings(), _store(), utcnow()
+    settings, store = _settings(), _store()
+    now = store.clock()
     rows = [r for r in store.find([work_id]) if r.state in PENDING]
     dag_id = restore_dag(settings) if any(r.source == "s3" for r in rows) or not rows else LOCAL_DAG
     _require(user, "POST", dag_id, f"retry {work_id}")
@@ -196,7 +198,7 @@ def retry(
         "dag_id": dag_id,
         "run_id": run_id,
         "message": f"{work_id}: retry recorded; {what}.",
-        "works": [work_entry(row, rules, utcnow()) for row in store.find([work_id])],
+        "works": [work_entry(row, rules, store.clock()) for row in store.find([work_id])],
     }
 
 
