@@ -30,14 +30,18 @@ network between S3 and the archive's machine would, and prints a second table.
 
 Then a crash: a download killed (``kill -9``) after ``--kill-at`` of the object was journaled is
 resumed, and the bytes fetched again are printed (the object's size before resumable downloads).
-With ``--bags big:8G:8,small:400M:100000`` (label:bytes:files, ``--download-only`` skips the
-side-by-side) each bag also goes end to end through ``--paths run-once,services`` (see
-``large_bags.py``): per phase its MB/s and seconds, debag against the SHA-512 floor of the same
-zip (``bench_debag.py``'s contenders, in the same run), the peak RSS of every process by role,
-and the archive checked against the bag.
+With ``--bags big:8G:8,small:400M:100000`` (label:bytes:files, ``--bags-only`` skips the
+side-by-side) each bag also goes end to end through ``--paths process-bag,run-once,services``
+(see ``large_bags.py``; ``process-bag``: the debag and the sync of the zip on disk, no
+download): per phase its MB/s and seconds, debag against the SHA-512 floor of the same zip
+(``bench_debag.py``'s contenders, in the same run), the peak RSS of every process by role, the
+archive checked against the bag, and a line of issue 33's limits, each met or not (peak RSS
+under 200 MB for every process; the debag within 1.1 x the floor, or 2 x for a bag of 10,000
+files or more).
 
-Loopback only; bounded in time by ``--size``, ``--reps`` and the bags. Prints figures, never
-fails on speed.
+Loopback only; bounded in time by ``--size``, ``--reps`` and the bags; the disk is checked
+before anything is built (refused in one line when the work folder lacks the room). Prints
+figures, never fails on speed.
 """
 
 from __future__ import annotations
@@ -372,8 +376,14 @@ def main() -> None:
         if refused:
             raise SystemExit(f"bench_large_works: {refused}")
     shutil.rmtree(args.workdir, ignore_errors=True)
+    if not args.bags_only:  # the object, its copy in s3rver and one download at a time
+        sys.path.insert(0, str(REPO / "tools"))
+        from machine_room import require_disk
+
+        require_disk(args.workdir, int(size * 3.1), f"--size {args.size}")
     args.workdir.mkdir(parents=True)
-    ensure_awscli()
+    if not args.bags_only:  # the side-by-side races the AWS CLI too
+        ensure_awscli()
     server, endpoint = start_s3rver(args.workdir / "s3rver")
     try:
         if not args.bags_only:
@@ -426,12 +436,19 @@ def end_to_end(endpoint: str, args: argparse.Namespace) -> None:
     import bench_debag
     import large_bags
     from demo_world import moto_server
+    from machine_room import require_disk
 
     bags = [
         large_bags.Bag(label, parse_size(total), int(files))
         for label, total, files in (item.split(":") for item in args.bags.split(","))
     ]
     paths = args.paths.split(",")
+    unknown = [p for p in paths if p not in large_bags.PATHS]
+    if unknown:
+        raise SystemExit(
+            f"bench_large_works: unknown --paths {unknown}; use {list(large_bags.PATHS)}"
+        )
+    require_disk(args.workdir, large_bags.disk_needed(bags, paths), f"--bags {args.bags}")
     s3 = client(endpoint)
     print(f"\n{'bag':<22} {'path':<9} {'total s':>8} " + " ".join(
         f"{p + ' s':>9} {'MB/s':>6}" for p in large_bags.PHASES
@@ -443,7 +460,6 @@ def end_to_end(endpoint: str, args: argparse.Namespace) -> None:
             floor = bench_debag.measure("sha512 floor", zip_path, args.workdir)["seconds"]
             alone = bench_debag.measure("glacier_sync", zip_path, args.workdir)
             etag = large_bags.upload(s3, BUCKET, bag, zip_path)
-            zip_path.unlink()
             shape = f"{bag.label} {bag.total / MIB:.0f}MiB/{bag.files}"
             print(
                 f"{shape:<22} debag alone {alone['seconds']:.2f} s, SHA-512 floor {floor:.2f} s "
@@ -454,6 +470,7 @@ def end_to_end(endpoint: str, args: argparse.Namespace) -> None:
                 scene = large_bags.scene_for(
                     bag, path, args.workdir, moto, endpoint, BUCKET, etag, size
                 )
+                scene.zip_path = zip_path
                 with large_bags.PeakRss() as rss:
                     total = large_bags.PATHS[path](scene)
                 seconds = large_bags.phase_seconds(scene.progress_url, bag.work_id)
@@ -461,7 +478,9 @@ def end_to_end(endpoint: str, args: argparse.Namespace) -> None:
                 shutil.rmtree(scene.folder, ignore_errors=True)
                 role, peak = max(rss.peaks.items(), key=lambda item: item[1])
                 cells = " ".join(
-                    f"{seconds.get(p, 0):>9.2f} {size / max(seconds.get(p, 0), 1e-9) / 1e6:>6.0f}"
+                    f"{seconds[p]:>9.2f} {size / max(seconds[p], 1e-9) / 1e6:>6.0f}"
+                    if p in seconds
+                    else f"{'-':>9} {'-':>6}"  # not a phase of this path (process-bag: no download)
                     for p in large_bags.PHASES
                 )
                 print(
@@ -472,6 +491,9 @@ def end_to_end(endpoint: str, args: argparse.Namespace) -> None:
                 for name, value in sorted(rss.peaks.items(), key=lambda item: -item[1])[:8]:
                     own = rss.own.get(name, 0) / MIB
                     print(f"{'':<33}peak RSS {value / MIB:>6.0f} MB (own {own:>4.0f} MB)  {name}")
+                over = seconds.get("debag", 0) / floor
+                print(f"{'':<33}limits: {large_bags.verdict(bag, rss.peaks, over)}")
+            zip_path.unlink()
             s3.delete_object(Bucket=BUCKET, Key=bag.key)
 
 

@@ -139,6 +139,8 @@ class Scene:
     env: dict[str, str]
     folder: Path
     progress_url: str
+    zip_path: Path | None = None  # the built bag, for ``process-bag`` (no download)
+    key: str = ""
 
 
 def scene_for(
@@ -166,7 +168,7 @@ def scene_for(
             "GLACIER_SYNC_POLL_RETRIES": "0",
         }
     )
-    return Scene(env, folder, progress_url)
+    return Scene(env, folder, progress_url, key=bag.key)
 
 
 def phase_seconds(progress_url: str, work_id: str) -> dict[str, float]:
@@ -194,6 +196,25 @@ def archived_matches(scene: Scene, bag: Bag) -> bool:
     return len(payload) == bag.files and sum(p.stat().st_size for p in payload) == bag.total
 
 
+def process_bag(scene: Scene) -> float:
+    """``glacier-sync process-bag`` on the built zip (hard-linked into the scene: the same bytes,
+    no copy): the debag and the sync without a download."""
+    assert scene.zip_path is not None, "process-bag needs the built zip"
+    linked = scene.folder / "bags" / scene.zip_path.name
+    linked.parent.mkdir(parents=True, exist_ok=True)
+    os.link(scene.zip_path, linked)
+    started = time.perf_counter()
+    subprocess.run(
+        [str(Path(sys.executable).parent / "glacier-sync"), "process-bag", str(linked)]
+        + ["--archive-root", scene.env["GLACIER_SYNC_ARCHIVE_ROOT"], "--key", scene.key],
+        env=scene.env,
+        check=True,
+        capture_output=True,
+        timeout=4 * 3600,
+    )
+    return time.perf_counter() - started
+
+
 def run_once(scene: Scene) -> float:
     started = time.perf_counter()
     subprocess.run(
@@ -215,4 +236,32 @@ def services(scene: Scene) -> float:
     return time.perf_counter() - runner.started
 
 
-PATHS = {"run-once": run_once, "services": services}
+PATHS = {"process-bag": process_bag, "run-once": run_once, "services": services}
+# Issue 33's limits: peak RSS of every process of the pipeline, and the debag's time against the
+# SHA-512 floor (a bag of large files; one of many small files, file creation included).
+RSS_LIMIT = 200 * MIB
+FLOOR_LIMIT_LARGE, FLOOR_LIMIT_SMALL, SMALL_FILES = 1.1, 2.0, 10_000
+
+
+def verdict(bag: Bag, peaks: dict[str, int], debag_over_floor: float) -> str:
+    """One line: each limit, the figure and whether it is met (the processes over the RSS
+    limit named: Airflow's own services are among them on the services path)."""
+    floor_limit = FLOOR_LIMIT_SMALL if bag.files >= SMALL_FILES else FLOOR_LIMIT_LARGE
+    over = ", ".join(
+        f"{role} {rss / MIB:.0f} MB" for role, rss in peaks.items() if rss >= RSS_LIMIT
+    )
+    rss = f"peak RSS < {RSS_LIMIT / MIB:.0f} MB per process: " + (
+        f"NOT met by {over}" if over else "met"
+    )
+    floor = f"debag {debag_over_floor:.2f} x the SHA-512 floor <= {floor_limit}: " + (
+        "met" if debag_over_floor <= floor_limit else "NOT met"
+    )
+    return f"{rss}; {floor}"
+
+
+def disk_needed(bags: list[Bag], paths: list[str]) -> int:
+    """Bytes the runs hold at once at worst: the largest bag's zip, its copy in s3rver, and a
+    path's downloaded zip, work folder and archive copy (each path's folders are removed before
+    the next), plus a tenth for the zip's and the file system's overhead."""
+    largest = max((bag.total for bag in bags), default=0)
+    return int(largest * (2 + 3) * 1.1) if paths else int(largest * 2 * 1.1)

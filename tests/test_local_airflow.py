@@ -381,6 +381,7 @@ def signed_in_browser(services, name: str, user: str = "tester"):
         options.add_argument(flag)
     os.environ["SE_OFFLINE"] = "true"
     browser = webdriver.Chrome(service=Service(executable_path=driver_path), options=options)
+    _reload_after_network_changes(browser)
     ARTIFACTS.mkdir(exist_ok=True)
     try:
         # A React page re-renders under the test: an element found may be stale a moment later.
@@ -395,6 +396,24 @@ def signed_in_browser(services, name: str, user: str = "tester"):
     finally:
         browser.save_screenshot(str(ARTIFACTS / f"{name}-last-page.png"))
         browser.quit()
+
+
+def _reload_after_network_changes(browser, tries: int = 5) -> None:
+    """Chromium aborts a page load with ERR_NETWORK_CHANGED when a network interface comes or
+    goes, as Docker's bridges do while the Compose tests run beside these: ``browser.get``
+    loads the page again then (a few times), never a test failed by a neighbour's network."""
+    plain_get = browser.get
+
+    def get(url: str) -> None:
+        for _ in range(tries):
+            plain_get(url)
+            text = browser.execute_script("return document.body ? document.body.innerText : ''")
+            if "ERR_NETWORK_CHANGED" not in (text or ""):
+                return
+            time.sleep(1)
+        raise AssertionError(f"{url}: Chromium said ERR_NETWORK_CHANGED {tries} times in a row")
+
+    browser.get = get
 
 
 def _table_rows(browser) -> list[str]:
