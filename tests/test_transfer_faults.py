@@ -32,6 +32,16 @@ def _get(request: Request) -> bool:
     return request.object_get
 
 
+def _object_head(request: Request) -> bool:
+    """The download's first HEAD of the object (its size, eTag and checksum)."""
+    return request.method == "HEAD" and "partNumber=" not in request.target
+
+
+def _sqs_receive(request: Request) -> bool:
+    target = request.headers.get("x-amz-target", "")
+    return target.endswith("ReceiveMessage") or "Action=ReceiveMessage" in request.target
+
+
 @pytest.fixture
 def scene(world, dirs, settings):
     zip_path = make_bag_zip(dirs["bags"], "W1NET", FILES)
@@ -62,8 +72,10 @@ def _archived(dirs) -> bool:
         ("slowdown", _get, 3),  # 503 SlowDown: botocore's own retries
         ("slowdown", _part_head, 2),  # botocore asks again; the part size is never skipped
         ("reset", _get, 3),  # reset after 1 MiB: the range resumes from its byte
+        ("slowdown", _object_head, 2),  # the object's own HEAD, asked again
+        ("slowdown", _sqs_receive, 2),  # the queue's ReceiveMessage, asked again
     ],
-    ids=["slowdown-get", "slowdown-part-head", "reset-in-range"],
+    ids=["slowdown-get", "slowdown-part-head", "reset-in-range", "slowdown-head", "slowdown-sqs"],
 )
 def test_faults_absorbed_within_one_run(world, dirs, scene, kind, matches, times):
     proxy, settings, size = scene
@@ -84,8 +96,14 @@ def test_faults_absorbed_within_one_run(world, dirs, scene, kind, matches, times
         ("flip", _get, 1),  # the whole-object check fails; the next try fetches it all again
         ("ignore-range", _get, 100),  # refused before a byte of it is written
         ("slowdown", _part_head, 100),  # more than botocore's retries: the check not readable
+        ("slowdown", _object_head, 100),  # the object cannot be asked about: nothing fetched
     ],
-    ids=["flip", "ignore-range", "slowdown-part-head-beyond-retries"],
+    ids=[
+        "flip",
+        "ignore-range",
+        "slowdown-part-head-beyond-retries",
+        "slowdown-head-beyond-retries",
+    ],
 )
 def test_faults_that_fail_a_try_never_make_a_bad_bag(world, dirs, scene, kind, matches, times):
     proxy, settings, size = scene
@@ -113,3 +131,22 @@ def test_faults_that_fail_a_try_never_make_a_bad_bag(world, dirs, scene, kind, m
     assert proxy.served <= 1.25 * size, (proxy.served, size)
     if kind == "flip":  # the part at fault told: only its range (two 8 MiB parts) again
         assert proxy.served <= 16 * MIB < size, (proxy.served, size)
+
+
+def test_a_queue_answering_503_beyond_retries_fails_the_poll_and_loses_nothing(world, dirs, scene):
+    """SQS itself throttled past botocore's retries: the run fails as a fault of the
+    environment, nothing is recorded or deleted, and the next run takes the event."""
+    from glacier_sync.errors import is_transient
+
+    proxy, settings, size = scene
+    proxy.arm("slowdown", 100, _sqs_receive)
+    pipeline = Pipeline(settings)
+    with pytest.raises(Exception) as caught:
+        pipeline.run_once()
+    assert is_transient(caught.value), repr(caught.value)
+    assert pipeline.store.find(["W1NET"]) == [], "nothing recorded"
+    proxy.disarm()
+    _, outcomes = Pipeline(settings).run_once()
+    assert [o.ok for o in outcomes] == [True], [o.__dict__ for o in outcomes]
+    assert _archived(dirs)
+    assert world.queue_count() == 0
