@@ -458,12 +458,20 @@ def end_to_end(endpoint: str, args: argparse.Namespace) -> None:
             zip_path = large_bags.build(bag, args.workdir / "bags")
             size = zip_path.stat().st_size
             floor = bench_debag.measure("sha512 floor", zip_path, args.workdir)["seconds"]
-            alone = bench_debag.measure("glacier_sync", zip_path, args.workdir)
+            # Twice each, alternating, the faster kept: on this VM the first writes of fresh
+            # pages cost several times the later ones, whichever contender meets them.
+            runs: dict[str, list[dict]] = {"sha512+write floor": [], "glacier_sync": []}
+            for _ in range(2):
+                for name, got in runs.items():
+                    got.append(bench_debag.measure(name, zip_path, args.workdir))
+            written = min(r["seconds"] for r in runs["sha512+write floor"])
+            alone = min(runs["glacier_sync"], key=lambda r: r["seconds"])
             etag = large_bags.upload(s3, BUCKET, bag, zip_path)
             shape = f"{bag.label} {bag.total / MIB:.0f}MiB/{bag.files}"
             print(
                 f"{shape:<22} debag alone {alone['seconds']:.2f} s, SHA-512 floor {floor:.2f} s "
-                f"({alone['seconds'] / floor:.2f} x), debag peak RSS "
+                f"({alone['seconds'] / floor:.2f} x), with each file written {written:.2f} s "
+                f"({alone['seconds'] / written:.2f} x), debag peak RSS "
                 f"{alone['max_rss_kb'] / 1024:.0f} MB"
             )
             for path in paths:
@@ -491,8 +499,11 @@ def end_to_end(endpoint: str, args: argparse.Namespace) -> None:
                 for name, value in sorted(rss.peaks.items(), key=lambda item: -item[1])[:8]:
                     own = rss.own.get(name, 0) / MIB
                     print(f"{'':<33}peak RSS {value / MIB:>6.0f} MB (own {own:>4.0f} MB)  {name}")
-                over = seconds.get("debag", 0) / floor
-                print(f"{'':<33}limits: {large_bags.verdict(bag, rss.peaks, over)}")
+                debag_s = seconds.get("debag", 0)
+                print(
+                    f"{'':<33}limits: "
+                    f"{large_bags.verdict(bag, rss.peaks, debag_s / floor, debag_s / written)}"
+                )
             zip_path.unlink()
             s3.delete_object(Bucket=BUCKET, Key=bag.key)
 
