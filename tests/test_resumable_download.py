@@ -474,32 +474,23 @@ class _Faulty(PassThroughClient):
         return self._s3.get_object(**kwargs)
 
 
-def test_a_failed_part_head_is_retried_never_a_silent_downgrade(world, tmp_path, payload):
+@pytest.mark.parametrize(
+    "fault",
+    [{"fail_part_head": 503}, {"heads_before_expiry": 1}],
+    ids=["503", "400-for-every-head"],
+)
+def test_a_failed_part_head_is_retried_never_a_silent_downgrade(world, tmp_path, payload, fault):
+    """A throttled part HEAD (503), or a 400 that every HEAD gets as expired credentials give
+    (a HEAD's error has no code: a 400 means "no part numbers" only while the same HEAD without
+    ``partNumber`` is answered), fails the try as a fault, never an unchecked download."""
     etag = _upload(world, tmp_path, multipart=True, checksums=False)
     target = tmp_path / "W1RES.bag.zip"
-    faulty = _Faulty(_client(world.endpoint), fail_part_head=503)
+    faulty = _Faulty(_client(world.endpoint), **fault)
     with pytest.raises(DownloadError, match="size of part 1 of its upload could not be read") as e:
         object_download.download_object(faulty, world.bucket, KEY, etag, target, "W1RES", 2, 5)
     assert is_transient(e.value), "a fault of the store: no attempt spent"
     assert not target.exists()
     assert _download(world.endpoint, world, target, etag) is True, "the next try checks it"
-    assert target.read_bytes() == payload
-
-
-def test_a_400_that_every_head_gets_is_a_fault_never_a_store_without_part_numbers(
-    world, tmp_path, payload
-):
-    """A HEAD's error has no code: a 400 for the part's HEAD is taken for a store that refuses
-    ``partNumber`` only while the same HEAD without it is answered. Credentials that expire
-    between the two (400 for every HEAD) fail the try as a fault, never an unchecked download."""
-    etag = _upload(world, tmp_path, multipart=True, checksums=False)
-    target = tmp_path / "W1RES.bag.zip"
-    expiring = _Faulty(_client(world.endpoint), heads_before_expiry=1)
-    with pytest.raises(DownloadError, match="size of part 1 of its upload could not be read") as e:
-        object_download.download_object(expiring, world.bucket, KEY, etag, target, "W1RES", 2, 5)
-    assert is_transient(e.value), "a fault: tried again, no attempt spent"
-    assert not target.exists()
-    assert _download(world.endpoint, world, target, etag) is True, "checked on the next try"
     assert target.read_bytes() == payload
 
 
