@@ -49,7 +49,11 @@ def dagbag(home: Path, env: dict[str, str]) -> dict:
         "import json; from airflow.dag_processing.dagbag import DagBag; "
         f"b = DagBag({str(DAGS)!r}); "
         "print('RESULT' + json.dumps({'dags': sorted(b.dag_ids), "
-        "'errors': {k: str(v) for k, v in b.import_errors.items()}}))"
+        "'errors': {k: str(v) for k, v in b.import_errors.items()}, "
+        # Every time limit a long phase could meet: a task's, or a whole run's.
+        "'limits': sorted([f'{d.dag_id}.{t.task_id}: {t.execution_timeout}' "
+        "for d in b.dags.values() for t in d.tasks if t.execution_timeout] "
+        "+ [f'{d.dag_id}: {d.dagrun_timeout}' for d in b.dags.values() if d.dagrun_timeout])}))"
     )
     out = subprocess.run(
         [str(VENV_BIN / "python"), "-c", code],

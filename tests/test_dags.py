@@ -80,6 +80,9 @@ def test_dagbag_imports_every_dag_without_errors(airflow_home, world, dirs):
         "sqs_event_dag",
         "sqs_scheduled_dag",
     ]
+    # An hour-long phase keeps its task: no execution_timeout, no dagrun_timeout (a stalled
+    # phase is stopped by the pipeline's own stall check, from the progress it makes).
+    assert result["limits"] == []
 
 
 def test_invalid_settings_fail_the_dag_import_with_the_fix(airflow_home, world, dirs):
