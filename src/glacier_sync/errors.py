@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import re
+from collections.abc import Iterator
 
 
 class GlacierSyncError(Exception):
@@ -176,15 +177,28 @@ def is_permanent(exc: BaseException) -> bool:
     return isinstance(exc, PermanentError) and not is_transient(exc)
 
 
-def is_transient(exc: BaseException) -> bool:
-    """True for failures of the environment (retry without spending an attempt).
-
-    Follows the ``__cause__`` chain, so a DownloadError raised from a connection error counts.
-    """
+def cause_chain(exc: BaseException) -> Iterator[BaseException]:
+    """``exc``, then what caused it (``__cause__``, or botocore's ``last_exception`` of a
+    RetriesExceededError), each once."""
     seen: set[int] = set()
     current: BaseException | None = exc
     while current is not None and id(current) not in seen:
         seen.add(id(current))
+        yield current
+        current = current.__cause__ or getattr(current, "last_exception", None)
+
+
+def caused_by(exc: BaseException, kind: type[BaseException]) -> bool:
+    """True when ``exc`` or an exception in its cause chain is a ``kind``."""
+    return any(isinstance(current, kind) for current in cause_chain(exc))
+
+
+def is_transient(exc: BaseException) -> bool:
+    """True for failures of the environment (retry without spending an attempt).
+
+    Follows the cause chain, so a DownloadError raised from a connection error counts.
+    """
+    for current in cause_chain(exc):
         if isinstance(current, TransientError | ProgressDatabaseError):
             return True
         if isinstance(current, OSError) and current.errno in _TRANSIENT_ERRNOS:
@@ -197,5 +211,4 @@ def is_transient(exc: BaseException) -> bool:
             code = str(response.get("Error", {}).get("Code", ""))
             if code in _TRANSIENT_AWS_CODES:
                 return True
-        current = current.__cause__ or getattr(current, "last_exception", None)
     return False

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from glacier_sync.archive.sync_phase import SyncPhase
-from glacier_sync.errors import NoRestoredWork, RoomShortfall, is_transient
+from glacier_sync.errors import NoRestoredWork, RoomShortfall, caused_by, is_transient
 from glacier_sync.intake.events import work_id_from_key
 from glacier_sync.intake.poll_phase import PollReport, QueuePolling
 from glacier_sync.phase_base import open_store
@@ -39,18 +39,6 @@ class WorkOutcome:
     transient: bool = False
     short_of_room: bool = False  # a free-space check found less room than this work needs
     seconds: dict[str, float] = field(default_factory=dict)
-
-
-def _caused_by(exc: BaseException, kind: type[BaseException]) -> bool:
-    """True when ``exc`` or an exception in its cause chain is a ``kind``."""
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        if isinstance(current, kind):
-            return True
-        seen.add(id(current))
-        current = current.__cause__
-    return False
 
 
 class Pipeline(QueuePolling, DownloadPhase, SyncPhase):
@@ -94,7 +82,7 @@ class Pipeline(QueuePolling, DownloadPhase, SyncPhase):
             except Exception as exc:  # recorded by _phase; the other works go on
                 outcome.error = str(exc)
                 outcome.transient = is_transient(exc)
-                outcome.short_of_room = _caused_by(exc, RoomShortfall)
+                outcome.short_of_room = caused_by(exc, RoomShortfall)
                 return outcome
             finally:
                 outcome.seconds[name] = round(time.monotonic() - started, 3)

@@ -191,14 +191,14 @@ def retry(
         f"the retry of {work_id} is recorded: the next run takes it",
     )
     log.info("works view: %s retried %s (rows %s); %s", user.get_name(), work_id, ids, what)
-    rules = _rules(settings)
+    rules, now = _rules(settings), store.clock()  # after the reset: the rows as they are now
     return {
         "work_id": work_id,
         "rows": ids,
         "dag_id": dag_id,
         "run_id": run_id,
         "message": f"{work_id}: retry recorded; {what}.",
-        "works": [work_entry(row, rules, store.clock()) for row in store.find([work_id])],
+        "works": [work_entry(row, rules, now) for row in store.find([work_id])],
     }
 
 
